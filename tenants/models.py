@@ -1,0 +1,137 @@
+"""Tenants (customer companies), their people, their agents and the agents' API keys (DESIGN §2)."""
+
+from __future__ import annotations
+
+import zoneinfo
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import RegexValidator
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone as dj_timezone
+
+CURRENCY_EXPONENTS = {"USD": 2, "EUR": 2, "GBP": 2, "CHF": 2, "CAD": 2, "AUD": 2, "JPY": 0, "KRW": 0, "SEK": 2}
+
+
+def validate_timezone(value: str) -> None:
+    if value not in zoneinfo.available_timezones():
+        raise ValidationError(f"{value!r} is not an IANA time zone name")
+
+
+class Tenant(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        SUSPENDED = "suspended"
+
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=64, unique=True)
+    currency = models.CharField(
+        max_length=3, default="USD", choices=[(c, c) for c in sorted(CURRENCY_EXPONENTS)]
+    )
+    timezone = models.CharField(max_length=64, default="UTC", validators=[validate_timezone])
+    billing_email = models.EmailField(blank=True)
+    stripe_customer_id = models.CharField(max_length=255, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    created_at = models.DateTimeField(default=dj_timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == self.Status.ACTIVE
+
+
+class TenantScopedQuerySet(models.QuerySet):
+    """Querysets of tenant-owned rows start from the tenant, never from a global lookup by pk."""
+
+    def for_tenant(self, tenant: Tenant) -> TenantScopedQuerySet:
+        return self.filter(tenant=tenant)
+
+
+class Membership(models.Model):
+    class Role(models.TextChoices):
+        OWNER = "owner"
+        ADMIN = "admin"  # manages agents, keys and budgets
+        VIEWER = "viewer"  # read only
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.VIEWER)
+    created_at = models.DateTimeField(default=dj_timezone.now, editable=False)
+
+    objects = TenantScopedQuerySet.as_manager()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "tenant"], name="membership_unique_user_tenant")]
+
+    def __str__(self) -> str:
+        return f"{self.user} @ {self.tenant} ({self.role})"
+
+
+class Agent(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        DISABLED = "disabled"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="agents")
+    name = models.CharField(
+        max_length=100, validators=[RegexValidator(r"^[A-Za-z0-9][A-Za-z0-9._ -]*$", "letters, digits, . _ - space")]
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=dj_timezone.now, editable=False)
+
+    objects = TenantScopedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "name"], name="agent_unique_name_per_tenant")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.tenant.slug})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == self.Status.ACTIVE
+
+
+class APIKey(models.Model):
+    """One agent's credential. Only the public id and an HMAC of the secret are stored (see tenants.keys)."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="api_keys")
+    key_id = models.CharField(max_length=32, unique=True, editable=False)
+    secret_hash = models.CharField(max_length=64, editable=False)
+    label = models.CharField(max_length=100, blank=True)
+    created_at = models.DateTimeField(default=dj_timezone.now, editable=False)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    objects = TenantScopedQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "API key"
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(expires_at__isnull=True) | Q(expires_at__gt=models.F("created_at")),
+                name="apikey_expires_after_creation",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key_id} ({self.agent.name})"
+
+    def is_usable(self, now=None) -> bool:
+        now = now or dj_timezone.now()
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+    def clean(self) -> None:
+        if self.agent_id and self.tenant_id and self.agent.tenant_id != self.tenant_id:
+            raise ValidationError("The agent belongs to another tenant.")

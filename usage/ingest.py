@@ -1,0 +1,615 @@
+"""The write path: validate a batch, dedupe, store and roll up — in one transaction (DESIGN §4).
+
+Everything is checked before anything is written, so an invalid batch stores nothing. Accepted events are
+inserted with ``ON CONFLICT DO NOTHING`` in event-id order and rolled up in the same SQL statement from the
+rows that insert actually returned, so a concurrent resend of the same event can never be counted twice:
+the second transaction waits on the unique index, inserts nothing, and so rolls up nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django.db import OperationalError, connection, transaction
+
+from tenants.models import Agent, Tenant
+from usage import meters as meter_catalogue
+from usage.models import Meter, Session
+
+MAX_EVENTS_PER_BATCH = 1000
+MAX_PAST = timedelta(days=35)
+MAX_FUTURE = timedelta(minutes=5)
+MAX_SIGNIFICANT_DIGITS = 15
+MAX_DECIMAL_PLACES = 6
+MAX_METADATA_KEYS = 50
+MAX_METADATA_KEY_LENGTH = 40
+MAX_METADATA_VALUE_LENGTH = 500
+MAX_ERRORS_REPORTED = 100
+
+EVENT_FIELDS = frozenset({"id", "timestamp", "session_id", "provider", "model", "usage", "metadata"})
+_EVENT_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_RFC3339_RE = re.compile(
+    r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+)
+_DECIMAL_STRING_RE = re.compile(r"^[0-9]+(\.[0-9]+)?$")
+# NUL cannot be stored by PostgreSQL; lone surrogates cannot be encoded as UTF-8. Refuse both up front.
+_UNSTORABLE_RE = re.compile("[\x00\ud800-\udfff]")
+_RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure
+
+
+@dataclass(frozen=True)
+class FieldError:
+    pointer: str
+    detail: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"pointer": self.pointer, "detail": self.detail}
+
+
+class IngestError(Exception):
+    """The batch is invalid; nothing was stored. ``errors`` point at each offending field."""
+
+    def __init__(self, errors: list[FieldError], status: int = 422, title: str = "Invalid usage batch"):
+        super().__init__(title)
+        self.errors = errors[:MAX_ERRORS_REPORTED]
+        self.status = status
+        self.title = title
+
+
+class SessionModeConflict(Exception):
+    """The session was already reported the other way (per-request metrics vs per-model usage)."""
+
+
+@dataclass(slots=True)
+class EventRecord:
+    """One validated event, ready to store. ``usage`` maps meter codes to canonical decimal strings."""
+
+    index: int
+    event_id: str
+    timestamp: datetime
+    session_id: str
+    provider: str
+    model: str
+    usage: dict[str, str]
+    metadata: dict[str, Any]
+    source: str
+    payload_hash: str = ""
+
+    def compute_hash(self, agent_id: int, include_timestamp: bool = True) -> None:
+        basis = [
+            agent_id,
+            self.timestamp.astimezone(UTC).isoformat() if include_timestamp else None,
+            self.session_id,
+            self.provider,
+            self.model,
+            sorted(self.usage.items()),
+            self.metadata,
+        ]
+        canonical = json.dumps(basis, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        self.payload_hash = hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass
+class IngestResult:
+    accepted: int = 0
+    duplicates: int = 0
+    conflicts: list[dict[str, Any]] = field(default_factory=list)
+    ignored: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "conflicts": len(self.conflicts),
+            "conflicting_events": self.conflicts,
+        }
+        if self.ignored:
+            body["ignored"] = self.ignored
+        return body
+
+
+# --- validation -------------------------------------------------------------------------------------------
+
+
+def active_meter_codes() -> frozenset[str]:
+    return frozenset(Meter.objects.filter(is_active=True).values_list("code", flat=True))
+
+
+def canonical_quantity(value: Any) -> Decimal:
+    """A quantity as DESIGN §4 allows it: a JSON number or decimal string, finite, ≥ 0, ≤ 15 significant
+    digits and ≤ 6 decimal places. Raises ValueError with the reason."""
+    if isinstance(value, bool) or value is None:
+        raise ValueError("must be a number or a decimal string")
+    if isinstance(value, str):
+        if not _DECIMAL_STRING_RE.match(value):
+            raise ValueError("must be a plain decimal string such as \"12.5\" (no sign, exponent or spaces)")
+        quantity = Decimal(value)
+    elif isinstance(value, int | Decimal):
+        quantity = Decimal(value)
+    elif isinstance(value, float):  # only when a caller parsed JSON without parse_float=Decimal
+        quantity = Decimal(repr(value))
+    else:
+        raise ValueError("must be a number or a decimal string")
+    if not quantity.is_finite():
+        raise ValueError("must be finite")
+    if quantity < 0:
+        raise ValueError("must be ≥ 0")
+    if quantity == 0:
+        return Decimal(0)
+    sign, digits, exponent = quantity.normalize().as_tuple()
+    places = max(-exponent, 0)
+    integer_digits = max(len(digits) + exponent, 0)
+    if places > MAX_DECIMAL_PLACES:
+        raise ValueError(f"has more than {MAX_DECIMAL_PLACES} decimal places")
+    if integer_digits + places > MAX_SIGNIFICANT_DIGITS:
+        raise ValueError(f"has more than {MAX_SIGNIFICANT_DIGITS} significant digits")
+    return quantity.normalize()
+
+
+def quantity_text(quantity: Decimal) -> str:
+    return format(quantity, "f")
+
+
+def parse_timestamp(value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise ValueError("must be an RFC 3339 string with a UTC offset, e.g. 2026-11-20T10:00:00Z")
+    match = _RFC3339_RE.match(value)
+    if not match:
+        raise ValueError("must be an RFC 3339 timestamp with a UTC offset, e.g. 2026-11-20T10:00:00Z")
+    day, clock, fraction, offset = match.groups()
+    fraction = (fraction or "")[:7]  # Python keeps microseconds; finer digits are truncated
+    offset = "+00:00" if offset in ("Z", "z") else offset
+    try:
+        parsed = datetime.fromisoformat(f"{day}T{clock}{fraction}{offset}")
+    except ValueError:
+        raise ValueError("is not a valid calendar date and time") from None
+    return parsed.astimezone(UTC)
+
+
+def check_window(timestamp: datetime, now: datetime) -> str | None:
+    if timestamp < now - MAX_PAST:
+        return "is more than 35 days in the past"
+    if timestamp > now + MAX_FUTURE:
+        return "is more than 5 minutes in the future"
+    return None
+
+
+def _text_field(value: Any, pointer: str, max_length: int, errors: list[FieldError]) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        errors.append(FieldError(pointer, "must be a string"))
+        return ""
+    if len(value) > max_length:
+        errors.append(FieldError(pointer, f"must be at most {max_length} characters"))
+    elif _UNSTORABLE_RE.search(value):
+        errors.append(FieldError(pointer, "must not contain NUL characters or unpaired surrogates"))
+    return value
+
+
+def _metadata(value: Any, pointer: str, errors: list[FieldError]) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        errors.append(FieldError(pointer, "must be a flat JSON object"))
+        return {}
+    if len(value) > MAX_METADATA_KEYS:
+        errors.append(FieldError(pointer, f"must have at most {MAX_METADATA_KEYS} keys"))
+        return {}
+    clean: dict[str, Any] = {}
+    for key, item in value.items():
+        item_pointer = f"{pointer}/{_escape_pointer(key)}"
+        if len(key) > MAX_METADATA_KEY_LENGTH or _UNSTORABLE_RE.search(key):
+            errors.append(FieldError(item_pointer, f"keys must be at most {MAX_METADATA_KEY_LENGTH} storable characters"))
+        elif isinstance(item, str):
+            _text_field(item, item_pointer, MAX_METADATA_VALUE_LENGTH, errors)
+            clean[key] = item
+        elif isinstance(item, Decimal):
+            if not item.is_finite():
+                errors.append(FieldError(item_pointer, "must be finite"))
+            else:
+                clean[key] = int(item) if item == item.to_integral_value() else float(item)
+        elif item is None or isinstance(item, bool | int):
+            clean[key] = item
+        elif isinstance(item, float):
+            clean[key] = item
+        else:
+            errors.append(FieldError(item_pointer, "must be a string, number, boolean or null (metadata is flat)"))
+    return clean
+
+
+def _escape_pointer(token: str) -> str:
+    return token.replace("~", "~0").replace("/", "~1")
+
+
+def validate_event_batch(payload: Any, agent_id: int, meter_codes: frozenset[str], now: datetime) -> Batch:
+    """Validate a ``POST /api/v1/events`` body into records, or raise IngestError naming every bad field."""
+    if not isinstance(payload, dict):
+        raise IngestError([FieldError("", "the body must be a JSON object with an \"events\" list")], 400)
+    unknown = sorted(set(payload) - {"events"})
+    errors = [FieldError(f"/{_escape_pointer(k)}", "unknown field") for k in unknown]
+    events = payload.get("events")
+    if not isinstance(events, list):
+        raise IngestError([*errors, FieldError("/events", "must be a list of 1–1000 events")])
+    if not 1 <= len(events) <= MAX_EVENTS_PER_BATCH:
+        raise IngestError([*errors, FieldError("/events", f"must hold 1–{MAX_EVENTS_PER_BATCH} events, not {len(events)}")])
+    records = []
+    for index, event in enumerate(events):
+        record = _validate_event(event, f"/events/{index}", index, agent_id, meter_codes, now, errors)
+        if record is not None:
+            records.append(record)
+        if len(errors) >= MAX_ERRORS_REPORTED:
+            break
+    if errors:
+        raise IngestError(errors)
+    return dedupe_within_batch(records, "/events")
+
+
+def _validate_event(
+    event: Any, pointer: str, index: int, agent_id: int, meter_codes: frozenset[str], now: datetime,
+    errors: list[FieldError],
+) -> EventRecord | None:
+    if not isinstance(event, dict):
+        errors.append(FieldError(pointer, "must be an object"))
+        return None
+    before = len(errors)
+    for key in event.keys() - EVENT_FIELDS:
+        errors.append(FieldError(f"{pointer}/{_escape_pointer(key)}", "unknown field"))
+    event_id = event.get("id")
+    if not isinstance(event_id, str) or not _EVENT_ID_RE.match(event_id):
+        errors.append(FieldError(f"{pointer}/id", "is required: 1–128 characters of A-Z a-z 0-9 . _ : -"))
+    timestamp = None
+    try:
+        timestamp = parse_timestamp(event.get("timestamp"))
+    except ValueError as exc:
+        errors.append(FieldError(f"{pointer}/timestamp", str(exc)))
+    else:
+        if problem := check_window(timestamp, now):
+            errors.append(FieldError(f"{pointer}/timestamp", problem))
+    session_id = _text_field(event.get("session_id"), f"{pointer}/session_id", 128, errors)
+    provider = _text_field(event.get("provider"), f"{pointer}/provider", 128, errors)
+    model = _text_field(event.get("model"), f"{pointer}/model", 128, errors)
+    metadata = _metadata(event.get("metadata"), f"{pointer}/metadata", errors)
+    usage_in = event.get("usage")
+    usage: dict[str, str] = {}
+    if not isinstance(usage_in, dict) or not usage_in:
+        errors.append(FieldError(f"{pointer}/usage", "is required: an object of meter code → quantity (≥ 1 entry)"))
+    else:
+        for code, value in usage_in.items():
+            item_pointer = f"{pointer}/usage/{_escape_pointer(code)}"
+            if code not in meter_codes:
+                errors.append(FieldError(item_pointer, "unknown meter code"))
+                continue
+            try:
+                usage[code] = quantity_text(canonical_quantity(value))
+            except ValueError as exc:
+                errors.append(FieldError(item_pointer, str(exc)))
+    if len(errors) > before:
+        return None
+    record = EventRecord(index, event_id, timestamp, session_id, provider, model, usage, metadata, "api")
+    record.compute_hash(agent_id)
+    return record
+
+
+@dataclass
+class Batch:
+    """A validated batch: the distinct records to store, and how many exact repeats the batch itself held."""
+
+    records: list[EventRecord]
+    repeats: int = 0
+    ignored: int = 0
+    session_id: str = ""
+
+
+def dedupe_within_batch(records: list[EventRecord], pointer_base: str) -> Batch:
+    """Drop exact repeats inside one batch (they count as duplicates); refuse the same id with two payloads."""
+    seen: dict[str, EventRecord] = {}
+    unique: list[EventRecord] = []
+    errors = []
+    for record in records:
+        first = seen.get(record.event_id)
+        if first is None:
+            seen[record.event_id] = record
+            unique.append(record)
+        elif first.payload_hash != record.payload_hash:
+            errors.append(
+                FieldError(f"{pointer_base}/{record.index}/id", f"repeats the id of {pointer_base}/{first.index} with a different payload")
+            )
+    if errors:
+        raise IngestError(errors)
+    return Batch(unique, repeats=len(records) - len(unique))
+
+
+# --- LiveKit ----------------------------------------------------------------------------------------------
+
+
+def _livekit_session_id(payload: Mapping[str, Any], errors: list[FieldError]) -> str:
+    value = payload.get("session_id")
+    if not isinstance(value, str) or not value:
+        errors.append(FieldError("/session_id", "is required: the conversation's id (≤ 128 characters)"))
+        return ""
+    return _text_field(value, "/session_id", 128, errors)
+
+
+def _metric_event_id(session_id: str, metric: Mapping[str, Any]) -> str:
+    """LiveKit metrics carry no unique id, and request_id alone is not one (Deepgram reuses one per stream,
+    AssemblyAI sends ""), so the id is derived from the natural key. A resend, or LiveKit's duplicate
+    emission after an agent handoff, then maps to the same id."""
+    timestamp = metric.get("timestamp")
+    key = [
+        session_id,
+        metric.get("type"),
+        metric.get("request_id") or "",
+        metric.get("speech_id") or "",
+        metric.get("segment_id") or "",
+        format(Decimal(repr(timestamp)) if isinstance(timestamp, float) else Decimal(timestamp), "f"),
+    ]
+    digest = hashlib.sha256(json.dumps(key, separators=(",", ":")).encode()).hexdigest()[:40]
+    return f"lk:{metric.get('type', '')[:20]}:{digest}"
+
+
+def _unix_timestamp(value: Any) -> datetime:
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise ValueError("must be a unix timestamp in seconds")
+    try:
+        return datetime.fromtimestamp(float(value), tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        raise ValueError("is not a representable unix timestamp") from None
+
+
+def _stored_usage(mapped: meter_catalogue.MappedUsage, meter_codes: frozenset[str], pointer: str,
+                  errors: list[FieldError]) -> dict[str, str]:
+    usage = {}
+    for code, quantity in mapped.usage.items():
+        if code not in meter_codes:
+            errors.append(FieldError(pointer, f"maps to meter {code!r}, which is not active"))
+            continue
+        try:
+            usage[code] = quantity_text(canonical_quantity(quantity))
+        except ValueError as exc:
+            errors.append(FieldError(pointer, f"{code} {exc}"))
+    return usage
+
+
+def validate_livekit_metrics(payload: Any, agent_id: int, meter_codes: frozenset[str], now: datetime) -> Batch:
+    """Validate ``POST /api/v1/livekit/metrics``: returns (session id, records, count of non-billable metrics)."""
+    if not isinstance(payload, dict):
+        raise IngestError([FieldError("", "the body must be a JSON object")], 400)
+    errors: list[FieldError] = []
+    session_id = _livekit_session_id(payload, errors)
+    if payload.get("type") == "metrics_collected" and "metrics" in payload and "session_id" in payload:
+        metrics = [payload["metrics"]]  # a single metrics_collected envelope
+    else:
+        metrics = payload.get("metrics")
+        if isinstance(metrics, dict):
+            metrics = [metrics]
+    if not isinstance(metrics, list) or not 1 <= len(metrics) <= MAX_EVENTS_PER_BATCH:
+        errors.append(FieldError("/metrics", f"must be a list of 1–{MAX_EVENTS_PER_BATCH} LiveKit metrics objects"))
+        raise IngestError(errors)
+    records: list[EventRecord] = []
+    ignored = 0
+    for index, metric in enumerate(metrics):
+        pointer = f"/metrics/{index}"
+        if isinstance(metric, dict) and metric.get("type") == "metrics_collected":
+            metric = metric.get("metrics")  # the envelope as LiveKit emits it
+        if not isinstance(metric, dict) or not isinstance(metric.get("type"), str):
+            errors.append(FieldError(pointer, "must be a LiveKit metrics object with a \"type\""))
+            continue
+        try:
+            mapped = meter_catalogue.map_livekit_metric(metric)
+        except meter_catalogue.MetricError as exc:
+            errors.append(FieldError(f"{pointer}/{exc.field}", exc.detail))
+            continue
+        if mapped is None or not mapped.usage:
+            ignored += 1  # vad/eou metrics, or a zero-usage report (e.g. a connection report): not billed
+            continue
+        try:
+            timestamp = _unix_timestamp(metric.get("timestamp"))
+        except ValueError as exc:
+            errors.append(FieldError(f"{pointer}/timestamp", str(exc)))
+            continue
+        if problem := check_window(timestamp, now):
+            errors.append(FieldError(f"{pointer}/timestamp", problem))
+            continue
+        provider = _text_field(mapped.provider, f"{pointer}/metadata/model_provider", 128, errors)
+        model = _text_field(mapped.model, f"{pointer}/metadata/model_name", 128, errors)
+        for name in ("request_id", "speech_id", "segment_id"):
+            if metric.get(name) is not None and not isinstance(metric.get(name), str):
+                errors.append(FieldError(f"{pointer}/{name}", "must be a string or null"))
+        usage = _stored_usage(mapped, meter_codes, pointer, errors)
+        if errors:
+            continue
+        metadata = {"livekit_type": metric["type"]}
+        if metric.get("cancelled"):
+            metadata["cancelled"] = True
+        metadata.update({f"gap_{k}": v for k, v in mapped.flags.items()})
+        record = EventRecord(index, _metric_event_id(session_id, metric), timestamp, session_id, provider, model,
+                             usage, metadata, "livekit_metrics")
+        record.compute_hash(agent_id)
+        records.append(record)
+        if len(errors) >= MAX_ERRORS_REPORTED:
+            break
+    if errors:
+        raise IngestError(errors)
+    batch = dedupe_within_batch(records, "/metrics")
+    batch.ignored, batch.session_id = ignored, session_id
+    return batch
+
+
+def validate_livekit_usage(payload: Any, agent_id: int, meter_codes: frozenset[str], now: datetime) -> Batch:
+    """Validate ``POST /api/v1/livekit/usage`` (``AgentSession.usage`` at shutdown).
+
+    The report's events get ids derived from (session, provider, model, kind) and a payload hash that
+    leaves the receipt time out, so resending the same report is a duplicate and a different one a conflict.
+    """
+    if not isinstance(payload, dict):
+        raise IngestError([FieldError("", "the body must be a JSON object")], 400)
+    errors: list[FieldError] = []
+    session_id = _livekit_session_id(payload, errors)
+    entries = payload.get("usage")
+    if isinstance(entries, dict) and isinstance(entries.get("model_usage"), list):
+        entries = entries["model_usage"]  # AgentSessionUsage / session_usage_updated's "usage"
+    if not isinstance(entries, list) or not 1 <= len(entries) <= 100:
+        errors.append(FieldError("/usage", "must be a list of 1–100 LiveKit ModelUsage objects"))
+        raise IngestError(errors)
+    timestamp = now
+    if payload.get("timestamp") is not None:
+        try:
+            timestamp = parse_timestamp(payload["timestamp"])
+        except ValueError as exc:
+            errors.append(FieldError("/timestamp", str(exc)))
+        else:
+            if problem := check_window(timestamp, now):
+                errors.append(FieldError("/timestamp", problem))
+    records = []
+    ignored = 0
+    for index, entry in enumerate(entries):
+        pointer = f"/usage/{index}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
+            errors.append(FieldError(pointer, "must be a LiveKit ModelUsage object with a \"type\""))
+            continue
+        try:
+            mapped = meter_catalogue.map_livekit_model_usage(entry)
+        except meter_catalogue.MetricError as exc:
+            errors.append(FieldError(f"{pointer}/{exc.field}", exc.detail))
+            continue
+        if mapped is None or not mapped.usage:
+            ignored += 1
+            continue
+        provider = _text_field(mapped.provider, f"{pointer}/provider", 128, errors)
+        model = _text_field(mapped.model, f"{pointer}/model", 128, errors)
+        usage = _stored_usage(mapped, meter_codes, pointer, errors)
+        if errors:
+            continue
+        digest = hashlib.sha256(json.dumps([session_id, entry["type"], provider, model]).encode()).hexdigest()[:40]
+        metadata = {"livekit_type": entry["type"], **{f"gap_{k}": v for k, v in mapped.flags.items()}}
+        record = EventRecord(index, f"lku:{digest}", timestamp, session_id, provider, model, usage, metadata,
+                             "livekit_usage")
+        record.compute_hash(agent_id, include_timestamp=False)
+        records.append(record)
+    if errors:
+        raise IngestError(errors)
+    batch = dedupe_within_batch(records, "/usage")
+    batch.ignored, batch.session_id = ignored, session_id
+    return batch
+
+
+# --- storage ----------------------------------------------------------------------------------------------
+
+_INSERT_SQL = """
+WITH incoming AS (
+    SELECT * FROM unnest(
+        %(ids)s::text[], %(timestamps)s::timestamptz[], %(sessions)s::text[], %(providers)s::text[],
+        %(models)s::text[], %(usages)s::jsonb[], %(metadata)s::jsonb[], %(hashes)s::text[]
+    ) AS t(event_id, ts, session_id, provider, model, usage, metadata, payload_hash)
+),
+new_sessions AS (
+    INSERT INTO usage_session (tenant_id, agent_id, session_id, end_user_id, conversation_type, metadata,
+                               livekit_report_mode, created_at, updated_at)
+    SELECT DISTINCT %(tenant)s, %(agent)s, session_id, '', '', '{}'::jsonb, %(mode)s, now(), now()
+    FROM incoming WHERE session_id <> '' ORDER BY 3
+    ON CONFLICT (tenant_id, session_id) DO NOTHING
+),
+inserted AS (
+    INSERT INTO usage_usageevent (tenant_id, agent_id, event_id, timestamp, session_id, provider, model, usage,
+                                  metadata, payload_hash, source, received_at)
+    SELECT %(tenant)s, %(agent)s, event_id, ts, session_id, provider, model, usage, metadata, payload_hash,
+           %(source)s, now()
+    FROM incoming ORDER BY event_id
+    ON CONFLICT (tenant_id, event_id) DO NOTHING
+    RETURNING event_id, timestamp, session_id, provider, model, usage
+),
+rolled_up AS (
+    INSERT INTO usage_usagerollup (tenant_id, agent_id, session_id, meter, provider, model, hour, quantity,
+                                   event_count)
+    SELECT %(tenant)s, %(agent)s, i.session_id, u.key, i.provider, i.model,
+           date_trunc('hour', i.timestamp, %(tz)s), sum(u.value::numeric), count(*)
+    FROM inserted i CROSS JOIN LATERAL jsonb_each_text(i.usage) AS u
+    GROUP BY 3, 4, 5, 6, 7 ORDER BY 3, 4, 5, 6, 7
+    ON CONFLICT (tenant_id, agent_id, session_id, meter, provider, model, hour) DO UPDATE
+       SET quantity = usage_usagerollup.quantity + EXCLUDED.quantity,
+           event_count = usage_usagerollup.event_count + EXCLUDED.event_count
+)
+SELECT event_id FROM inserted
+"""
+
+
+def store_events(
+    tenant: Tenant, agent: Agent, batch: Batch, *, session_mode: str = "", attempts: int = 3
+) -> IngestResult:
+    """Store validated records exactly once and roll them up; returns what happened to each.
+
+    A ``session_mode`` ("metrics" or "usage") enforces DESIGN §4's rule that a LiveKit session is reported
+    either per request or per model, never both (raises SessionModeConflict, nothing stored).
+    """
+    for attempt in range(attempts):
+        try:
+            with transaction.atomic():
+                if session_mode:
+                    _claim_session_mode(tenant, agent, batch.session_id, session_mode)
+                result = _store(tenant, agent, batch.records, session_mode)
+            result.duplicates += batch.repeats
+            result.ignored = batch.ignored
+            return result
+        except OperationalError as exc:
+            sqlstate = getattr(exc.__cause__, "sqlstate", None)
+            if sqlstate not in _RETRYABLE_SQLSTATES or attempt == attempts - 1:
+                raise
+            time.sleep(0.01 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _claim_session_mode(tenant: Tenant, agent: Agent, session_id: str, mode: str) -> None:
+    session, _ = Session.objects.get_or_create(
+        tenant=tenant, session_id=session_id, defaults={"agent": agent, "livekit_report_mode": mode}
+    )
+    session = Session.objects.select_for_update().get(pk=session.pk)
+    if session.livekit_report_mode and session.livekit_report_mode != mode:
+        raise SessionModeConflict(session.livekit_report_mode)
+    if not session.livekit_report_mode:
+        Session.objects.filter(pk=session.pk).update(livekit_report_mode=mode)
+
+
+def _store(tenant: Tenant, agent: Agent, records: Sequence[EventRecord], session_mode: str) -> IngestResult:
+    if not records:
+        return IngestResult()
+    params = {
+        "tenant": tenant.pk,
+        "agent": agent.pk,
+        "tz": tenant.timezone,
+        "mode": session_mode,
+        "source": records[0].source,
+        "ids": [r.event_id for r in records],
+        "timestamps": [r.timestamp for r in records],
+        "sessions": [r.session_id for r in records],
+        "providers": [r.provider for r in records],
+        "models": [r.model for r in records],
+        "usages": [json.dumps(r.usage, separators=(",", ":")) for r in records],
+        "metadata": [json.dumps(r.metadata, separators=(",", ":"), ensure_ascii=False) for r in records],
+        "hashes": [r.payload_hash for r in records],
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_INSERT_SQL, params)
+        inserted = {row[0] for row in cursor.fetchall()}
+        result = IngestResult(accepted=len(inserted))
+        leftovers = [r for r in records if r.event_id not in inserted]
+        if leftovers:
+            cursor.execute(
+                "SELECT event_id, payload_hash FROM usage_usageevent WHERE tenant_id = %s AND event_id = ANY(%s)",
+                [tenant.pk, [r.event_id for r in leftovers]],
+            )
+            stored = dict(cursor.fetchall())
+            for record in leftovers:
+                if stored.get(record.event_id) == record.payload_hash:
+                    result.duplicates += 1
+                else:
+                    result.conflicts.append({"index": record.index, "id": record.event_id})
+    return result

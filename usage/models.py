@@ -1,0 +1,132 @@
+"""Usage tables: the meter catalogue, conversations, raw events (the record of truth) and hourly rollups.
+
+Events are never updated: dedupe is ``UNIQUE (tenant, event_id)`` forever, and a resend with a different
+payload is detected by ``payload_hash``. Rollups are derived from events in the same transaction that
+inserts them (usage.ingest), so each accepted event is counted exactly once.
+"""
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from tenants.models import Agent, Tenant, TenantScopedQuerySet
+
+QUANTITY_DIGITS = 30
+QUANTITY_PLACES = 6
+
+
+class Meter(models.Model):
+    """A billable quantity. Seeded with DESIGN §3's catalogue by a migration; editable in admin."""
+
+    code = models.SlugField(max_length=64, unique=True)
+    unit = models.CharField(max_length=32)
+    description = models.CharField(max_length=200)
+    is_active = models.BooleanField(default=True, help_text="Inactive meters are refused at ingestion.")
+    display_order = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["display_order", "code"]
+
+    def __str__(self) -> str:
+        return self.code
+
+
+class Session(models.Model):
+    """One conversation. Created by its first event or by ``PUT /api/v1/sessions/{id}``."""
+
+    class ReportMode(models.TextChoices):
+        NONE = "", "none yet"
+        METRICS = "metrics", "LiveKit per-request metrics"
+        USAGE = "usage", "LiveKit per-model usage report"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="sessions")
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="sessions")
+    session_id = models.CharField(max_length=128)
+    started_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    end_user_id = models.CharField(max_length=128, blank=True)
+    conversation_type = models.CharField(max_length=64, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    livekit_report_mode = models.CharField(max_length=8, choices=ReportMode.choices, default="", blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    objects = TenantScopedQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "session_id"], name="session_unique_per_tenant"),
+            models.CheckConstraint(
+                condition=Q(ended_at__isnull=True) | Q(started_at__isnull=True) | Q(ended_at__gte=models.F("started_at")),
+                name="session_ends_after_start",
+            ),
+        ]
+        indexes = [models.Index(fields=["tenant", "-created_at"], name="session_tenant_recent")]
+
+    def __str__(self) -> str:
+        return self.session_id
+
+
+class UsageEvent(models.Model):
+    class Source(models.TextChoices):
+        API = "api"
+        LIVEKIT_METRICS = "livekit_metrics"
+        LIVEKIT_USAGE = "livekit_usage"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="+")
+    event_id = models.CharField(max_length=128)
+    timestamp = models.DateTimeField()
+    session_id = models.CharField(max_length=128, blank=True, default="")
+    provider = models.CharField(max_length=128, blank=True, default="")
+    model = models.CharField(max_length=128, blank=True, default="")
+    usage = models.JSONField(help_text="meter code → quantity as a decimal string")
+    metadata = models.JSONField(default=dict, blank=True)
+    payload_hash = models.CharField(max_length=64)
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.API)
+    received_at = models.DateTimeField(default=timezone.now)
+
+    objects = TenantScopedQuerySet.as_manager()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "event_id"], name="usageevent_unique_id_per_tenant")]
+        indexes = [
+            models.Index(fields=["tenant", "timestamp"], name="usageevent_tenant_time"),
+            models.Index(fields=["tenant", "session_id"], name="usageevent_tenant_session"),
+        ]
+
+    def __str__(self) -> str:
+        return self.event_id
+
+
+class UsageRollup(models.Model):
+    """Exact totals per (tenant, agent, session, meter, provider, model, hour).
+
+    ``hour`` is the start of the hour in the tenant's time zone (stored as an aware UTC instant), so a
+    tenant-local day or calendar month is an exact union of buckets even for zones such as +05:30.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="+")
+    session_id = models.CharField(max_length=128, blank=True, default="")
+    meter = models.CharField(max_length=64)
+    provider = models.CharField(max_length=128, blank=True, default="")
+    model = models.CharField(max_length=128, blank=True, default="")
+    hour = models.DateTimeField()
+    quantity = models.DecimalField(max_digits=QUANTITY_DIGITS, decimal_places=QUANTITY_PLACES)
+    event_count = models.PositiveIntegerField()
+
+    objects = TenantScopedQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "agent", "session_id", "meter", "provider", "model", "hour"],
+                name="usagerollup_unique_group",
+            ),
+            models.CheckConstraint(condition=Q(quantity__gte=0), name="usagerollup_quantity_non_negative"),
+        ]
+        indexes = [models.Index(fields=["tenant", "hour"], name="usagerollup_tenant_hour")]
+
+    def __str__(self) -> str:
+        return f"{self.meter} {self.quantity} @ {self.hour:%Y-%m-%d %H:%M}"
