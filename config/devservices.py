@@ -65,7 +65,9 @@ def stop_postgres(pgdata: Path, force: bool = False) -> bool:
         others = []
         if handles.exists():
             others = [
-                p for p in json.loads(handles.read_text() or "[]") if p != os.getpid() and psutil.pid_exists(p)
+                p
+                for p in json.loads(handles.read_text() or "[]")
+                if p != os.getpid() and psutil.pid_exists(p)
             ]
         if others and not force:
             handles.write_text(json.dumps(others))

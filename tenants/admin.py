@@ -35,7 +35,9 @@ class APIKeyInline(admin.TabularInline):
     readonly_fields = ["key_id", "created_at", "last_used_at"]
     can_delete = False
 
-    def has_add_permission(self, request, obj=None):  # keys are issued by the action, which shows the secret once
+    def has_add_permission(
+        self, request, obj=None
+    ):  # keys are issued by the action, which shows the secret once
         return False
 
 
@@ -52,14 +54,24 @@ class AgentAdmin(admin.ModelAdmin):
         for agent in queryset:
             issued = issue_key(agent, label=f"issued in admin by {request.user}")
             self.message_user(
-                request, f"New key for {agent}: {issued.plaintext} — copy it now, it is not shown again.",
+                request,
+                f"New key for {agent}: {issued.plaintext} — copy it now, it is not shown again.",
                 messages.WARNING,
             )
 
 
 @admin.register(APIKey)
 class APIKeyAdmin(admin.ModelAdmin):
-    list_display = ["key_id", "agent", "tenant", "label", "created_at", "expires_at", "revoked_at", "last_used_at"]
+    list_display = [
+        "key_id",
+        "agent",
+        "tenant",
+        "label",
+        "created_at",
+        "expires_at",
+        "revoked_at",
+        "last_used_at",
+    ]
     list_filter = ["tenant"]
     search_fields = ["key_id", "agent__name", "label"]
     readonly_fields = ["tenant", "agent", "key_id", "created_at", "last_used_at"]

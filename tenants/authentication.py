@@ -80,7 +80,9 @@ class APIKeyRateThrottle(throttling.SimpleRateThrottle):
 
 try:
     from drf_spectacular.extensions import OpenApiAuthenticationExtension
-except ImportError:  # pragma: no cover - drf-spectacular is a hard dependency; this keeps the module importable
+except (
+    ImportError
+):  # pragma: no cover - drf-spectacular is a hard dependency; this keeps the module importable
     OpenApiAuthenticationExtension = None
 
 if OpenApiAuthenticationExtension is not None:

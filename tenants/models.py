@@ -11,7 +11,17 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone as dj_timezone
 
-CURRENCY_EXPONENTS = {"USD": 2, "EUR": 2, "GBP": 2, "CHF": 2, "CAD": 2, "AUD": 2, "JPY": 0, "KRW": 0, "SEK": 2}
+CURRENCY_EXPONENTS = {
+    "USD": 2,
+    "EUR": 2,
+    "GBP": 2,
+    "CHF": 2,
+    "CAD": 2,
+    "AUD": 2,
+    "JPY": 0,
+    "KRW": 0,
+    "SEK": 2,
+}
 
 
 def validate_timezone(value: str) -> None:
@@ -67,7 +77,9 @@ class Membership(models.Model):
     objects = TenantScopedQuerySet.as_manager()
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["user", "tenant"], name="membership_unique_user_tenant")]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "tenant"], name="membership_unique_user_tenant")
+        ]
 
     def __str__(self) -> str:
         return f"{self.user} @ {self.tenant} ({self.role})"
@@ -80,7 +92,8 @@ class Agent(models.Model):
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="agents")
     name = models.CharField(
-        max_length=100, validators=[RegexValidator(r"^[A-Za-z0-9][A-Za-z0-9._ -]*$", "letters, digits, . _ - space")]
+        max_length=100,
+        validators=[RegexValidator(r"^[A-Za-z0-9][A-Za-z0-9._ -]*$", "letters, digits, . _ - space")],
     )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     metadata = models.JSONField(default=dict, blank=True)
@@ -90,7 +103,9 @@ class Agent(models.Model):
 
     class Meta:
         ordering = ["name"]
-        constraints = [models.UniqueConstraint(fields=["tenant", "name"], name="agent_unique_name_per_tenant")]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "name"], name="agent_unique_name_per_tenant")
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.tenant.slug})"

@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from django.db import OperationalError, connection, transaction
@@ -33,12 +33,11 @@ MAX_METADATA_KEYS = 50
 MAX_METADATA_KEY_LENGTH = 40
 MAX_METADATA_VALUE_LENGTH = 500
 MAX_ERRORS_REPORTED = 100
+METADATA_NUMBER_LIMIT = Decimal(10) ** 15
 
 EVENT_FIELDS = frozenset({"id", "timestamp", "session_id", "provider", "model", "usage", "metadata"})
 _EVENT_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_RFC3339_RE = re.compile(
-    r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
-)
+_RFC3339_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
 _DECIMAL_STRING_RE = re.compile(r"^[0-9]+(\.[0-9]+)?$")
 # NUL cannot be stored by PostgreSQL; lone surrogates cannot be encoded as UTF-8. Refuse both up front.
 _UNSTORABLE_RE = re.compile("[\x00\ud800-\udfff]")
@@ -130,7 +129,7 @@ def canonical_quantity(value: Any) -> Decimal:
         raise ValueError("must be a number or a decimal string")
     if isinstance(value, str):
         if not _DECIMAL_STRING_RE.match(value):
-            raise ValueError("must be a plain decimal string such as \"12.5\" (no sign, exponent or spaces)")
+            raise ValueError('must be a plain decimal string such as "12.5" (no sign, exponent or spaces)')
         quantity = Decimal(value)
     elif isinstance(value, int | Decimal):
         quantity = Decimal(value)
@@ -144,7 +143,7 @@ def canonical_quantity(value: Any) -> Decimal:
         raise ValueError("must be ≥ 0")
     if quantity == 0:
         return Decimal(0)
-    sign, digits, exponent = quantity.normalize().as_tuple()
+    _, digits, exponent = quantity.normalize().as_tuple()
     places = max(-exponent, 0)
     integer_digits = max(len(digits) + exponent, 0)
     if places > MAX_DECIMAL_PLACES:
@@ -208,21 +207,26 @@ def _metadata(value: Any, pointer: str, errors: list[FieldError]) -> dict[str, A
     for key, item in value.items():
         item_pointer = f"{pointer}/{_escape_pointer(key)}"
         if len(key) > MAX_METADATA_KEY_LENGTH or _UNSTORABLE_RE.search(key):
-            errors.append(FieldError(item_pointer, f"keys must be at most {MAX_METADATA_KEY_LENGTH} storable characters"))
+            errors.append(
+                FieldError(
+                    item_pointer, f"keys must be at most {MAX_METADATA_KEY_LENGTH} storable characters"
+                )
+            )
         elif isinstance(item, str):
             _text_field(item, item_pointer, MAX_METADATA_VALUE_LENGTH, errors)
             clean[key] = item
-        elif isinstance(item, Decimal):
-            if not item.is_finite():
-                errors.append(FieldError(item_pointer, "must be finite"))
+        elif item is None or isinstance(item, bool):
+            clean[key] = item
+        elif isinstance(item, int | float | Decimal):
+            number = Decimal(item) if not isinstance(item, float) else Decimal(repr(item))
+            if not number.is_finite() or abs(number) >= METADATA_NUMBER_LIMIT:
+                errors.append(FieldError(item_pointer, "numbers in metadata must be finite and below 1e15 in size"))
             else:
-                clean[key] = int(item) if item == item.to_integral_value() else float(item)
-        elif item is None or isinstance(item, bool | int):
-            clean[key] = item
-        elif isinstance(item, float):
-            clean[key] = item
+                clean[key] = int(number) if number == number.to_integral_value() else float(number)
         else:
-            errors.append(FieldError(item_pointer, "must be a string, number, boolean or null (metadata is flat)"))
+            errors.append(
+                FieldError(item_pointer, "must be a string, number, boolean or null (metadata is flat)")
+            )
     return clean
 
 
@@ -233,14 +237,16 @@ def _escape_pointer(token: str) -> str:
 def validate_event_batch(payload: Any, agent_id: int, meter_codes: frozenset[str], now: datetime) -> Batch:
     """Validate a ``POST /api/v1/events`` body into records, or raise IngestError naming every bad field."""
     if not isinstance(payload, dict):
-        raise IngestError([FieldError("", "the body must be a JSON object with an \"events\" list")], 400)
+        raise IngestError([FieldError("", 'the body must be a JSON object with an "events" list')], 400)
     unknown = sorted(set(payload) - {"events"})
     errors = [FieldError(f"/{_escape_pointer(k)}", "unknown field") for k in unknown]
     events = payload.get("events")
     if not isinstance(events, list):
         raise IngestError([*errors, FieldError("/events", "must be a list of 1–1000 events")])
     if not 1 <= len(events) <= MAX_EVENTS_PER_BATCH:
-        raise IngestError([*errors, FieldError("/events", f"must hold 1–{MAX_EVENTS_PER_BATCH} events, not {len(events)}")])
+        raise IngestError(
+            [*errors, FieldError("/events", f"must hold 1–{MAX_EVENTS_PER_BATCH} events, not {len(events)}")]
+        )
     records = []
     for index, event in enumerate(events):
         record = _validate_event(event, f"/events/{index}", index, agent_id, meter_codes, now, errors)
@@ -254,7 +260,12 @@ def validate_event_batch(payload: Any, agent_id: int, meter_codes: frozenset[str
 
 
 def _validate_event(
-    event: Any, pointer: str, index: int, agent_id: int, meter_codes: frozenset[str], now: datetime,
+    event: Any,
+    pointer: str,
+    index: int,
+    agent_id: int,
+    meter_codes: frozenset[str],
+    now: datetime,
     errors: list[FieldError],
 ) -> EventRecord | None:
     if not isinstance(event, dict):
@@ -281,7 +292,9 @@ def _validate_event(
     usage_in = event.get("usage")
     usage: dict[str, str] = {}
     if not isinstance(usage_in, dict) or not usage_in:
-        errors.append(FieldError(f"{pointer}/usage", "is required: an object of meter code → quantity (≥ 1 entry)"))
+        errors.append(
+            FieldError(f"{pointer}/usage", "is required: an object of meter code → quantity (≥ 1 entry)")
+        )
     else:
         for code, value in usage_in.items():
             item_pointer = f"{pointer}/usage/{_escape_pointer(code)}"
@@ -321,7 +334,10 @@ def dedupe_within_batch(records: list[EventRecord], pointer_base: str) -> Batch:
             unique.append(record)
         elif first.payload_hash != record.payload_hash:
             errors.append(
-                FieldError(f"{pointer_base}/{record.index}/id", f"repeats the id of {pointer_base}/{first.index} with a different payload")
+                FieldError(
+                    f"{pointer_base}/{record.index}/id",
+                    f"repeats the id of {pointer_base}/{first.index} with a different payload",
+                )
             )
     if errors:
         raise IngestError(errors)
@@ -365,8 +381,9 @@ def _unix_timestamp(value: Any) -> datetime:
         raise ValueError("is not a representable unix timestamp") from None
 
 
-def _stored_usage(mapped: meter_catalogue.MappedUsage, meter_codes: frozenset[str], pointer: str,
-                  errors: list[FieldError]) -> dict[str, str]:
+def _stored_usage(
+    mapped: meter_catalogue.MappedUsage, meter_codes: frozenset[str], pointer: str, errors: list[FieldError]
+) -> dict[str, str]:
     usage = {}
     for code, quantity in mapped.usage.items():
         if code not in meter_codes:
@@ -379,7 +396,9 @@ def _stored_usage(mapped: meter_catalogue.MappedUsage, meter_codes: frozenset[st
     return usage
 
 
-def validate_livekit_metrics(payload: Any, agent_id: int, meter_codes: frozenset[str], now: datetime) -> Batch:
+def validate_livekit_metrics(
+    payload: Any, agent_id: int, meter_codes: frozenset[str], now: datetime
+) -> Batch:
     """Validate ``POST /api/v1/livekit/metrics``: returns (session id, records, count of non-billable metrics)."""
     if not isinstance(payload, dict):
         raise IngestError([FieldError("", "the body must be a JSON object")], 400)
@@ -392,7 +411,9 @@ def validate_livekit_metrics(payload: Any, agent_id: int, meter_codes: frozenset
         if isinstance(metrics, dict):
             metrics = [metrics]
     if not isinstance(metrics, list) or not 1 <= len(metrics) <= MAX_EVENTS_PER_BATCH:
-        errors.append(FieldError("/metrics", f"must be a list of 1–{MAX_EVENTS_PER_BATCH} LiveKit metrics objects"))
+        errors.append(
+            FieldError("/metrics", f"must be a list of 1–{MAX_EVENTS_PER_BATCH} LiveKit metrics objects")
+        )
         raise IngestError(errors)
     records: list[EventRecord] = []
     ignored = 0
@@ -401,7 +422,7 @@ def validate_livekit_metrics(payload: Any, agent_id: int, meter_codes: frozenset
         if isinstance(metric, dict) and metric.get("type") == "metrics_collected":
             metric = metric.get("metrics")  # the envelope as LiveKit emits it
         if not isinstance(metric, dict) or not isinstance(metric.get("type"), str):
-            errors.append(FieldError(pointer, "must be a LiveKit metrics object with a \"type\""))
+            errors.append(FieldError(pointer, 'must be a LiveKit metrics object with a "type"'))
             continue
         try:
             mapped = meter_catalogue.map_livekit_metric(metric)
@@ -431,8 +452,17 @@ def validate_livekit_metrics(payload: Any, agent_id: int, meter_codes: frozenset
         if metric.get("cancelled"):
             metadata["cancelled"] = True
         metadata.update({f"gap_{k}": v for k, v in mapped.flags.items()})
-        record = EventRecord(index, _metric_event_id(session_id, metric), timestamp, session_id, provider, model,
-                             usage, metadata, "livekit_metrics")
+        record = EventRecord(
+            index,
+            _metric_event_id(session_id, metric),
+            timestamp,
+            session_id,
+            provider,
+            model,
+            usage,
+            metadata,
+            "livekit_metrics",
+        )
         record.compute_hash(agent_id)
         records.append(record)
         if len(errors) >= MAX_ERRORS_REPORTED:
@@ -474,7 +504,7 @@ def validate_livekit_usage(payload: Any, agent_id: int, meter_codes: frozenset[s
     for index, entry in enumerate(entries):
         pointer = f"/usage/{index}"
         if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
-            errors.append(FieldError(pointer, "must be a LiveKit ModelUsage object with a \"type\""))
+            errors.append(FieldError(pointer, 'must be a LiveKit ModelUsage object with a "type"'))
             continue
         try:
             mapped = meter_catalogue.map_livekit_model_usage(entry)
@@ -489,10 +519,13 @@ def validate_livekit_usage(payload: Any, agent_id: int, meter_codes: frozenset[s
         usage = _stored_usage(mapped, meter_codes, pointer, errors)
         if errors:
             continue
-        digest = hashlib.sha256(json.dumps([session_id, entry["type"], provider, model]).encode()).hexdigest()[:40]
+        digest = hashlib.sha256(
+            json.dumps([session_id, entry["type"], provider, model]).encode()
+        ).hexdigest()[:40]
         metadata = {"livekit_type": entry["type"], **{f"gap_{k}": v for k, v in mapped.flags.items()}}
-        record = EventRecord(index, f"lku:{digest}", timestamp, session_id, provider, model, usage, metadata,
-                             "livekit_usage")
+        record = EventRecord(
+            index, f"lku:{digest}", timestamp, session_id, provider, model, usage, metadata, "livekit_usage"
+        )
         record.compute_hash(agent_id, include_timestamp=False)
         records.append(record)
     if errors:

@@ -168,15 +168,24 @@ def map_livekit_metric(metric: Mapping[str, Any]) -> MappedUsage | None:
         prompt = _number(metric, "prompt_tokens")
         cached = _number(metric, "prompt_cached_tokens")
         usage, flags = _token_split(
-            prompt, cached, _number(metric, "cache_creation_tokens"),
+            prompt,
+            cached,
+            _number(metric, "cache_creation_tokens"),
             *([Decimal(0)] * 6),
-            _number(metric, "completion_tokens"), *([Decimal(0)] * 3),
+            _number(metric, "completion_tokens"),
+            *([Decimal(0)] * 3),
         )
     elif kind == "realtime_model_metrics":
         details = _sub_object(metric, "input_token_details")
-        cached_details = _sub_object(details, "cached_tokens_details", "input_token_details/") if details else None
+        cached_details = (
+            _sub_object(details, "cached_tokens_details", "input_token_details/") if details else None
+        )
         out = _sub_object(metric, "output_token_details")
-        d, c, o = "input_token_details/", "input_token_details/cached_tokens_details/", "output_token_details/"
+        d, c, o = (
+            "input_token_details/",
+            "input_token_details/cached_tokens_details/",
+            "output_token_details/",
+        )
         usage, flags = _token_split(
             _number(metric, "input_tokens"),
             _number(details, "cached_tokens", d),
@@ -223,10 +232,19 @@ def map_livekit_model_usage(entry: Mapping[str, Any]) -> MappedUsage | None:
     n = lambda key: _number(entry, key)  # noqa: E731
     if kind == "llm_usage":
         usage, flags = _token_split(
-            n("input_tokens"), n("input_cached_tokens"), n("input_cache_creation_tokens"),
-            n("input_text_tokens"), n("input_audio_tokens"), n("input_image_tokens"),
-            n("input_cached_text_tokens"), n("input_cached_audio_tokens"), n("input_cached_image_tokens"),
-            n("output_tokens"), n("output_text_tokens"), n("output_audio_tokens"), Decimal(0),
+            n("input_tokens"),
+            n("input_cached_tokens"),
+            n("input_cache_creation_tokens"),
+            n("input_text_tokens"),
+            n("input_audio_tokens"),
+            n("input_image_tokens"),
+            n("input_cached_text_tokens"),
+            n("input_cached_audio_tokens"),
+            n("input_cached_image_tokens"),
+            n("output_tokens"),
+            n("output_text_tokens"),
+            n("output_audio_tokens"),
+            Decimal(0),
         )
         usage["realtime_session_seconds"] = n("session_duration")
     elif kind == "stt_usage":

@@ -57,7 +57,9 @@ class Session(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["tenant", "session_id"], name="session_unique_per_tenant"),
             models.CheckConstraint(
-                condition=Q(ended_at__isnull=True) | Q(started_at__isnull=True) | Q(ended_at__gte=models.F("started_at")),
+                condition=Q(ended_at__isnull=True)
+                | Q(started_at__isnull=True)
+                | Q(ended_at__gte=models.F("started_at")),
                 name="session_ends_after_start",
             ),
         ]
@@ -89,7 +91,9 @@ class UsageEvent(models.Model):
     objects = TenantScopedQuerySet.as_manager()
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["tenant", "event_id"], name="usageevent_unique_id_per_tenant")]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "event_id"], name="usageevent_unique_id_per_tenant")
+        ]
         indexes = [
             models.Index(fields=["tenant", "timestamp"], name="usageevent_tenant_time"),
             models.Index(fields=["tenant", "session_id"], name="usageevent_tenant_session"),

@@ -13,8 +13,13 @@ PROBLEM_TYPE_BASE = "https://meterline.dev/problems/"
 
 
 def problem_response(
-    status_code: int, title: str, detail: str, errors: list[dict[str, str]] | None = None,
-    code: str = "", headers: dict[str, str] | None = None, **extra: Any,
+    status_code: int,
+    title: str,
+    detail: str,
+    errors: list[dict[str, str]] | None = None,
+    code: str = "",
+    headers: dict[str, str] | None = None,
+    **extra: Any,
 ) -> Response:
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + (code or title.lower().replace(" ", "-")),

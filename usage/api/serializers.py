@@ -76,8 +76,12 @@ class SessionSerializer(serializers.Serializer):
 
 
 class EventDoc(serializers.Serializer):
-    id = serializers.RegexField(r"^[A-Za-z0-9._:-]{1,128}$", help_text="Client-chosen id, deduplicated forever per tenant.")
-    timestamp = serializers.DateTimeField(help_text="RFC 3339 with offset; within the last 35 days, ≤ 5 min ahead.")
+    id = serializers.RegexField(
+        r"^[A-Za-z0-9._:-]{1,128}$", help_text="Client-chosen id, deduplicated forever per tenant."
+    )
+    timestamp = serializers.DateTimeField(
+        help_text="RFC 3339 with offset; within the last 35 days, ≤ 5 min ahead."
+    )
     session_id = serializers.CharField(required=False, max_length=128)
     provider = serializers.CharField(required=False, max_length=128)
     model = serializers.CharField(required=False, max_length=128)
@@ -85,7 +89,9 @@ class EventDoc(serializers.Serializer):
         child=serializers.DecimalField(max_digits=15, decimal_places=6, min_value=0),
         help_text="Meter code → quantity (JSON number or decimal string, ≥ 0, ≤ 15 significant digits, ≤ 6 places).",
     )
-    metadata = serializers.DictField(required=False, help_text="Flat object: ≤ 50 keys of ≤ 40 chars, values ≤ 500 chars.")
+    metadata = serializers.DictField(
+        required=False, help_text="Flat object: ≤ 50 keys of ≤ 40 chars, values ≤ 500 chars."
+    )
 
 
 class EventBatchDoc(serializers.Serializer):
@@ -97,15 +103,23 @@ class IngestResultDoc(serializers.Serializer):
     duplicates = serializers.IntegerField()
     conflicts = serializers.IntegerField()
     conflicting_events = serializers.ListField(child=serializers.DictField(), help_text="[{index, id}]")
-    ignored = serializers.IntegerField(required=False, help_text="LiveKit objects that carry no billable usage.")
+    ignored = serializers.IntegerField(
+        required=False, help_text="LiveKit objects that carry no billable usage."
+    )
 
 
 class LiveKitMetricsDoc(serializers.Serializer):
     session_id = serializers.CharField(max_length=128)
-    metrics = serializers.ListField(child=serializers.DictField(), help_text="LiveKit metrics model_dump()s (any 1.x).")
+    metrics = serializers.ListField(
+        child=serializers.DictField(), help_text="LiveKit metrics model_dump()s (any 1.x)."
+    )
 
 
 class LiveKitUsageDoc(serializers.Serializer):
     session_id = serializers.CharField(max_length=128)
-    usage = serializers.ListField(child=serializers.DictField(), help_text="AgentSession.usage model_usage entries.")
-    timestamp = serializers.DateTimeField(required=False, help_text="When the usage was measured; default now.")
+    usage = serializers.ListField(
+        child=serializers.DictField(), help_text="AgentSession.usage model_usage entries."
+    )
+    timestamp = serializers.DateTimeField(
+        required=False, help_text="When the usage was measured; default now."
+    )

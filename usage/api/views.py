@@ -33,8 +33,11 @@ def meter_codes() -> frozenset[str]:
 
 def _invalid(exc: ingest.IngestError) -> Response:
     return problem_response(
-        exc.status, exc.title, "Nothing was stored. Fix the fields listed in errors and resend the whole batch.",
-        [e.as_dict() for e in exc.errors], code="invalid-usage",
+        exc.status,
+        exc.title,
+        "Nothing was stored. Fix the fields listed in errors and resend the whole batch.",
+        [e.as_dict() for e in exc.errors],
+        code="invalid-usage",
     )
 
 
@@ -51,23 +54,28 @@ class IngestView(APIView):
         principal = request.user
         try:
             batch = self.validator(request.data, principal.agent.pk, meter_codes(), timezone.now())
-            result = ingest.store_events(principal.tenant, principal.agent, batch, session_mode=self.session_mode)
+            result = ingest.store_events(
+                principal.tenant, principal.agent, batch, session_mode=self.session_mode
+            )
         except ingest.IngestError as exc:
             return _invalid(exc)
         except ingest.SessionModeConflict as exc:
             other = "per-model usage" if str(exc) == "usage" else "per-request metrics"
             return problem_response(
-                status.HTTP_409_CONFLICT, "Session already reported",
+                status.HTTP_409_CONFLICT,
+                "Session already reported",
                 f"This session's usage was already reported as {other}; reporting it both ways would count it "
                 "twice. Nothing was stored.",
-                [{"pointer": "/session_id", "detail": f"already reported as {other}"}], code="session-report-mode",
+                [{"pointer": "/session_id", "detail": f"already reported as {other}"}],
+                code="session-report-mode",
             )
         return Response(result.as_dict(), status=status.HTTP_200_OK)
 
 
 class EventsView(IngestView):
     @extend_schema(
-        operation_id="events_create", request=s.EventBatchDoc,
+        operation_id="events_create",
+        request=s.EventBatchDoc,
         responses={200: s.IngestResultDoc, 400: PROBLEM, 413: PROBLEM, 422: PROBLEM, 429: PROBLEM},
         summary="Submit usage events (1–1000, atomic, deduplicated by id)",
     )
@@ -80,7 +88,8 @@ class LiveKitMetricsView(IngestView):
     session_mode = "metrics"
 
     @extend_schema(
-        operation_id="livekit_metrics_create", request=s.LiveKitMetricsDoc,
+        operation_id="livekit_metrics_create",
+        request=s.LiveKitMetricsDoc,
         responses={200: s.IngestResultDoc, 409: PROBLEM, 422: PROBLEM},
         summary="Submit LiveKit metrics objects as model_dump() gives them",
     )
@@ -93,7 +102,8 @@ class LiveKitUsageView(IngestView):
     session_mode = "usage"
 
     @extend_schema(
-        operation_id="livekit_usage_create", request=s.LiveKitUsageDoc,
+        operation_id="livekit_usage_create",
+        request=s.LiveKitUsageDoc,
         responses={200: s.IngestResultDoc, 409: PROBLEM, 422: PROBLEM},
         summary="Submit a session's per-model usage at shutdown (AgentSession.usage)",
     )
@@ -103,27 +113,40 @@ class LiveKitUsageView(IngestView):
 
 class SessionView(APIView):
     @extend_schema(
-        operation_id="sessions_upsert", request=s.SessionUpsertSerializer,
+        operation_id="sessions_upsert",
+        request=s.SessionUpsertSerializer,
         responses={200: s.SessionSerializer, 201: s.SessionSerializer, 400: PROBLEM},
         summary="Create or update a session (fields left out are kept)",
     )
     def put(self, request: Request, session_id: str) -> Response:
         principal = request.user
         if len(session_id) > 128 or ingest._UNSTORABLE_RE.search(session_id):
-            return problem_response(400, "Bad request", "Invalid session id.",
-                                    [{"pointer": "/session_id", "detail": "must be 1–128 storable characters"}])
+            return problem_response(
+                400,
+                "Bad request",
+                "Invalid session id.",
+                [{"pointer": "/session_id", "detail": "must be 1–128 storable characters"}],
+            )
         serializer = s.SessionUpsertSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         with transaction.atomic():
-            session, created = Session.objects.for_tenant(principal.tenant).select_for_update().get_or_create(
-                session_id=session_id, defaults={"tenant": principal.tenant, "agent": principal.agent}
+            session, created = (
+                Session.objects.for_tenant(principal.tenant)
+                .select_for_update()
+                .get_or_create(
+                    session_id=session_id, defaults={"tenant": principal.tenant, "agent": principal.agent}
+                )
             )
             for name, value in serializer.validated_data.items():
                 setattr(session, name, value)
             if session.started_at and session.ended_at and session.ended_at < session.started_at:
                 transaction.set_rollback(True)
-                return problem_response(400, "Bad request", "ended_at is before started_at; nothing was changed.",
-                                        [{"pointer": "/ended_at", "detail": "must not be before started_at"}])
+                return problem_response(
+                    400,
+                    "Bad request",
+                    "ended_at is before started_at; nothing was changed.",
+                    [{"pointer": "/ended_at", "detail": "must not be before started_at"}],
+                )
             session.updated_at = timezone.now()
             session.save()
         return Response(s.SessionSerializer(session).data, status=201 if created else 200)

@@ -6,88 +6,195 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('tenants', '0001_initial'),
+        ("tenants", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Meter',
+            name="Meter",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('code', models.SlugField(max_length=64, unique=True)),
-                ('unit', models.CharField(max_length=32)),
-                ('description', models.CharField(max_length=200)),
-                ('is_active', models.BooleanField(default=True, help_text='Inactive meters are refused at ingestion.')),
-                ('display_order', models.PositiveIntegerField(default=0)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("code", models.SlugField(max_length=64, unique=True)),
+                ("unit", models.CharField(max_length=32)),
+                ("description", models.CharField(max_length=200)),
+                (
+                    "is_active",
+                    models.BooleanField(default=True, help_text="Inactive meters are refused at ingestion."),
+                ),
+                ("display_order", models.PositiveIntegerField(default=0)),
             ],
             options={
-                'ordering': ['display_order', 'code'],
+                "ordering": ["display_order", "code"],
             },
         ),
         migrations.CreateModel(
-            name='Session',
+            name="Session",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('session_id', models.CharField(max_length=128)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('ended_at', models.DateTimeField(blank=True, null=True)),
-                ('end_user_id', models.CharField(blank=True, max_length=128)),
-                ('conversation_type', models.CharField(blank=True, max_length=64)),
-                ('metadata', models.JSONField(blank=True, default=dict)),
-                ('livekit_report_mode', models.CharField(blank=True, choices=[('', 'none yet'), ('metrics', 'LiveKit per-request metrics'), ('usage', 'LiveKit per-model usage report')], default='', max_length=8)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('updated_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('agent', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='sessions', to='tenants.agent')),
-                ('tenant', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='sessions', to='tenants.tenant')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("session_id", models.CharField(max_length=128)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("ended_at", models.DateTimeField(blank=True, null=True)),
+                ("end_user_id", models.CharField(blank=True, max_length=128)),
+                ("conversation_type", models.CharField(blank=True, max_length=64)),
+                ("metadata", models.JSONField(blank=True, default=dict)),
+                (
+                    "livekit_report_mode",
+                    models.CharField(
+                        blank=True,
+                        choices=[
+                            ("", "none yet"),
+                            ("metrics", "LiveKit per-request metrics"),
+                            ("usage", "LiveKit per-model usage report"),
+                        ],
+                        default="",
+                        max_length=8,
+                    ),
+                ),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("updated_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "agent",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="sessions",
+                        to="tenants.agent",
+                    ),
+                ),
+                (
+                    "tenant",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="sessions",
+                        to="tenants.tenant",
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['tenant', '-created_at'], name='session_tenant_recent')],
-                'constraints': [models.UniqueConstraint(fields=('tenant', 'session_id'), name='session_unique_per_tenant'), models.CheckConstraint(condition=models.Q(('ended_at__isnull', True), ('started_at__isnull', True), ('ended_at__gte', models.F('started_at')), _connector='OR'), name='session_ends_after_start')],
+                "indexes": [models.Index(fields=["tenant", "-created_at"], name="session_tenant_recent")],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("tenant", "session_id"), name="session_unique_per_tenant"
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(
+                            ("ended_at__isnull", True),
+                            ("started_at__isnull", True),
+                            ("ended_at__gte", models.F("started_at")),
+                            _connector="OR",
+                        ),
+                        name="session_ends_after_start",
+                    ),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='UsageEvent',
+            name="UsageEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('event_id', models.CharField(max_length=128)),
-                ('timestamp', models.DateTimeField()),
-                ('session_id', models.CharField(blank=True, default='', max_length=128)),
-                ('provider', models.CharField(blank=True, default='', max_length=128)),
-                ('model', models.CharField(blank=True, default='', max_length=128)),
-                ('usage', models.JSONField(help_text='meter code → quantity as a decimal string')),
-                ('metadata', models.JSONField(blank=True, default=dict)),
-                ('payload_hash', models.CharField(max_length=64)),
-                ('source', models.CharField(choices=[('api', 'Api'), ('livekit_metrics', 'Livekit Metrics'), ('livekit_usage', 'Livekit Usage')], default='api', max_length=16)),
-                ('received_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('agent', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='tenants.agent')),
-                ('tenant', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='tenants.tenant')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("event_id", models.CharField(max_length=128)),
+                ("timestamp", models.DateTimeField()),
+                ("session_id", models.CharField(blank=True, default="", max_length=128)),
+                ("provider", models.CharField(blank=True, default="", max_length=128)),
+                ("model", models.CharField(blank=True, default="", max_length=128)),
+                ("usage", models.JSONField(help_text="meter code → quantity as a decimal string")),
+                ("metadata", models.JSONField(blank=True, default=dict)),
+                ("payload_hash", models.CharField(max_length=64)),
+                (
+                    "source",
+                    models.CharField(
+                        choices=[
+                            ("api", "Api"),
+                            ("livekit_metrics", "Livekit Metrics"),
+                            ("livekit_usage", "Livekit Usage"),
+                        ],
+                        default="api",
+                        max_length=16,
+                    ),
+                ),
+                ("received_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "agent",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="+", to="tenants.agent"
+                    ),
+                ),
+                (
+                    "tenant",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="+", to="tenants.tenant"
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['tenant', 'timestamp'], name='usageevent_tenant_time'), models.Index(fields=['tenant', 'session_id'], name='usageevent_tenant_session')],
-                'constraints': [models.UniqueConstraint(fields=('tenant', 'event_id'), name='usageevent_unique_id_per_tenant')],
+                "indexes": [
+                    models.Index(fields=["tenant", "timestamp"], name="usageevent_tenant_time"),
+                    models.Index(fields=["tenant", "session_id"], name="usageevent_tenant_session"),
+                ],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("tenant", "event_id"), name="usageevent_unique_id_per_tenant"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='UsageRollup',
+            name="UsageRollup",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('session_id', models.CharField(blank=True, default='', max_length=128)),
-                ('meter', models.CharField(max_length=64)),
-                ('provider', models.CharField(blank=True, default='', max_length=128)),
-                ('model', models.CharField(blank=True, default='', max_length=128)),
-                ('hour', models.DateTimeField()),
-                ('quantity', models.DecimalField(decimal_places=6, max_digits=30)),
-                ('event_count', models.PositiveIntegerField()),
-                ('agent', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='tenants.agent')),
-                ('tenant', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='tenants.tenant')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("session_id", models.CharField(blank=True, default="", max_length=128)),
+                ("meter", models.CharField(max_length=64)),
+                ("provider", models.CharField(blank=True, default="", max_length=128)),
+                ("model", models.CharField(blank=True, default="", max_length=128)),
+                ("hour", models.DateTimeField()),
+                ("quantity", models.DecimalField(decimal_places=6, max_digits=30)),
+                ("event_count", models.PositiveIntegerField()),
+                (
+                    "agent",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="+", to="tenants.agent"
+                    ),
+                ),
+                (
+                    "tenant",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="+", to="tenants.tenant"
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['tenant', 'hour'], name='usagerollup_tenant_hour')],
-                'constraints': [models.UniqueConstraint(fields=('tenant', 'agent', 'session_id', 'meter', 'provider', 'model', 'hour'), name='usagerollup_unique_group'), models.CheckConstraint(condition=models.Q(('quantity__gte', 0)), name='usagerollup_quantity_non_negative')],
+                "indexes": [models.Index(fields=["tenant", "hour"], name="usagerollup_tenant_hour")],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("tenant", "agent", "session_id", "meter", "provider", "model", "hour"),
+                        name="usagerollup_unique_group",
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(("quantity__gte", 0)), name="usagerollup_quantity_non_negative"
+                    ),
+                ],
             },
         ),
     ]

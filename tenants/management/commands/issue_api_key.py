@@ -37,7 +37,9 @@ class Command(BaseCommand):
             agent_obj = Agent.objects.for_tenant(tenant_obj).filter(name=agent).first()
             if agent_obj is None:
                 if not create:
-                    raise CommandError(f"No agent {agent!r} in tenant {tenant!r} (use --create to create it).")
+                    raise CommandError(
+                        f"No agent {agent!r} in tenant {tenant!r} (use --create to create it)."
+                    )
                 agent_obj = Agent(tenant=tenant_obj, name=agent)
                 agent_obj.full_clean()
                 agent_obj.save()

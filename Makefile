@@ -1,0 +1,40 @@
+# The README's commands. `make run` and `make test` work on a fresh clone: without DATABASE_URL they use an
+# embedded PostgreSQL (and broker) in .devdata/; with DATABASE_URL set they use that server.
+PY := .venv/bin/python
+export DEBUG ?= 1
+
+.PHONY: setup run test test-fast lint format bench bench-ingest lock clean-devdata
+
+setup:
+	@sh scripts/bootstrap.sh
+
+run: setup
+	$(PY) scripts/dev.py run
+
+test: setup
+	$(PY) -m pytest $(ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+format: setup
+	.venv/bin/ruff check --fix .
+	.venv/bin/ruff format .
+
+bench: bench-ingest
+
+bench-ingest: setup
+	$(PY) scripts/bench_ingest.py $(ARGS)
+
+# Regenerate requirements.lock from a clean environment after changing dependencies in pyproject.toml.
+lock:
+	rm -rf .lockenv && python3 -m venv .lockenv && .lockenv/bin/pip install --quiet -e ".[dev]" $(if $(wildcard sdk/python),-e "sdk/python[livekit]")
+	.lockenv/bin/pip freeze --exclude-editable | grep -v '^-e ' > requirements.lock && rm -rf .lockenv
+
+clean-devdata:
+	$(PY) -c "from config import devservices; from pathlib import Path; devservices.stop_postgres(Path('.devdata/pg'), force=True)" || true
+	rm -rf .devdata

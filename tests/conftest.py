@@ -1,0 +1,119 @@
+import json
+
+import pytest
+from rest_framework.test import APIClient
+
+from tests.factories import AgentFactory, TenantFactory, api_key_for
+
+
+@pytest.fixture
+def tenant(db):
+    return TenantFactory()
+
+
+@pytest.fixture
+def agent(tenant):
+    return AgentFactory(tenant=tenant)
+
+
+@pytest.fixture
+def api_key(agent):
+    return api_key_for(agent)
+
+
+class AgentClient:
+    """An HTTP client holding one agent's key; ``post`` sends raw JSON text or an object."""
+
+    def __init__(self, key: str):
+        self.key = key
+        self.client = APIClient()
+        self.client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+
+    def post(self, path: str, body, content_type: str = "application/json"):
+        data = body if isinstance(body, str | bytes) else json.dumps(body)
+        return self.client.generic("POST", path, data, content_type=content_type)
+
+    def put(self, path: str, body):
+        return self.client.generic("PUT", path, json.dumps(body), content_type="application/json")
+
+    def get(self, path: str, **params):
+        return self.client.get(path, params)
+
+
+@pytest.fixture
+def agent_client(api_key):
+    return AgentClient(api_key)
+
+
+@pytest.fixture
+def make_agent_client(db):
+    def make(agent=None):
+        return AgentClient(api_key_for(agent or AgentFactory()))
+
+    return make
+
+
+@pytest.fixture
+def celery_worker(transactional_db):
+    """A real Celery worker consuming the configured broker.
+
+    With a Redis broker (CI, production-like runs) it is a separate ``celery worker`` process pointed at the
+    test database; with the in-memory default (a laptop with no Redis) it is Celery's own in-thread test
+    worker. Either way tasks go through the broker, serialization and acks — not eager mode.
+    """
+    import os
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    from celery.contrib.testing.worker import start_worker
+    from django.conf import settings
+    from django.db import connection
+
+    from config.celery import app
+
+    if not settings.CELERY_BROKER_URL.startswith("redis"):
+        app.conf.result_backend = app.conf.result_backend or "cache+memory://"
+        with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
+            yield app
+        return
+
+    queue = f"test-{uuid.uuid4().hex[:8]}"
+    db = connection.settings_dict
+    host = db["HOST"].replace("/", "%2F")
+    env = dict(
+        os.environ,
+        DATABASE_URL=f"postgresql://{db['USER']}@{host}:{db['PORT'] or 5432}/{db['NAME']}",
+        DEBUG="1",
+    )
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "--pool=solo",
+            "-Q",
+            queue,
+            "--loglevel=WARNING",
+            "-n",
+            f"{queue}@%h",
+        ],
+        env=env,
+        cwd=settings.BASE_DIR,
+    )
+    previous = app.conf.task_default_queue
+    app.conf.task_default_queue = queue
+    try:
+        deadline = time.monotonic() + 30
+        while not app.control.ping(destination=[f"{queue}@{os.uname().nodename}"], timeout=0.5):
+            assert worker.poll() is None, "the celery worker exited during start-up"
+            assert time.monotonic() < deadline, "the celery worker did not answer a ping within 30 s"
+        yield app
+    finally:
+        app.conf.task_default_queue = previous
+        worker.terminate()
+        worker.wait(30)
