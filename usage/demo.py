@@ -23,6 +23,8 @@ from usage.models import Session, UsageEvent
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "tests" / "data" / "livekit"
 DEMO_USERNAME = "demo"
 DEMO_PASSWORD = "meterline-demo"  # noqa: S105 - a published demo credential for the local dev server only
+DEMO_ADMIN = "admin"
+DEMO_ADMIN_PASSWORD = "meterline-admin"  # noqa: S105 - same: local dev server only
 AGENTS = {
     "dental-receptionist": ["pipeline_deepgram_openai_cartesia"],
     "skyway-voice": ["realtime_openai_gpt_realtime", "realtime_gemini_live"],
@@ -51,6 +53,8 @@ def load_demo(days: int = 30, seed: int = 7, now: datetime | None = None) -> dic
         if user is None:
             user = user_model.objects.create_user(DEMO_USERNAME, "demo@acme-voice.example", DEMO_PASSWORD)
         Membership.objects.get_or_create(user=user, tenant=tenant, defaults={"role": Membership.Role.OWNER})
+        if not user_model.objects.filter(username=DEMO_ADMIN).exists():
+            user_model.objects.create_superuser(DEMO_ADMIN, "admin@meterline.example", DEMO_ADMIN_PASSWORD)
         keys = {}
         for name in AGENTS:
             agent, agent_created = Agent.objects.get_or_create(tenant=tenant, name=name)
@@ -61,6 +65,8 @@ def load_demo(days: int = 30, seed: int = 7, now: datetime | None = None) -> dic
         "keys": keys,
         "username": DEMO_USERNAME,
         "password": DEMO_PASSWORD,
+        "admin": DEMO_ADMIN,
+        "admin_password": DEMO_ADMIN_PASSWORD,
         "events": 0,
     }
     if UsageEvent.objects.for_tenant(tenant).exists():

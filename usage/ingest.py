@@ -220,7 +220,9 @@ def _metadata(value: Any, pointer: str, errors: list[FieldError]) -> dict[str, A
         elif isinstance(item, int | float | Decimal):
             number = Decimal(item) if not isinstance(item, float) else Decimal(repr(item))
             if not number.is_finite() or abs(number) >= METADATA_NUMBER_LIMIT:
-                errors.append(FieldError(item_pointer, "numbers in metadata must be finite and below 1e15 in size"))
+                errors.append(
+                    FieldError(item_pointer, "numbers in metadata must be finite and below 1e15 in size")
+                )
             else:
                 clean[key] = int(number) if number == number.to_integral_value() else float(number)
         else:

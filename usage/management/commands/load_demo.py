@@ -10,7 +10,8 @@ class Command(BaseCommand):
         summary = load_demo()
         tenant = summary["tenant"]
         self.stdout.write(f"Demo tenant: {tenant.name} ({tenant.slug}), {summary['events']} usage events")
-        self.stdout.write(f"Log in with:  {summary['username']} / {summary['password']}")
+        self.stdout.write(f"Portal login: {summary['username']} / {summary['password']}")
+        self.stdout.write(f"Admin login:  {summary['admin']} / {summary['admin_password']}  (/admin/)")
         for agent, key in summary["keys"].items():
             self.stdout.write(f"API key for agent {agent} (shown once): {key}")
         if not summary["keys"]:
