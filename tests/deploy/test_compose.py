@@ -16,5 +16,7 @@ def test_compose_runs_postgres_redis_web_worker_and_beat_with_health_checks_from
     assert "gunicorn" in services["web"]["command"] and "worker" in services["worker"]["command"]
     for name in ("web", "worker", "beat"):
         env = services[name]["environment"]
-        assert env["DATABASE_URL"].startswith("postgresql://") and env["CELERY_BROKER_URL"].startswith("redis://")
+        assert env["DATABASE_URL"].startswith("postgresql://") and env["CELERY_BROKER_URL"].startswith(
+            "redis://"
+        )
         assert env["DEBUG"] == "0"
