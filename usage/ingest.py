@@ -541,10 +541,10 @@ def validate_livekit_usage(payload: Any, agent_id: int, meter_codes: frozenset[s
 
 _INSERT_SQL = """
 WITH incoming AS (
-    SELECT * FROM unnest(
-        %(ids)s::text[], %(timestamps)s::timestamptz[], %(sessions)s::text[], %(providers)s::text[],
-        %(models)s::text[], %(usages)s::jsonb[], %(metadata)s::jsonb[], %(hashes)s::text[]
-    ) AS t(event_id, ts, session_id, provider, model, usage, metadata, payload_hash)
+    SELECT * FROM json_to_recordset(%(rows)s::json) AS t(
+        event_id text, ts timestamptz, session_id text, provider text, model text, usage jsonb, metadata jsonb,
+        payload_hash text
+    )
 ),
 new_sessions AS (
     INSERT INTO usage_session (tenant_id, agent_id, session_id, end_user_id, conversation_type, metadata,
@@ -622,14 +622,25 @@ def _store(tenant: Tenant, agent: Agent, records: Sequence[EventRecord], session
         "tz": tenant.timezone,
         "mode": session_mode,
         "source": records[0].source,
-        "ids": [r.event_id for r in records],
-        "timestamps": [r.timestamp for r in records],
-        "sessions": [r.session_id for r in records],
-        "providers": [r.provider for r in records],
-        "models": [r.model for r in records],
-        "usages": [json.dumps(r.usage, separators=(",", ":")) for r in records],
-        "metadata": [json.dumps(r.metadata, separators=(",", ":"), ensure_ascii=False) for r in records],
-        "hashes": [r.payload_hash for r in records],
+        # One JSON document rather than eight arrays: quoting 1000-element arrays of JSON text for the
+        # driver cost more than the whole INSERT (docs/performance.md); PostgreSQL parses this in C.
+        "rows": json.dumps(
+            [
+                {
+                    "event_id": r.event_id,
+                    "ts": r.timestamp.isoformat(),
+                    "session_id": r.session_id,
+                    "provider": r.provider,
+                    "model": r.model,
+                    "usage": r.usage,
+                    "metadata": r.metadata,
+                    "payload_hash": r.payload_hash,
+                }
+                for r in records
+            ],
+            separators=(",", ":"),
+            ensure_ascii=False,
+        ),
     }
     with connection.cursor() as cursor:
         cursor.execute(_INSERT_SQL, params)

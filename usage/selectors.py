@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from decimal import Decimal
+
 from django.db import connection
 
 _DRIFT_SQL = """
@@ -47,3 +50,30 @@ def rollup_drift(tenant_id: int) -> list[dict]:
             }
             for row in cursor.fetchall()
         ]
+
+
+def usage_totals(tenant_id: int, start: datetime, end: datetime) -> dict[tuple[str, str, str], Decimal]:
+    """Quantity per (meter, provider, model) of rollup buckets starting in [start, end).
+
+    Buckets are tenant-local hours, so any tenant-local day or month boundary is exact.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT meter, provider, model, sum(quantity) FROM usage_usagerollup
+            WHERE tenant_id = %s AND hour >= %s AND hour < %s
+            GROUP BY 1, 2, 3
+            """,
+            [tenant_id, start, end],
+        )
+        return {(meter, provider, model): quantity for meter, provider, model, quantity in cursor.fetchall()}
+
+
+def active_agent_ids(tenant_id: int, start: datetime, end: datetime) -> list[int]:
+    """Agents that reported any usage in [start, end)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT DISTINCT agent_id FROM usage_usagerollup WHERE tenant_id = %s AND hour >= %s AND hour < %s ORDER BY 1",
+            [tenant_id, start, end],
+        )
+        return [row[0] for row in cursor.fetchall()]

@@ -1,0 +1,342 @@
+"""Billing tables: versioned price plans, provider rates, subscriptions, invoices and their lines.
+
+Invariants the database holds: one invoice per tenant and period, one line per group of an invoice, gapless
+numbers (a counter row per year, taken under a row lock), and finalized invoices and lines that never change
+(a trigger refuses it; see migration 0002).
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from billing.pricing import PriceModel
+from tenants.models import Tenant, TenantScopedQuerySet
+
+MONEY = {"max_digits": 18, "decimal_places": 4}  # rounded amounts: at most 3 minor-unit decimals (KWD)
+RATE = {"max_digits": 28, "decimal_places": 12}  # unit prices, e.g. $0.075 per 1M tokens
+QUANTITY = {"max_digits": 30, "decimal_places": 6}
+
+
+class PricePlan(models.Model):
+    """A named plan; what it charges lives in its versions."""
+
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=64, unique=True)
+    currency = models.CharField(max_length=3, default="USD")
+    description = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.currency})"
+
+    def version_on(self, day: date) -> PlanVersion | None:
+        return self.versions.filter(effective_from__lte=day).order_by("-effective_from").first()
+
+
+class PlanVersion(models.Model):
+    """What a plan charges from ``effective_from`` on. Locked (read-only) once a finalized invoice used it;
+    changing prices then means a new version from a date."""
+
+    plan = models.ForeignKey(PricePlan, on_delete=models.PROTECT, related_name="versions")
+    version = models.PositiveIntegerField()
+    effective_from = models.DateField()
+    base_fee = models.DecimalField(**MONEY, default=0)
+    fee_per_active_agent = models.DecimalField(
+        **MONEY, default=0, help_text="Charged per agent that reported usage in the period."
+    )
+    is_locked = models.BooleanField(default=False, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["plan", "-effective_from"]
+        constraints = [
+            models.UniqueConstraint(fields=["plan", "version"], name="planversion_unique_number"),
+            models.UniqueConstraint(fields=["plan", "effective_from"], name="planversion_unique_start"),
+            models.CheckConstraint(
+                condition=Q(base_fee__gte=0, fee_per_active_agent__gte=0),
+                name="planversion_fees_non_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.plan.name} v{self.version} (from {self.effective_from})"
+
+
+class Price(models.Model):
+    version = models.ForeignKey(PlanVersion, on_delete=models.CASCADE, related_name="prices")
+    meter = models.ForeignKey(
+        "usage.Meter", on_delete=models.PROTECT, to_field="code", db_column="meter_code"
+    )
+    provider = models.CharField(max_length=128, blank=True, help_text="Empty: any provider.")
+    model_pattern = models.CharField(
+        max_length=128, blank=True, help_text="Glob such as gpt-4o-mini*; empty: any model."
+    )
+    price_model = models.CharField(
+        max_length=16, choices=[(m.value, m.value) for m in PriceModel], default=PriceModel.PER_UNIT
+    )
+    unit_amount = models.DecimalField(
+        **RATE, default=0, help_text="Per unit_size units (per_unit; tier unit)."
+    )
+    unit_size = models.DecimalField(**QUANTITY, default=1)
+    package_size = models.DecimalField(**QUANTITY, default=1)
+    package_amount = models.DecimalField(**RATE, default=0)
+    markup = models.DecimalField(
+        max_digits=10, decimal_places=6, default=0, help_text="cost_plus: 0.25 = +25 %."
+    )
+    free_allowance = models.DecimalField(**QUANTITY, default=0, help_text="Free quantity per period.")
+    minimum_charge = models.DecimalField(
+        **MONEY, default=0, help_text="Per period, when the price matched usage."
+    )
+
+    class Meta:
+        ordering = ["meter_id", "provider", "model_pattern"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["version", "meter", "provider", "model_pattern"], name="price_unique_scope"
+            ),
+            models.CheckConstraint(
+                condition=Q(
+                    unit_amount__gte=0,
+                    package_amount__gte=0,
+                    markup__gte=0,
+                    free_allowance__gte=0,
+                    minimum_charge__gte=0,
+                    unit_size__gt=0,
+                    package_size__gt=0,
+                ),
+                name="price_amounts_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        scope = "/".join(x for x in (self.provider, self.model_pattern) if x) or "any"
+        return f"{self.meter_id} [{scope}] {self.price_model}"
+
+
+class PriceTier(models.Model):
+    price = models.ForeignKey(Price, on_delete=models.CASCADE, related_name="tiers")
+    up_to = models.DecimalField(
+        **QUANTITY, null=True, blank=True, help_text="Empty: no upper bound (last tier)."
+    )
+    unit_amount = models.DecimalField(**RATE, default=0)
+    flat_amount = models.DecimalField(**MONEY, default=0)
+
+    class Meta:
+        ordering = ["price", models.F("up_to").asc(nulls_last=True)]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["price", "up_to"], name="pricetier_unique_bound", nulls_distinct=False
+            )
+        ]
+
+
+class ProviderRate(models.Model):
+    """A provider's list cost (the platform's own cost): used by cost_plus prices and for margins."""
+
+    provider = models.CharField(max_length=128)
+    model_pattern = models.CharField(max_length=128, blank=True)
+    meter = models.ForeignKey(
+        "usage.Meter", on_delete=models.PROTECT, to_field="code", db_column="meter_code"
+    )
+    cost_per_unit = models.DecimalField(**RATE)
+    unit_size = models.DecimalField(**QUANTITY, default=1)
+    currency = models.CharField(max_length=3, default="USD")
+    effective_from = models.DateField()
+    source = models.CharField(
+        max_length=300, blank=True, help_text="Where the figure comes from (URL, date)."
+    )
+
+    class Meta:
+        ordering = ["provider", "model_pattern", "meter_id", "-effective_from"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["provider", "model_pattern", "meter", "currency", "effective_from"],
+                name="providerrate_unique",
+            ),
+            models.CheckConstraint(
+                condition=Q(cost_per_unit__gte=0, unit_size__gt=0), name="providerrate_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider} {self.model_pattern or '*'} {self.meter_id} from {self.effective_from}"
+
+
+class Subscription(models.Model):
+    """A tenant is on one plan at a time; a change starts on a date and splits that period."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="subscriptions")
+    plan = models.ForeignKey(PricePlan, on_delete=models.PROTECT, related_name="subscriptions")
+    starts_on = models.DateField()
+    ends_on = models.DateField(null=True, blank=True, help_text="Exclusive; empty while current.")
+
+    objects = TenantScopedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["tenant", "starts_on"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "starts_on"], name="subscription_unique_start"),
+            models.CheckConstraint(
+                condition=Q(ends_on__isnull=True) | Q(ends_on__gt=models.F("starts_on")),
+                name="subscription_positive_length",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant} on {self.plan} from {self.starts_on}"
+
+    def clean(self) -> None:
+        overlapping = Subscription.objects.filter(tenant_id=self.tenant_id).exclude(pk=self.pk)
+        if self.ends_on:
+            overlapping = overlapping.filter(starts_on__lt=self.ends_on)
+        overlapping = overlapping.filter(Q(ends_on__isnull=True) | Q(ends_on__gt=self.starts_on))
+        if self.tenant_id and overlapping.exists():
+            raise ValidationError("This subscription overlaps another one of the same tenant.")
+
+
+class InvoiceQuerySet(TenantScopedQuerySet):
+    def finalized(self):
+        return self.exclude(status=Invoice.Status.DRAFT)
+
+
+class Invoice(models.Model):
+    class Status(models.TextChoices):
+        DRAFT = "draft"
+        OPEN = "open"
+        PAID = "paid"
+        VOID = "void"
+        UNCOLLECTIBLE = "uncollectible"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="invoices")
+    period_start = models.DateField(help_text="First day of the billing period (tenant-local).")
+    period_end = models.DateField(help_text="First day after the period (exclusive).")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
+    number = models.CharField(max_length=32, null=True, blank=True, unique=True)
+    currency = models.CharField(max_length=3)
+    total = models.DecimalField(**MONEY, default=0)
+    platform_cost = models.DecimalField(**MONEY, default=0)
+    unmatched = models.JSONField(
+        default=list, blank=True, help_text="Usage no price matched (never billed silently)."
+    )
+    generated_at = models.DateTimeField(null=True, blank=True)
+    finalized_at = models.DateTimeField(null=True, blank=True)
+    status_changed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    objects = InvoiceQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-period_start", "tenant"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "period_start"], name="invoice_one_per_tenant_period"),
+            models.CheckConstraint(
+                condition=Q(period_end__gt=models.F("period_start")), name="invoice_period_positive"
+            ),
+            models.CheckConstraint(
+                condition=Q(status="draft", number__isnull=True)
+                | (~Q(status="draft") & Q(number__isnull=False)),
+                name="invoice_number_iff_finalized",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.number or f"draft {self.tenant.slug} {self.period_start:%Y-%m}"
+
+    @property
+    def is_finalized(self) -> bool:
+        return self.status != self.Status.DRAFT
+
+
+class InvoiceLine(models.Model):
+    class Kind(models.TextChoices):
+        BASE_FEE = "base_fee"
+        AGENT_FEE = "agent_fee"
+        USAGE = "usage"
+        MINIMUM = "minimum"
+        ADJUSTMENT = "adjustment"
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
+    position = models.PositiveIntegerField()
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    description = models.CharField(max_length=300)
+    meter = models.CharField(max_length=64, blank=True)
+    provider = models.CharField(max_length=128, blank=True)
+    model = models.CharField(max_length=128, blank=True)
+    plan_version = models.ForeignKey(
+        PlanVersion, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    segment_start = models.DateField(
+        help_text="The part of the period this line prices (plan changes split it)."
+    )
+    segment_end = models.DateField()
+    adjusted_period_start = models.DateField(
+        null=True, blank=True, help_text="Adjustment lines: the period it corrects."
+    )
+    adjusts_kind = models.CharField(
+        max_length=16, blank=True, help_text="Adjustment lines: the kind of line corrected."
+    )
+    quantity = models.DecimalField(**QUANTITY, default=0)
+    allowance = models.DecimalField(**QUANTITY, default=0)
+    billable_quantity = models.DecimalField(**QUANTITY, default=0)
+    unit_price = models.DecimalField(**RATE, null=True, blank=True)
+    unit_size = models.DecimalField(**QUANTITY, default=1)
+    amount = models.DecimalField(**MONEY)
+    unrounded_amount = models.DecimalField(max_digits=40, decimal_places=20)
+    platform_cost = models.DecimalField(**MONEY, null=True, blank=True)
+    price_snapshot = models.JSONField(
+        default=dict, blank=True, help_text="The price as it was when this line was priced."
+    )
+
+    class Meta:
+        ordering = ["invoice", "position"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=[
+                    "invoice",
+                    "kind",
+                    "adjusts_kind",
+                    "meter",
+                    "provider",
+                    "model",
+                    "segment_start",
+                    "adjusted_period_start",
+                ],
+                name="invoiceline_one_per_group",
+                nulls_distinct=False,
+            ),
+            models.UniqueConstraint(fields=["invoice", "position"], name="invoiceline_unique_position"),
+        ]
+
+    def __str__(self) -> str:
+        return self.description
+
+
+class InvoiceNumberSequence(models.Model):
+    """The last number given per year; taken under a row lock so numbers are gapless (ML-2026-000123)."""
+
+    year = models.PositiveIntegerField(unique=True)
+    last_number = models.PositiveIntegerField(default=0)
+
+
+class PlanAuditEntry(models.Model):
+    """Who changed what in a price plan, and when (admin edits of plans, versions, prices and tiers)."""
+
+    plan = models.ForeignKey(PricePlan, on_delete=models.CASCADE, related_name="audit_entries")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    at = models.DateTimeField(default=timezone.now)
+    action = models.CharField(max_length=32)
+    object_repr = models.CharField(max_length=300)
+    changes = models.JSONField(default=dict, help_text="field → [before, after]")
+
+    class Meta:
+        ordering = ["-at"]
+        verbose_name_plural = "plan audit entries"

@@ -1,0 +1,37 @@
+"""Celery tasks of billing: thin, idempotent wrappers around billing.invoicing, called with ids."""
+
+from datetime import date
+
+from celery import shared_task
+from django.utils import timezone
+
+from billing import invoicing
+
+
+@shared_task(acks_late=True)
+def generate_invoice(tenant_id: int, period_start: str) -> int:
+    return invoicing.generate_invoice(tenant_id, date.fromisoformat(period_start)).pk
+
+
+@shared_task(acks_late=True)
+def finalize_invoice(invoice_id: int) -> str | None:
+    invoice = invoicing.finalize_invoice(invoice_id)
+    return invoice.number
+
+
+@shared_task(acks_late=True)
+def refresh_drafts() -> int:
+    """Beat: keep every billable tenant's current (and not yet finalized previous) draft up to date."""
+    pairs = invoicing.tenants_to_bill(timezone.now())
+    for tenant_id, period_start in pairs:
+        generate_invoice.delay(tenant_id, period_start.isoformat())
+    return len(pairs)
+
+
+@shared_task(acks_late=True)
+def finalize_due_invoices() -> int:
+    """Beat: finalize drafts whose period ended more than the grace period ago."""
+    ids = invoicing.due_invoice_ids(timezone.now())
+    for invoice_id in ids:
+        finalize_invoice.delay(invoice_id)
+    return len(ids)
