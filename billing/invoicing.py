@@ -495,9 +495,11 @@ def tenants_to_bill(now: datetime) -> list[tuple[int, date]]:
         start, _ = current_period(tenant, now)
         pairs.append((tenant.pk, start))
         previous = periods.previous_month(start)
-        if not Invoice.objects.for_tenant(tenant).finalized().filter(period_start=previous).exists():
-            if Subscription.objects.for_tenant(tenant).filter(starts_on__lt=start).exists():
-                pairs.append((tenant.pk, previous))
+        if (
+            not Invoice.objects.for_tenant(tenant).finalized().filter(period_start=previous).exists()
+            and Subscription.objects.for_tenant(tenant).filter(starts_on__lt=start).exists()
+        ):
+            pairs.append((tenant.pk, previous))
     return pairs
 
 

@@ -132,6 +132,9 @@ class PriceTier(models.Model):
 
     class Meta:
         ordering = ["price", models.F("up_to").asc(nulls_last=True)]
+
+    def __str__(self) -> str:
+        return f"up to {self.up_to if self.up_to is not None else '∞'}: {self.unit_amount}"
         constraints = [
             models.UniqueConstraint(
                 fields=["price", "up_to"], name="pricetier_unique_bound", nulls_distinct=False
@@ -326,6 +329,9 @@ class InvoiceNumberSequence(models.Model):
     year = models.PositiveIntegerField(unique=True)
     last_number = models.PositiveIntegerField(default=0)
 
+    def __str__(self) -> str:
+        return f"{self.year}: {self.last_number}"
+
 
 class PlanAuditEntry(models.Model):
     """Who changed what in a price plan, and when (admin edits of plans, versions, prices and tiers)."""
@@ -340,3 +346,6 @@ class PlanAuditEntry(models.Model):
     class Meta:
         ordering = ["-at"]
         verbose_name_plural = "plan audit entries"
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M} {self.user} {self.action} {self.object_repr}"
