@@ -132,14 +132,14 @@ class PriceTier(models.Model):
 
     class Meta:
         ordering = ["price", models.F("up_to").asc(nulls_last=True)]
-
-    def __str__(self) -> str:
-        return f"up to {self.up_to if self.up_to is not None else '∞'}: {self.unit_amount}"
         constraints = [
             models.UniqueConstraint(
                 fields=["price", "up_to"], name="pricetier_unique_bound", nulls_distinct=False
             )
         ]
+
+    def __str__(self) -> str:
+        return f"up to {self.up_to if self.up_to is not None else '∞'}: {self.unit_amount}"
 
 
 class ProviderRate(models.Model):
