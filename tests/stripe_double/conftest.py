@@ -1,0 +1,1 @@
+from .fixtures import fast_stripe_retries, stripe_double  # noqa: F401

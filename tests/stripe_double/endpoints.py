@@ -1,0 +1,396 @@
+"""The routes the double serves: for each, the parameters it accepts, the checks Stripe makes on them before
+doing anything, and the store operation it runs.
+
+A route's ``spec`` lists only what the double models; ``stripe_params`` names the SDK's generated params type so
+that a real-but-unmodelled parameter is refused with a message saying so (see ``params.validate``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from .errors import invalid, missing_parameter, only_one_of
+from .params import (
+    Field,
+    array_of,
+    boolean,
+    created_filter,
+    currency,
+    decimal_string,
+    enum,
+    hash_of,
+    integer,
+    metadata,
+    non_negative_integer,
+    stripe_param_names,
+    text,
+)
+from .resources import RequestContext, Store
+
+Act = Callable[[Store, dict[str, str], dict[str, Any], RequestContext], dict[str, Any]]
+
+
+def _limit(value: Any, name: str) -> int:
+    number = integer(value, name)
+    if not 1 <= number <= 100:
+        raise invalid(f"Invalid {name}: must be between 1 and 100", param=name)
+    return number
+
+
+def _email(value: Any, name: str) -> str:
+    return text(value, name, max_length=512)
+
+
+def _no_check(params: dict[str, Any]) -> None:
+    return None
+
+
+EXPAND = Field(array_of(text))
+METADATA = Field(metadata, nullable=True)
+PAGING = {
+    "limit": Field(_limit),
+    "starting_after": Field(text),
+    "ending_before": Field(text),
+    "expand": EXPAND,
+}
+LISTING = {**PAGING, "created": Field(created_filter)}
+ONLY_EXPAND = {"expand": EXPAND}
+SEARCHING = {"query": Field(text), "limit": Field(_limit), "page": Field(text), "expand": EXPAND}
+
+ADDRESS = Field(
+    hash_of(
+        {
+            key: Field(text, nullable=True)
+            for key in ("city", "country", "line1", "line2", "postal_code", "state")
+        }
+    ),
+    nullable=True,
+)
+CUSTOMER_FIELDS = {
+    "address": ADDRESS,
+    "description": Field(text, nullable=True),
+    "email": Field(_email, nullable=True),
+    "expand": EXPAND,
+    "metadata": METADATA,
+    "name": Field(text, nullable=True),
+    "phone": Field(text, nullable=True),
+    "preferred_locales": Field(array_of(text), nullable=True),
+    "tax_exempt": Field(enum("none", "exempt", "reverse"), nullable=True),
+}
+
+INVOICE_ITEM_CREATE = {
+    "amount": Field(integer),
+    "currency": Field(currency),
+    "customer": Field(text),
+    "description": Field(text),
+    "expand": EXPAND,
+    "invoice": Field(text),
+    "metadata": METADATA,
+    "period": Field(hash_of({"start": Field(integer), "end": Field(integer)})),
+    "quantity": Field(non_negative_integer),
+    "quantity_decimal": Field(decimal_string),
+    "unit_amount_decimal": Field(decimal_string),
+}
+
+
+def _check_invoice_item(params: dict[str, Any]) -> None:
+    if "customer" not in params:
+        raise missing_parameter("customer")
+    if "amount" in params and "unit_amount_decimal" in params:
+        raise only_one_of("amount", "unit_amount_decimal")
+    if "quantity" in params and "quantity_decimal" in params:
+        raise only_one_of("quantity", "quantity_decimal")
+    if "amount" in params and ("quantity" in params or "quantity_decimal" in params):
+        raise only_one_of("amount", "quantity")
+    if "amount" not in params and "unit_amount_decimal" not in params:
+        raise missing_parameter("amount")
+    for bound in ("start", "end"):
+        if "period" in params and bound not in params["period"]:
+            raise missing_parameter(f"period[{bound}]")
+
+
+INVOICE_CREATE = {
+    "auto_advance": Field(boolean),
+    "collection_method": Field(enum("charge_automatically", "send_invoice")),
+    "currency": Field(currency),
+    "customer": Field(text),
+    "days_until_due": Field(non_negative_integer),
+    "description": Field(text, nullable=True),
+    "due_date": Field(integer),
+    "expand": EXPAND,
+    "metadata": METADATA,
+    "pending_invoice_items_behavior": Field(enum("exclude", "include")),
+}
+
+
+def _check_invoice(params: dict[str, Any]) -> None:
+    if "customer" not in params:
+        raise missing_parameter("customer")
+    method = params.get("collection_method", "charge_automatically")
+    if method == "charge_automatically":
+        for name in ("days_until_due", "due_date"):
+            if name in params:
+                raise invalid(
+                    f"You can only specify '{name}' if invoice collection method is 'send_invoice'.",
+                    param=name,
+                )
+    elif "days_until_due" in params and "due_date" in params:
+        raise only_one_of("days_until_due", "due_date")
+    elif "days_until_due" not in params and "due_date" not in params:
+        raise invalid(
+            "Invoices with collection_method 'send_invoice' need either 'days_until_due' or 'due_date'.",
+            param="days_until_due",
+            code="parameter_missing",
+        )
+
+
+def _check_search(params: dict[str, Any]) -> None:
+    if "query" not in params:
+        raise missing_parameter("query")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    spec: dict[str, Field]
+    act: Act
+    stripe_params: str
+    check: Callable[[dict[str, Any]], None] = _no_check
+    pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", self.path)
+        object.__setattr__(self, "pattern", re.compile(regex))
+
+    @cached_property
+    def stripe_knows(self) -> frozenset[str]:
+        return stripe_param_names(self.stripe_params)
+
+
+# Literal routes (``/search``) come before the ``{id}`` routes they would otherwise match.
+ENDPOINTS: list[Endpoint] = [
+    Endpoint(
+        "GET",
+        "/v1/customers/search",
+        SEARCHING,
+        lambda s, ids, p, ctx: s.search("customer", p["query"], p.get("limit", 10), p.get("page")),
+        "CustomerSearchParams",
+        _check_search,
+    ),
+    Endpoint(
+        "POST",
+        "/v1/customers",
+        CUSTOMER_FIELDS,
+        lambda s, ids, p, ctx: s.create_customer(p, ctx),
+        "CustomerCreateParams",
+    ),
+    Endpoint(
+        "GET",
+        "/v1/customers",
+        {**LISTING, "email": Field(_email)},
+        lambda s, ids, p, ctx: s.list_customers(p),
+        "CustomerListParams",
+    ),
+    Endpoint(
+        "GET",
+        "/v1/customers/{id}",
+        ONLY_EXPAND,
+        lambda s, ids, p, ctx: s.retrieve_customer(ids["id"]),
+        "CustomerRetrieveParams",
+    ),
+    Endpoint(
+        "POST",
+        "/v1/customers/{id}",
+        CUSTOMER_FIELDS,
+        lambda s, ids, p, ctx: s.update_customer(ids["id"], p, ctx),
+        "CustomerUpdateParams",
+    ),
+    Endpoint(
+        "DELETE",
+        "/v1/customers/{id}",
+        {},
+        lambda s, ids, p, ctx: s.delete_customer(ids["id"], ctx),
+        "CustomerDeleteParams",
+    ),
+    Endpoint(
+        "POST",
+        "/v1/invoiceitems",
+        INVOICE_ITEM_CREATE,
+        lambda s, ids, p, ctx: s.create_invoice_item(p, ctx),
+        "InvoiceItemCreateParams",
+        _check_invoice_item,
+    ),
+    Endpoint(
+        "GET",
+        "/v1/invoiceitems",
+        {**LISTING, "customer": Field(text), "invoice": Field(text), "pending": Field(boolean)},
+        lambda s, ids, p, ctx: s.list_invoice_items(p),
+        "InvoiceItemListParams",
+    ),
+    Endpoint(
+        "GET",
+        "/v1/invoiceitems/{id}",
+        ONLY_EXPAND,
+        lambda s, ids, p, ctx: s.retrieve_invoice_item(ids["id"]),
+        "InvoiceItemRetrieveParams",
+    ),
+    Endpoint(
+        "POST",
+        "/v1/invoiceitems/{id}",
+        {"description": Field(text), "metadata": METADATA, "expand": EXPAND},
+        lambda s, ids, p, ctx: s.update_invoice_item(ids["id"], p, ctx),
+        "InvoiceItemUpdateParams",
+    ),
+    Endpoint(
+        "DELETE",
+        "/v1/invoiceitems/{id}",
+        {},
+        lambda s, ids, p, ctx: s.delete_invoice_item(ids["id"], ctx),
+        "InvoiceItemDeleteParams",
+    ),
+    Endpoint(
+        "GET",
+        "/v1/invoices/search",
+        SEARCHING,
+        lambda s, ids, p, ctx: s.search("invoice", p["query"], p.get("limit", 10), p.get("page")),
+        "InvoiceSearchParams",
+        _check_search,
+    ),
+    Endpoint(
+        "POST",
+        "/v1/invoices",
+        INVOICE_CREATE,
+        lambda s, ids, p, ctx: s.create_invoice(p, ctx),
+        "InvoiceCreateParams",
+        _check_invoice,
+    ),
+    Endpoint(
+        "GET",
+        "/v1/invoices",
+        {
+            **LISTING,
+            "customer": Field(text),
+            "status": Field(enum("draft", "open", "paid", "uncollectible", "void")),
+            "collection_method": Field(enum("charge_automatically", "send_invoice")),
+        },
+        lambda s, ids, p, ctx: s.list_invoices(p),
+        "InvoiceListParams",
+    ),
+    Endpoint(
+        "GET",
+        "/v1/invoices/{id}",
+        ONLY_EXPAND,
+        lambda s, ids, p, ctx: s.retrieve_invoice(ids["id"]),
+        "InvoiceRetrieveParams",
+    ),
+    Endpoint(
+        "POST",
+        "/v1/invoices/{id}",
+        {
+            "auto_advance": Field(boolean),
+            "description": Field(text, nullable=True),
+            "metadata": METADATA,
+            "expand": EXPAND,
+        },
+        lambda s, ids, p, ctx: s.update_invoice(ids["id"], p, ctx),
+        "InvoiceUpdateParams",
+    ),
+    Endpoint(
+        "DELETE",
+        "/v1/invoices/{id}",
+        {},
+        lambda s, ids, p, ctx: s.delete_invoice(ids["id"], ctx),
+        "InvoiceDeleteParams",
+    ),
+    Endpoint(
+        "GET",
+        "/v1/invoices/{id}/lines",
+        PAGING,
+        lambda s, ids, p, ctx: s.list_invoice_lines(ids["id"], p),
+        "InvoiceListLinesParams",
+    ),
+    Endpoint(
+        "POST",
+        "/v1/invoices/{id}/finalize",
+        {"auto_advance": Field(boolean), "expand": EXPAND},
+        lambda s, ids, p, ctx: s.finalize_invoice(ids["id"], p, ctx),
+        "InvoiceFinalizeInvoiceParams",
+    ),
+    Endpoint(
+        "POST",
+        "/v1/invoices/{id}/pay",
+        {"paid_out_of_band": Field(boolean), "expand": EXPAND},
+        lambda s, ids, p, ctx: s.pay_invoice(ids["id"], p, ctx),
+        "InvoicePayParams",
+    ),
+    Endpoint(
+        "POST",
+        "/v1/invoices/{id}/void",
+        ONLY_EXPAND,
+        lambda s, ids, p, ctx: s.void_invoice(ids["id"], ctx),
+        "InvoiceVoidInvoiceParams",
+    ),
+    Endpoint(
+        "POST",
+        "/v1/invoices/{id}/mark_uncollectible",
+        ONLY_EXPAND,
+        lambda s, ids, p, ctx: s.mark_uncollectible(ids["id"], ctx),
+        "InvoiceMarkUncollectibleParams",
+    ),
+    Endpoint(
+        "GET",
+        "/v1/events",
+        {**LISTING, "type": Field(text), "types": Field(array_of(text))},
+        lambda s, ids, p, ctx: s.list_events(p),
+        "EventListParams",
+    ),
+    Endpoint(
+        "GET",
+        "/v1/events/{id}",
+        ONLY_EXPAND,
+        lambda s, ids, p, ctx: s.retrieve_event(ids["id"]),
+        "EventRetrieveParams",
+    ),
+]
+
+
+def route(method: str, path: str) -> tuple[Endpoint, dict[str, str]] | None:
+    for endpoint in ENDPOINTS:
+        if endpoint.method == method:
+            match = endpoint.pattern.fullmatch(path)
+            if match:
+                return endpoint, match.groupdict()
+    return None
+
+
+# ``expand[]``: which fields of which objects hold an id that can be replaced by the object.
+EXPANDABLE = {"invoice": {"customer"}, "invoiceitem": {"customer", "invoice"}, "line_item": {"invoice"}}
+
+
+def expand(store: Store, obj: dict[str, Any], paths: list[str]) -> dict[str, Any]:
+    for path in paths:
+        _expand_path(store, obj, path.split("."), path)
+    return obj
+
+
+def _expand_path(store: Store, obj: dict[str, Any], parts: list[str], path: str) -> None:
+    head, rest = parts[0], parts[1:]
+    if obj.get("object") in ("list", "search_result") and head == "data" and rest:
+        for element in obj["data"]:
+            _expand_path(store, element, rest, path)
+        return
+    value = obj.get(head)
+    if rest:
+        if not isinstance(value, dict):
+            raise invalid(f"This property cannot be expanded ({path}).", param="expand")
+        _expand_path(store, value, rest, path)
+        return
+    if head not in EXPANDABLE.get(obj.get("object", ""), set()):
+        raise invalid(f"This property cannot be expanded ({path}).", param="expand")
+    if isinstance(value, str):
+        obj[head] = store.retrieve_customer(value) if head == "customer" else store.retrieve_invoice(value)

@@ -1,0 +1,284 @@
+"""Response bodies: Stripe's official example object for each resource, overlaid with the double's state.
+
+``fixtures3.json`` is Stripe's own fixture file (stripe/openapi, MIT; see README.md here) — the objects Stripe's
+mock server answers with. Every response starts as a deep copy of the example for its resource, so it has exactly
+the fields the current API returns; ``overlay`` refuses a field the example lacks, which keeps the double from
+inventing fields (or keeping ones a newer API version dropped).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from decimal import Decimal
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+FIXTURES_PATH = Path(__file__).with_name("fixtures3.json")
+
+
+@cache
+def _examples() -> dict[str, Any]:
+    return json.loads(FIXTURES_PATH.read_text())["resources"]
+
+
+def example(resource: str) -> dict[str, Any]:
+    return copy.deepcopy(_examples()[resource])
+
+
+def overlay(obj: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    unknown = sorted(set(fields) - set(obj))
+    if unknown:
+        raise KeyError(f"{obj.get('object')} example has no field(s) {unknown}")
+    obj.update(fields)
+    return obj
+
+
+def _api_version() -> str | None:
+    try:
+        import stripe
+    except ImportError:
+        return None
+    return stripe.api_version
+
+
+def customer(record: dict[str, Any]) -> dict[str, Any]:
+    return overlay(
+        example("customer"),
+        id=record["id"],
+        address=record["address"],
+        balance=0,
+        created=record["created"],
+        currency=record["currency"],
+        default_source=None,
+        delinquent=False,
+        description=record["description"],
+        discount=None,
+        email=record["email"],
+        invoice_prefix=record["invoice_prefix"],
+        livemode=False,
+        metadata=dict(record["metadata"]),
+        name=record["name"],
+        next_invoice_sequence=record["next_invoice_sequence"],
+        phone=record["phone"],
+        preferred_locales=list(record["preferred_locales"]),
+        shipping=None,
+        tax_exempt=record["tax_exempt"],
+        test_clock=None,
+    )
+
+
+def deleted(resource: str, object_id: str) -> dict[str, Any]:
+    return {"id": object_id, "object": resource, "deleted": True}
+
+
+def _decimal_text(number: Decimal) -> str:
+    text = format(number, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def _charge_fields(record: dict[str, Any]) -> dict[str, Any]:
+    """The fields an invoice item and the invoice line it becomes have in common."""
+    return {
+        "amount": record["amount"],
+        "currency": record["currency"],
+        "description": record["description"],
+        "discountable": True,
+        "discounts": [],
+        "invoice": record["invoice"],
+        "livemode": False,
+        "metadata": dict(record["metadata"]),
+        "period": dict(record["period"]),
+        "pricing": {
+            "type": "price_details",
+            "unit_amount_decimal": _decimal_text(record["unit_amount_decimal"]),
+        },
+        "quantity": int(record["quantity"]),
+        "quantity_decimal": _decimal_text(record["quantity"]),
+    }
+
+
+def invoice_item(record: dict[str, Any]) -> dict[str, Any]:
+    return overlay(
+        example("invoiceitem"),
+        **_charge_fields(record),
+        id=record["id"],
+        customer=record["customer"],
+        customer_account=None,
+        date=record["created"],
+        net_amount=record["amount"],
+        parent=None,
+        proration=False,
+        tax_rates=[],
+        test_clock=None,
+    )
+
+
+def line_item(record: dict[str, Any]) -> dict[str, Any]:
+    """The invoice line that an invoice item becomes once it is on an invoice (ids ``il_…``)."""
+    return overlay(
+        example("line_item"),
+        **_charge_fields(record),
+        id=record["line_id"],
+        discount_amounts=[],
+        parent={
+            "type": "invoice_item_details",
+            "invoice_item_details": {
+                "invoice_item": record["id"],
+                "proration": False,
+                "proration_details": {"credited_items": None},
+                "subscription": None,
+            },
+            "subscription_item_details": None,
+        },
+        pretax_credit_amounts=[],
+        subscription=None,
+        subtotal=record["amount"],
+        taxes=[],
+    )
+
+
+def list_page(url: str, data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    return {"object": "list", "data": data, "has_more": has_more, "url": url}
+
+
+INVOICE_LINES_INLINE = 10
+
+
+def invoice(
+    record: dict[str, Any], items: list[dict[str, Any]], customer_record: dict[str, Any]
+) -> dict[str, Any]:
+    """``items`` are the invoice items on this invoice, oldest first; the totals are their sum (no tax/discounts)."""
+    subtotal = sum(item["amount"] for item in items)
+    status = record["status"]
+    contact = record["customer_snapshot"] or snapshot_of(customer_record)
+    transitions = record["status_transitions"]
+    finalized = status != "draft"
+    lines = [line_item(item) for item in items]
+    return overlay(
+        example("invoice"),
+        id=record["id"],
+        account_tax_ids=None,
+        amount_due=max(subtotal, 0),
+        amount_overpaid=0,
+        amount_paid=record["amount_paid"],
+        amount_remaining=max(subtotal - record["amount_paid"], 0),
+        amount_shipping=0,
+        attempt_count=0,
+        attempted=False,
+        auto_advance=record["auto_advance"],
+        automatic_tax={
+            "enabled": False,
+            "liability": None,
+            "status": None,
+            "disabled_reason": None,
+            "provider": None,
+        },
+        automatically_finalizes_at=record["created"] + 3600
+        if status == "draft" and record["auto_advance"]
+        else None,
+        billing_reason="manual",
+        collection_method=record["collection_method"],
+        created=record["created"],
+        currency=record["currency"],
+        custom_fields=None,
+        customer=record["customer"],
+        customer_account=None,
+        customer_address=contact["address"],
+        customer_email=contact["email"],
+        customer_name=contact["name"],
+        customer_phone=contact["phone"],
+        customer_shipping=None,
+        customer_tax_exempt=contact["tax_exempt"],
+        customer_tax_ids=[],
+        default_payment_method=None,
+        default_source=None,
+        default_tax_rates=[],
+        description=record["description"],
+        discounts=[],
+        due_date=record["due_date"],
+        effective_at=transitions["finalized_at"],
+        ending_balance=0 if finalized else None,
+        footer=None,
+        from_invoice=None,
+        hosted_invoice_url=f"https://invoice.stripe.com/i/acct_double/test_{record['id']}"
+        if finalized
+        else None,
+        invoice_pdf=f"https://pay.stripe.com/invoice/acct_double/test_{record['id']}/pdf"
+        if finalized
+        else None,
+        issuer={"type": "self"},
+        last_finalization_error=None,
+        latest_revision=None,
+        lines=list_page(
+            f"/v1/invoices/{record['id']}/lines",
+            lines[:INVOICE_LINES_INLINE],
+            len(lines) > INVOICE_LINES_INLINE,
+        ),
+        livemode=False,
+        metadata=dict(record["metadata"]),
+        next_payment_attempt=None,
+        number=record["number"],
+        on_behalf_of=None,
+        parent=None,
+        payment_settings={
+            "default_mandate": None,
+            "payment_method_options": None,
+            "payment_method_types": None,
+        },
+        period_end=record["created"],
+        period_start=record["created"],
+        post_payment_credit_notes_amount=0,
+        pre_payment_credit_notes_amount=0,
+        receipt_number=None,
+        shipping_cost=None,
+        shipping_details=None,
+        starting_balance=0,
+        statement_descriptor=None,
+        status=status,
+        status_transitions=dict(transitions),
+        subscription=None,
+        subtotal=subtotal,
+        subtotal_excluding_tax=subtotal,
+        test_clock=None,
+        total=subtotal,
+        total_discount_amounts=[],
+        total_excluding_tax=subtotal,
+        total_pretax_credit_amounts=[],
+        total_taxes=[],
+        webhooks_delivered_at=record["created"],
+    )
+
+
+def snapshot_of(customer_record: dict[str, Any]) -> dict[str, Any]:
+    """The customer fields an invoice copies; live while it is a draft, frozen at finalization (as Stripe does)."""
+    return {key: customer_record[key] for key in ("address", "email", "name", "phone", "tax_exempt")}
+
+
+def event(
+    *,
+    event_id: str,
+    event_type: str,
+    created: int,
+    data_object: dict[str, Any],
+    previous_attributes: dict[str, Any] | None = None,
+    request_id: str | None = None,
+    idempotency_key: str | None = None,
+    livemode: bool = False,
+    api_version: str | None = None,
+) -> dict[str, Any]:
+    data: dict[str, Any] = {"object": data_object}
+    if previous_attributes is not None:
+        data["previous_attributes"] = previous_attributes
+    return overlay(
+        example("event"),
+        id=event_id,
+        api_version=api_version or _api_version(),
+        created=created,
+        data=data,
+        livemode=livemode,
+        pending_webhooks=1,
+        request={"id": request_id, "idempotency_key": idempotency_key},
+        type=event_type,
+    )
