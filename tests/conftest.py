@@ -117,3 +117,25 @@ def celery_worker(transactional_db):
         app.conf.task_default_queue = previous
         worker.terminate()
         worker.wait(30)
+
+
+@pytest.fixture(autouse=True)
+def _meter_catalogue_survives_flushes(request):
+    """Transactional tests end with a flush of every table, which also removes the meter catalogue that a
+    migration seeds; put it back for the tests that come after (and for this one)."""
+    marker = request.node.get_closest_marker("django_db")
+    transactional = (marker is not None and marker.kwargs.get("transaction")) or any(
+        name in request.fixturenames for name in ("transactional_db", "live_server", "celery_worker")
+    )
+    if not transactional:
+        yield
+        return
+    request.getfixturevalue("transactional_db")
+    from usage.meters import DEFAULT_METERS
+    from usage.models import Meter
+
+    Meter.objects.bulk_create(
+        [Meter(code=c, unit=u, description=d, display_order=i) for i, (c, u, d) in enumerate(DEFAULT_METERS)],
+        ignore_conflicts=True,
+    )
+    yield

@@ -1,0 +1,121 @@
+"""Test builders for billing: plans, subscriptions and usage stored at any date (bypassing only the API's
+35-day window, by handing the ingest service a 'now' of the test's choosing)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
+from billing.models import PlanVersion, Price, PricePlan, PriceTier, Subscription
+from usage import ingest
+
+M = Decimal(1_000_000)
+
+
+def make_plan(
+    slug="pro", base_fee="49.00", agent_fee="0", effective_from=date(2026, 1, 1), prices=None, currency="USD"
+):
+    plan = PricePlan.objects.create(name=slug.title(), slug=slug, currency=currency)
+    version = PlanVersion.objects.create(
+        plan=plan,
+        version=1,
+        effective_from=effective_from,
+        base_fee=Decimal(base_fee),
+        fee_per_active_agent=Decimal(agent_fee),
+    )
+    for spec in prices if prices is not None else default_prices():
+        tiers = spec.pop("tiers", [])
+        price = Price.objects.create(version=version, **spec)
+        for up_to, unit_amount in tiers:
+            PriceTier.objects.create(price=price, up_to=up_to, unit_amount=Decimal(unit_amount))
+    return plan
+
+
+def default_prices() -> list[dict]:
+    return [
+        {
+            "meter_id": "llm_input_text_tokens",
+            "model_pattern": "gpt-4o-mini*",
+            "unit_amount": Decimal("0.30"),
+            "unit_size": M,
+        },
+        {
+            "meter_id": "llm_input_cached_text_tokens",
+            "model_pattern": "gpt-4o-mini*",
+            "unit_amount": Decimal("0.15"),
+            "unit_size": M,
+        },
+        {
+            "meter_id": "llm_output_text_tokens",
+            "model_pattern": "gpt-4o-mini*",
+            "unit_amount": Decimal("1.20"),
+            "unit_size": M,
+        },
+        {
+            "meter_id": "stt_audio_seconds",
+            "provider": "Deepgram",
+            "unit_amount": Decimal("0.012"),
+            "unit_size": Decimal(60),
+        },
+        {
+            "meter_id": "tts_characters",
+            "price_model": "graduated",
+            "unit_size": Decimal(1000),
+            "free_allowance": Decimal(100),
+            "tiers": [(Decimal(500), "0.10"), (None, "0.05")],
+        },
+        {"meter_id": "tts_audio_seconds", "unit_amount": Decimal(0), "unit_size": Decimal(60)},
+    ]
+
+
+def subscribe(tenant, plan, starts_on=date(2026, 1, 1), ends_on=None):
+    return Subscription.objects.create(tenant=tenant, plan=plan, starts_on=starts_on, ends_on=ends_on)
+
+
+def store(
+    agent,
+    when: datetime,
+    usage: dict,
+    event_id: str,
+    model="gpt-4o-mini",
+    provider="api.openai.com",
+    session_id="call-1",
+):
+    """Store one event as the API would, at ``when`` (with the API's clock set to ``when``)."""
+    payload = {
+        "events": [
+            {
+                "id": event_id,
+                "timestamp": when.astimezone(UTC).isoformat(),
+                "session_id": session_id,
+                "provider": provider,
+                "model": model,
+                "usage": usage,
+            }
+        ]
+    }
+    batch = ingest.validate_event_batch(payload, agent.pk, ingest.active_meter_codes(), now=when)
+    return ingest.store_events(agent.tenant, agent, batch)
+
+
+def line_tuples(invoice) -> list[tuple]:
+    return [
+        (
+            l.position,
+            l.kind,
+            l.adjusts_kind,
+            l.description,
+            l.meter,
+            l.provider,
+            l.model,
+            l.segment_start,
+            l.segment_end,
+            l.quantity,
+            l.allowance,
+            l.billable_quantity,
+            l.unit_price,
+            l.amount,
+            l.platform_cost,
+        )
+        for l in invoice.lines.order_by("position")
+    ]
