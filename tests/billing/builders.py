@@ -101,21 +101,21 @@ def store(
 def line_tuples(invoice) -> list[tuple]:
     return [
         (
-            l.position,
-            l.kind,
-            l.adjusts_kind,
-            l.description,
-            l.meter,
-            l.provider,
-            l.model,
-            l.segment_start,
-            l.segment_end,
-            l.quantity,
-            l.allowance,
-            l.billable_quantity,
-            l.unit_price,
-            l.amount,
-            l.platform_cost,
+            line.position,
+            line.kind,
+            line.adjusts_kind,
+            line.description,
+            line.meter,
+            line.provider,
+            line.model,
+            line.segment_start,
+            line.segment_end,
+            line.quantity,
+            line.allowance,
+            line.billable_quantity,
+            line.unit_price,
+            line.amount,
+            line.platform_cost,
         )
-        for l in invoice.lines.order_by("position")
+        for line in invoice.lines.order_by("position")
     ]

@@ -267,12 +267,12 @@ def test_a_plan_change_mid_period_splits_it_and_prorates_the_fees(db):
 
     invoice = invoicing.generate_invoice(agent.tenant_id, MARCH)
 
-    by_segment = {(l.segment_start, l.kind): l for l in invoice.lines.all()}
+    by_segment = {(line.segment_start, line.kind): l for line in invoice.lines.all()}
     assert by_segment[(MARCH, "base_fee")].amount == Decimal("10.00")  # 10/31 of $31
     assert by_segment[(date(2026, 3, 11), "base_fee")].amount == Decimal("42.00")  # 21/31 of $62
     assert by_segment[(MARCH, "usage")].amount == Decimal("0.30")
     assert by_segment[(date(2026, 3, 11), "usage")].amount == Decimal("0.60")
-    assert {l.plan_version.plan for l in invoice.lines.all()} == {cheap, dear}
+    assert {line.plan_version.plan for line in invoice.lines.all()} == {cheap, dear}
 
 
 @pytest.mark.django_db
