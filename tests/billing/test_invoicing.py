@@ -267,7 +267,7 @@ def test_a_plan_change_mid_period_splits_it_and_prorates_the_fees(db):
 
     invoice = invoicing.generate_invoice(agent.tenant_id, MARCH)
 
-    by_segment = {(line.segment_start, line.kind): l for line in invoice.lines.all()}
+    by_segment = {(line.segment_start, line.kind): line for line in invoice.lines.all()}
     assert by_segment[(MARCH, "base_fee")].amount == Decimal("10.00")  # 10/31 of $31
     assert by_segment[(date(2026, 3, 11), "base_fee")].amount == Decimal("42.00")  # 21/31 of $62
     assert by_segment[(MARCH, "usage")].amount == Decimal("0.30")
