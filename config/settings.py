@@ -35,6 +35,8 @@ INSTALLED_APPS = [
     "tenants",
     "usage",
     "billing",
+    "portal",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -45,7 +47,25 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns locked-out logins into a lockout response.
+    "axes.middleware.AxesMiddleware",
 ]
+
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # login throttling: refuses while an address/user is locked out
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_HOURS", default=0.25)  # hours
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+LOGIN_URL = "portal:login"
+LOGIN_REDIRECT_URL = "portal:dashboard"
+LOGOUT_REDIRECT_URL = "portal:login"
+EMAIL_BACKEND = env("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="Meterline <billing@meterline.example>")
+if env("EMAIL_URL", default=""):
+    globals().update(env.email_url("EMAIL_URL"))
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
@@ -92,6 +112,7 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 STATIC_URL = "static/"
+STATICFILES_DIRS = []
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
 # The ingestion API reads request bodies itself, bounded by this limit (DESIGN §4: body ≤ 1 MiB).
@@ -138,6 +159,7 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
     "refresh-draft-invoices": {"task": "billing.tasks.refresh_drafts", "schedule": 15 * 60},
     "finalize-due-invoices": {"task": "billing.tasks.finalize_due_invoices", "schedule": 60 * 60},
+    "check-budgets": {"task": "billing.budget_tasks.check_budgets", "schedule": 10 * 60},
 }
 
 STRIPE_API_KEY = env("STRIPE_API_KEY", default="")

@@ -8,6 +8,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
     path("api/v1/", include("usage.api.urls")),
+    path("api/v1/", include("billing.api.urls")),
     path(
         "api/schema/",
         SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]),
@@ -20,4 +21,5 @@ urlpatterns = [
         ),
         name="api-docs",
     ),
+    path("", include("portal.urls")),
 ]

@@ -77,3 +77,75 @@ def active_agent_ids(tenant_id: int, start: datetime, end: datetime) -> list[int
             [tenant_id, start, end],
         )
         return [row[0] for row in cursor.fetchall()]
+
+
+GROUPINGS = {
+    "meter": "meter",
+    "provider": "provider",
+    "model": "model",
+    "agent": "agent_id",
+    "session": "session_id",
+    "day": "(date_trunc('day', hour AT TIME ZONE %(tz)s))::date",
+    "hour": "hour",
+}
+FILTERS = {
+    "meter": "meter",
+    "provider": "provider",
+    "model": "model",
+    "agent": "agent_id",
+    "session": "session_id",
+}
+
+
+def usage_rows(
+    tenant_id: int,
+    tz: str,
+    start: datetime,
+    end: datetime,
+    group_by: list[str],
+    filters: dict | None = None,
+    *,
+    limit: int | None = None,
+) -> list[dict]:
+    """Rolled-up usage in [start, end), grouped by any of GROUPINGS (always also by meter, provider and
+    model, which pricing needs) and filtered by FILTERS. Reads rollups only, never raw events."""
+    keys = list(dict.fromkeys([*group_by, "meter", "provider", "model"]))
+    unknown = set(keys) - GROUPINGS.keys() | set(filters or {}) - FILTERS.keys()
+    if unknown:
+        raise ValueError(f"unknown grouping or filter: {sorted(unknown)}")
+    select = ", ".join(f"{GROUPINGS[k]} AS {k}" for k in keys)
+    where = ["tenant_id = %(tenant)s", "hour >= %(start)s", "hour < %(end)s"]
+    params: dict = {"tenant": tenant_id, "start": start, "end": end, "tz": tz}
+    for name, value in (filters or {}).items():
+        where.append(f"{FILTERS[name]} = %(f_{name})s")
+        params[f"f_{name}"] = value
+    sql = (
+        f"SELECT {select}, sum(quantity) AS quantity, sum(event_count) AS events FROM usage_usagerollup "  # noqa: S608 - identifiers come from the whitelists above
+        f"WHERE {' AND '.join(where)} GROUP BY {', '.join(str(i + 1) for i in range(len(keys)))} "
+        f"ORDER BY {', '.join(str(i + 1) for i in range(len(keys)))}"
+    )
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        columns = [c.name for c in cursor.description]
+        return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+
+
+def iter_usage_rows(tenant_id: int, tz: str, start: datetime, end: datetime, filters: dict | None = None):
+    """Hourly rollup rows for CSV export, streamed from a server-side cursor (bounded memory)."""
+    from django.db import transaction
+
+    where = ["tenant_id = %(tenant)s", "hour >= %(start)s", "hour < %(end)s"]
+    params: dict = {"tenant": tenant_id, "start": start, "end": end}
+    for name, value in (filters or {}).items():
+        where.append(f"{FILTERS[name]} = %(f_{name})s")
+        params[f"f_{name}"] = value
+    sql = (
+        "SELECT hour, agent_id, session_id, meter, provider, model, quantity, event_count "  # noqa: S608 - whitelisted
+        f"FROM usage_usagerollup WHERE {' AND '.join(where)} ORDER BY hour, agent_id, session_id, meter, provider, model"
+    )
+    with transaction.atomic(), connection.connection.cursor(name="usage_export") as cursor:
+        cursor.itersize = 2000
+        cursor.execute(sql, params)
+        yield from cursor

@@ -6,5 +6,4 @@ urlpatterns = [
     path("events", views.EventsView.as_view(), name="api-events"),
     path("livekit/metrics", views.LiveKitMetricsView.as_view(), name="api-livekit-metrics"),
     path("livekit/usage", views.LiveKitUsageView.as_view(), name="api-livekit-usage"),
-    path("sessions/<str:session_id>", views.SessionView.as_view(), name="api-session"),
 ]

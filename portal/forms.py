@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+from datetime import date, timedelta
+from decimal import Decimal
+
+from django import forms
+from django.contrib.auth import get_user_model
+
+from tenants.models import Agent, Membership
+from usage.models import Meter
+
+GROUP_CHOICES = [
+    ("meter", "Meter"),
+    ("model", "Model"),
+    ("agent", "Agent"),
+    ("session", "Session"),
+    ("day", "Day"),
+]
+
+
+class UsageFilterForm(forms.Form):
+    start = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    end = forms.DateField(
+        required=False, widget=forms.DateInput(attrs={"type": "date"}), help_text="inclusive"
+    )
+    agent = forms.ModelChoiceField(queryset=Agent.objects.none(), required=False, empty_label="All agents")
+    meter = forms.ModelChoiceField(
+        queryset=Meter.objects.all(), required=False, to_field_name="code", empty_label="All meters"
+    )
+    provider = forms.CharField(required=False, max_length=128)
+    model = forms.CharField(required=False, max_length=128)
+    session = forms.CharField(required=False, max_length=128)
+    group_by = forms.ChoiceField(choices=GROUP_CHOICES, required=False, initial="meter")
+
+    def __init__(self, *args, tenant, default_start: date, default_end: date, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["agent"].queryset = Agent.objects.for_tenant(tenant)
+        self.default_start, self.default_end = default_start, default_end
+
+    def clean(self):
+        data = super().clean()
+        start = data.get("start") or self.default_start
+        end = data.get("end") or self.default_end - timedelta(days=1)
+        if end < start:
+            self.add_error("end", "The end date is before the start date.")
+        elif (end - start).days > 400:
+            self.add_error("end", "Choose at most 400 days.")
+        data["start"], data["end_exclusive"] = start, end + timedelta(days=1)
+        data["group_by"] = data.get("group_by") or "meter"
+        return data
+
+    def filters(self) -> dict:
+        data = self.cleaned_data
+        found = {
+            "agent": data["agent"].pk if data.get("agent") else None,
+            "meter": data["meter"].code if data.get("meter") else None,
+            "provider": data.get("provider") or None,
+            "model": data.get("model") or None,
+            "session": data.get("session") or None,
+        }
+        return {k: v for k, v in found.items() if v is not None}
+
+
+class ApiKeyForm(forms.Form):
+    agent = forms.ModelChoiceField(queryset=Agent.objects.none())
+    label = forms.CharField(max_length=100, required=False)
+    expires_at = forms.DateTimeField(
+        required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
+    )
+
+    def __init__(self, *args, tenant, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["agent"].queryset = Agent.objects.for_tenant(tenant).filter(status=Agent.Status.ACTIVE)
+
+
+class AgentForm(forms.ModelForm):
+    class Meta:
+        model = Agent
+        fields = ["name"]
+
+    def __init__(self, *args, tenant, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.instance.tenant = tenant
+
+
+class MemberForm(forms.Form):
+    email = forms.EmailField()
+    role = forms.ChoiceField(choices=Membership.Role.choices, initial=Membership.Role.VIEWER)
+
+    def clean_email(self):
+        email = self.cleaned_data["email"].lower()
+        if not get_user_model().objects.filter(email__iexact=email).exists():
+            raise forms.ValidationError("No user with this e-mail address; ask them to sign up first.")
+        return email
+
+
+class RoleForm(forms.Form):
+    role = forms.ChoiceField(choices=Membership.Role.choices)
+
+
+class BudgetForm(forms.Form):
+    monthly_amount = forms.DecimalField(min_value=Decimal("0.01"), max_digits=14, decimal_places=2)
+    thresholds = forms.MultipleChoiceField(
+        choices=[(50, "50 %"), (80, "80 %"), (100, "100 %")],
+        widget=forms.CheckboxSelectMultiple,
+        initial=[50, 80, 100],
+    )
+    alert_email = forms.EmailField(required=False, help_text="Empty: the tenant's billing e-mail.")
+    webhook_url = forms.URLField(
+        required=False, assume_scheme="https", help_text="Optional; receives signed JSON."
+    )
+
+    def clean_thresholds(self):
+        return sorted(int(t) for t in self.cleaned_data["thresholds"])

@@ -1,0 +1,57 @@
+from django.contrib.auth import views as auth_views
+from django.urls import path, reverse_lazy
+
+from portal import views
+
+app_name = "portal"
+
+urlpatterns = [
+    path("", views.dashboard, name="dashboard"),
+    path("usage/", views.usage, name="usage"),
+    path("usage.csv", views.usage_csv, name="usage-csv"),
+    path("sessions/", views.sessions, name="sessions"),
+    path("sessions/<str:session_id>/", views.session_detail, name="session"),
+    path("invoices/", views.invoices, name="invoices"),
+    path("invoices/<int:pk>/", views.invoice_detail, name="invoice"),
+    path("invoices/<int:pk>/print/", views.invoice_print, name="invoice-print"),
+    path("invoices/<int:pk>/pdf/", views.invoice_pdf, name="invoice-pdf"),
+    path("agents/", views.agents, name="agents"),
+    path("agents/new/", views.agent_create, name="agent-create"),
+    path("keys/new/", views.key_create, name="key-create"),
+    path("keys/<int:pk>/revoke/", views.key_revoke, name="key-revoke"),
+    path("budget/", views.budget, name="budget"),
+    path("team/", views.team, name="team"),
+    path("team/add/", views.member_add, name="member-add"),
+    path("team/<int:pk>/role/", views.member_role, name="member-role"),
+    path("team/<int:pk>/remove/", views.member_remove, name="member-remove"),
+    path("switch/", views.switch_tenant, name="switch-tenant"),
+    path("login/", auth_views.LoginView.as_view(template_name="portal/login.html"), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path(
+        "password-reset/",
+        auth_views.PasswordResetView.as_view(
+            template_name="portal/password_reset.html",
+            email_template_name="portal/password_reset_email.txt",
+            success_url=reverse_lazy("portal:password-reset-done"),
+        ),
+        name="password-reset",
+    ),
+    path(
+        "password-reset/sent/",
+        auth_views.PasswordResetDoneView.as_view(template_name="portal/password_reset_done.html"),
+        name="password-reset-done",
+    ),
+    path(
+        "password-reset/<uidb64>/<token>/",
+        auth_views.PasswordResetConfirmView.as_view(
+            template_name="portal/password_reset_confirm.html",
+            success_url=reverse_lazy("portal:password-reset-complete"),
+        ),
+        name="password-reset-confirm",
+    ),
+    path(
+        "password-reset/complete/",
+        auth_views.PasswordResetCompleteView.as_view(template_name="portal/password_reset_complete.html"),
+        name="password-reset-complete",
+    ),
+]
