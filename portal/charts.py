@@ -22,12 +22,12 @@ def bar_chart(
     """Vertical bars (e.g. spend by day). Each bar has a <title> tooltip with its exact value."""
     if not items:
         return mark_safe('<p class="empty">No usage in this period yet.</p>')
-    width, pad_left, pad_bottom = max(len(items) * 22, 320), 8, 22
+    width, pad_left, pad_bottom = 1000, 8, 22
     top = max((v for _, v in items), default=Decimal(0)) or Decimal(1)
     bar_w = (width - pad_left) / len(items)
     parts = [
         f'<svg class="chart bar-chart" viewBox="0 0 {width} {height + pad_bottom}" role="img" '
-        f'aria-label="{escape(title)}" preserveAspectRatio="none">'
+        f'aria-label="{escape(title)}">'
     ]
     for i, (label, value) in enumerate(items):
         h = float(value / top) * height
@@ -52,13 +52,13 @@ def share_chart(
     if not items:
         return mark_safe('<p class="empty">No usage in this period yet.</p>')
     total = sum((v for _, v in items), Decimal(0)) or Decimal(1)
-    row_h, width = 28, 520
+    row_h, width = 28, 600
     parts = [
         f'<svg class="chart share-chart" viewBox="0 0 {width} {row_h * len(items)}" role="img" aria-label="{escape(title)}">'
     ]
     top = items[0][1]
     for i, (label, value) in enumerate(items):
-        w = float(value / top) * 300
+        w = float(value / top) * 230
         y = i * row_h
         share = value / total * 100
         parts.append(
