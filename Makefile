@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 export DEBUG ?= 1
 
-.PHONY: setup run test test-fast lint format bench bench-ingest lock clean-devdata
+.PHONY: setup run test test-fast lint format bench bench-ingest bench-invoice bench-portal stripe-smoke lock clean-devdata
 
 setup:
 	@sh scripts/bootstrap.sh
@@ -25,10 +25,21 @@ format: setup
 	.venv/bin/ruff check --fix .
 	.venv/bin/ruff format .
 
-bench: bench-ingest
+# Benchmarks print figures (docs/performance.md); they are not tests and never fail on a slow machine.
+bench: bench-ingest bench-invoice bench-portal
 
 bench-ingest: setup
 	$(PY) scripts/bench_ingest.py $(ARGS)
+
+bench-invoice: setup
+	$(PY) scripts/bench_invoice.py $(ARGS)
+
+bench-portal: setup
+	$(PY) scripts/bench_portal.py $(ARGS)
+
+# The Stripe flow against a real Stripe test account (skipped unless STRIPE_API_KEY=sk_test_... is set).
+stripe-smoke: setup
+	$(PY) scripts/stripe_smoke.py $(ARGS)
 
 # Regenerate requirements.lock from a clean environment after changing dependencies in pyproject.toml.
 lock:
