@@ -1,0 +1,391 @@
+"""Bill a LiveKit ``AgentSession`` with two lines::
+
+    billing = meterline.Client()                      # METERLINE_API_KEY / METERLINE_BASE_URL
+    meterline.livekit.attach(session, billing, session_id=ctx.job.id, end_user_id=caller_id)
+
+Two ways to report a session, never both for one session (the server refuses the second with 409):
+
+``mode="metrics"`` (default)
+    Every metrics object LiveKit emits (``metrics_collected``: one per LLM request, TTS segment, STT report,
+    realtime response) is forwarded in small batches by a background thread, so spend is visible while the
+    call runs and each request is kept (cancelled ones, tool calls, timestamps). The server derives an id
+    from each metric's natural key, so resends and LiveKit's duplicate emissions after handoffs count once.
+``mode="usage"``
+    Only LiveKit's per-model totals (``AgentSession.usage``, livekit-agents ≥ 1.5) are sent, once, when the
+    session closes. Fewer requests, no per-request detail, nothing visible until the call ends.
+
+Across 1.x releases: ``metrics_collected`` exists in every 1.x release and is the only per-request stream, so
+metrics mode uses it (LiveKit deprecated it in 1.5 in favour of ``session_usage_updated``, which carries only
+running totals; its deprecation warning is silenced for this subscription only). ``session_usage_updated`` is
+followed too: if a release stops emitting ``metrics_collected`` altogether, the session's final totals are
+sent as a usage report at close instead — still one way per session. Usage mode on a release without
+per-model usage (< 1.5) falls back to metrics mode with a warning.
+
+Never blocks or breaks the agent: event callbacks only copy the metric and put it on a queue; all network
+and disk work happens on the sender thread; every callback swallows (and logs) its own errors; when the
+server is down, usage goes to the durable spool and is resent later (see ``meterline.Client``).
+The session's start, end and end-user id are reported with ``PUT /api/v1/sessions/{id}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal
+
+from meterline import _core
+from meterline.client import AsyncClient, Client
+
+logger = logging.getLogger("meterline")
+
+Mode = Literal["metrics", "usage"]
+DEFAULT_EXCLUDED_TYPES = frozenset({"vad_metrics"})  # ~1/s per session, diagnostics only, never billed
+
+_attached: weakref.WeakKeyDictionary[Any, SessionBilling] = weakref.WeakKeyDictionary()
+_DEPRECATION_PREFIX = "metrics_collected is deprecated"
+
+
+class SessionBilling:
+    """What ``attach`` returns: the link between one LiveKit session and Meterline."""
+
+    def __init__(
+        self,
+        session: Any,
+        client: Client,
+        *,
+        session_id: str,
+        mode: Mode,
+        exclude_types: frozenset[str],
+        batch_size: int,
+        flush_interval: float,
+    ):
+        self.session_id = session_id
+        self.mode: Mode = mode
+        self.exclude_types = exclude_types
+        self.client = client
+        self.sender = client.background(batch_size=batch_size, flush_interval=flush_interval)
+        self._session_ref = weakref.ref(session) if _weakrefable(session) else (lambda: session)
+        self._handlers: list[tuple[str, Any]] = []
+        self.metrics_seen = 0  # metrics_collected events received (forwarded or excluded)
+        self.metrics_forwarded = 0
+        self.usage_reported = False
+        self.closed = False
+        self._last_usage: Any = None
+        self._errors_logged = 0
+
+    # --- public -----------------------------------------------------------------------------------------
+
+    @property
+    def livekit_usage(self) -> list[dict[str, Any]]:
+        """LiveKit's own per-model totals as last seen (``session.usage`` or the last
+        ``session_usage_updated``), as dicts; empty on releases without per-model usage."""
+        usage = self._current_usage()
+        if usage is None:
+            return []
+        try:
+            return [_core.to_plain(u) for u in _core.usage_entries(usage)]
+        except (TypeError, ValueError):
+            return []
+
+    def set_end_user(self, end_user_id: str) -> None:
+        """Report who the conversation was with (e.g. the caller's number or your customer's user id)."""
+        self._guard(self.sender.submit_session, self.session_id, {"end_user_id": end_user_id})
+
+    def update_session(self, **fields: Any) -> None:
+        """Report other session fields: ``conversation_type``, ``metadata``, ``started_at``, ``ended_at``."""
+        unknown = set(fields) - set(_core.SESSION_FIELDS)
+        if unknown:
+            raise TypeError(f"unknown session field(s): {', '.join(sorted(unknown))}")
+        self._guard(self.sender.submit_session, self.session_id, fields)
+
+    def flush(self, timeout: float | None = 5.0) -> bool:
+        """Block until queued usage is spooled and sent once; True when nothing is left undelivered.
+        Blocking: from async code use ``await aflush()``."""
+        return self.sender.flush(timeout)
+
+    async def aflush(self, timeout: float | None = 5.0) -> bool:
+        return await asyncio.to_thread(self.sender.flush, timeout)
+
+    def finalize(self, ended_at: float | None = None) -> None:
+        """Report the end (and, in usage mode, the totals) once; called by the session's ``close`` event.
+        Non-blocking."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self._report_final_usage()
+        except Exception:
+            self._log_error("final usage")
+        self._guard(
+            self.sender.submit_session,
+            self.session_id,
+            {"ended_at": ended_at if ended_at is not None else time.time()},
+        )
+        self._guard(self.sender.request_flush)
+        self.detach()
+
+    async def aclose(self, timeout: float = 5.0) -> bool:
+        """Finalize (if the session did not close yet) and wait up to ``timeout`` for delivery. Registered as
+        a job shutdown callback automatically when ``attach`` runs inside a LiveKit job. Never raises."""
+        try:
+            self.finalize()
+            return await asyncio.wait_for(self.aflush(timeout), timeout + 1.0)
+        except Exception:
+            self._log_error("shutdown flush")
+            return False
+
+    def detach(self) -> None:
+        """Stop listening to the session (already done at close)."""
+        session = self._session_ref()
+        for event, handler in self._handlers:
+            with contextlib.suppress(Exception):
+                if session is not None:
+                    session.off(event, handler)
+        self._handlers.clear()
+
+    # --- event handlers (run on the agent's event loop: cheap, never raise) ------------------------------
+
+    def _on_metrics_collected(self, event: Any) -> None:
+        try:
+            self.metrics_seen += 1
+            metric = _core.unwrap_metric(event)
+            kind = metric.get("type") if isinstance(metric, Mapping) else getattr(metric, "type", None)
+            if kind in self.exclude_types:
+                return
+            data = metric.model_dump(mode="json") if hasattr(metric, "model_dump") else dict(metric)
+            self.sender.submit_metric(self.session_id, data)
+            self.metrics_forwarded += 1
+        except Exception:
+            self._log_error("metrics_collected")
+
+    def _on_usage_updated(self, event: Any) -> None:
+        try:
+            self._last_usage = (
+                getattr(event, "usage", None) if not isinstance(event, Mapping) else event.get("usage")
+            )
+        except Exception:
+            self._log_error("session_usage_updated")
+
+    def _on_close(self, event: Any = None) -> None:
+        try:
+            created = getattr(event, "created_at", None)
+            self.finalize(created if isinstance(created, int | float) else None)
+        except Exception:
+            self._log_error("close")
+
+    # --- internals ----------------------------------------------------------------------------------------
+
+    def _subscribe(self, session: Any, event: str, handler: Any) -> None:
+        if event == "metrics_collected":
+            with _quiet_metrics_deprecation():
+                session.on(event, handler)
+        else:
+            session.on(event, handler)
+        self._handlers.append((event, handler))
+
+    def _current_usage(self) -> Any:
+        session = self._session_ref()
+        if session is not None:
+            with contextlib.suppress(Exception):
+                usage = getattr(session, "usage", None)
+                if usage is not None and not callable(usage):
+                    return usage
+        return self._last_usage
+
+    def _report_final_usage(self) -> None:
+        if self.usage_reported:
+            return
+        if self.mode == "metrics" and self.metrics_seen:
+            return  # reported per request; a usage report too would be refused (409)
+        entries = self.livekit_usage
+        if not entries:
+            if self.mode == "usage":
+                logger.warning(
+                    "meterline: session %s closed without LiveKit usage to report", self.session_id
+                )
+            return
+        if self.mode == "metrics":
+            logger.info(
+                "meterline: session %s saw no metrics_collected events; reporting LiveKit's per-model "
+                "usage instead",
+                self.session_id,
+            )
+        self.sender.submit_usage(self.session_id, entries, time.time())
+        self.usage_reported = True
+
+    def _guard(self, fn: Any, *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            self._log_error(getattr(fn, "__name__", "call"))
+
+    def _log_error(self, where: str) -> None:
+        if self._errors_logged < 20:
+            self._errors_logged += 1
+            logger.exception(
+                "meterline: error in the LiveKit integration (%s); the agent is unaffected", where
+            )
+
+
+def attach(
+    session: Any,
+    client: Client | AsyncClient,
+    *,
+    session_id: str | None = None,
+    mode: Mode = "metrics",
+    end_user_id: str | None = None,
+    conversation_type: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    started_at: Any = None,
+    exclude_types: frozenset[str] | set[str] | tuple[str, ...] = DEFAULT_EXCLUDED_TYPES,
+    batch_size: int = 50,
+    flush_interval: float = 1.0,
+    register_shutdown: bool = True,
+) -> SessionBilling:
+    """Report a LiveKit ``AgentSession``'s usage to Meterline. Call it before or after ``session.start()``.
+
+    ``session_id`` defaults to the LiveKit job id when called inside a job. ``started_at`` defaults to now.
+    ``metadata`` is merged over what is known about the job (room, job id, livekit-agents version).
+    Returns a ``SessionBilling``; ``set_end_user()`` reports the end user when known only later.
+    """
+    if mode not in ("metrics", "usage"):
+        raise ValueError('mode must be "metrics" or "usage"')
+    if isinstance(client, AsyncClient):
+        client = client.sync_client()
+    if not isinstance(client, Client):
+        raise TypeError("client must be a meterline.Client or meterline.AsyncClient")
+    if not callable(getattr(session, "on", None)):
+        raise TypeError("session must be a LiveKit AgentSession (an event emitter with .on/.off)")
+    job = _job_context()
+    if session_id is None:
+        session_id = _job_id(job)
+        if not session_id:
+            raise ValueError("session_id is required outside a LiveKit job")
+    _core.prepare_session(session_id, {})  # refuses ids the API cannot take, now rather than on the thread
+    previous = _attached.get(session) if _weakrefable(session) else None
+    if previous is not None and not previous.closed:
+        if previous.mode != mode or previous.session_id != session_id:
+            raise ValueError(
+                f"this session is already billed as {previous.session_id!r} in {previous.mode} mode"
+            )
+        return previous
+    if mode == "usage" and not _has_model_usage(session):
+        logger.warning(
+            "meterline: this livekit-agents release has no per-model usage (needs ≥ 1.5); "
+            "billing session %s per request instead",
+            session_id,
+        )
+        mode = "metrics"
+
+    billing = SessionBilling(
+        session,
+        client,
+        session_id=session_id,
+        mode=mode,
+        exclude_types=frozenset(exclude_types),
+        batch_size=batch_size,
+        flush_interval=flush_interval,
+    )
+    if mode == "metrics":
+        billing._subscribe(session, "metrics_collected", billing._on_metrics_collected)
+    billing._subscribe(session, "session_usage_updated", billing._on_usage_updated)
+    billing._subscribe(session, "close", billing._on_close)
+    if _weakrefable(session):
+        _attached[session] = billing
+
+    fields: dict[str, Any] = {"started_at": started_at if started_at is not None else time.time()}
+    if end_user_id is not None:
+        fields["end_user_id"] = end_user_id
+    if conversation_type is not None:
+        fields["conversation_type"] = conversation_type
+    meta = {**_job_metadata(job), **dict(metadata or {})}
+    if meta:
+        fields["metadata"] = meta
+    billing._guard(billing.sender.submit_session, session_id, fields)
+
+    if register_shutdown and job is not None:
+
+        async def _meterline_flush() -> None:
+            await billing.aclose()
+
+        try:
+            job.add_shutdown_callback(_meterline_flush)
+        except Exception:
+            billing._log_error("add_shutdown_callback")
+    return billing
+
+
+# --- helpers ------------------------------------------------------------------------------------------------
+
+
+class _DropMetricsDeprecation:
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_DEPRECATION_PREFIX)
+
+
+@contextlib.contextmanager
+def _quiet_metrics_deprecation() -> Iterator[None]:
+    """LiveKit ≥ 1.5 logs a deprecation warning when anyone subscribes to metrics_collected. We subscribe
+    on purpose (it is the only per-request stream), so silence it for our own subscription only."""
+    target = logging.getLogger("livekit.agents")
+    log_filter = _DropMetricsDeprecation()
+    target.addFilter(log_filter)
+    try:
+        yield
+    finally:
+        target.removeFilter(log_filter)
+
+
+def _has_model_usage(session: Any) -> bool:
+    try:
+        return getattr(session, "usage", None) is not None or hasattr(type(session), "usage")
+    except Exception:
+        return False
+
+
+def _weakrefable(obj: Any) -> bool:
+    try:
+        weakref.ref(obj)
+    except TypeError:
+        return False
+    return True
+
+
+def _job_context() -> Any:
+    try:
+        from livekit.agents import get_job_context
+    except Exception:
+        return None
+    try:
+        return get_job_context()
+    except Exception:  # RuntimeError outside a job (1.0 has no required=False)
+        return None
+
+
+def _job_id(job: Any) -> str | None:
+    with contextlib.suppress(Exception):
+        job_id = job.job.id
+        if isinstance(job_id, str) and job_id:
+            return job_id
+    return None
+
+
+def _job_metadata(job: Any) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    with contextlib.suppress(Exception):
+        from livekit.agents import __version__ as lk_version
+
+        meta["livekit_agents_version"] = str(lk_version)
+    if job is not None:
+        with contextlib.suppress(Exception):
+            meta["livekit_job_id"] = str(job.job.id)
+        with contextlib.suppress(Exception):
+            meta["livekit_room"] = str(job.job.room.name or job.room.name)
+        with contextlib.suppress(Exception):
+            if job.job.agent_name:
+                meta["livekit_agent_name"] = str(job.job.agent_name)
+    return {k: v[:500] if isinstance(v, str) else v for k, v in meta.items()}
