@@ -393,7 +393,11 @@ def _metric_event_id(session_id: str, metric: Mapping[str, Any]) -> str:
         metric.get("request_id") or "",
         metric.get("speech_id") or "",
         metric.get("segment_id") or "",
-        format(Decimal(repr(timestamp)) if isinstance(timestamp, float) else Decimal(timestamp), "f"),
+        # normalized, so 1795000001.5, 1795000001.50 and 1795000001.500 are one timestamp (and 1 is 1.0)
+        format(
+            (Decimal(repr(timestamp)) if isinstance(timestamp, float) else Decimal(timestamp)).normalize(),
+            "f",
+        ),
     ]
     digest = hashlib.sha256(json.dumps(key, separators=(",", ":")).encode()).hexdigest()[:40]
     return f"lk:{metric.get('type', '')[:20]}:{digest}"

@@ -5,5 +5,5 @@ from billing.api import views
 urlpatterns = [
     path("usage", views.UsageReadView.as_view(), name="api-usage"),
     path("budget", views.BudgetReadView.as_view(), name="api-budget"),
-    path("sessions/<str:session_id>", views.SessionView.as_view(), name="api-session"),
+    path("sessions/<path:session_id>", views.SessionView.as_view(), name="api-session"),
 ]

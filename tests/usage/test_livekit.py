@@ -6,13 +6,15 @@ two must agree with each other and with the file's raw counts.
 """
 
 import filecmp
+import json
+import re
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
 from tests import livekit_samples as samples
-from tests.usage.helpers import totals
+from tests.usage.helpers import event, totals
 from usage.models import Session, UsageEvent
 
 pytestmark = pytest.mark.django_db
@@ -242,3 +244,23 @@ def test_malformed_metrics_bodies_get_422(agent_client, body):
 def test_repository_copies_of_the_samples_equal_the_shared_originals():
     for name in samples.SESSIONS + samples.LEGACY_SESSIONS:
         assert filecmp.cmp(samples.SAMPLES_DIR / f"{name}.json", SHARED / f"{name}.json", shallow=False), name
+
+
+def test_a_resend_with_numbers_written_differently_is_still_a_duplicate(agent_client, tenant):
+    sample = samples.load("pipeline_deepgram_openai_cartesia")
+    metrics = [m for m in samples.shifted_metrics(sample) if m["type"] == "tts_metrics"][:3]
+    body = json.dumps({"session_id": "s", "metrics": metrics})
+    agent_client.post(METRICS_URL, body)
+
+    # the same timestamps with trailing zeros, as a client that re-serializes numbers might send them
+    rewritten = re.sub(r'"timestamp": (\d+\.\d+)', lambda m: f'"timestamp": {m.group(1)}000', body)
+    assert rewritten != body
+    response = agent_client.post(METRICS_URL, rewritten).json()
+    assert (response["accepted"], response["duplicates"]) == (0, 3)
+
+
+def test_session_ids_with_slashes_can_be_addressed(agent_client, tenant):
+    agent_client.post("/api/v1/events", {"events": [event("e-slash", session_id="room/42")]})
+    response = agent_client.put("/api/v1/sessions/room/42", {"end_user_id": "caller"})
+    assert response.status_code == 200
+    assert agent_client.get("/api/v1/sessions/room/42").json()["end_user_id"] == "caller"
