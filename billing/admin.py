@@ -118,8 +118,7 @@ def as_pricing_price(meter: object, values: Mapping, tiers: Iterable[pricing.Tie
 
 
 def stored_pricing_price(price: Price) -> pricing.Price:
-    tiers = [pricing.Tier(t.up_to, t.unit_amount, t.flat_amount) for t in price.tiers.all()]
-    return as_pricing_price(price.meter_id, {n: getattr(price, n) for n in PRICE_ARGUMENTS}, tiers)
+    return invoicing.price_for(price)
 
 
 def check_version_prices(currency: str, prices: Iterable[pricing.Price]) -> None:

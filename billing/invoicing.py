@@ -121,27 +121,33 @@ def plan_segments(tenant: Tenant, start: date, end: date, plan: PricePlan | None
     return segments
 
 
-def _plan(version: PlanVersion, currency: str, fraction: Decimal) -> pricing.Plan:
+def price_for(price: Price) -> pricing.Price:
+    """A stored price as the pricing engine's dataclass (which also validates it)."""
+    return pricing.Price(
+        meter=price.meter_id,
+        price_model=pricing.PriceModel(price.price_model),
+        provider=price.provider,
+        model_pattern=price.model_pattern,
+        unit_amount=price.unit_amount,
+        unit_size=price.unit_size,
+        tiers=tuple(pricing.Tier(t.up_to, t.unit_amount, t.flat_amount) for t in price.tiers.all()),
+        package_size=price.package_size,
+        package_amount=price.package_amount,
+        markup=price.markup,
+        free_allowance=price.free_allowance,
+        minimum_charge=price.minimum_charge,
+        id=price.pk,
+    )
+
+
+def plan_for(version: PlanVersion, currency: str, fraction: Decimal = Decimal(1)) -> pricing.Plan:
     """The version as a pricing.Plan; fees, allowances and minimums are prorated to a split period."""
-    prices = []
-    for price in version.prices.all():
-        prices.append(
-            pricing.Price(
-                meter=price.meter_id,
-                price_model=pricing.PriceModel(price.price_model),
-                provider=price.provider,
-                model_pattern=price.model_pattern,
-                unit_amount=price.unit_amount,
-                unit_size=price.unit_size,
-                tiers=tuple(pricing.Tier(t.up_to, t.unit_amount, t.flat_amount) for t in price.tiers.all()),
-                package_size=price.package_size,
-                package_amount=price.package_amount,
-                markup=price.markup,
-                free_allowance=price.free_allowance * fraction,
-                minimum_charge=price.minimum_charge * fraction,
-                id=price.pk,
-            )
+    prices = [
+        dataclasses.replace(
+            p, free_allowance=p.free_allowance * fraction, minimum_charge=p.minimum_charge * fraction
         )
+        for p in map(price_for, version.prices.all())
+    ]
     return pricing.Plan(
         currency=currency,
         prices=tuple(prices),
@@ -215,7 +221,7 @@ def price_period(
             unmatched += [_unmatched(k, q, "no_plan_version", segment) for k, q in sorted(usage.items()) if q]
             continue
         fraction = Decimal(periods.days_between(segment.start, segment.end)) / period_days
-        plan_dc = _plan(segment.version, currency, fraction)
+        plan_dc = plan_for(segment.version, currency, fraction)
         priced = pricing.price_usage(
             plan_dc,
             {pricing.UsageKey(*k): q for k, q in usage.items()},
