@@ -64,7 +64,8 @@ def spend(tenant: Tenant, start: date, end: date) -> Spend:
     quantities: dict[GroupKey, Decimal] = defaultdict(Decimal)
     for line in priced.lines:
         if line.kind in ("usage", "minimum"):
-            amounts[(line.meter, line.provider, line.model)] += line.unrounded_amount
+            # rounded amounts: allocations then add up to exactly what the invoice charges
+            amounts[(line.meter, line.provider, line.model)] += line.amount
             if line.kind == "usage":
                 quantities[(line.meter, line.provider, line.model)] += line.quantity
     rates = {key: amounts[key] / quantities[key] for key in quantities if quantities[key]}

@@ -44,6 +44,10 @@ def bar_chart(
     return mark_safe("".join(parts))  # noqa: S308 - every dynamic value above is escaped
 
 
+def _short(label: str, limit: int = 28) -> str:
+    return label if len(label) <= limit else label[: limit - 1] + "…"
+
+
 def share_chart(
     items: Sequence[tuple[str, Decimal]], fmt: Callable[[Decimal], str], *, title: str = ""
 ) -> SafeString:
@@ -62,7 +66,7 @@ def share_chart(
         y = i * row_h
         share = value / total * 100
         parts.append(
-            f'<text x="0" y="{y + 18}" class="label">{escape(label[:34])}</text>'
+            f'<text x="0" y="{y + 18}" class="label"><title>{escape(label)}</title>{escape(_short(label))}</text>'
             f'<rect class="bar" x="200" y="{y + 6}" width="{max(w, 1):.1f}" height="16" rx="3" '
             f'fill="{PALETTE[i % len(PALETTE)]}" data-value="{value}"><title>{escape(label)}: {escape(fmt(value))}</title></rect>'
             f'<text x="{205 + w:.1f}" y="{y + 18}" class="value">{escape(fmt(value))} · {share:.0f}%</text>'

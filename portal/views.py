@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import Count, Max, Min, Sum
+from django.db.models import Count, F, Max, Min, Sum
 from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -100,8 +100,13 @@ def _usage_form(request):
     tenant = request.access.tenant
     start, end = billing_selectors.invoicing.current_period(tenant)
     form = UsageFilterForm(request.GET or None, tenant=tenant, default_start=start, default_end=end)
-    if not request.GET:
-        form = UsageFilterForm({"group_by": "meter"}, tenant=tenant, default_start=start, default_end=end)
+    if not request.GET:  # show what is displayed: the current period
+        defaults = {
+            "group_by": "meter",
+            "start": start.isoformat(),
+            "end": (end - timedelta(days=1)).isoformat(),
+        }
+        form = UsageFilterForm(defaults, tenant=tenant, default_start=start, default_end=end)
     return form
 
 
@@ -235,9 +240,10 @@ def usage_csv(request):
 def sessions(request):
     _activate(request)
     tenant = request.access.tenant
-    page = Paginator(
-        Session.objects.for_tenant(tenant).select_related("agent").order_by("-created_at"), 50
-    ).get_page(request.GET.get("page"))
+    ordered = Session.objects.for_tenant(tenant).select_related("agent").order_by(
+        F("started_at").desc(nulls_last=True), "-created_at"
+    )
+    page = Paginator(ordered, 50).get_page(request.GET.get("page"))
     costs = _session_costs(tenant, [s.session_id for s in page])
     for session in page:
         session.cost = costs.get(session.session_id, Decimal(0))
