@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 export DEBUG ?= 1
 
-.PHONY: setup run test test-fast lint format bench bench-ingest bench-invoice bench-portal stripe-smoke lock clean-devdata
+.PHONY: setup run test test-fast lint format bench bench-ingest bench-invoice bench-portal stripe-smoke screenshots lock clean-devdata
 
 setup:
 	@sh scripts/bootstrap.sh
@@ -40,6 +40,10 @@ bench-portal: setup
 # The Stripe flow against a real Stripe test account (skipped unless STRIPE_API_KEY=sk_test_... is set).
 stripe-smoke: setup
 	$(PY) scripts/stripe_smoke.py $(ARGS)
+
+# Portal screenshots on the demo data (docs/screenshots/), taken by the browser journey test.
+screenshots: setup
+	METERLINE_SCREENSHOTS=docs/screenshots $(PY) -m pytest tests/browser/test_journey.py -p no:cacheprovider -q $(ARGS)
 
 # Regenerate requirements.lock from a clean environment after changing dependencies in pyproject.toml.
 lock:
