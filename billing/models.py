@@ -1,4 +1,5 @@
-"""Billing tables: versioned price plans, provider rates, subscriptions, invoices and their lines.
+"""Billing tables: versioned price plans, provider rates, subscriptions, invoices and their lines, and the
+Stripe side of invoices (their sync state and the webhook events received).
 
 Invariants the database holds: one invoice per tenant and period, one line per group of an invoice, gapless
 numbers (a counter row per year, taken under a row lock), and finalized invoices and lines that never change
@@ -219,6 +220,12 @@ class Invoice(models.Model):
         VOID = "void"
         UNCOLLECTIBLE = "uncollectible"
 
+    class SyncState(models.TextChoices):
+        NOT_SYNCED = "not_synced"
+        PENDING = "pending"
+        SYNCED = "synced"
+        FAILED = "failed"
+
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="invoices")
     period_start = models.DateField(help_text="First day of the billing period (tenant-local).")
     period_end = models.DateField(help_text="First day after the period (exclusive).")
@@ -234,6 +241,18 @@ class Invoice(models.Model):
     finalized_at = models.DateTimeField(null=True, blank=True)
     status_changed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
+    # The copy on Stripe (DESIGN §7). Not guarded by the immutability trigger: these columns follow Stripe
+    # after finalization, while the invoice's own amounts never change.
+    stripe_invoice_id = models.CharField(max_length=255, blank=True)
+    sync_state = models.CharField(max_length=16, choices=SyncState.choices, default=SyncState.NOT_SYNCED)
+    sync_error = models.TextField(blank=True, help_text="The last error of the Stripe sync, if any.")
+    sync_attempted_at = models.DateTimeField(null=True, blank=True)
+    synced_at = models.DateTimeField(null=True, blank=True)
+    stripe_status = models.CharField(
+        max_length=16,
+        blank=True,
+        help_text="The Stripe invoice's status as last seen (webhook or reconcile).",
+    )
 
     objects = InvoiceQuerySet.as_manager()
 
@@ -248,6 +267,11 @@ class Invoice(models.Model):
                 condition=Q(status="draft", number__isnull=True)
                 | (~Q(status="draft") & Q(number__isnull=False)),
                 name="invoice_number_iff_finalized",
+            ),
+            models.UniqueConstraint(
+                fields=["stripe_invoice_id"],
+                condition=~Q(stripe_invoice_id=""),
+                name="invoice_unique_stripe_invoice",
             ),
         ]
 
@@ -349,3 +373,24 @@ class PlanAuditEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M} {self.user} {self.action} {self.object_repr}"
+
+
+class StripeEvent(models.Model):
+    """A webhook event from Stripe, stored by its id in the same transaction as its effect, so a redelivery
+    finds it and changes nothing (DESIGN §7)."""
+
+    event_id = models.CharField(max_length=255, unique=True)
+    type = models.CharField(max_length=100)
+    payload = models.JSONField()
+    invoice = models.ForeignKey(
+        Invoice, on_delete=models.SET_NULL, null=True, blank=True, related_name="stripe_events"
+    )
+    outcome = models.CharField(max_length=200, blank=True, help_text="What processing the event did.")
+    received_at = models.DateTimeField(default=timezone.now)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-received_at"]
+
+    def __str__(self) -> str:
+        return f"{self.event_id} {self.type}"

@@ -2,11 +2,13 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from billing.webhooks import stripe_webhook
 from config.health import healthz
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
+    path("stripe/webhook", stripe_webhook, name="stripe-webhook"),
     path("api/v1/", include("usage.api.urls")),
     path("api/v1/", include("billing.api.urls")),
     path(

@@ -1,0 +1,53 @@
+"""The Stripe sync in the admin (DESIGN §7): the 'retry sync' action and read-only fields for InvoiceAdmin.
+
+Wire them into billing/admin.py's InvoiceAdmin: ``actions = [..., retry_stripe_sync]`` and
+``readonly_fields = [..., "sync_state", "sync_error", stripe_invoice_link]`` (``stripe_sync_summary`` suits
+``list_display``).
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib import admin, messages
+from django.utils.html import format_html
+
+from billing import stripe_sync, tasks
+from billing.models import Invoice
+
+
+@admin.action(description="Retry Stripe sync")
+def retry_stripe_sync(modeladmin: admin.ModelAdmin, request, queryset) -> None:
+    if not stripe_sync.is_configured():
+        modeladmin.message_user(request, "Stripe is not configured (STRIPE_API_KEY).", messages.ERROR)
+        return
+    ids = stripe_sync.mark_for_retry(queryset.values_list("pk", flat=True))
+    for invoice_id in ids:
+        tasks.sync_invoice_to_stripe.delay(invoice_id)
+    skipped = queryset.count() - len(ids)
+    text = f"Queued the Stripe sync of {len(ids)} invoice(s)."
+    if skipped:
+        text += f" Skipped {skipped}: drafts, already synced, or settled here before they reached Stripe."
+    modeladmin.message_user(request, text, messages.SUCCESS if ids else messages.WARNING)
+
+
+@admin.display(description="Stripe invoice")
+def stripe_invoice_link(invoice: Invoice) -> str:
+    if not invoice.stripe_invoice_id:
+        return "—"
+    mode = "test/" if settings.STRIPE_API_KEY.startswith(("sk_test_", "rk_test_")) else ""
+    return format_html(
+        '<a href="https://dashboard.stripe.com/{}invoices/{}" target="_blank" rel="noopener">{}</a>',
+        mode,
+        invoice.stripe_invoice_id,
+        invoice.stripe_invoice_id,
+    )
+
+
+@admin.display(description="Stripe sync", ordering="sync_state")
+def stripe_sync_summary(invoice: Invoice) -> str:
+    summary = invoice.get_sync_state_display()
+    if invoice.stripe_status:
+        summary += f" · Stripe: {invoice.stripe_status}"
+    if invoice.sync_error:
+        summary += f" · {invoice.sync_error[:80]}"
+    return summary

@@ -1,0 +1,436 @@
+"""Stripe: push finalized invoices to Stripe, take Stripe's status changes back, reconcile (DESIGN §7).
+
+Push (:func:`sync_invoice`): the tenant's Stripe customer (created once), a draft Stripe invoice with one
+invoice item per line of ours (minor units, our ids in metadata), a check that Stripe's total equals ours,
+then finalization. Every POST carries an idempotency key derived from our ids, and every step first looks for
+what an earlier, interrupted run already made, so running it again — after a timeout, a crash, a lost answer —
+carries on where it stopped and never makes a second invoice. The keys cover the first 24 hours (including
+Stripe's search lag); after that, when Stripe has forgotten them, the lookups do (consistent lists by
+customer and by invoice for invoices and items, search for the customer).
+
+Back (:func:`apply_stripe_status`): forward only, along the database trigger's graph (migration 0002):
+open → paid | void | uncollectible, uncollectible → paid | void. Webhook events (:func:`process_event`) are
+stored by id in the same transaction as their effect, so a redelivery changes nothing.
+
+Decisions, with the reasoning in docs/stripe.md: ``collection_method=send_invoice`` with 30 days to pay;
+drafts are created with ``auto_advance=false`` (Stripe never finalizes a half-built draft) and finalized with
+``auto_advance=true`` (Stripe emails it and sends reminders); every line is sent, zero amounts included, so
+the Stripe invoice reads like ours; a Stripe total that differs from ours stops the sync before finalization.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from functools import lru_cache
+from typing import Any
+
+import stripe
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from billing import periods
+from billing.models import Invoice, InvoiceLine, StripeEvent
+from billing.pricing import to_minor_units
+from tenants.models import Tenant
+
+logger = logging.getLogger(__name__)
+
+# Worth retrying: the request may not have run, or Stripe asked us to come back (connection errors and
+# timeouts, 429, 409 and 5xx — the SDK maps the last two to APIError). Anything else is a refusal.
+TRANSIENT_ERRORS: tuple[type[stripe.StripeError], ...] = (
+    stripe.APIConnectionError,
+    stripe.RateLimitError,
+    stripe.APIError,
+)
+NETWORK_RETRIES = 2  # the SDK's own retries of one request, under the same idempotency key
+DEFAULT_TIMEOUT_SECONDS = 30
+DAYS_UNTIL_DUE = 30
+UNSYNCED_GRACE = timedelta(minutes=5)  # the on-commit task normally gets there first
+STALE_PENDING = timedelta(minutes=30)  # longer than the task's own retries (about 17 min with backoff)
+ERROR_MAX_CHARS = 2000
+
+Status = Invoice.Status
+SyncState = Invoice.SyncState
+# Our status follows Stripe's only along the trigger's forward edges.
+FORWARD = {
+    Status.OPEN: {Status.PAID, Status.VOID, Status.UNCOLLECTIBLE},
+    Status.UNCOLLECTIBLE: {Status.PAID, Status.VOID},
+}
+# Stripe's own statuses in the order an invoice moves through them (paid and void are both final).
+STRIPE_RANK = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "void": 3}
+# The webhook events that move an invoice, and the Stripe status each one reports.
+EVENT_STATUS = {
+    "invoice.paid": "paid",
+    "invoice.payment_failed": "open",
+    "invoice.voided": "void",
+    "invoice.marked_uncollectible": "uncollectible",
+}
+
+
+class SyncMismatch(Exception):
+    """Stripe's copy disagrees with ours in a way a retry cannot fix; a person has to look."""
+
+
+def is_configured() -> bool:
+    return bool(settings.STRIPE_API_KEY)
+
+
+def namespace() -> str:
+    """Prefix of our idempotency keys and tag in our metadata: deployments sharing one Stripe account (staging,
+    a developer's laptop, the smoke script) must set different ones, or they would replay each other's keys."""
+    return getattr(settings, "STRIPE_NAMESPACE", "") or "meterline"
+
+
+def client() -> stripe.StripeClient:
+    """The StripeClient for the current settings (``STRIPE_API_BASE`` points it at a test double)."""
+    return _client(
+        settings.STRIPE_API_KEY,
+        settings.STRIPE_API_BASE,
+        float(getattr(settings, "STRIPE_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS)),
+    )
+
+
+@lru_cache(maxsize=8)
+def _client(api_key: str, api_base: str, timeout: float) -> stripe.StripeClient:
+    return stripe.StripeClient(
+        api_key,
+        base_addresses={"api": api_base} if api_base else None,
+        max_network_retries=NETWORK_RETRIES,
+        http_client=stripe.RequestsClient(timeout=timeout),
+    )
+
+
+def idempotency_key(*parts: object) -> str:
+    """``meterline-invoice-42``, ``meterline-item-42-3``: the same request always gets the same key."""
+    return "-".join([namespace(), *(str(part) for part in parts)])
+
+
+def _options(*key_parts: object) -> dict[str, str]:
+    return {"idempotency_key": idempotency_key(*key_parts)}
+
+
+def _metadata(**ids: object) -> dict[str, str]:
+    return {"meterline_namespace": namespace(), **{f"meterline_{k}": str(v) for k, v in ids.items()}}
+
+
+def _plain(value: Any) -> Any:
+    """A StripeObject as the dict it holds (in stripe-python 16 it is no longer a dict itself)."""
+    return value.to_dict() if isinstance(value, stripe.StripeObject) else value
+
+
+def _is_ours(metadata: Any, name: str, value: object) -> bool:
+    metadata = _plain(metadata)
+    return (
+        isinstance(metadata, dict)
+        and metadata.get("meterline_namespace") == namespace()
+        and metadata.get(f"meterline_{name}") == str(value)
+    )
+
+
+def sync_invoice(invoice_id: int) -> str:
+    """Push one finalized invoice to Stripe; safe to run again at any point. Returns the sync state.
+
+    Transient Stripe errors are recorded on the invoice and re-raised for the caller (the Celery task) to retry;
+    any other Stripe error, or Stripe disagreeing with our total, marks the sync ``failed`` with the message.
+    Only open invoices are sent: one paid or voided here before it reached Stripe is not billed there.
+    """
+    invoice = Invoice.objects.select_related("tenant").get(pk=invoice_id)
+    if not is_configured() or invoice.sync_state == SyncState.SYNCED:
+        return invoice.sync_state
+    if invoice.status != Status.OPEN and not invoice.stripe_invoice_id:
+        return invoice.sync_state
+    _record(invoice_id, sync_state=SyncState.PENDING, sync_attempted_at=timezone.now())
+    try:
+        stripe_invoice = _push(client(), invoice)
+    except TRANSIENT_ERRORS as error:
+        _record(invoice_id, sync_error=f"{_describe(error)} (will retry)"[:ERROR_MAX_CHARS])
+        raise
+    except (stripe.StripeError, SyncMismatch) as error:
+        logger.warning("Stripe sync of invoice %s failed: %s", invoice_id, _describe(error))
+        _record(invoice_id, sync_state=SyncState.FAILED, sync_error=_describe(error)[:ERROR_MAX_CHARS])
+        return SyncState.FAILED
+    _record(
+        invoice_id,
+        sync_state=SyncState.SYNCED,
+        sync_error="",
+        synced_at=timezone.now(),
+        stripe_invoice_id=stripe_invoice.id,
+    )
+    # A Stripe invoice with nothing to collect is paid on finalization.
+    apply_stripe_status(invoice_id, stripe_invoice.status)
+    logger.info(
+        "synced invoice %s to Stripe %s (%s)", invoice.number, stripe_invoice.id, stripe_invoice.status
+    )
+    return SyncState.SYNCED
+
+
+def _push(api: stripe.StripeClient, invoice: Invoice) -> stripe.Invoice:
+    customer_id = ensure_customer(api, invoice.tenant)
+    stripe_invoice = _find_invoice(api, invoice, customer_id) or _create_invoice(api, invoice, customer_id)
+    _record(invoice.pk, stripe_invoice_id=stripe_invoice.id)
+    expected = to_minor_units(invoice.total, invoice.currency)
+    if stripe_invoice.status == "draft":
+        if invoice.status != Status.OPEN:
+            raise SyncMismatch(
+                f"invoice {invoice.number} is {invoice.status} here; Stripe draft {stripe_invoice.id} was left "
+                "unfinalized"
+            )
+        _add_items(api, invoice, stripe_invoice.id, customer_id)
+        draft = api.v1.invoices.retrieve(stripe_invoice.id)
+        if draft.total != expected:
+            raise SyncMismatch(
+                f"Stripe draft {draft.id} totals {draft.total} minor units of {invoice.currency}, ours "
+                f"{expected}; it was not finalized"
+            )
+        stripe_invoice = api.v1.invoices.finalize_invoice(
+            stripe_invoice.id, {"auto_advance": True}, _options("finalize", invoice.pk)
+        )
+    if stripe_invoice.total != expected:
+        raise SyncMismatch(
+            f"Stripe invoice {stripe_invoice.id} ({stripe_invoice.status}) totals {stripe_invoice.total} minor "
+            f"units of {invoice.currency}, ours {expected}"
+        )
+    return stripe_invoice
+
+
+def ensure_customer(api: stripe.StripeClient, tenant: Tenant) -> str:
+    """The tenant's Stripe customer id, creating the customer the first time (once, however often this runs).
+
+    The create request carries only what never changes (our ids), so its idempotency key can be replayed after
+    a rename; name and billing email follow in an update whose key includes a digest of them. The id is stored
+    only once both are done, so an interrupted run repeats both.
+    """
+    if tenant.stripe_customer_id:
+        return tenant.stripe_customer_id
+    query = (
+        f"metadata['meterline_tenant_id']:'{tenant.pk}' AND metadata['meterline_namespace']:'{namespace()}'"
+    )
+    found = api.v1.customers.search({"query": query, "limit": 1}).data
+    customer = (
+        found[0]
+        if found
+        else api.v1.customers.create(
+            {"metadata": _metadata(tenant_id=tenant.pk)}, _options("customer", tenant.pk)
+        )
+    )
+    details = {"name": tenant.name, "email": tenant.billing_email}
+    if (customer.name or "", customer.email or "") != (details["name"], details["email"]):
+        digest = hashlib.sha256(json.dumps(details, sort_keys=True).encode()).hexdigest()[:16]
+        api.v1.customers.update(customer.id, details, _options("customer", tenant.pk, "details", digest))
+    Tenant.objects.filter(pk=tenant.pk, stripe_customer_id="").update(stripe_customer_id=customer.id)
+    tenant.refresh_from_db(fields=["stripe_customer_id"])
+    return tenant.stripe_customer_id
+
+
+def _find_invoice(api: stripe.StripeClient, invoice: Invoice, customer_id: str) -> stripe.Invoice | None:
+    """The Stripe invoice an earlier run made for ``invoice``: by the stored id, else by our metadata among the
+    customer's invoices (a list, which unlike search sees an invoice the moment it exists)."""
+    if invoice.stripe_invoice_id:
+        return api.v1.invoices.retrieve(invoice.stripe_invoice_id)
+    listed = api.v1.invoices.list({"customer": customer_id, "limit": 100})
+    for candidate in listed.auto_paging_iter():
+        if _is_ours(candidate.metadata, "invoice_id", invoice.pk):
+            return candidate
+    return None
+
+
+def _create_invoice(api: stripe.StripeClient, invoice: Invoice, customer_id: str) -> stripe.Invoice:
+    return api.v1.invoices.create(
+        {
+            "customer": customer_id,
+            "currency": invoice.currency.lower(),
+            "collection_method": "send_invoice",
+            "days_until_due": DAYS_UNTIL_DUE,
+            "auto_advance": False,
+            "pending_invoice_items_behavior": "exclude",
+            "description": f"Meterline invoice {invoice.number}, {invoice.period_start:%B %Y}",
+            "metadata": _metadata(
+                invoice_id=invoice.pk, invoice_number=invoice.number, tenant_id=invoice.tenant_id
+            ),
+        },
+        _options("invoice", invoice.pk),
+    )
+
+
+def _add_items(api: stripe.StripeClient, invoice: Invoice, stripe_invoice_id: str, customer_id: str) -> None:
+    """One invoice item per line of ours, skipping the lines an earlier run already added."""
+    listed = api.v1.invoice_items.list({"invoice": stripe_invoice_id, "limit": 100})
+    present = {
+        _plain(item.metadata).get("meterline_line_position")
+        for item in listed.auto_paging_iter()
+        if _is_ours(item.metadata, "invoice_id", invoice.pk)
+    }
+    for line in invoice.lines.order_by("position"):
+        if str(line.position) in present:
+            continue
+        api.v1.invoice_items.create(
+            _item_params(invoice, line, stripe_invoice_id, customer_id),
+            _options("item", invoice.pk, line.position),
+        )
+
+
+def _item_params(invoice: Invoice, line: InvoiceLine, stripe_invoice_id: str, customer_id: str) -> dict:
+    tz = invoice.tenant.timezone
+    return {
+        "customer": customer_id,
+        "invoice": stripe_invoice_id,
+        "currency": invoice.currency.lower(),
+        "amount": to_minor_units(line.amount, invoice.currency),
+        "description": line.description,
+        "period": {
+            "start": int(periods.local_midnight(line.segment_start, tz).timestamp()),
+            "end": int(periods.local_midnight(line.segment_end, tz).timestamp()),
+        },
+        "metadata": _metadata(invoice_id=invoice.pk, line_id=line.pk, line_position=line.position),
+    }
+
+
+def _record(invoice_id: int, **fields: Any) -> None:
+    """Write sync columns only (a queryset update, so a concurrent webhook's status change is never
+    overwritten; the trigger lets these change on finalized invoices)."""
+    Invoice.objects.filter(pk=invoice_id).update(**fields)
+
+
+def _describe(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def sync_after_commit(invoice_id: int) -> None:
+    """Queue the Stripe sync of a just-finalized invoice for when the surrounding transaction commits (nothing is
+    queued if it rolls back, or while Stripe is not configured; the reconcile beat catches up on those)."""
+    if not is_configured():
+        return
+    from billing import tasks  # tasks imports this module
+
+    transaction.on_commit(lambda: tasks.sync_invoice_to_stripe.delay(invoice_id))
+
+
+def mark_for_retry(invoice_ids: Iterable[int]) -> list[int]:
+    """The admin's 'retry sync': of these invoices, the finalized ones not yet synced, set back to pending.
+    Returns the ids to queue (none while Stripe is not configured)."""
+    if not is_configured():
+        return []
+    retry = (
+        Invoice.objects.filter(pk__in=list(invoice_ids))
+        .exclude(status=Status.DRAFT)
+        .exclude(sync_state=SyncState.SYNCED)
+        .filter(Q(status=Status.OPEN) | ~Q(stripe_invoice_id=""))
+    )
+    ids = list(retry.values_list("pk", flat=True))
+    Invoice.objects.filter(pk__in=ids).update(sync_state=SyncState.PENDING, sync_attempted_at=timezone.now())
+    return ids
+
+
+def apply_stripe_status(invoice_id: int, stripe_status: str, *, now: datetime | None = None) -> str:
+    """Move our invoice forward to what Stripe reports, never back. Returns what was done, in words."""
+    with transaction.atomic():
+        invoice = Invoice.objects.select_for_update().get(pk=invoice_id)
+        return _move_forward(invoice, stripe_status, now or timezone.now())
+
+
+def _move_forward(invoice: Invoice, stripe_status: str, now: datetime) -> str:
+    """``invoice`` is locked by the caller."""
+    fields: dict[str, Any] = {}
+    if STRIPE_RANK.get(stripe_status, -1) > STRIPE_RANK.get(invoice.stripe_status, -1):
+        fields["stripe_status"] = stripe_status
+    moves = stripe_status in FORWARD.get(invoice.status, set())
+    if moves:
+        fields.update(status=stripe_status, status_changed_at=now)
+    if fields:
+        try:
+            with transaction.atomic():
+                Invoice.objects.filter(pk=invoice.pk).update(**fields)
+        except IntegrityError as error:  # the trigger refused: our view of the invoice was stale
+            return f"refused by the database: {error}"[:200]
+    if moves:
+        return f"moved {invoice.status} → {stripe_status}"
+    return f"kept {invoice.status}: Stripe reports {stripe_status}"
+
+
+def process_event(event: dict[str, Any]) -> str:
+    """Store a verified webhook event by id and apply it, in one transaction. An id already stored is a
+    no-op (redelivery); events of other types, and invoices that are not ours, are stored and acknowledged."""
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                stored = StripeEvent.objects.create(event_id=event["id"], type=event["type"], payload=event)
+        except IntegrityError:
+            return "duplicate: already processed"
+        outcome, invoice = _apply_event(event)
+        stored.outcome, stored.invoice, stored.processed_at = outcome[:200], invoice, timezone.now()
+        stored.save(update_fields=["outcome", "invoice", "processed_at"])
+    logger.info("Stripe event %s %s: %s", event["id"], event["type"], outcome)
+    return outcome
+
+
+def _apply_event(event: dict[str, Any]) -> tuple[str, Invoice | None]:
+    stripe_status = EVENT_STATUS.get(event["type"])
+    if stripe_status is None:
+        return "ignored: not an event we act on", None
+    data = event.get("data")
+    stripe_invoice = data.get("object") if isinstance(data, dict) else None
+    invoice = _our_invoice(stripe_invoice) if isinstance(stripe_invoice, dict) else None
+    if invoice is None:
+        return "ignored: not one of our invoices", None
+    return _move_forward(invoice, stripe_status, timezone.now()), invoice
+
+
+def _our_invoice(stripe_invoice: dict[str, Any]) -> Invoice | None:
+    """Ours, locked: by the Stripe id the sync stored, or by our metadata when the event overtook the sync."""
+    stripe_id = stripe_invoice.get("id")
+    locked = Invoice.objects.select_for_update()
+    if isinstance(stripe_id, str) and stripe_id:
+        invoice = locked.filter(stripe_invoice_id=stripe_id).first()
+        if invoice is not None:
+            return invoice
+    metadata = stripe_invoice.get("metadata")
+    if not isinstance(metadata, dict) or metadata.get("meterline_namespace") != namespace():
+        return None
+    our_id = metadata.get("meterline_invoice_id")
+    if not (isinstance(our_id, str) and our_id.isdigit()):
+        return None
+    invoice = locked.filter(pk=int(our_id)).exclude(status=Status.DRAFT).first()
+    if invoice is None or invoice.stripe_invoice_id not in ("", stripe_id):
+        return None
+    return invoice
+
+
+def invoices_to_sync(now: datetime, limit: int = 500) -> list[int]:
+    """Open invoices that never reached Stripe: never queued (finalized while Stripe was not configured, or the
+    task was lost) or stuck pending (a worker died, or the task gave up its retries during an outage).
+    Failed syncs wait for a person ('retry sync' in the admin)."""
+    stuck = Q(sync_state=SyncState.PENDING) & (
+        Q(sync_attempted_at__lte=now - STALE_PENDING) | Q(sync_attempted_at__isnull=True)
+    )
+    never = Q(sync_state=SyncState.NOT_SYNCED, finalized_at__lte=now - UNSYNCED_GRACE)
+    candidates = Invoice.objects.filter(never | stuck).filter(
+        Q(status=Status.OPEN) | ~Q(stripe_invoice_id="")
+    )
+    return list(candidates.order_by("finalized_at").values_list("pk", flat=True)[:limit])
+
+
+def refresh_statuses(limit: int = 500) -> int:
+    """Ask Stripe for the status of synced invoices that can still move and apply it forward: this repairs
+    missed webhooks. Returns how many of ours moved; an error on one invoice does not stop the others."""
+    api = client()
+    moved = 0
+    candidates = (
+        Invoice.objects.filter(sync_state=SyncState.SYNCED, status__in=list(FORWARD))
+        .exclude(stripe_invoice_id="")
+        .order_by("finalized_at")
+    )
+    for invoice_id, stripe_invoice_id in candidates.values_list("pk", "stripe_invoice_id")[:limit]:
+        try:
+            stripe_invoice = api.v1.invoices.retrieve(stripe_invoice_id)
+        except stripe.StripeError as error:
+            logger.warning("reconcile: could not read Stripe invoice %s: %s", stripe_invoice_id, error)
+            continue
+        if apply_stripe_status(invoice_id, stripe_invoice.status).startswith("moved"):
+            moved += 1
+    return moved
