@@ -39,6 +39,7 @@ from billing.models import (
     ProviderRate,
     Subscription,
 )
+from billing.stripe_admin import retry_stripe_sync, stripe_invoice_link, stripe_sync_summary
 from tenants.admin import TenantAdmin
 from tenants.models import Tenant
 
@@ -978,13 +979,14 @@ class InvoiceAdmin(admin.ModelAdmin):
         "platform_cost_text",
         "margin_text",
         "unmatched_count",
+        stripe_sync_summary,
     ]
     list_filter = ["status", "currency", "tenant"]
     list_select_related = ["tenant"]
     search_fields = ["number", "tenant__name", "tenant__slug"]
     date_hierarchy = "period_start"
     inlines = [InvoiceLineInline]
-    actions = ["refresh_drafts", "finalize_now", "void"]
+    actions = ["refresh_drafts", "finalize_now", "void", retry_stripe_sync]
     main_fields = ["number", "tenant", "period", "status", "currency"]
     amount_fields = ["total_text", "platform_cost_text", "margin_text"]
     date_fields = ["generated_at", "finalized_at", "status_changed_at", "created_at"]
@@ -1001,7 +1003,7 @@ class InvoiceAdmin(admin.ModelAdmin):
             ("Dates", {"fields": self.date_fields}),
         ]
         if others:
-            fieldsets.append(("Other", {"fields": others}))
+            fieldsets.append(("Stripe and other", {"fields": [*others, stripe_invoice_link]}))
         if obj is not None and obj.unmatched:
             fieldsets.remove(unmatched)
             fieldsets.insert(0, unmatched)

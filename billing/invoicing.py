@@ -18,7 +18,7 @@ from django.db import transaction
 from django.db.models import Prefetch, Q
 from django.utils import timezone
 
-from billing import periods, pricing
+from billing import periods, pricing, stripe_sync
 from billing.models import (
     Invoice,
     InvoiceLine,
@@ -465,6 +465,7 @@ def finalize_invoice(invoice_id: int, *, now: datetime | None = None, force: boo
         invoice.finalized_at = now
         invoice.status_changed_at = now
         invoice.save(update_fields=["number", "status", "finalized_at", "status_changed_at"])
+        stripe_sync.sync_after_commit(invoice.pk)  # queued only if this transaction commits
         PlanVersion.objects.filter(
             pk__in=invoice.lines.exclude(plan_version=None).values("plan_version")
         ).update(is_locked=True)

@@ -160,17 +160,22 @@ CELERY_BEAT_SCHEDULE = {
     "refresh-draft-invoices": {"task": "billing.tasks.refresh_drafts", "schedule": 15 * 60},
     "finalize-due-invoices": {"task": "billing.tasks.finalize_due_invoices", "schedule": 60 * 60},
     "check-budgets": {"task": "billing.budget_tasks.check_budgets", "schedule": 10 * 60},
+    "reconcile-stripe": {"task": "billing.tasks.reconcile_stripe", "schedule": 15 * 60},
 }
 
 STRIPE_API_KEY = env("STRIPE_API_KEY", default="")
 STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET", default="")
 STRIPE_API_BASE = env("STRIPE_API_BASE", default="")
+# Prefix of our Stripe idempotency keys and metadata: distinct per deployment sharing one Stripe account.
+STRIPE_NAMESPACE = env("STRIPE_NAMESPACE", default="meterline")
+STRIPE_TIMEOUT_SECONDS = env.float("STRIPE_TIMEOUT_SECONDS", default=30)
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
+    "loggers": {"stripe": {"level": "WARNING"}},  # the SDK logs every request at INFO
 }
 
 # Production hardening (``manage.py check --deploy`` is clean with DEBUG off). TLS ends at the load balancer,

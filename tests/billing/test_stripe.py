@@ -823,3 +823,14 @@ def test_sync_retry_and_reconcile_through_a_real_worker(stripe_env, celery_worke
     assert modeladmin.message_user.call_args.args[1] == "Queued the Stripe sync of 1 invoice(s)."
     wait_for(lambda: Invoice.objects.get(pk=refused.pk).sync_state == SyncState.SYNCED)
     assert_one_faithful_copy(double, refused)
+
+
+@pytest.mark.slow
+def test_finalizing_an_invoice_queues_its_sync_and_a_worker_delivers_it(stripe_env, celery_worker, plan):
+    double = stripe_env
+    invoice = finalized(
+        billed_tenant(plan), typical_usage()
+    )  # commits: transactional test, so on_commit runs
+
+    wait_for(lambda: Invoice.objects.get(pk=invoice.pk).sync_state == SyncState.SYNCED, timeout=60)
+    assert_one_faithful_copy(double, invoice)
