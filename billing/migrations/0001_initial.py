@@ -9,248 +9,563 @@ import billing.pricing
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('tenants', '0001_initial'),
-        ('usage', '0002_seed_meters'),
+        ("tenants", "0001_initial"),
+        ("usage", "0002_seed_meters"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='InvoiceNumberSequence',
+            name="InvoiceNumberSequence",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('year', models.PositiveIntegerField(unique=True)),
-                ('last_number', models.PositiveIntegerField(default=0)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("year", models.PositiveIntegerField(unique=True)),
+                ("last_number", models.PositiveIntegerField(default=0)),
             ],
         ),
         migrations.CreateModel(
-            name='PlanVersion',
+            name="PlanVersion",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('version', models.PositiveIntegerField()),
-                ('effective_from', models.DateField()),
-                ('base_fee', models.DecimalField(decimal_places=4, default=0, max_digits=18)),
-                ('fee_per_active_agent', models.DecimalField(decimal_places=4, default=0, help_text='Charged per agent that reported usage in the period.', max_digits=18)),
-                ('is_locked', models.BooleanField(default=False, editable=False)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now, editable=False)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("version", models.PositiveIntegerField()),
+                ("effective_from", models.DateField()),
+                ("base_fee", models.DecimalField(decimal_places=4, default=0, max_digits=18)),
+                (
+                    "fee_per_active_agent",
+                    models.DecimalField(
+                        decimal_places=4,
+                        default=0,
+                        help_text="Charged per agent that reported usage in the period.",
+                        max_digits=18,
+                    ),
+                ),
+                ("is_locked", models.BooleanField(default=False, editable=False)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now, editable=False)),
             ],
             options={
-                'ordering': ['plan', '-effective_from'],
+                "ordering": ["plan", "-effective_from"],
             },
         ),
         migrations.CreateModel(
-            name='PricePlan',
+            name="PricePlan",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=200)),
-                ('slug', models.SlugField(max_length=64, unique=True)),
-                ('currency', models.CharField(default='USD', max_length=3)),
-                ('description', models.TextField(blank=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now, editable=False)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=200)),
+                ("slug", models.SlugField(max_length=64, unique=True)),
+                ("currency", models.CharField(default="USD", max_length=3)),
+                ("description", models.TextField(blank=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now, editable=False)),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='Invoice',
+            name="Invoice",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('period_start', models.DateField(help_text='First day of the billing period (tenant-local).')),
-                ('period_end', models.DateField(help_text='First day after the period (exclusive).')),
-                ('status', models.CharField(choices=[('draft', 'Draft'), ('open', 'Open'), ('paid', 'Paid'), ('void', 'Void'), ('uncollectible', 'Uncollectible')], default='draft', max_length=16)),
-                ('number', models.CharField(blank=True, max_length=32, null=True, unique=True)),
-                ('currency', models.CharField(max_length=3)),
-                ('total', models.DecimalField(decimal_places=4, default=0, max_digits=18)),
-                ('platform_cost', models.DecimalField(decimal_places=4, default=0, max_digits=18)),
-                ('unmatched', models.JSONField(blank=True, default=list, help_text='Usage no price matched (never billed silently).')),
-                ('generated_at', models.DateTimeField(blank=True, null=True)),
-                ('finalized_at', models.DateTimeField(blank=True, null=True)),
-                ('status_changed_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now, editable=False)),
-                ('tenant', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='invoices', to='tenants.tenant')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "period_start",
+                    models.DateField(help_text="First day of the billing period (tenant-local)."),
+                ),
+                ("period_end", models.DateField(help_text="First day after the period (exclusive).")),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("draft", "Draft"),
+                            ("open", "Open"),
+                            ("paid", "Paid"),
+                            ("void", "Void"),
+                            ("uncollectible", "Uncollectible"),
+                        ],
+                        default="draft",
+                        max_length=16,
+                    ),
+                ),
+                ("number", models.CharField(blank=True, max_length=32, null=True, unique=True)),
+                ("currency", models.CharField(max_length=3)),
+                ("total", models.DecimalField(decimal_places=4, default=0, max_digits=18)),
+                ("platform_cost", models.DecimalField(decimal_places=4, default=0, max_digits=18)),
+                (
+                    "unmatched",
+                    models.JSONField(
+                        blank=True, default=list, help_text="Usage no price matched (never billed silently)."
+                    ),
+                ),
+                ("generated_at", models.DateTimeField(blank=True, null=True)),
+                ("finalized_at", models.DateTimeField(blank=True, null=True)),
+                ("status_changed_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now, editable=False)),
+                (
+                    "tenant",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="invoices",
+                        to="tenants.tenant",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-period_start', 'tenant'],
+                "ordering": ["-period_start", "tenant"],
             },
         ),
         migrations.CreateModel(
-            name='InvoiceLine',
+            name="InvoiceLine",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('position', models.PositiveIntegerField()),
-                ('kind', models.CharField(choices=[('base_fee', 'Base Fee'), ('agent_fee', 'Agent Fee'), ('usage', 'Usage'), ('minimum', 'Minimum'), ('adjustment', 'Adjustment')], max_length=16)),
-                ('description', models.CharField(max_length=300)),
-                ('meter', models.CharField(blank=True, max_length=64)),
-                ('provider', models.CharField(blank=True, max_length=128)),
-                ('model', models.CharField(blank=True, max_length=128)),
-                ('segment_start', models.DateField(help_text='The part of the period this line prices (plan changes split it).')),
-                ('segment_end', models.DateField()),
-                ('adjusted_period_start', models.DateField(blank=True, help_text='Adjustment lines: the period it corrects.', null=True)),
-                ('adjusts_kind', models.CharField(blank=True, help_text='Adjustment lines: the kind of line corrected.', max_length=16)),
-                ('quantity', models.DecimalField(decimal_places=6, default=0, max_digits=30)),
-                ('allowance', models.DecimalField(decimal_places=6, default=0, max_digits=30)),
-                ('billable_quantity', models.DecimalField(decimal_places=6, default=0, max_digits=30)),
-                ('unit_price', models.DecimalField(blank=True, decimal_places=12, max_digits=28, null=True)),
-                ('unit_size', models.DecimalField(decimal_places=6, default=1, max_digits=30)),
-                ('amount', models.DecimalField(decimal_places=4, max_digits=18)),
-                ('unrounded_amount', models.DecimalField(decimal_places=20, max_digits=40)),
-                ('platform_cost', models.DecimalField(blank=True, decimal_places=4, max_digits=18, null=True)),
-                ('price_snapshot', models.JSONField(blank=True, default=dict, help_text='The price as it was when this line was priced.')),
-                ('invoice', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='lines', to='billing.invoice')),
-                ('plan_version', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='billing.planversion')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("position", models.PositiveIntegerField()),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("base_fee", "Base Fee"),
+                            ("agent_fee", "Agent Fee"),
+                            ("usage", "Usage"),
+                            ("minimum", "Minimum"),
+                            ("adjustment", "Adjustment"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("description", models.CharField(max_length=300)),
+                ("meter", models.CharField(blank=True, max_length=64)),
+                ("provider", models.CharField(blank=True, max_length=128)),
+                ("model", models.CharField(blank=True, max_length=128)),
+                (
+                    "segment_start",
+                    models.DateField(
+                        help_text="The part of the period this line prices (plan changes split it)."
+                    ),
+                ),
+                ("segment_end", models.DateField()),
+                (
+                    "adjusted_period_start",
+                    models.DateField(
+                        blank=True, help_text="Adjustment lines: the period it corrects.", null=True
+                    ),
+                ),
+                (
+                    "adjusts_kind",
+                    models.CharField(
+                        blank=True, help_text="Adjustment lines: the kind of line corrected.", max_length=16
+                    ),
+                ),
+                ("quantity", models.DecimalField(decimal_places=6, default=0, max_digits=30)),
+                ("allowance", models.DecimalField(decimal_places=6, default=0, max_digits=30)),
+                ("billable_quantity", models.DecimalField(decimal_places=6, default=0, max_digits=30)),
+                ("unit_price", models.DecimalField(blank=True, decimal_places=12, max_digits=28, null=True)),
+                ("unit_size", models.DecimalField(decimal_places=6, default=1, max_digits=30)),
+                ("amount", models.DecimalField(decimal_places=4, max_digits=18)),
+                ("unrounded_amount", models.DecimalField(decimal_places=20, max_digits=40)),
+                (
+                    "platform_cost",
+                    models.DecimalField(blank=True, decimal_places=4, max_digits=18, null=True),
+                ),
+                (
+                    "price_snapshot",
+                    models.JSONField(
+                        blank=True, default=dict, help_text="The price as it was when this line was priced."
+                    ),
+                ),
+                (
+                    "invoice",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="lines",
+                        to="billing.invoice",
+                    ),
+                ),
+                (
+                    "plan_version",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="billing.planversion",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['invoice', 'position'],
+                "ordering": ["invoice", "position"],
             },
         ),
         migrations.CreateModel(
-            name='Price',
+            name="Price",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('provider', models.CharField(blank=True, help_text='Empty: any provider.', max_length=128)),
-                ('model_pattern', models.CharField(blank=True, help_text='Glob such as gpt-4o-mini*; empty: any model.', max_length=128)),
-                ('price_model', models.CharField(choices=[('per_unit', 'per_unit'), ('graduated', 'graduated'), ('volume', 'volume'), ('package', 'package'), ('cost_plus', 'cost_plus')], default=billing.pricing.PriceModel['PER_UNIT'], max_length=16)),
-                ('unit_amount', models.DecimalField(decimal_places=12, default=0, help_text='Per unit_size units (per_unit; tier unit).', max_digits=28)),
-                ('unit_size', models.DecimalField(decimal_places=6, default=1, max_digits=30)),
-                ('package_size', models.DecimalField(decimal_places=6, default=1, max_digits=30)),
-                ('package_amount', models.DecimalField(decimal_places=12, default=0, max_digits=28)),
-                ('markup', models.DecimalField(decimal_places=6, default=0, help_text='cost_plus: 0.25 = +25 %.', max_digits=10)),
-                ('free_allowance', models.DecimalField(decimal_places=6, default=0, help_text='Free quantity per period.', max_digits=30)),
-                ('minimum_charge', models.DecimalField(decimal_places=4, default=0, help_text='Per period, when the price matched usage.', max_digits=18)),
-                ('meter', models.ForeignKey(db_column='meter_code', on_delete=django.db.models.deletion.PROTECT, to='usage.meter', to_field='code')),
-                ('version', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='prices', to='billing.planversion')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("provider", models.CharField(blank=True, help_text="Empty: any provider.", max_length=128)),
+                (
+                    "model_pattern",
+                    models.CharField(
+                        blank=True, help_text="Glob such as gpt-4o-mini*; empty: any model.", max_length=128
+                    ),
+                ),
+                (
+                    "price_model",
+                    models.CharField(
+                        choices=[
+                            ("per_unit", "per_unit"),
+                            ("graduated", "graduated"),
+                            ("volume", "volume"),
+                            ("package", "package"),
+                            ("cost_plus", "cost_plus"),
+                        ],
+                        default=billing.pricing.PriceModel["PER_UNIT"],
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "unit_amount",
+                    models.DecimalField(
+                        decimal_places=12,
+                        default=0,
+                        help_text="Per unit_size units (per_unit; tier unit).",
+                        max_digits=28,
+                    ),
+                ),
+                ("unit_size", models.DecimalField(decimal_places=6, default=1, max_digits=30)),
+                ("package_size", models.DecimalField(decimal_places=6, default=1, max_digits=30)),
+                ("package_amount", models.DecimalField(decimal_places=12, default=0, max_digits=28)),
+                (
+                    "markup",
+                    models.DecimalField(
+                        decimal_places=6, default=0, help_text="cost_plus: 0.25 = +25 %.", max_digits=10
+                    ),
+                ),
+                (
+                    "free_allowance",
+                    models.DecimalField(
+                        decimal_places=6, default=0, help_text="Free quantity per period.", max_digits=30
+                    ),
+                ),
+                (
+                    "minimum_charge",
+                    models.DecimalField(
+                        decimal_places=4,
+                        default=0,
+                        help_text="Per period, when the price matched usage.",
+                        max_digits=18,
+                    ),
+                ),
+                (
+                    "meter",
+                    models.ForeignKey(
+                        db_column="meter_code",
+                        on_delete=django.db.models.deletion.PROTECT,
+                        to="usage.meter",
+                        to_field="code",
+                    ),
+                ),
+                (
+                    "version",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="prices",
+                        to="billing.planversion",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['meter_id', 'provider', 'model_pattern'],
+                "ordering": ["meter_id", "provider", "model_pattern"],
             },
         ),
         migrations.AddField(
-            model_name='planversion',
-            name='plan',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='versions', to='billing.priceplan'),
+            model_name="planversion",
+            name="plan",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.PROTECT, related_name="versions", to="billing.priceplan"
+            ),
         ),
         migrations.CreateModel(
-            name='PlanAuditEntry',
+            name="PlanAuditEntry",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('action', models.CharField(max_length=32)),
-                ('object_repr', models.CharField(max_length=300)),
-                ('changes', models.JSONField(default=dict, help_text='field → [before, after]')),
-                ('user', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('plan', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='audit_entries', to='billing.priceplan')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("action", models.CharField(max_length=32)),
+                ("object_repr", models.CharField(max_length=300)),
+                ("changes", models.JSONField(default=dict, help_text="field → [before, after]")),
+                (
+                    "user",
+                    models.ForeignKey(
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "plan",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="audit_entries",
+                        to="billing.priceplan",
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'plan audit entries',
-                'ordering': ['-at'],
+                "verbose_name_plural": "plan audit entries",
+                "ordering": ["-at"],
             },
         ),
         migrations.CreateModel(
-            name='PriceTier',
+            name="PriceTier",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('up_to', models.DecimalField(blank=True, decimal_places=6, help_text='Empty: no upper bound (last tier).', max_digits=30, null=True)),
-                ('unit_amount', models.DecimalField(decimal_places=12, default=0, max_digits=28)),
-                ('flat_amount', models.DecimalField(decimal_places=4, default=0, max_digits=18)),
-                ('price', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='tiers', to='billing.price')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "up_to",
+                    models.DecimalField(
+                        blank=True,
+                        decimal_places=6,
+                        help_text="Empty: no upper bound (last tier).",
+                        max_digits=30,
+                        null=True,
+                    ),
+                ),
+                ("unit_amount", models.DecimalField(decimal_places=12, default=0, max_digits=28)),
+                ("flat_amount", models.DecimalField(decimal_places=4, default=0, max_digits=18)),
+                (
+                    "price",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="tiers", to="billing.price"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['price', models.OrderBy(models.F('up_to'), nulls_last=True)],
+                "ordering": ["price", models.OrderBy(models.F("up_to"), nulls_last=True)],
             },
         ),
         migrations.CreateModel(
-            name='ProviderRate',
+            name="ProviderRate",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('provider', models.CharField(max_length=128)),
-                ('model_pattern', models.CharField(blank=True, max_length=128)),
-                ('cost_per_unit', models.DecimalField(decimal_places=12, max_digits=28)),
-                ('unit_size', models.DecimalField(decimal_places=6, default=1, max_digits=30)),
-                ('currency', models.CharField(default='USD', max_length=3)),
-                ('effective_from', models.DateField()),
-                ('source', models.CharField(blank=True, help_text='Where the figure comes from (URL, date).', max_length=300)),
-                ('meter', models.ForeignKey(db_column='meter_code', on_delete=django.db.models.deletion.PROTECT, to='usage.meter', to_field='code')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("provider", models.CharField(max_length=128)),
+                ("model_pattern", models.CharField(blank=True, max_length=128)),
+                ("cost_per_unit", models.DecimalField(decimal_places=12, max_digits=28)),
+                ("unit_size", models.DecimalField(decimal_places=6, default=1, max_digits=30)),
+                ("currency", models.CharField(default="USD", max_length=3)),
+                ("effective_from", models.DateField()),
+                (
+                    "source",
+                    models.CharField(
+                        blank=True, help_text="Where the figure comes from (URL, date).", max_length=300
+                    ),
+                ),
+                (
+                    "meter",
+                    models.ForeignKey(
+                        db_column="meter_code",
+                        on_delete=django.db.models.deletion.PROTECT,
+                        to="usage.meter",
+                        to_field="code",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['provider', 'model_pattern', 'meter_id', '-effective_from'],
+                "ordering": ["provider", "model_pattern", "meter_id", "-effective_from"],
             },
         ),
         migrations.CreateModel(
-            name='Subscription',
+            name="Subscription",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('starts_on', models.DateField()),
-                ('ends_on', models.DateField(blank=True, help_text='Exclusive; empty while current.', null=True)),
-                ('plan', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='subscriptions', to='billing.priceplan')),
-                ('tenant', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='subscriptions', to='tenants.tenant')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("starts_on", models.DateField()),
+                (
+                    "ends_on",
+                    models.DateField(blank=True, help_text="Exclusive; empty while current.", null=True),
+                ),
+                (
+                    "plan",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="subscriptions",
+                        to="billing.priceplan",
+                    ),
+                ),
+                (
+                    "tenant",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="subscriptions",
+                        to="tenants.tenant",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['tenant', 'starts_on'],
+                "ordering": ["tenant", "starts_on"],
             },
         ),
         migrations.AddConstraint(
-            model_name='invoice',
-            constraint=models.UniqueConstraint(fields=('tenant', 'period_start'), name='invoice_one_per_tenant_period'),
+            model_name="invoice",
+            constraint=models.UniqueConstraint(
+                fields=("tenant", "period_start"), name="invoice_one_per_tenant_period"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='invoice',
-            constraint=models.CheckConstraint(condition=models.Q(('period_end__gt', models.F('period_start'))), name='invoice_period_positive'),
+            model_name="invoice",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("period_end__gt", models.F("period_start"))),
+                name="invoice_period_positive",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='invoice',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(('number__isnull', True), ('status', 'draft')), models.Q(models.Q(('status', 'draft'), _negated=True), ('number__isnull', False)), _connector='OR'), name='invoice_number_iff_finalized'),
+            model_name="invoice",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(("number__isnull", True), ("status", "draft")),
+                    models.Q(models.Q(("status", "draft"), _negated=True), ("number__isnull", False)),
+                    _connector="OR",
+                ),
+                name="invoice_number_iff_finalized",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='invoiceline',
-            constraint=models.UniqueConstraint(fields=('invoice', 'kind', 'adjusts_kind', 'meter', 'provider', 'model', 'segment_start', 'adjusted_period_start'), name='invoiceline_one_per_group', nulls_distinct=False),
+            model_name="invoiceline",
+            constraint=models.UniqueConstraint(
+                fields=(
+                    "invoice",
+                    "kind",
+                    "adjusts_kind",
+                    "meter",
+                    "provider",
+                    "model",
+                    "segment_start",
+                    "adjusted_period_start",
+                ),
+                name="invoiceline_one_per_group",
+                nulls_distinct=False,
+            ),
         ),
         migrations.AddConstraint(
-            model_name='invoiceline',
-            constraint=models.UniqueConstraint(fields=('invoice', 'position'), name='invoiceline_unique_position'),
+            model_name="invoiceline",
+            constraint=models.UniqueConstraint(
+                fields=("invoice", "position"), name="invoiceline_unique_position"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='price',
-            constraint=models.UniqueConstraint(fields=('version', 'meter', 'provider', 'model_pattern'), name='price_unique_scope'),
+            model_name="price",
+            constraint=models.UniqueConstraint(
+                fields=("version", "meter", "provider", "model_pattern"), name="price_unique_scope"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='price',
-            constraint=models.CheckConstraint(condition=models.Q(('free_allowance__gte', 0), ('markup__gte', 0), ('minimum_charge__gte', 0), ('package_amount__gte', 0), ('package_size__gt', 0), ('unit_amount__gte', 0), ('unit_size__gt', 0)), name='price_amounts_valid'),
+            model_name="price",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("free_allowance__gte", 0),
+                    ("markup__gte", 0),
+                    ("minimum_charge__gte", 0),
+                    ("package_amount__gte", 0),
+                    ("package_size__gt", 0),
+                    ("unit_amount__gte", 0),
+                    ("unit_size__gt", 0),
+                ),
+                name="price_amounts_valid",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='planversion',
-            constraint=models.UniqueConstraint(fields=('plan', 'version'), name='planversion_unique_number'),
+            model_name="planversion",
+            constraint=models.UniqueConstraint(fields=("plan", "version"), name="planversion_unique_number"),
         ),
         migrations.AddConstraint(
-            model_name='planversion',
-            constraint=models.UniqueConstraint(fields=('plan', 'effective_from'), name='planversion_unique_start'),
+            model_name="planversion",
+            constraint=models.UniqueConstraint(
+                fields=("plan", "effective_from"), name="planversion_unique_start"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='planversion',
-            constraint=models.CheckConstraint(condition=models.Q(('base_fee__gte', 0), ('fee_per_active_agent__gte', 0)), name='planversion_fees_non_negative'),
+            model_name="planversion",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("base_fee__gte", 0), ("fee_per_active_agent__gte", 0)),
+                name="planversion_fees_non_negative",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='pricetier',
-            constraint=models.UniqueConstraint(fields=('price', 'up_to'), name='pricetier_unique_bound', nulls_distinct=False),
+            model_name="pricetier",
+            constraint=models.UniqueConstraint(
+                fields=("price", "up_to"), name="pricetier_unique_bound", nulls_distinct=False
+            ),
         ),
         migrations.AddConstraint(
-            model_name='providerrate',
-            constraint=models.UniqueConstraint(fields=('provider', 'model_pattern', 'meter', 'currency', 'effective_from'), name='providerrate_unique'),
+            model_name="providerrate",
+            constraint=models.UniqueConstraint(
+                fields=("provider", "model_pattern", "meter", "currency", "effective_from"),
+                name="providerrate_unique",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='providerrate',
-            constraint=models.CheckConstraint(condition=models.Q(('cost_per_unit__gte', 0), ('unit_size__gt', 0)), name='providerrate_valid'),
+            model_name="providerrate",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("cost_per_unit__gte", 0), ("unit_size__gt", 0)), name="providerrate_valid"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='subscription',
-            constraint=models.UniqueConstraint(fields=('tenant', 'starts_on'), name='subscription_unique_start'),
+            model_name="subscription",
+            constraint=models.UniqueConstraint(
+                fields=("tenant", "starts_on"), name="subscription_unique_start"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='subscription',
-            constraint=models.CheckConstraint(condition=models.Q(('ends_on__isnull', True), ('ends_on__gt', models.F('starts_on')), _connector='OR'), name='subscription_positive_length'),
+            model_name="subscription",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("ends_on__isnull", True), ("ends_on__gt", models.F("starts_on")), _connector="OR"
+                ),
+                name="subscription_positive_length",
+            ),
         ),
     ]
