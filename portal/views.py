@@ -240,8 +240,10 @@ def usage_csv(request):
 def sessions(request):
     _activate(request)
     tenant = request.access.tenant
-    ordered = Session.objects.for_tenant(tenant).select_related("agent").order_by(
-        F("started_at").desc(nulls_last=True), "-created_at"
+    ordered = (
+        Session.objects.for_tenant(tenant)
+        .select_related("agent")
+        .order_by(F("started_at").desc(nulls_last=True), "-created_at")
     )
     page = Paginator(ordered, 50).get_page(request.GET.get("page"))
     costs = _session_costs(tenant, [s.session_id for s in page])
