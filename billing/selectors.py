@@ -88,6 +88,24 @@ def breakdown(spend_: Spend, group_by: str, filters: dict | None = None) -> list
         [group_by],
         filters,
     )
+    return _allocate(spend_, group_by, rows)
+
+
+def breakdowns(spend_: Spend, group_bys: list[str]) -> tuple[dict[str, list[dict]], list[dict]]:
+    """``breakdown(spend_, g)`` for each g of ``group_bys`` (meter, agent, session, day or hour), and the
+    period's rows by (meter, provider, model), from one pass over the rollups instead of one per grouping."""
+    tz = spend_.tenant.timezone
+    *grouped, by_model = usage_selectors.usage_row_sets(
+        spend_.tenant.pk,
+        tz,
+        periods.local_midnight(spend_.start, tz),
+        periods.local_midnight(spend_.end, tz),
+        [*group_bys, None],
+    )
+    return {g: _allocate(spend_, g, rows) for g, rows in zip(group_bys, grouped, strict=True)}, by_model
+
+
+def _allocate(spend_: Spend, group_by: str, rows: list[dict]) -> list[dict]:
     totals: dict = defaultdict(lambda: {"quantity": defaultdict(Decimal), "cost": Decimal(0), "events": 0})
     for row in rows:
         bucket = totals[row[group_by]]

@@ -6,7 +6,7 @@ inserts them (usage.ingest), so each accepted event is counted exactly once.
 """
 
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from tenants.models import Agent, Tenant, TenantScopedQuerySet
@@ -63,7 +63,16 @@ class Session(models.Model):
                 name="session_ends_after_start",
             ),
         ]
-        indexes = [models.Index(fields=["tenant", "-created_at"], name="session_tenant_recent")]
+        indexes = [
+            models.Index(fields=["tenant", "-created_at"], name="session_tenant_recent"),
+            # The portal lists sessions newest first by start (portal.views.sessions), 50 to a page.
+            models.Index(
+                F("tenant"),
+                F("started_at").desc(nulls_last=True),
+                F("created_at").desc(),
+                name="session_tenant_started",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.session_id
@@ -130,7 +139,11 @@ class UsageRollup(models.Model):
             ),
             models.CheckConstraint(condition=Q(quantity__gte=0), name="usagerollup_quantity_non_negative"),
         ]
-        indexes = [models.Index(fields=["tenant", "hour"], name="usagerollup_tenant_hour")]
+        indexes = [
+            models.Index(fields=["tenant", "hour"], name="usagerollup_tenant_hour"),
+            # A page of sessions with their costs, and one session's usage, read a few rollups by session id.
+            models.Index(fields=["tenant", "session_id"], name="usagerollup_tenant_session"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.meter} {self.quantity} @ {self.hour:%Y-%m-%d %H:%M}"

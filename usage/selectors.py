@@ -97,6 +97,37 @@ FILTERS = {
 }
 
 
+def _where(tenant_id: int, tz: str, start: datetime, end: datetime, filters: dict | None) -> tuple[str, dict]:
+    where = ["tenant_id = %(tenant)s", "hour >= %(start)s", "hour < %(end)s"]
+    params: dict = {"tenant": tenant_id, "start": start, "end": end, "tz": tz}
+    for name, value in (filters or {}).items():
+        where.append(f"{FILTERS[name]} = %(f_{name})s")
+        params[f"f_{name}"] = value
+    return " AND ".join(where), params
+
+
+def _keys(group_by: list[str], filters: dict | None) -> list[str]:
+    keys = list(dict.fromkeys([*group_by, "meter", "provider", "model"]))
+    unknown = set(keys) - GROUPINGS.keys() | set(filters or {}) - FILTERS.keys()
+    if unknown:
+        raise ValueError(f"unknown grouping or filter: {sorted(unknown)}")
+    return keys
+
+
+def _keyed(keys: list[str], where: str) -> str:
+    """A subquery with one column per key (named after it), quantity and event_count: the rollups summed
+    per hour and the keys' columns first, so that what is grouped further is a few rows per hour (a large
+    tenant's month has ~10⁵ rollup rows, in ~700 hours) and the day is computed once per hour."""
+    columns = list(dict.fromkeys(["hour", *(GROUPINGS[k] for k in keys if k != "day")]))
+    positions = ", ".join(str(i + 1) for i in range(len(columns)))
+    hourly = (
+        f"SELECT {', '.join(columns)}, sum(quantity) AS quantity, sum(event_count) AS event_count "  # noqa: S608 - whitelisted identifiers
+        f"FROM usage_usagerollup WHERE {where} GROUP BY {positions}"
+    )
+    select = ", ".join(f"{GROUPINGS[k]} AS {k}" for k in keys)
+    return f"SELECT {select}, quantity, event_count FROM ({hourly}) AS hourly"  # noqa: S608 - whitelisted
+
+
 def usage_rows(
     tenant_id: int,
     tz: str,
@@ -109,20 +140,13 @@ def usage_rows(
 ) -> list[dict]:
     """Rolled-up usage in [start, end), grouped by any of GROUPINGS (always also by meter, provider and
     model, which pricing needs) and filtered by FILTERS. Reads rollups only, never raw events."""
-    keys = list(dict.fromkeys([*group_by, "meter", "provider", "model"]))
-    unknown = set(keys) - GROUPINGS.keys() | set(filters or {}) - FILTERS.keys()
-    if unknown:
-        raise ValueError(f"unknown grouping or filter: {sorted(unknown)}")
+    keys = _keys(group_by, filters)
+    where, params = _where(tenant_id, tz, start, end, filters)
     select = ", ".join(f"{GROUPINGS[k]} AS {k}" for k in keys)
-    where = ["tenant_id = %(tenant)s", "hour >= %(start)s", "hour < %(end)s"]
-    params: dict = {"tenant": tenant_id, "start": start, "end": end, "tz": tz}
-    for name, value in (filters or {}).items():
-        where.append(f"{FILTERS[name]} = %(f_{name})s")
-        params[f"f_{name}"] = value
+    positions = ", ".join(str(i + 1) for i in range(len(keys)))
     sql = (
         f"SELECT {select}, sum(quantity) AS quantity, sum(event_count) AS events FROM usage_usagerollup "  # noqa: S608 - identifiers come from the whitelists above
-        f"WHERE {' AND '.join(where)} GROUP BY {', '.join(str(i + 1) for i in range(len(keys)))} "
-        f"ORDER BY {', '.join(str(i + 1) for i in range(len(keys)))}"
+        f"WHERE {where} GROUP BY {positions} ORDER BY {positions}"
     )
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
@@ -130,6 +154,57 @@ def usage_rows(
         cursor.execute(sql, params)
         columns = [c.name for c in cursor.description]
         return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+
+
+def usage_row_sets(
+    tenant_id: int,
+    tz: str,
+    start: datetime,
+    end: datetime,
+    groupings: list[str | None],
+    filters: dict | None = None,
+) -> list[list[dict]]:
+    """``usage_rows(tenant_id, tz, start, end, [g] if g else [], filters)`` for each g of ``groupings``, the
+    same rows in the same order, from one pass over the rollups (summed per hour, then GROUPING SETS).
+
+    Each grouping is one of GROUPINGS other than provider and model (whose rows are ordered differently),
+    or None for rows by (meter, provider, model) only.
+    """
+    wanted = [g or "meter" for g in groupings]  # [meter] groups exactly like [] (meter, provider, model)
+    if {"provider", "model"}.intersection(wanted):
+        raise ValueError("usage_row_sets groups by meter, agent, session, day or hour; use usage_rows")
+    heads = [g for g in dict.fromkeys(wanted) if g != "meter"]
+    # heads…, meter, provider, model: ordered by these, each set's rows come in usage_rows's order.
+    keys = _keys(heads, filters)
+    where, params = _where(tenant_id, tz, start, end, filters)
+    sets = {
+        g: [g, "meter", "provider", "model"] if g != "meter" else ["meter", "provider", "model"]
+        for g in wanted
+    }
+    flags = [*heads, "meter"]
+    sql = (
+        f"SELECT GROUPING({', '.join(flags)}) AS grouping_set, {', '.join(keys)}, "  # noqa: S608 - whitelisted identifiers
+        f"sum(quantity) AS quantity, sum(event_count)::bigint AS events FROM ({_keyed(keys, where)}) AS keyed "
+        f"GROUP BY GROUPING SETS ({', '.join('(' + ', '.join(s) + ')' for s in sets.values())}) "
+        f"ORDER BY grouping_set, {', '.join(keys)}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        columns = [c.name for c in cursor.description]
+        fetched = cursor.fetchall()
+    by_set: dict[str, list[dict]] = {g: [] for g in sets}
+    for row in fetched:
+        mask = row[0]
+        # GROUPING() sets a column's bit when the row is not grouped by it; one head (or none) is grouped.
+        head = next((h for i, h in enumerate(heads) if not mask & (1 << (len(flags) - 1 - i))), "meter")
+        by_set[head].append(
+            {
+                k: v
+                for k, v in zip(columns[1:], row[1:], strict=True)
+                if k in sets[head] or k in ("quantity", "events")
+            }
+        )
+    return [by_set[g] for g in wanted]
 
 
 def iter_usage_rows(tenant_id: int, tz: str, start: datetime, end: datetime, filters: dict | None = None):

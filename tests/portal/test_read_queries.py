@@ -1,0 +1,68 @@
+"""The dashboard's one-pass breakdowns return exactly what one query per grouping returns."""
+
+import time
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from billing import selectors as billing_selectors
+from tests import livekit_samples as samples
+from tests.conftest import AgentClient
+from tests.factories import AgentFactory, api_key_for
+from usage import selectors
+
+pytestmark = pytest.mark.django_db
+
+GROUPINGS = ["day", "meter", "agent", "session", "hour", None]
+
+
+def test_usage_row_sets_equal_usage_rows_per_grouping(world):
+    tenant = world.tenants[0]
+    second = AgentFactory(tenant=tenant)
+    AgentClient(api_key_for(second)).post(
+        "/api/v1/livekit/metrics",
+        {
+            "session_id": "call-earlier",
+            "metrics": samples.shifted_metrics(
+                samples.load("realtime_openai_gpt_realtime"), end_at=time.time() - 2 * 86400
+            ),
+        },
+    )
+    start, end = timezone.now() - timedelta(days=3), timezone.now() + timedelta(hours=1)
+    for tz in (tenant.timezone, "Asia/Kolkata"):
+        for filters in (
+            None,
+            {"agent": second.pk},
+            {"meter": "llm_input_text_tokens"},
+            {"session": "call-0"},
+        ):
+            got = selectors.usage_row_sets(tenant.pk, tz, start, end, GROUPINGS, filters)
+            expected = [
+                selectors.usage_rows(tenant.pk, tz, start, end, [g] if g else [], filters) for g in GROUPINGS
+            ]
+            assert got == expected
+            assert [[list(row) for row in rows] for rows in got] == [
+                [list(row) for row in rows] for rows in expected
+            ]
+    everything = selectors.usage_row_sets(tenant.pk, tenant.timezone, start, end, ["day", "agent"])
+    assert (
+        len({row["day"] for row in everything[0]}) == 2 and len({row["agent"] for row in everything[1]}) == 2
+    )
+    with pytest.raises(ValueError):
+        selectors.usage_row_sets(tenant.pk, tenant.timezone, start, end, ["model"])
+
+
+def test_dashboard_breakdowns_equal_one_breakdown_per_grouping(world):
+    spend = billing_selectors.current_spend(world.tenants[0])
+    breakdowns, by_model = billing_selectors.breakdowns(spend, ["day", "meter", "agent"])
+    assert breakdowns == {g: billing_selectors.breakdown(spend, g) for g in ("day", "meter", "agent")}
+    assert sum(bucket["cost"] for bucket in breakdowns["meter"]) > 0
+    tz = spend.tenant.timezone
+    assert by_model == selectors.usage_rows(
+        spend.tenant.pk,
+        tz,
+        billing_selectors.periods.local_midnight(spend.start, tz),
+        billing_selectors.periods.local_midnight(spend.end, tz),
+        [],
+    )
