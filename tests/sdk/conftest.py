@@ -40,10 +40,13 @@ class Recorder(httpx.BaseTransport):
     def __init__(self) -> None:
         self.inner = httpx.HTTPTransport()
         self.calls: list[tuple[str, str, bytes, int | None]] = []
+        self.threads: set[int] = set()  # which threads sent requests (never the agent's event loop)
         self.lock = threading.Lock()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         body = request.read()
+        with self.lock:
+            self.threads.add(threading.get_ident())
         try:
             response = self.inner.handle_request(request)
         except httpx.TransportError:
