@@ -16,7 +16,7 @@ stopped, and the scratch database dropped, whatever happens.
 Database: the server named by ``DATABASE_URL`` (a scratch database ``meterline_bench`` is created on it and
 dropped afterwards); without ``DATABASE_URL``, an embedded PostgreSQL in ``.devdata/bench-pg`` (DESIGN §1).
 
-    .venv/bin/python scripts/bench_ingest.py            # the full run (about two minutes)
+    .venv/bin/python scripts/bench_ingest.py            # the full run (a few minutes)
     .venv/bin/python scripts/bench_ingest.py --quick    # a short smoke run
 """
 
@@ -361,10 +361,13 @@ class CpuMeter:
 
     def used_since(self, before: dict[str, dict[int, float]]) -> dict[str, float]:
         after = self.sample()
-        return {
+        used = {
             part: sum(t - before[part].get(pid, 0.0) for pid, t in after[part].items())
             for part in ("app", "db")
         }
+        if not after["db"]:
+            used["db"] = float("nan")  # no backend on this host: PostgreSQL runs elsewhere
+        return used
 
 
 def run_clients(
@@ -821,10 +824,11 @@ def main() -> int:
 def _cpu_per_unit(row: dict[str, Any]) -> tuple[str, str]:
     """Server CPU (gunicorn workers + PostgreSQL backends) per 1000 events, or per request for single events."""
     per = 1000 if row["events"] > row["requests"] else 1
-    app, db = row["cpu_app"], row["cpu_db"]
-    if row["events"] == 0 or app != app:
-        return "n/a", "n/a"
-    return f"{app * 1000 * per / row['events']:.1f}", f"{db * 1000 * per / row['events']:.1f}"
+    shown = []
+    for seconds in (row["cpu_app"], row["cpu_db"]):
+        known = row["events"] and seconds == seconds  # NaN: not measured
+        shown.append(f"{seconds * 1000 * per / row['events']:.1f}" if known else "n/a")
+    return shown[0], shown[1]
 
 
 def print_report(args, rows, server_desc, pg_version, load_before, load_after) -> None:
