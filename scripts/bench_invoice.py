@@ -366,6 +366,13 @@ LAY_OUT_ROLLUPS_SQL = f"""
 INSERT INTO usage_usagerollup ({ROLLUP_COLUMNS})
 SELECT {ROLLUP_COLUMNS} FROM bench_rollups ORDER BY hour, tenant_id, agent_id, session_id, meter
 """  # noqa: S608 - column lists are constants
+# The per-agent rollups (usage_agentrollup) are the per-session ones summed without the session, as ingestion
+# keeps them in the same statement; in hour order too.
+LAY_OUT_AGENT_ROLLUPS_SQL = """
+INSERT INTO usage_agentrollup (tenant_id, agent_id, meter, provider, model, hour, quantity, event_count)
+SELECT tenant_id, agent_id, meter, provider, model, hour, sum(quantity), sum(event_count)
+FROM bench_rollups GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY hour, tenant_id, agent_id, meter, provider, model
+"""
 
 
 def copy_piece(task: tuple[str, Piece]) -> tuple[int, str, int, float, float]:
@@ -397,7 +404,7 @@ def copy_piece(task: tuple[str, Piece]) -> tuple[int, str, int, float, float]:
 
 # --- database set-up --------------------------------------------------------------------------------------
 
-BULK_TABLES = ["usage_usageevent", "usage_session", "usage_usagerollup"]
+BULK_TABLES = ["usage_usageevent", "usage_session", "usage_usagerollup", "usage_agentrollup"]
 
 
 def detach_indexes(cur, table: str) -> list[str]:
@@ -589,9 +596,14 @@ def load_usage(url: str, specs: list[TenantSpec], period_start: date, period_end
         cur.execute("SET LOCAL jit = off")
         cur.execute(LAY_OUT_ROLLUPS_SQL)
         rollups = cur.rowcount
+        cur.execute(LAY_OUT_AGENT_ROLLUPS_SQL)
+        agent_rollups = cur.rowcount
         cur.execute("DROP TABLE bench_rollups")
         timings["rollup"] = time.perf_counter() - began
-        print(f"  rollups: {rollups:,} rows written in hour order in {timings['rollup']:.1f} s")
+        print(
+            f"  rollups: {rollups:,} per-session and {agent_rollups:,} per-agent rows written in hour order in "
+            f"{timings['rollup']:.1f} s"
+        )
 
         began = time.perf_counter()
         cur.execute("SET LOCAL maintenance_work_mem = '1GB'")
@@ -648,7 +660,8 @@ class SqlTimer:
 
 
 def period_stats(period_start: date, period_end: date) -> dict[str, Any]:
-    """Rollup rows, (tenant, meter, provider, model) groups and events inside each tenant's local month."""
+    """Rollup rows, (tenant, meter, provider, model) groups and events inside each tenant's local month;
+    ``per_tenant`` counts the per-agent rollup rows, which invoicing reads."""
     from django.db import connection
 
     in_period = """
@@ -666,13 +679,19 @@ def period_stats(period_start: date, period_end: date) -> dict[str, Any]:
         rows, groups, meter_events = cursor.fetchone()
         cursor.execute(
             f"""
-            SELECT r.tenant_id, count(*) FROM usage_usagerollup r JOIN tenants_tenant t ON t.id = r.tenant_id
+            SELECT r.tenant_id, count(*) FROM usage_agentrollup r JOIN tenants_tenant t ON t.id = r.tenant_id
             WHERE {in_period} GROUP BY 1
             """,  # noqa: S608 - a constant fragment
             {"start": period_start, "end": period_end},
         )
         per_tenant = dict(cursor.fetchall())
-    return {"rollup_rows": rows, "groups": groups, "meter_events": meter_events, "per_tenant": per_tenant}
+    return {
+        "rollup_rows": rows,
+        "agent_rollup_rows": sum(per_tenant.values()),
+        "groups": groups,
+        "meter_events": meter_events,
+        "per_tenant": per_tenant,
+    }
 
 
 def backend_cpu_seconds(pid: int | None) -> float | None:
@@ -945,7 +964,8 @@ def run_size(args, events: int, admin_url: str, bench_url: str, django_ready: bo
 
     stats = period_stats(from_month, period_end)
     print(
-        f"  in the period: {stats['rollup_rows']:,} rollup rows, {stats['groups']:,} (tenant, meter, provider, "
+        f"  in the period: {stats['rollup_rows']:,} per-session and {stats['agent_rollup_rows']:,} per-agent rollup "
+        f"rows, {stats['groups']:,} (tenant, meter, provider, "
         f"model) groups; events {loaded['events_bytes'] / 2**30:.2f} GiB, rollups "
         f"{loaded['rollup_bytes'] / 2**20:.0f} MiB"
     )
@@ -965,9 +985,9 @@ def run_size(args, events: int, admin_url: str, bench_url: str, django_ready: bo
             fixed_ms, per_row_us = fit_per_invoice(per, stats["per_tenant"])
             print(
                 f"    per invoice: median {statistics.median(s for s, _ in per) * 1000:.0f} ms, slowest "
-                f"{slowest_s * 1000:.0f} ms (a tenant with {stats['per_tenant'].get(slowest_pk, 0):,} rollup "
+                f"{slowest_s * 1000:.0f} ms (a tenant with {stats['per_tenant'].get(slowest_pk, 0):,} per-agent rollup "
                 f"rows; the largest has {max(stats['per_tenant'].values()):,}); least-squares fit: "
-                f"{fixed_ms:.0f} ms {'+' if per_row_us >= 0 else '−'} {abs(per_row_us):.1f} µs per rollup row of the "
+                f"{fixed_ms:.0f} ms {'+' if per_row_us >= 0 else '−'} {abs(per_row_us):.1f} µs per per-agent rollup row of the "
                 "tenant's month"
             )
     for line in check_invoices(specs, from_month, random.Random(args.seed + events)):
@@ -981,6 +1001,7 @@ def run_size(args, events: int, admin_url: str, bench_url: str, django_ready: bo
         "setup": setup_s,
         **{f"setup_{k}": v for k, v in loaded["timings"].items()},
         "rollup_rows": stats["rollup_rows"],
+        "agent_rollup_rows": stats["agent_rollup_rows"],
         "groups": stats["groups"],
         "largest_tenant_rollup_rows": max(stats["per_tenant"].values()),
         **{f"generate_{k}": v for k, v in g.items()},

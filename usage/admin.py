@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from usage.models import Meter, Session, UsageEvent, UsageRollup
+from usage.models import AgentRollup, Meter, Session, UsageEvent, UsageRollup
 
 
 @admin.register(Meter)
@@ -41,6 +41,13 @@ class UsageEventAdmin(ReadOnlyAdmin):
 
 @admin.register(UsageRollup)
 class UsageRollupAdmin(ReadOnlyAdmin):
+    list_display = ["hour", "tenant", "agent", "meter", "provider", "model", "quantity", "event_count"]
+    list_filter = ["tenant", "meter"]
+    show_full_result_count = False
+
+
+@admin.register(AgentRollup)
+class AgentRollupAdmin(ReadOnlyAdmin):
     list_display = ["hour", "tenant", "agent", "meter", "provider", "model", "quantity", "event_count"]
     list_filter = ["tenant", "meter"]
     show_full_result_count = False

@@ -2,8 +2,9 @@
 
 Everything is checked before anything is written, so an invalid batch stores nothing. Accepted events are
 inserted with ``ON CONFLICT DO NOTHING`` in event-id order and rolled up in the same SQL statement from the
-rows that insert actually returned, so a concurrent resend of the same event can never be counted twice:
-the second transaction waits on the unique index, inserts nothing, and so rolls up nothing.
+rows that insert actually returned (per session in ``usage_usagerollup``, per agent in
+``usage_agentrollup``), so a concurrent resend of the same event can never be counted twice: the second
+transaction waits on the unique index, inserts nothing, and so rolls up nothing.
 """
 
 from __future__ import annotations
@@ -614,16 +615,28 @@ inserted AS (
     ON CONFLICT (tenant_id, event_id) DO NOTHING
     RETURNING event_id, timestamp, session_id, provider, model, usage
 ),
+grouped AS (
+    SELECT i.session_id, u.key AS meter, i.provider, i.model, date_trunc('hour', i.timestamp, %(tz)s) AS hour,
+           sum(u.value::numeric) AS quantity, count(*) AS event_count
+    FROM inserted i CROSS JOIN LATERAL jsonb_each_text(i.usage) AS u
+    GROUP BY 1, 2, 3, 4, 5
+),
 rolled_up AS (
     INSERT INTO usage_usagerollup (tenant_id, agent_id, session_id, meter, provider, model, hour, quantity,
                                    event_count)
-    SELECT %(tenant)s, %(agent)s, i.session_id, u.key, i.provider, i.model,
-           date_trunc('hour', i.timestamp, %(tz)s), sum(u.value::numeric), count(*)
-    FROM inserted i CROSS JOIN LATERAL jsonb_each_text(i.usage) AS u
-    GROUP BY 3, 4, 5, 6, 7 ORDER BY 3, 4, 5, 6, 7
+    SELECT %(tenant)s, %(agent)s, session_id, meter, provider, model, hour, quantity, event_count
+    FROM grouped ORDER BY 3, 4, 5, 6, 7
     ON CONFLICT (tenant_id, agent_id, session_id, meter, provider, model, hour) DO UPDATE
        SET quantity = usage_usagerollup.quantity + EXCLUDED.quantity,
            event_count = usage_usagerollup.event_count + EXCLUDED.event_count
+),
+agent_rolled_up AS (
+    INSERT INTO usage_agentrollup (tenant_id, agent_id, meter, provider, model, hour, quantity, event_count)
+    SELECT %(tenant)s, %(agent)s, meter, provider, model, hour, sum(quantity), sum(event_count)
+    FROM grouped GROUP BY 3, 4, 5, 6 ORDER BY 3, 4, 5, 6
+    ON CONFLICT (tenant_id, agent_id, meter, provider, model, hour) DO UPDATE
+       SET quantity = usage_agentrollup.quantity + EXCLUDED.quantity,
+           event_count = usage_agentrollup.event_count + EXCLUDED.event_count
 )
 SELECT event_id FROM inserted
 """

@@ -147,3 +147,37 @@ class UsageRollup(models.Model):
 
     def __str__(self) -> str:
         return f"{self.meter} {self.quantity} @ {self.hour:%Y-%m-%d %H:%M}"
+
+
+class AgentRollup(models.Model):
+    """Exact totals per (tenant, agent, meter, provider, model, hour): ``UsageRollup`` without the session.
+
+    Kept in the same statement as ``UsageRollup`` (usage.ingest), from the same inserted rows, so the two
+    always agree. A session lasts minutes, so per-session rows grow with a period's events (about one row per
+    12 events); these grow only with agents × models × hours. Period totals, active agents and every
+    breakdown that is not by session read this table (usage.selectors); session views read ``UsageRollup``.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="+")
+    meter = models.CharField(max_length=64)
+    provider = models.CharField(max_length=128, blank=True, default="")
+    model = models.CharField(max_length=128, blank=True, default="")
+    hour = models.DateTimeField()
+    quantity = models.DecimalField(max_digits=QUANTITY_DIGITS, decimal_places=QUANTITY_PLACES)
+    event_count = models.PositiveIntegerField()
+
+    objects = TenantScopedQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "agent", "meter", "provider", "model", "hour"],
+                name="agentrollup_unique_group",
+            ),
+            models.CheckConstraint(condition=Q(quantity__gte=0), name="agentrollup_quantity_non_negative"),
+        ]
+        indexes = [models.Index(fields=["tenant", "hour"], name="agentrollup_tenant_hour")]
+
+    def __str__(self) -> str:
+        return f"{self.meter} {self.quantity} @ {self.hour:%Y-%m-%d %H:%M}"

@@ -17,36 +17,51 @@ WITH from_events AS (
     CROSS JOIN LATERAL jsonb_each_text(e.usage) AS u
     WHERE e.tenant_id = %(tenant)s
     GROUP BY 1, 2, 3, 4, 5, 6
-), rollups AS (
-    SELECT agent_id, session_id, meter, provider, model, hour, quantity, event_count
-    FROM usage_usagerollup WHERE tenant_id = %(tenant)s
+), per_session AS (
+    SELECT 'usage_usagerollup' AS rollup, coalesce(f.agent_id, r.agent_id) AS agent_id,
+           coalesce(f.session_id, r.session_id) AS session_id, coalesce(f.meter, r.meter) AS meter,
+           coalesce(f.provider, r.provider) AS provider, coalesce(f.model, r.model) AS model,
+           coalesce(f.hour, r.hour) AS hour, f.quantity, r.quantity, f.event_count, r.event_count
+    FROM from_events f
+    FULL OUTER JOIN (SELECT * FROM usage_usagerollup WHERE tenant_id = %(tenant)s) r
+        USING (agent_id, session_id, meter, provider, model, hour)
+    WHERE f.quantity IS DISTINCT FROM r.quantity OR f.event_count IS DISTINCT FROM r.event_count
+), per_agent AS (
+    SELECT 'usage_agentrollup', coalesce(f.agent_id, r.agent_id), NULL, coalesce(f.meter, r.meter),
+           coalesce(f.provider, r.provider), coalesce(f.model, r.model), coalesce(f.hour, r.hour),
+           f.quantity, r.quantity, f.event_count, r.event_count
+    FROM (
+        SELECT agent_id, meter, provider, model, hour, sum(quantity) AS quantity,
+               sum(event_count) AS event_count
+        FROM from_events GROUP BY 1, 2, 3, 4, 5
+    ) f
+    FULL OUTER JOIN (SELECT * FROM usage_agentrollup WHERE tenant_id = %(tenant)s) r
+        USING (agent_id, meter, provider, model, hour)
+    WHERE f.quantity IS DISTINCT FROM r.quantity OR f.event_count IS DISTINCT FROM r.event_count
 )
-SELECT coalesce(f.agent_id, r.agent_id), coalesce(f.session_id, r.session_id), coalesce(f.meter, r.meter),
-       coalesce(f.provider, r.provider), coalesce(f.model, r.model), coalesce(f.hour, r.hour),
-       f.quantity, r.quantity, f.event_count, r.event_count
-FROM from_events f
-FULL OUTER JOIN rollups r USING (agent_id, session_id, meter, provider, model, hour)
-WHERE f.quantity IS DISTINCT FROM r.quantity OR f.event_count IS DISTINCT FROM r.event_count
-ORDER BY 1, 2, 3, 4, 5, 6
+SELECT * FROM per_session UNION ALL SELECT * FROM per_agent
+ORDER BY 1, 2, 3, 4, 5, 6, 7
 """
 
 
 def rollup_drift(tenant_id: int) -> list[dict]:
-    """Groups whose rollup total differs from the sum of the tenant's raw events (should be none)."""
+    """Groups whose rollup total differs from the sum of the tenant's raw events (should be none), in
+    either rollup table (``session_id`` is None for ``usage_agentrollup``)."""
     with connection.cursor() as cursor:
         cursor.execute(_DRIFT_SQL, {"tenant": tenant_id})
         return [
             {
-                "agent_id": row[0],
-                "session_id": row[1],
-                "meter": row[2],
-                "provider": row[3],
-                "model": row[4],
-                "hour": row[5].isoformat(),
-                "events_quantity": str(row[6]),
-                "rollup_quantity": str(row[7]),
-                "events_count": row[8],
-                "rollup_count": row[9],
+                "rollup": row[0],
+                "agent_id": row[1],
+                "session_id": row[2],
+                "meter": row[3],
+                "provider": row[4],
+                "model": row[5],
+                "hour": row[6].isoformat(),
+                "events_quantity": str(row[7]),
+                "rollup_quantity": str(row[8]),
+                "events_count": row[9],
+                "rollup_count": row[10],
             }
             for row in cursor.fetchall()
         ]
@@ -60,7 +75,7 @@ def usage_totals(tenant_id: int, start: datetime, end: datetime) -> dict[tuple[s
     with connection.cursor() as cursor:
         cursor.execute(
             """
-            SELECT meter, provider, model, sum(quantity) FROM usage_usagerollup
+            SELECT meter, provider, model, sum(quantity) FROM usage_agentrollup
             WHERE tenant_id = %s AND hour >= %s AND hour < %s
             GROUP BY 1, 2, 3
             """,
@@ -73,7 +88,7 @@ def active_agent_ids(tenant_id: int, start: datetime, end: datetime) -> list[int
     """Agents that reported any usage in [start, end)."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT DISTINCT agent_id FROM usage_usagerollup WHERE tenant_id = %s AND hour >= %s AND hour < %s ORDER BY 1",
+            "SELECT DISTINCT agent_id FROM usage_agentrollup WHERE tenant_id = %s AND hour >= %s AND hour < %s ORDER BY 1",
             [tenant_id, start, end],
         )
         return [row[0] for row in cursor.fetchall()]
@@ -97,6 +112,14 @@ FILTERS = {
 }
 
 
+def _table(keys: list[str], filters: dict | None) -> str:
+    """The per-session rollups when a session is grouped or filtered on, else the far smaller per-agent
+    ones (the same totals: both are kept from the same rows in one statement)."""
+    if "session" in keys or "session" in (filters or {}):
+        return "usage_usagerollup"
+    return "usage_agentrollup"
+
+
 def _where(tenant_id: int, tz: str, start: datetime, end: datetime, filters: dict | None) -> tuple[str, dict]:
     where = ["tenant_id = %(tenant)s", "hour >= %(start)s", "hour < %(end)s"]
     params: dict = {"tenant": tenant_id, "start": start, "end": end, "tz": tz}
@@ -114,7 +137,7 @@ def _keys(group_by: list[str], filters: dict | None) -> list[str]:
     return keys
 
 
-def _keyed(keys: list[str], where: str) -> str:
+def _keyed(keys: list[str], where: str, table: str) -> str:
     """A subquery with one column per key (named after it), quantity and event_count: the rollups summed
     per hour and the keys' columns first, so that what is grouped further is a few rows per hour (a large
     tenant's month has ~10⁵ rollup rows, in ~700 hours) and the day is computed once per hour."""
@@ -122,7 +145,7 @@ def _keyed(keys: list[str], where: str) -> str:
     positions = ", ".join(str(i + 1) for i in range(len(columns)))
     hourly = (
         f"SELECT {', '.join(columns)}, sum(quantity) AS quantity, sum(event_count) AS event_count "  # noqa: S608 - whitelisted identifiers
-        f"FROM usage_usagerollup WHERE {where} GROUP BY {positions}"
+        f"FROM {table} WHERE {where} GROUP BY {positions}"
     )
     select = ", ".join(f"{GROUPINGS[k]} AS {k}" for k in keys)
     return f"SELECT {select}, quantity, event_count FROM ({hourly}) AS hourly"  # noqa: S608 - whitelisted
@@ -145,7 +168,7 @@ def usage_rows(
     select = ", ".join(f"{GROUPINGS[k]} AS {k}" for k in keys)
     positions = ", ".join(str(i + 1) for i in range(len(keys)))
     sql = (
-        f"SELECT {select}, sum(quantity) AS quantity, sum(event_count) AS events FROM usage_usagerollup "  # noqa: S608 - identifiers come from the whitelists above
+        f"SELECT {select}, sum(quantity) AS quantity, sum(event_count) AS events FROM {_table(keys, filters)} "  # noqa: S608 - identifiers come from the whitelists above
         f"WHERE {where} GROUP BY {positions} ORDER BY {positions}"
     )
     if limit is not None:
@@ -184,7 +207,7 @@ def usage_row_sets(
     flags = [*heads, "meter"]
     sql = (
         f"SELECT GROUPING({', '.join(flags)}) AS grouping_set, {', '.join(keys)}, "  # noqa: S608 - whitelisted identifiers
-        f"sum(quantity) AS quantity, sum(event_count)::bigint AS events FROM ({_keyed(keys, where)}) AS keyed "
+        f"sum(quantity) AS quantity, sum(event_count)::bigint AS events FROM ({_keyed(keys, where, _table(keys, filters))}) AS keyed "
         f"GROUP BY GROUPING SETS ({', '.join('(' + ', '.join(s) + ')' for s in sets.values())}) "
         f"ORDER BY grouping_set, {', '.join(keys)}"
     )

@@ -3,7 +3,7 @@ from decimal import Decimal
 
 from django.db.models import Sum
 
-from usage.models import UsageEvent, UsageRollup
+from usage.models import AgentRollup, UsageEvent, UsageRollup
 
 
 def iso(dt: datetime) -> str:
@@ -28,14 +28,19 @@ def event(event_id: str = "e-1", **overrides) -> dict:
 
 
 def totals(tenant, **filters) -> dict[tuple[str, str, str], Decimal]:
-    """Rolled-up quantity per (meter, provider, model) for a tenant."""
-    rows = (
-        UsageRollup.objects.for_tenant(tenant)
-        .filter(**filters)
-        .values_list("meter", "provider", "model")
-        .annotate(q=Sum("quantity"))
-    )
-    return {(m, p, mo): q.normalize() for m, p, mo, q in rows}
+    """Rolled-up quantity per (meter, provider, model) for a tenant; checks that the per-session and the
+    per-agent rollups agree unless the filter is by session."""
+    found = []
+    for model in (UsageRollup,) if "session_id" in filters else (UsageRollup, AgentRollup):
+        rows = (
+            model.objects.for_tenant(tenant)
+            .filter(**filters)
+            .values_list("meter", "provider", "model")
+            .annotate(q=Sum("quantity"), n=Sum("event_count"))
+        )
+        found.append({(m, p, mo): (q.normalize(), n) for m, p, mo, q, n in rows})
+    assert found[0] == found[-1], "usage_usagerollup and usage_agentrollup disagree"
+    return {key: q for key, (q, _) in found[0].items()}
 
 
 def stored_count(tenant=None) -> int:

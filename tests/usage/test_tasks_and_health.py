@@ -4,7 +4,7 @@ from django.test import Client
 from config.celery import app
 from tests import livekit_samples as samples
 from usage import tasks
-from usage.models import UsageRollup
+from usage.models import AgentRollup, UsageRollup
 
 
 @pytest.mark.slow
@@ -18,12 +18,24 @@ def test_verify_rollups_runs_on_a_real_worker_and_finds_drift_only_when_there_is
 
     assert tasks.verify_rollups.delay(tenant.pk).get(timeout=30) == []
 
+    # Each rollup table is checked against the events on its own: first break only the per-agent rows…
+    AgentRollup.objects.filter(tenant=tenant, meter="llm_output_audio_tokens").update(quantity=2)
+    drift = tasks.verify_rollups.delay(tenant.pk).get(timeout=30)
+    tampered = AgentRollup.objects.filter(tenant=tenant, meter="llm_output_audio_tokens").count()
+    assert len(drift) == tampered >= 1
+    assert {(d["rollup"], d["session_id"], d["rollup_quantity"]) for d in drift} == {
+        ("usage_agentrollup", None, "2.000000")
+    }
+
+    # …then the per-session ones too: one entry per tampered row (a session straddling an hour has two)
     UsageRollup.objects.filter(tenant=tenant, meter="llm_output_audio_tokens").update(quantity=1)
     drift = tasks.verify_rollups.delay(tenant.pk).get(timeout=30)
-    # one entry per tampered rollup row (a session that straddles an hour has two), nothing else
-    tampered = UsageRollup.objects.filter(tenant=tenant, meter="llm_output_audio_tokens").count()
-    assert len(drift) == tampered >= 1
-    assert {(d["meter"], d["rollup_quantity"]) for d in drift} == {("llm_output_audio_tokens", "1.000000")}
+    tampered += UsageRollup.objects.filter(tenant=tenant, meter="llm_output_audio_tokens").count()
+    assert len(drift) == tampered
+    assert {(d["rollup"], d["meter"], d["rollup_quantity"]) for d in drift} == {
+        ("usage_agentrollup", "llm_output_audio_tokens", "2.000000"),
+        ("usage_usagerollup", "llm_output_audio_tokens", "1.000000"),
+    }
 
 
 @pytest.mark.django_db

@@ -1,0 +1,40 @@
+"""usage.0004 creates the per-agent rollups and fills them from the per-session ones a running system has."""
+
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
+
+from tests.usage.helpers import event, totals
+from usage.selectors import rollup_drift
+
+BEFORE = [("usage", "0003_portal_read_indexes")]
+AFTER = [("usage", "0004_agent_rollup")]
+
+
+def _migrate(targets):
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(targets)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_migration_backfills_per_agent_rollups_exactly(tenant, agent, agent_client):
+    # Usage stored by the current code, then the per-agent table taken away as before 0004…
+    for n, session in enumerate(["a", "a", "b", "c"]):
+        body = {"events": [event(f"e{n}-{i}", session_id=session) for i in range(3)]}
+        assert agent_client.post("/api/v1/events", body).status_code == 200
+    before = totals(tenant)
+    _migrate(BEFORE)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT to_regclass('usage_agentrollup')")
+            assert cursor.fetchone() == (None,)
+    finally:
+        # …and back: the migration rebuilds it from usage_usagerollup.
+        _migrate(AFTER)
+
+    assert totals(tenant) == before  # asserts both tables agree
+    assert before[("llm_input_text_tokens", "api.openai.com", "gpt-4o-mini")] == Decimal(12 * 1200)
+    assert rollup_drift(tenant.pk) == []
