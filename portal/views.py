@@ -25,7 +25,7 @@ from billing.models import Invoice
 from portal import charts, pdf
 from portal.access import SESSION_KEY, tenant_view
 from portal.forms import AgentForm, ApiKeyForm, BudgetForm, MemberForm, RoleForm, UsageFilterForm
-from portal.money import format_money
+from portal.money import format_money, format_quantity
 from tenants.keys import issue_key
 from tenants.models import Agent, APIKey, Budget, BudgetAlert, Membership
 from usage import selectors as usage_selectors
@@ -150,21 +150,54 @@ def usage(request):
             merged.values(), key=lambda r: (str(r.get(group_by)), r["meter"], r["provider"], r["model"])
         )
         totals = {"cost": sum((r["cost"] for r in rows), Decimal(0))}
-        agents = dict(Agent.objects.for_tenant(tenant).values_list("pk", "name"))
-        for row in rows:
-            row["agent_name"] = agents.get(row.get("agent"))
+        rows = _usage_table(tenant, group_by, rows[:USAGE_TABLE_ROWS]) + rows[USAGE_TABLE_ROWS:]
     query = request.GET.copy()
     return render(
         request,
         "portal/usage.html",
         {
             "form": form,
-            "rows": rows[:2000],
-            "truncated": len(rows) > 2000,
+            "head": USAGE_HEADS.get(form.cleaned_data.get("group_by")) if form.is_valid() else None,
+            "rows": rows[:USAGE_TABLE_ROWS],
+            "truncated": len(rows) > USAGE_TABLE_ROWS,
             "totals": totals,
             "query": query.urlencode(),
         },
     )
+
+
+USAGE_TABLE_ROWS = 2000
+# The first column of the usage table, by grouping (meter and model rows need none: they are the table).
+USAGE_HEADS = {"agent": "Agent", "session": "Session", "day": "Day"}
+
+
+def _usage_table(tenant, group_by: str, rows: list[dict]) -> list[dict]:
+    """The table's cells as text, formatted once here: the template then only places them (a month by day
+    is ~300 rows, and per-cell filters and lookups were most of that page's time)."""
+    agents = dict(Agent.objects.for_tenant(tenant).values_list("pk", "name")) if group_by == "agent" else {}
+    currency = tenant.currency
+    table = []
+    for row in rows:
+        key = row.get(group_by)
+        if group_by == "agent":
+            head = agents.get(key, "—")
+        elif group_by == "day":
+            head = f"{key:%a} {key.day} {key:%b}"  # as the date filter's "D j M"
+        else:
+            head = key or "—"
+        table.append(
+            {
+                "head": head,
+                "session": key if group_by == "session" else None,
+                "meter": row["meter"],
+                "provider": row["provider"] or "—",
+                "model": row["model"] or "—",
+                "quantity": format_quantity(row["quantity"]),
+                "events": format_quantity(row["events"]),
+                "cost": format_money(row["cost"], currency),
+            }
+        )
+    return table
 
 
 class _Echo:

@@ -140,14 +140,18 @@ def _keys(group_by: list[str], filters: dict | None) -> list[str]:
 def _keyed(keys: list[str], where: str, table: str) -> str:
     """A subquery with one column per key (named after it), quantity and event_count: the rollups summed
     per hour and the keys' columns first, so that what is grouped further is a few rows per hour (a large
-    tenant's month has ~10⁵ rollup rows, in ~700 hours) and the day is computed once per hour."""
+    tenant's month has ~10⁵ per-session rollup rows, in ~700 hours) and the day is computed once per hour.
+    Per-agent rows are already one per (hour, agent, meter, provider, model): summing them per hour again
+    would only cost a pass, so they are read as they are."""
     columns = list(dict.fromkeys(["hour", *(GROUPINGS[k] for k in keys if k != "day")]))
     positions = ", ".join(str(i + 1) for i in range(len(columns)))
+    select = ", ".join(f"{GROUPINGS[k]} AS {k}" for k in keys)
+    if table == "usage_agentrollup" and "agent" in keys:
+        return f"SELECT {select}, quantity, event_count FROM {table} WHERE {where}"  # noqa: S608 - whitelisted
     hourly = (
         f"SELECT {', '.join(columns)}, sum(quantity) AS quantity, sum(event_count) AS event_count "  # noqa: S608 - whitelisted identifiers
         f"FROM {table} WHERE {where} GROUP BY {positions}"
     )
-    select = ", ".join(f"{GROUPINGS[k]} AS {k}" for k in keys)
     return f"SELECT {select}, quantity, event_count FROM ({hourly}) AS hourly"  # noqa: S608 - whitelisted
 
 

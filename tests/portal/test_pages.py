@@ -3,13 +3,16 @@
 import csv
 import io
 import json
+import re
 import threading
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.core import mail
 from django.test import Client
+from django.utils import timezone
 
 from billing import budgets
 from tenants.models import APIKey, BudgetAlert
@@ -63,6 +66,37 @@ def test_usage_filters_are_validated_and_bad_ones_never_500(world, owner_client)
     assert owner_client.get("/usage.csv?start=2026-05-01&end=2026-04-01").status_code == 400
     page = owner_client.get("/usage/?group_by=agent").content.decode()
     assert world.agents[0].name in page
+
+
+@pytest.mark.parametrize(
+    ("group_by", "head", "first_cell"),
+    [
+        ("meter", None, None),
+        ("agent", "Agent", "agent"),
+        ("day", "Day", "day"),
+        ("session", "Session", "link"),
+    ],
+)
+def test_usage_table_has_one_cell_per_column_and_the_grouping_first(
+    world, owner_client, group_by, head, first_cell
+):
+    page = owner_client.get(f"/usage/?group_by={group_by}").content.decode()
+    table = page.split('data-testid="usage-table">')[1].split("</table>")[0]
+    header = re.findall(r"<th(?:\s[^>]*)?>(.*?)</th>", table.split("</thead>")[0])
+    body = table.split("<tbody>")[1].split("</tbody>")[0]
+    rows = [re.findall(r"<td(?:\s[^>]*)?>(.*?)</td>", row, re.S) for row in body.split("</tr>")[:-1]]
+    assert header[: 1 if head else 0] == ([head] if head else [])
+    assert header[-6:] == ["Meter", "Provider", "Model", "Quantity", "Events", "Cost"]
+    assert rows and all(len(cells) == len(header) for cells in rows)
+    day = timezone.now().astimezone(ZoneInfo(world.tenants[0].timezone)).date()
+    expected = {
+        "agent": world.agents[0].name,
+        "day": f"{day:%a} {day.day} {day:%b}",
+        "link": '<a href="/sessions/call-0/">call-0</a>',
+    }.get(first_cell)
+    if expected:
+        assert {cells[0] for cells in rows} == {expected}
+    assert "<code>llm_input_text_tokens</code>" in {cells[-6] for cells in rows}
 
 
 def test_invoice_pages_and_pdf(world, owner_client):
