@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import http.client
 import json
 import multiprocessing as mp
@@ -237,11 +236,11 @@ def api_client(
 
 # --- COPY baseline -------------------------------------------------------------------------------------------
 
-_COPY_COLUMNS = "event_id, ts, session_id, provider, model, usage, metadata, payload_hash"
+_COPY_COLUMNS = "event_id, ts, session_id, provider, model, usage, metadata"
 _COPY_INSERT = """
 INSERT INTO usage_usageevent (tenant_id, agent_id, event_id, timestamp, session_id, provider, model, usage,
-                              metadata, payload_hash, source, received_at)
-SELECT %s, %s, event_id, ts, session_id, provider, model, usage, metadata, payload_hash, 'api', now()
+                              metadata, source, received_at)
+SELECT %s, %s, event_id, ts, session_id, provider, model, usage, metadata, 'api', now()
 FROM bench_incoming
 ON CONFLICT (tenant_id, event_id) DO NOTHING
 """
@@ -256,14 +255,13 @@ def _stored_quantity(value: int | float) -> str:
 
 
 def copy_rows(events: list[dict[str, Any]]) -> bytes:
-    """COPY text for events as the API stores them (canonical decimal strings, a payload hash), rendered
-    before the clock starts: the baseline is the database's work alone."""
+    """COPY text for events as the API stores them (canonical decimal strings), rendered before the clock
+    starts: the baseline is the database's work alone."""
     lines = []
     for event in events:
         usage = {code: _stored_quantity(q) for code, q in event["usage"].items()}
         usage_json = json.dumps(usage, separators=(",", ":"))
         metadata_json = json.dumps(event["metadata"], separators=(",", ":"), ensure_ascii=False)
-        digest = hashlib.sha256(json.dumps(event, sort_keys=True).encode()).hexdigest()
         fields = [
             event["id"],
             event["timestamp"],
@@ -272,7 +270,6 @@ def copy_rows(events: list[dict[str, Any]]) -> bytes:
             event["model"],
             usage_json,
             metadata_json,
-            digest,
         ]
         lines.append("\t".join(_copy_text(f) for f in fields))
     return ("\n".join(lines) + "\n").encode()
@@ -297,7 +294,7 @@ def copy_client(
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(
                 "CREATE TEMP TABLE bench_incoming (event_id text, ts timestamptz, session_id text, provider text,"
-                " model text, usage jsonb, metadata jsonb, payload_hash text) ON COMMIT DELETE ROWS"
+                " model text, usage jsonb, metadata jsonb) ON COMMIT DELETE ROWS"
             )
             barrier.wait(timeout=300)
             result = _client_result(start=time.monotonic())

@@ -259,8 +259,8 @@ def session_events(kind: str, count: int, start_us: int, rng: random.Random) -> 
 
 
 EVENT_COLUMNS = (
-    "tenant_id, agent_id, event_id, timestamp, session_id, provider, model, usage, metadata, payload_hash, "
-    "source, received_at"
+    "tenant_id, agent_id, event_id, timestamp, session_id, provider, model, usage, metadata, source, "
+    "received_at"
 )
 SESSION_COLUMNS = (
     "tenant_id, agent_id, session_id, started_at, ended_at, end_user_id, conversation_type, metadata, "
@@ -300,7 +300,7 @@ def piece_chunks(piece: Piece, sessions: list[str], chunk_rows: int = 4000):
     hours, cumulative = start_hours(spec, piece.start, piece.end)
     top = cumulative[-1]
     clock = Clock().text
-    sha1, sha256 = hashlib.sha1, hashlib.sha256
+    sha1 = hashlib.sha1
     slots = range(len(spec.agents))
     agent_weights = [1.0 / (slot + 1) for slot in slots]
     remaining = piece.events
@@ -321,10 +321,9 @@ def piece_chunks(piece: Piece, sessions: list[str], chunk_rows: int = 4000):
             session_events(kind, count, start_us, rng)
         ):
             event_id = f"lk:{lk_type}:{sha1(f'{session}/{seq}'.encode()).hexdigest()}"
-            payload_hash = sha256(f"{event_id}{usage}".encode()).hexdigest()
             lines.append(
                 f"{prefix}{event_id}\t{clock(micros)}\t{session}\t{provider}\t{model}\t{usage}\t"
-                f'{{"livekit_type": "{lk_type}"}}\t{payload_hash}\tlivekit_metrics\t'
+                f'{{"livekit_type": "{lk_type}"}}\tlivekit_metrics\t'
                 f"{clock(micros + 150_000 + (seq % 7) * 100_000)}\n"
             )
         first, last = clock(start_us), clock(micros)

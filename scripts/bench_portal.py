@@ -232,8 +232,8 @@ class Piece:
 
 
 EVENT_COLUMNS = (
-    "tenant_id, agent_id, event_id, timestamp, session_id, provider, model, usage, metadata, payload_hash, "
-    "source, received_at"
+    "tenant_id, agent_id, event_id, timestamp, session_id, provider, model, usage, metadata, source, "
+    "received_at"
 )
 SESSION_COLUMNS = (
     "tenant_id, agent_id, session_id, started_at, ended_at, end_user_id, conversation_type, metadata, "
@@ -248,7 +248,7 @@ def piece_chunks(piece: Piece, sessions: list[str], chunk_rows: int = 4000):
     hours, cumulative = start_hours(spec.timezone, piece.first, piece.last)
     top = cumulative[-1]
     clock = Clock().text
-    sha1, sha256 = hashlib.sha1, hashlib.sha256
+    sha1 = hashlib.sha1
     slots = list(range(len(spec.agents)))
     weights = [share for _, _, share in spec.agents]
     remaining = piece.events
@@ -269,10 +269,9 @@ def piece_chunks(piece: Piece, sessions: list[str], chunk_rows: int = 4000):
             session_events(kind, count, start_us, rng)
         ):
             event_id = f"lk:{lk_type}:{sha1(f'{session}/{seq}'.encode()).hexdigest()}"
-            payload_hash = sha256(f"{event_id}{usage}".encode()).hexdigest()
             lines.append(
                 f"{prefix}{event_id}\t{clock(micros)}\t{session}\t{provider}\t{model}\t{usage}\t"
-                f'{{"livekit_type": "{lk_type}"}}\t{payload_hash}\tlivekit_metrics\t'
+                f'{{"livekit_type": "{lk_type}"}}\tlivekit_metrics\t'
                 f"{clock(micros + 150_000 + (seq % 7) * 100_000)}\n"
             )
         first, last = clock(start_us), clock(micros)

@@ -110,20 +110,21 @@ class EventRecord:
     usage: dict[str, str]
     metadata: dict[str, Any]
     source: str
-    payload_hash: str = ""
 
-    def compute_hash(self, agent_id: int, include_timestamp: bool = True) -> None:
-        basis = [
-            agent_id,
-            self.timestamp.astimezone(UTC).isoformat() if include_timestamp else None,
-            self.session_id,
-            self.provider,
-            self.model,
-            sorted(self.usage.items()),
-            self.metadata,
-        ]
-        canonical = _canonical_json(basis)
-        self.payload_hash = hashlib.sha256(canonical.encode()).hexdigest()
+    def identity(self) -> str:
+        """The payload as DESIGN §4 compares it ("an identical resend"), canonical: used to tell a repeat of
+        an id inside one batch from a reuse. The stored copy is compared in SQL (``_DUPLICATES_SQL``) on the
+        same fields. A LiveKit usage report's timestamp is its receipt time, so it is left out."""
+        return _canonical_json(
+            [
+                self.timestamp.isoformat() if self.source != "livekit_usage" else None,
+                self.session_id,
+                self.provider,
+                self.model,
+                self.usage,
+                self.metadata,
+            ]
+        )
 
 
 @dataclass
@@ -360,7 +361,6 @@ def _validate_event(
     if len(errors) > before:
         return None
     record = EventRecord(index, event_id, timestamp, session_id, provider, model, usage, metadata, "api")
-    record.compute_hash(agent_id)
     return record
 
 
@@ -384,7 +384,7 @@ def dedupe_within_batch(records: list[EventRecord], pointer_base: str) -> Batch:
         if first is None:
             seen[record.event_id] = record
             unique.append(record)
-        elif first.payload_hash != record.payload_hash:
+        elif first.identity() != record.identity():
             errors.append(
                 FieldError(
                     f"{pointer_base}/{record.index}/id",
@@ -519,7 +519,6 @@ def validate_livekit_metrics(
             metadata,
             "livekit_metrics",
         )
-        record.compute_hash(agent_id)
         records.append(record)
         if len(errors) >= MAX_ERRORS_REPORTED:
             break
@@ -582,7 +581,6 @@ def validate_livekit_usage(payload: Any, agent_id: int, meter_codes: frozenset[s
         record = EventRecord(
             index, f"lku:{digest}", timestamp, session_id, provider, model, usage, metadata, "livekit_usage"
         )
-        record.compute_hash(agent_id, include_timestamp=False)
         records.append(record)
     if errors:
         raise IngestError(errors)
@@ -596,7 +594,7 @@ def validate_livekit_usage(payload: Any, agent_id: int, meter_codes: frozenset[s
 _INSERT_SQL = """
 WITH incoming AS (
     SELECT e->>0 AS event_id, (e->>1)::timestamptz AS ts, e->>2 AS session_id, e->>3 AS provider, e->>4 AS model,
-           e->5 AS usage, e->6 AS metadata, e->>7 AS payload_hash
+           e->5 AS usage, e->6 AS metadata
     FROM jsonb_array_elements(%(rows)s::jsonb) AS e
 ),
 new_sessions AS (
@@ -608,9 +606,8 @@ new_sessions AS (
 ),
 inserted AS (
     INSERT INTO usage_usageevent (tenant_id, agent_id, event_id, timestamp, session_id, provider, model, usage,
-                                  metadata, payload_hash, source, received_at)
-    SELECT %(tenant)s, %(agent)s, event_id, ts, session_id, provider, model, usage, metadata, payload_hash,
-           %(source)s, now()
+                                  metadata, source, received_at)
+    SELECT %(tenant)s, %(agent)s, event_id, ts, session_id, provider, model, usage, metadata, %(source)s, now()
     FROM incoming ORDER BY event_id
     ON CONFLICT (tenant_id, event_id) DO NOTHING
     RETURNING event_id, timestamp, session_id, provider, model, usage
@@ -678,6 +675,34 @@ def _claim_session_mode(tenant: Tenant, agent: Agent, session_id: str, mode: str
         Session.objects.filter(pk=session.pk).update(livekit_report_mode=mode)
 
 
+# The ids an insert skipped are already stored: each is a duplicate if the stored event is the same one —
+# same agent and endpoint, same timestamp (except for LiveKit usage reports, see EventRecord.identity),
+# session, provider, model, usage and metadata (jsonb equality: key order and spacing do not matter, and
+# quantities were stored canonical) — and a conflict otherwise. Only skipped ids pay for this comparison.
+_DUPLICATES_SQL = """
+SELECT s.event_id
+FROM jsonb_array_elements(%(rows)s::jsonb) AS e
+JOIN usage_usageevent s ON s.tenant_id = %(tenant)s AND s.event_id = e->>0
+WHERE s.agent_id = %(agent)s AND s.source = %(source)s
+  AND (s.timestamp = (e->>1)::timestamptz OR s.source = 'livekit_usage')
+  AND s.session_id = e->>2 AND s.provider = e->>3 AND s.model = e->>4
+  AND s.usage = e->5 AND s.metadata = e->6
+"""
+
+
+def _rows_json(records: Sequence[EventRecord]) -> str:
+    # One JSON document of rows rather than eight arrays: quoting 1000-element arrays of JSON text in the
+    # driver cost more than the INSERT itself (docs/performance.md); PostgreSQL parses this in C.
+    return json.dumps(
+        [
+            [r.event_id, r.timestamp.isoformat(), r.session_id, r.provider, r.model, r.usage, r.metadata]
+            for r in records
+        ],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+
+
 def _store(tenant: Tenant, agent: Agent, records: Sequence[EventRecord], session_mode: str) -> IngestResult:
     if not records:
         return IngestResult()
@@ -687,25 +712,7 @@ def _store(tenant: Tenant, agent: Agent, records: Sequence[EventRecord], session
         "tz": tenant.timezone,
         "mode": session_mode,
         "source": records[0].source,
-        # One JSON document of rows rather than eight arrays: quoting 1000-element arrays of JSON text in the
-        # driver cost more than the INSERT itself (docs/performance.md); PostgreSQL parses this in C.
-        "rows": json.dumps(
-            [
-                [
-                    r.event_id,
-                    r.timestamp.isoformat(),
-                    r.session_id,
-                    r.provider,
-                    r.model,
-                    r.usage,
-                    r.metadata,
-                    r.payload_hash,
-                ]
-                for r in records
-            ],
-            separators=(",", ":"),
-            ensure_ascii=False,
-        ),
+        "rows": _rows_json(records),
     }
     with connection.cursor() as cursor:
         cursor.execute(_INSERT_SQL, params)
@@ -713,13 +720,10 @@ def _store(tenant: Tenant, agent: Agent, records: Sequence[EventRecord], session
         result = IngestResult(accepted=len(inserted))
         leftovers = [r for r in records if r.event_id not in inserted]
         if leftovers:
-            cursor.execute(
-                "SELECT event_id, payload_hash FROM usage_usageevent WHERE tenant_id = %s AND event_id = ANY(%s)",
-                [tenant.pk, [r.event_id for r in leftovers]],
-            )
-            stored = dict(cursor.fetchall())
+            cursor.execute(_DUPLICATES_SQL, {**params, "rows": _rows_json(leftovers)})
+            same = {row[0] for row in cursor.fetchall()}
             for record in leftovers:
-                if stored.get(record.event_id) == record.payload_hash:
+                if record.event_id in same:
                     result.duplicates += 1
                 else:
                     result.conflicts.append({"index": record.index, "id": record.event_id})

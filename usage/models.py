@@ -1,7 +1,7 @@
 """Usage tables: the meter catalogue, conversations, raw events (the record of truth) and hourly rollups.
 
 Events are never updated: dedupe is ``UNIQUE (tenant, event_id)`` forever, and a resend with a different
-payload is detected by ``payload_hash``. Rollups are derived from events in the same transaction that
+payload is told from an identical one by comparing it with the stored event (usage.ingest). Rollups are derived from events in the same transaction that
 inserts them (usage.ingest), so each accepted event is counted exactly once.
 """
 
@@ -93,7 +93,6 @@ class UsageEvent(models.Model):
     model = models.CharField(max_length=128, blank=True, default="")
     usage = models.JSONField(help_text="meter code → quantity as a decimal string")
     metadata = models.JSONField(default=dict, blank=True)
-    payload_hash = models.CharField(max_length=64)
     source = models.CharField(max_length=16, choices=Source.choices, default=Source.API)
     received_at = models.DateTimeField(default=timezone.now)
 

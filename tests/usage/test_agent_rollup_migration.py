@@ -10,13 +10,13 @@ from tests.usage.helpers import event, totals
 from usage.selectors import rollup_drift
 
 BEFORE = [("usage", "0003_portal_read_indexes")]
-AFTER = [("usage", "0004_agent_rollup")]
 
 
-def _migrate(targets):
+def _migrate(targets=None):
+    """Migrate usage to ``targets``, or forward to its latest migration."""
     executor = MigrationExecutor(connection)
     executor.loader.build_graph()
-    executor.migrate(targets)
+    executor.migrate(targets or executor.loader.graph.leaf_nodes("usage"))
 
 
 @pytest.mark.django_db(transaction=True)
@@ -32,8 +32,8 @@ def test_migration_backfills_per_agent_rollups_exactly(tenant, agent, agent_clie
             cursor.execute("SELECT to_regclass('usage_agentrollup')")
             assert cursor.fetchone() == (None,)
     finally:
-        # …and back: the migration rebuilds it from usage_usagerollup.
-        _migrate(AFTER)
+        # …and forward again: 0004 rebuilds it from usage_usagerollup.
+        _migrate()
 
     assert totals(tenant) == before  # asserts both tables agree
     assert before[("llm_input_text_tokens", "api.openai.com", "gpt-4o-mini")] == Decimal(12 * 1200)

@@ -61,6 +61,36 @@ def test_same_id_with_different_payload_is_a_conflict_and_the_stored_event_is_un
     assert totals(tenant)[("llm_input_text_tokens", "api.openai.com", "gpt-4o-mini")] == 2400
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"timestamp": "shifted"},
+        {"session_id": "call-2"},
+        {"session_id": None},
+        {"provider": "azure"},
+        {"model": "gpt-4o"},
+        {"usage": {"llm_input_text_tokens": 1200}},
+        {"usage": {"llm_input_text_tokens": 1200, "llm_output_text_tokens": "85.000001"}},
+        {"metadata": {"flag": 1}},
+        {"metadata": {"flag": "true"}},
+    ],
+)
+def test_each_field_of_a_resend_is_compared_with_the_stored_event(agent_client, tenant, change):
+    original = event("a", metadata={"flag": True})
+    assert agent_client.post(URL, {"events": [original]}).json()["accepted"] == 1
+    resend = {**original, **change}
+    if change.get("timestamp") == "shifted":
+        stamp = datetime.fromisoformat(original["timestamp"].replace("Z", "+00:00"))
+        resend["timestamp"] = iso(stamp + timedelta(microseconds=1))
+    if change.get("session_id", "") is None:
+        del resend["session_id"]
+
+    body = agent_client.post(URL, {"events": [resend]}).json()
+
+    assert (body["duplicates"], body["conflicts"]) == (0, 1)
+    assert agent_client.post(URL, {"events": [original]}).json()["duplicates"] == 1  # still the same event
+
+
 def test_one_invalid_event_rejects_the_whole_batch_with_a_pointer_per_field(agent_client, tenant):
     events = [event(f"e{i}") for i in range(5)]
     events[3]["usage"] = {"tts_characters": -4}
