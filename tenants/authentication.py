@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import cache
 
+from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 from rest_framework import authentication, exceptions, throttling
@@ -33,6 +35,48 @@ class AgentPrincipal:
         return self.api_key.pk
 
 
+@cache
+def _key_query() -> tuple[str, list[tuple[type, list[str], list[list]]]]:
+    """One plain query for a key with its agent and tenant. The ORM's ``select_related`` spent about 2 ms of
+    CPU per request compiling the same SQL (a quarter of a one-event request); this is built once per process
+    from the models' own fields, and rows become model instances through the fields' converters."""
+    parts, columns = [], []
+    for model, alias in ((APIKey, "k"), (Agent, "a"), (Tenant, "t")):
+        fields = model._meta.concrete_fields
+        columns += [f'{alias}."{f.column}"' for f in fields]
+        converters = [
+            [*connection.ops.get_db_converters(f), *f.get_db_converters(connection)] for f in fields
+        ]
+        parts.append((model, [f.attname for f in fields], converters))
+    sql = (
+        f"SELECT {', '.join(columns)} FROM tenants_apikey k "  # noqa: S608 - column names from the models
+        "JOIN tenants_agent a ON a.id = k.agent_id JOIN tenants_tenant t ON t.id = k.tenant_id "
+        "WHERE k.key_id = %s"
+    )
+    return sql, parts
+
+
+def find_key(key_id: str) -> APIKey | None:
+    """The key with ``key_id``, its ``agent`` and ``tenant`` loaded, or None."""
+    sql, parts = _key_query()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [key_id])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    instances, offset = [], 0
+    for model, names, converters in parts:
+        values = list(row[offset : offset + len(names)])
+        offset += len(names)
+        for i, field_converters in enumerate(converters):
+            for convert in field_converters:
+                values[i] = convert(values[i], model._meta.concrete_fields[i], connection)
+        instances.append(model.from_db(connection.alias, names, values))
+    api_key, agent, tenant = instances
+    api_key.agent, api_key.tenant = agent, tenant
+    return api_key
+
+
 class APIKeyAuthentication(authentication.BaseAuthentication):
     keyword = "Bearer"
 
@@ -46,7 +90,7 @@ class APIKeyAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed(INVALID_KEY_MESSAGE)
         key_id, secret = parsed
         now = timezone.now()
-        api_key = APIKey.objects.select_related("agent", "tenant").filter(key_id=key_id).first()
+        api_key = find_key(key_id)
         if (
             api_key is None
             or not secret_matches(api_key, secret)

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import orjson
 from django.db import OperationalError, connection, transaction
 
 from tenants.models import Agent, Tenant
@@ -46,6 +47,10 @@ _RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization fa
 # Fast paths of the validation loop (a 1000-event batch runs it 1000 times): a plain int below these limits
 # passes the full checks unchanged, so it skips them. Anything else takes the full checks.
 _INT_QUANTITY_LIMIT = 10**MAX_SIGNIFICANT_DIGITS
+# A quantity whose text is already canonical (what quantity_text(canonical_quantity(q)) returns) and within
+# the limits: 1–9 integer digits and 1–6 decimals not ending in 0, or a positive integer of ≤ 15 digits. A
+# JSON number parsed as Decimal keeps the literal's digits, so str() of it is tested the same way.
+_CANONICAL_QUANTITY_RE = re.compile(r"(?:0|[1-9][0-9]{0,8})\.[0-9]{0,5}[1-9]\Z|[1-9][0-9]{0,14}\Z")
 _METADATA_INT_LIMIT = int(METADATA_NUMBER_LIMIT)
 
 
@@ -193,6 +198,12 @@ def parse_timestamp(value: Any) -> datetime:
     if not isinstance(value, str):
         raise ValueError("must be an RFC 3339 string with a UTC offset, e.g. 2026-11-20T10:00:00Z")
     match = _RFC3339_RE.match(value)
+    if match and value[-1] == "Z" and value[10] == "T" and len(value) <= 27:
+        # fast path, UTC with at most microseconds (as most clients send it): Python reads it as it is
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError("is not a valid calendar date and time") from None
     if not match:
         raise ValueError("must be an RFC 3339 timestamp with a UTC offset, e.g. 2026-11-20T10:00:00Z")
     day, clock, fraction, offset = match.groups()
@@ -347,9 +358,15 @@ def _validate_event(
         )
     else:
         for code, value in usage_in.items():
+            # fast paths, = quantity_text(canonical_quantity(value)) where they apply
             if type(value) is int and 0 <= value < _INT_QUANTITY_LIMIT and code in meter_codes:
-                usage[code] = str(value)  # fast path: = quantity_text(canonical_quantity(value))
+                usage[code] = str(value)
                 continue
+            if type(value) in (Decimal, str) and code in meter_codes:
+                text = str(value)
+                if _CANONICAL_QUANTITY_RE.match(text):
+                    usage[code] = text
+                    continue
             item_pointer = f"{pointer}/usage/{_escape_pointer(code)}"
             if code not in meter_codes:
                 errors.append(FieldError(item_pointer, "unknown meter code"))
@@ -692,15 +709,11 @@ WHERE s.agent_id = %(agent)s AND s.source = %(source)s
 
 def _rows_json(records: Sequence[EventRecord]) -> str:
     # One JSON document of rows rather than eight arrays: quoting 1000-element arrays of JSON text in the
-    # driver cost more than the INSERT itself (docs/performance.md); PostgreSQL parses this in C.
-    return json.dumps(
-        [
-            [r.event_id, r.timestamp.isoformat(), r.session_id, r.provider, r.model, r.usage, r.metadata]
-            for r in records
-        ],
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
+    # driver cost more than the INSERT itself (docs/performance.md); PostgreSQL parses this in C. orjson
+    # writes it (aware datetimes as RFC 3339) in a tenth of the standard library's time.
+    return orjson.dumps(
+        [[r.event_id, r.timestamp, r.session_id, r.provider, r.model, r.usage, r.metadata] for r in records]
+    ).decode()
 
 
 def _store(tenant: Tenant, agent: Agent, records: Sequence[EventRecord], session_mode: str) -> IngestResult:

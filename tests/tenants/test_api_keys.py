@@ -7,7 +7,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from tenants.authentication import APIKeyRateThrottle
+from tenants.authentication import APIKeyRateThrottle, find_key
 from tenants.models import Agent, APIKey, Tenant
 from tests.conftest import AgentClient
 from tests.factories import AgentFactory, TenantFactory, api_key_for
@@ -135,3 +135,22 @@ def test_requests_over_the_rate_get_429_with_retry_after_and_store_nothing(api_k
 
     other = AgentClient(api_key_for(AgentFactory()))
     assert other.post(URL, {"events": [event("other")]}).status_code == 200
+
+
+def test_find_key_loads_the_key_with_its_agent_and_tenant_as_the_orm_does():
+    agent = AgentFactory(metadata={"team": "support", "tier": 2})
+    api_key_for(agent)
+    stored = APIKey.objects.select_related("agent", "tenant").get(agent=agent)
+
+    found = find_key(stored.key_id)
+
+    for model_field, loaded, expected in (
+        (APIKey, found, stored),
+        (Agent, found.agent, stored.agent),
+        (Tenant, found.tenant, stored.tenant),
+    ):
+        for field in model_field._meta.concrete_fields:
+            assert getattr(loaded, field.attname) == getattr(expected, field.attname), field.name
+    assert found.agent.metadata == {"team": "support", "tier": 2}
+    assert found.tenant_id == found.tenant.pk and found.agent_id == found.agent.pk
+    assert find_key("0" * 12) is None

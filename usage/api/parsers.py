@@ -24,12 +24,12 @@ def _reject_constant(name: str):
 
 
 def _no_duplicate_keys(pairs):
-    obj = {}
-    for key, value in pairs:
-        if key in obj:
-            # Parsers disagree about which of two equal keys wins; refusing is the only unambiguous answer.
-            raise DuplicateKey(f"duplicate key {key!r}")
-        obj[key] = value
+    obj = dict(pairs)  # in C; fewer keys than pairs means a key repeated
+    if len(obj) != len(pairs):
+        # Parsers disagree about which of two equal keys wins; refusing is the only unambiguous answer.
+        seen = set()
+        repeated = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise DuplicateKey(f"duplicate key {repeated!r}")
     return obj
 
 
