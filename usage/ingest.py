@@ -304,8 +304,11 @@ def validate_event_batch(payload: Any, agent_id: int, meter_codes: frozenset[str
             [*errors, FieldError("/events", f"must hold 1–{MAX_EVENTS_PER_BATCH} events, not {len(events)}")]
         )
     records = []
+    earliest, latest = now - MAX_PAST, now + MAX_FUTURE
     for index, event in enumerate(events):
-        record = _validate_event(event, f"/events/{index}", index, agent_id, meter_codes, now, errors)
+        record = _plain_event(event, index, meter_codes, earliest, latest)
+        if record is None:
+            record = _validate_event(event, f"/events/{index}", index, agent_id, meter_codes, now, errors)
         if record is not None:
             records.append(record)
         if len(errors) >= MAX_ERRORS_REPORTED:
@@ -313,6 +316,68 @@ def validate_event_batch(payload: Any, agent_id: int, meter_codes: frozenset[str
     if errors:
         raise IngestError(errors)
     return dedupe_within_batch(records, "/events")
+
+
+def _plain(text: Any, limit: int) -> bool:
+    """A short ASCII string without NUL: storable as it is (isascii is O(1) in CPython)."""
+    return type(text) is str and len(text) <= limit and text.isascii() and "\x00" not in text
+
+
+def _plain_event(
+    event: Any, index: int, meter_codes: frozenset[str], earliest: datetime, latest: datetime
+) -> EventRecord | None:
+    """The record of an event that is valid in the common way — ASCII text, a UTC timestamp, integer or
+    canonical quantities, string or integer metadata — as ``_validate_event`` would build it, or None to
+    let ``_validate_event`` decide (and report errors). Straight-line checks with no error pointers: a
+    1000-event batch runs this 1000 times."""
+    if type(event) is not dict or not EVENT_FIELDS.issuperset(event):
+        return None
+    event_id, stamp = event.get("id"), event.get("timestamp")
+    if type(event_id) is not str or not _EVENT_ID_RE.match(event_id):
+        return None
+    if type(stamp) is not str or len(stamp) > 27 or stamp[-1:] != "Z" or not _RFC3339_RE.match(stamp):
+        return None
+    if stamp[10] != "T":
+        return None
+    try:
+        timestamp = datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+    if not earliest <= timestamp <= latest:
+        return None
+    session_id, provider, model = (
+        event.get("session_id", ""),
+        event.get("provider", ""),
+        event.get("model", ""),
+    )
+    if not (_plain(session_id, 128) and _plain(provider, 128) and _plain(model, 128)):
+        return None
+    metadata = event.get("metadata")
+    if metadata is None:
+        metadata = {}
+    elif type(metadata) is not dict or len(metadata) > MAX_METADATA_KEYS:
+        return None
+    for key, item in metadata.items():
+        if not _plain(key, MAX_METADATA_KEY_LENGTH):
+            return None
+        if not (
+            _plain(item, MAX_METADATA_VALUE_LENGTH) or (type(item) is int and abs(item) < _METADATA_INT_LIMIT)
+        ):
+            return None
+    usage_in = event.get("usage")
+    if type(usage_in) is not dict or not usage_in:
+        return None
+    usage = {}
+    for code, value in usage_in.items():
+        if code not in meter_codes:
+            return None
+        if type(value) is int and 0 <= value < _INT_QUANTITY_LIMIT:
+            usage[code] = str(value)
+        elif type(value) in (float, Decimal, str) and _CANONICAL_QUANTITY_RE.match(text := str(value)):
+            usage[code] = text
+        else:
+            return None
+    return EventRecord(index, event_id, timestamp, session_id, provider, model, usage, dict(metadata), "api")
 
 
 def _validate_event(
@@ -362,8 +427,8 @@ def _validate_event(
             if type(value) is int and 0 <= value < _INT_QUANTITY_LIMIT and code in meter_codes:
                 usage[code] = str(value)
                 continue
-            if type(value) in (Decimal, str) and code in meter_codes:
-                text = str(value)
+            if type(value) in (Decimal, str, float) and code in meter_codes:
+                text = str(value)  # a float prints as the literal's digits: usage.api.parsers.loads_fast
                 if _CANONICAL_QUANTITY_RE.match(text):
                     usage[code] = text
                     continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
+import orjson
 from django.conf import settings
 from rest_framework import exceptions, parsers, status
 
@@ -43,6 +44,40 @@ def loads_strict(raw: bytes):
     )
 
 
+# Digits and dots become "0", everything else " ": a run of sixteen "0"s is then a number literal with more
+# than 15 significant digits (or a long digit run inside a string, which costs only the fast path).
+_DIGIT_RUNS = bytes(48 if chr(c) in "0123456789." else 32 for c in range(256))
+_LONG_RUN = b"0" * 16
+_BLANKS = b" \t\r\n"
+
+
+def loads_fast(raw: bytes):
+    """``loads_strict``'s result, in under half its time for an ordinary body; the same exceptions.
+
+    orjson parses in C, but keeps the last of two equal keys and reads numbers as floats, so its result is
+    used only where neither can matter, and loads_strict runs otherwise:
+    - Numbers: with at most 15 significant digits, the float nearest to a decimal literal prints (``repr``)
+      as that literal's digits, so callers turn floats back into the exact ``Decimal``
+      (usage.ingest.canonical_quantity). Longer literals take the strict path. Integers stay integers.
+    - Duplicate keys: with no quote inside any string (no ``\\"`` or ``\\u0022`` in the body), each member
+      ends with '":' in the body once blanks are removed (plus any string that starts with blanks and a
+      colon, which can only make the count larger). orjson writes one '":' per member it kept, so equal
+      counts mean no key was dropped.
+    - NaN, Infinity, out-of-range numbers, invalid UTF-8, lone surrogates, deep nesting: orjson refuses
+      them, and loads_strict then gives its own answer.
+    """
+    if b'\\"' not in raw and b"\\u0022" not in raw and _LONG_RUN not in raw.translate(_DIGIT_RUNS):
+        try:
+            value = orjson.loads(raw)
+            members = orjson.dumps(value).count(b'":')
+        except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+            pass
+        else:
+            if members == raw.translate(None, _BLANKS).count(b'":'):
+                return value
+    return loads_strict(raw)
+
+
 class StrictJSONParser(parsers.BaseParser):
     media_type = "application/json"
 
@@ -60,7 +95,7 @@ class StrictJSONParser(parsers.BaseParser):
         if len(raw) > limit:
             raise PayloadTooLarge()
         try:
-            return loads_strict(raw)
+            return loads_fast(raw)
         except RecursionError:
             raise exceptions.ParseError("JSON is nested too deeply.") from None
         except (ValueError, UnicodeDecodeError) as exc:
