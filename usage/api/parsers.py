@@ -44,10 +44,12 @@ def loads_strict(raw: bytes):
     )
 
 
-# Digits and dots become "0", everything else " ": a run of sixteen "0"s is then a number literal with more
-# than 15 significant digits (or a long digit run inside a string, which costs only the fast path).
-_DIGIT_RUNS = bytes(48 if chr(c) in "0123456789." else 32 for c in range(256))
-_LONG_RUN = b"0" * 16
+# For finding number literals with more than 15 significant digits: with blanks deleted, digits, dots and
+# minus signs become "0" and the characters that can precede a number ([ : ,) become "1", all else " ". A
+# "1" followed by sixteen "0"s then marks a number whose mantissa has 16 or more digits; digit runs inside
+# strings (long numeric ids) follow a quote and do not match.
+_NUMBER_RUNS = bytes(48 if chr(c) in "0123456789.-" else 49 if chr(c) in "[:," else 32 for c in range(256))
+_LONG_NUMBER = b"1" + b"0" * 16
 _BLANKS = b" \t\r\n"
 
 
@@ -66,7 +68,8 @@ def loads_fast(raw: bytes):
     - NaN, Infinity, out-of-range numbers, invalid UTF-8, lone surrogates, deep nesting: orjson refuses
       them, and loads_strict then gives its own answer.
     """
-    if b'\\"' not in raw and b"\\u0022" not in raw and _LONG_RUN not in raw.translate(_DIGIT_RUNS):
+    long_number = _LONG_NUMBER in b"1" + raw.translate(_NUMBER_RUNS, _BLANKS)
+    if not long_number and b'\\"' not in raw and b"\\u0022" not in raw:
         try:
             value = orjson.loads(raw)
             members = orjson.dumps(value).count(b'":')
