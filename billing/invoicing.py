@@ -216,7 +216,7 @@ def price_period(
         covered.append((segment.start, segment.end))
         begin = periods.local_midnight(segment.start, tenant.timezone)
         finish = periods.local_midnight(segment.end, tenant.timezone)
-        usage = selectors.usage_totals(tenant.pk, begin, finish)
+        usage, active_agents = selectors.period_usage(tenant.pk, begin, finish)
         if segment.version is None:
             unmatched += [_unmatched(k, q, "no_plan_version", segment) for k, q in sorted(usage.items()) if q]
             continue
@@ -225,7 +225,7 @@ def price_period(
         priced = pricing.price_usage(
             plan_dc,
             {pricing.UsageKey(*k): q for k, q in usage.items()},
-            active_agents=len(selectors.active_agent_ids(tenant.pk, begin, finish)),
+            active_agents=active_agents,
             provider_rates=rates,
             on=segment.start,
         )

@@ -6,6 +6,7 @@ Every object is looked up from ``request.access.tenant``; another tenant's objec
 from __future__ import annotations
 
 import csv
+import html
 from datetime import date, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -16,7 +17,9 @@ from django.core.paginator import Paginator
 from django.db.models import Count, F, Max, Min, Sum
 from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
 from billing import budgets, periods
@@ -129,7 +132,7 @@ def usage(request):
     _activate(request)
     tenant = request.access.tenant
     form = _usage_form(request)
-    rows, totals = [], {}
+    rows, totals, table = [], {}, ""
     if form.is_valid():
         data = form.cleaned_data
         group_by = data["group_by"]
@@ -150,7 +153,7 @@ def usage(request):
             merged.values(), key=lambda r: (str(r.get(group_by)), r["meter"], r["provider"], r["model"])
         )
         totals = {"cost": sum((r["cost"] for r in rows), Decimal(0))}
-        rows = _usage_table(tenant, group_by, rows[:USAGE_TABLE_ROWS]) + rows[USAGE_TABLE_ROWS:]
+        table = _usage_table(tenant, group_by, rows[:USAGE_TABLE_ROWS])
     query = request.GET.copy()
     return render(
         request,
@@ -158,7 +161,8 @@ def usage(request):
         {
             "form": form,
             "head": USAGE_HEADS.get(form.cleaned_data.get("group_by")) if form.is_valid() else None,
-            "rows": rows[:USAGE_TABLE_ROWS],
+            "rows": bool(rows),
+            "table": table,
             "truncated": len(rows) > USAGE_TABLE_ROWS,
             "totals": totals,
             "query": query.urlencode(),
@@ -171,33 +175,33 @@ USAGE_TABLE_ROWS = 2000
 USAGE_HEADS = {"agent": "Agent", "session": "Session", "day": "Day"}
 
 
-def _usage_table(tenant, group_by: str, rows: list[dict]) -> list[dict]:
-    """The table's cells as text, formatted once here: the template then only places them (a month by day
-    is ~300 rows, and per-cell filters and lookups were most of that page's time)."""
+def _usage_table(tenant, group_by: str, rows: list[dict]) -> str:
+    """The table body's HTML, every cell escaped here. A month by day is ~320 rows, and rendering them through
+    the template engine (a lookup and an escape per cell) was most of that page's time."""
     agents = dict(Agent.objects.for_tenant(tenant).values_list("pk", "name")) if group_by == "agent" else {}
-    currency = tenant.currency
-    table = []
+    currency, with_head = tenant.currency, group_by in USAGE_HEADS
+    escape = html.escape  # plain str cells: the standard library's, six times faster than Django's wrapper
+    lines = []
     for row in rows:
         key = row.get(group_by)
-        if group_by == "agent":
-            head = agents.get(key, "—")
+        if group_by == "session" and key:
+            head = f'<a href="{escape(reverse("portal:session", args=[key]))}">{escape(key)}</a>'
+        elif group_by == "agent":
+            head = escape(agents.get(key, "—"))
         elif group_by == "day":
             head = f"{key:%a} {key.day} {key:%b}"  # as the date filter's "D j M"
         else:
-            head = key or "—"
-        table.append(
-            {
-                "head": head,
-                "session": key if group_by == "session" else None,
-                "meter": row["meter"],
-                "provider": row["provider"] or "—",
-                "model": row["model"] or "—",
-                "quantity": format_quantity(row["quantity"]),
-                "events": format_quantity(row["events"]),
-                "cost": format_money(row["cost"], currency),
-            }
-        )
-    return table
+            head = escape(key or "—")
+        cells = [
+            f"<td>{head}</td>" if with_head else "",
+            f"<td><code>{escape(row['meter'])}</code></td>",
+            f"<td>{escape(row['provider'] or '—')}</td><td>{escape(row['model'] or '—')}</td>",
+            f'<td class="num">{escape(format_quantity(row["quantity"]))}</td>',
+            f'<td class="num">{escape(format_quantity(row["events"]))}</td>',
+            f'<td class="num">{escape(format_money(row["cost"], currency))}</td>',
+        ]
+        lines.append(f"<tr>{''.join(cells)}</tr>")
+    return mark_safe("\n".join(lines))  # noqa: S308 - every cell is escaped above
 
 
 class _Echo:

@@ -84,6 +84,30 @@ def usage_totals(tenant_id: int, start: datetime, end: datetime) -> dict[tuple[s
         return {(meter, provider, model): quantity for meter, provider, model, quantity in cursor.fetchall()}
 
 
+def period_usage(
+    tenant_id: int, start: datetime, end: datetime
+) -> tuple[dict[tuple[str, str, str], Decimal], int]:
+    """``(usage_totals(…), len(active_agent_ids(…)))`` from one pass over the rollups: what pricing a period
+    needs, and every priced page prices the current period first."""
+    totals: dict[tuple[str, str, str], Decimal] = {}
+    agents = 0
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT GROUPING(agent_id), meter, provider, model, sum(quantity) FROM usage_agentrollup
+            WHERE tenant_id = %s AND hour >= %s AND hour < %s
+            GROUP BY GROUPING SETS ((meter, provider, model), (agent_id))
+            """,
+            [tenant_id, start, end],
+        )
+        for by_model, meter, provider, model, quantity in cursor.fetchall():
+            if by_model:
+                totals[(meter, provider, model)] = quantity
+            else:
+                agents += 1
+    return totals, agents
+
+
 def active_agent_ids(tenant_id: int, start: datetime, end: datetime) -> list[int]:
     """Agents that reported any usage in [start, end)."""
     with connection.cursor() as cursor:
@@ -100,7 +124,7 @@ GROUPINGS = {
     "model": "model",
     "agent": "agent_id",
     "session": "session_id",
-    "day": "(date_trunc('day', hour AT TIME ZONE %(tz)s))::date",
+    "day": "(hour AT TIME ZONE %(tz)s)::date",
     "hour": "hour",
 }
 FILTERS = {
@@ -141,13 +165,18 @@ def _keyed(keys: list[str], where: str, table: str) -> str:
     """A subquery with one column per key (named after it), quantity and event_count: the rollups summed
     per hour and the keys' columns first, so that what is grouped further is a few rows per hour (a large
     tenant's month has ~10⁵ per-session rollup rows, in ~700 hours) and the day is computed once per hour.
-    Per-agent rows are already one per (hour, agent, meter, provider, model): summing them per hour again
-    would only cost a pass, so they are read as they are."""
+    Per-agent rows are already one per (hour, agent, meter, provider, model), a few per hour: they are summed
+    straight to the keys (with the day computed per row), which leaves the few hundred rows of the finest
+    grouping asked for."""
     columns = list(dict.fromkeys(["hour", *(GROUPINGS[k] for k in keys if k != "day")]))
     positions = ", ".join(str(i + 1) for i in range(len(columns)))
     select = ", ".join(f"{GROUPINGS[k]} AS {k}" for k in keys)
-    if table == "usage_agentrollup" and "agent" in keys:
-        return f"SELECT {select}, quantity, event_count FROM {table} WHERE {where}"  # noqa: S608 - whitelisted
+    if table == "usage_agentrollup":
+        by_keys = ", ".join(str(i + 1) for i in range(len(keys)))
+        return (
+            f"SELECT {select}, sum(quantity) AS quantity, sum(event_count) AS event_count "  # noqa: S608 - whitelisted
+            f"FROM {table} WHERE {where} GROUP BY {by_keys}"
+        )
     hourly = (
         f"SELECT {', '.join(columns)}, sum(quantity) AS quantity, sum(event_count) AS event_count "  # noqa: S608 - whitelisted identifiers
         f"FROM {table} WHERE {where} GROUP BY {positions}"

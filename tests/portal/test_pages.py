@@ -99,6 +99,19 @@ def test_usage_table_has_one_cell_per_column_and_the_grouping_first(
     assert "<code>llm_input_text_tokens</code>" in {cells[-6] for cells in rows}
 
 
+@pytest.mark.parametrize("group_by", ["meter", "session"])
+def test_usage_table_escapes_what_agents_sent(world, owner_client, group_by):
+    AgentClient(world.keys[0]).post(
+        "/api/v1/events",
+        {"events": [event("x1", session_id="<i>s</i>", provider="<b>p</b>", model="m&<")]},
+    )
+    page = owner_client.get(f"/usage/?group_by={group_by}").content.decode()
+    assert "<b>p</b>" not in page and "<i>s</i>" not in page and "m&<" not in page
+    assert "&lt;b&gt;p&lt;/b&gt;" in page and "m&amp;&lt;" in page
+    if group_by == "session":
+        assert '<a href="/sessions/%3Ci%3Es%3C/i%3E/">&lt;i&gt;s&lt;/i&gt;</a>' in page
+
+
 def test_invoice_pages_and_pdf(world, owner_client):
     invoice = world.invoices[0]
     assert invoice.number in owner_client.get(f"/invoices/{invoice.pk}/").content.decode()

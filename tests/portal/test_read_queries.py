@@ -4,6 +4,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from billing import selectors as billing_selectors
@@ -66,3 +67,36 @@ def test_dashboard_breakdowns_equal_one_breakdown_per_grouping(world):
         billing_selectors.periods.local_midnight(spend.end, tz),
         [],
     )
+
+
+def test_per_agent_rollups_answer_as_the_per_session_ones(world, monkeypatch):
+    tenant = world.tenants[0]
+    second = AgentFactory(tenant=tenant)
+    AgentClient(api_key_for(second)).post(
+        "/api/v1/livekit/metrics",
+        {
+            "session_id": "call-b",
+            "metrics": samples.shifted_metrics(samples.load("realtime_openai_gpt_realtime")),
+        },
+    )
+    start, end = timezone.now() - timedelta(days=3), timezone.now() + timedelta(hours=1)
+    groupings = [["day"], ["meter"], ["agent"], ["hour"], ["provider", "model"], []]
+
+    def answers():
+        rows = [selectors.usage_rows(tenant.pk, "Asia/Kolkata", start, end, g) for g in groupings]
+        return rows, selectors.usage_row_sets(tenant.pk, tenant.timezone, start, end, ["day", "agent", None])
+
+    from_agent_rollups = answers()
+    totals, agents = selectors.period_usage(tenant.pk, start, end)
+    assert agents == 2 and totals and all(q > 0 for q in totals.values())
+
+    monkeypatch.setattr(selectors, "_table", lambda keys, filters: "usage_usagerollup")
+    assert answers() == from_agent_rollups
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT meter, provider, model, sum(quantity) FROM usage_usagerollup "
+            "WHERE tenant_id = %s AND hour >= %s AND hour < %s GROUP BY 1, 2, 3",
+            [tenant.pk, start, end],
+        )
+        assert totals == {(m, p, mo): q for m, p, mo, q in cursor.fetchall()}
+    assert selectors.active_agent_ids(tenant.pk, start, end) == sorted([world.agents[0].pk, second.pk])
