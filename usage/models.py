@@ -111,16 +111,13 @@ class UsageEvent(models.Model):
         return self.event_id
 
 
-class UsageRollup(models.Model):
-    """Exact totals per (tenant, agent, session, meter, provider, model, hour).
-
-    ``hour`` is the start of the hour in the tenant's time zone (stored as an aware UTC instant), so a
-    tenant-local day or calendar month is an exact union of buckets even for zones such as +05:30.
-    """
+class Rollup(models.Model):
+    """The fields both rollups share. ``hour`` is the start of the hour in the tenant's time zone (stored as
+    an aware UTC instant), so a tenant-local day or calendar month is an exact union of buckets even for
+    zones such as +05:30."""
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
     agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="+")
-    session_id = models.CharField(max_length=128, blank=True, default="")
     meter = models.CharField(max_length=64)
     provider = models.CharField(max_length=128, blank=True, default="")
     model = models.CharField(max_length=128, blank=True, default="")
@@ -129,6 +126,18 @@ class UsageRollup(models.Model):
     event_count = models.PositiveIntegerField()
 
     objects = TenantScopedQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        return f"{self.meter} {self.quantity} @ {self.hour:%Y-%m-%d %H:%M}"
+
+
+class UsageRollup(Rollup):
+    """Exact totals per (tenant, agent, session, meter, provider, model, hour)."""
+
+    session_id = models.CharField(max_length=128, blank=True, default="")
 
     class Meta:
         constraints = [
@@ -144,11 +153,8 @@ class UsageRollup(models.Model):
             models.Index(fields=["tenant", "session_id"], name="usagerollup_tenant_session"),
         ]
 
-    def __str__(self) -> str:
-        return f"{self.meter} {self.quantity} @ {self.hour:%Y-%m-%d %H:%M}"
 
-
-class AgentRollup(models.Model):
+class AgentRollup(Rollup):
     """Exact totals per (tenant, agent, meter, provider, model, hour): ``UsageRollup`` without the session.
 
     Kept in the same statement as ``UsageRollup`` (usage.ingest), from the same inserted rows, so the two
@@ -156,17 +162,6 @@ class AgentRollup(models.Model):
     12 events); these grow only with agents × models × hours. Period totals, active agents and every
     breakdown that is not by session read this table (usage.selectors); session views read ``UsageRollup``.
     """
-
-    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
-    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="+")
-    meter = models.CharField(max_length=64)
-    provider = models.CharField(max_length=128, blank=True, default="")
-    model = models.CharField(max_length=128, blank=True, default="")
-    hour = models.DateTimeField()
-    quantity = models.DecimalField(max_digits=QUANTITY_DIGITS, decimal_places=QUANTITY_PLACES)
-    event_count = models.PositiveIntegerField()
-
-    objects = TenantScopedQuerySet.as_manager()
 
     class Meta:
         constraints = [
@@ -177,6 +172,3 @@ class AgentRollup(models.Model):
             models.CheckConstraint(condition=Q(quantity__gte=0), name="agentrollup_quantity_non_negative"),
         ]
         indexes = [models.Index(fields=["tenant", "hour"], name="agentrollup_tenant_hour")]
-
-    def __str__(self) -> str:
-        return f"{self.meter} {self.quantity} @ {self.hour:%Y-%m-%d %H:%M}"
