@@ -51,10 +51,8 @@ PLAN_PRICES = [
 ]
 
 
-@transaction.atomic
-def load_demo_billing(tenant: Tenant, now=None) -> Invoice | None:
-    """Give the demo tenant its plan and invoice its past month (once)."""
-    now = now or timezone.now()
+def create_demo_rates() -> None:
+    """The provider rates of PROVIDER_RATES (once)."""
     for provider, pattern, meter, cost, unit in PROVIDER_RATES:
         ProviderRate.objects.get_or_create(
             provider=provider,
@@ -64,6 +62,11 @@ def load_demo_billing(tenant: Tenant, now=None) -> Invoice | None:
             effective_from=date(2026, 1, 1),
             defaults={"cost_per_unit": Decimal(cost), "unit_size": unit, "source": RATES_SOURCE},
         )
+
+
+def create_demo_plan() -> PricePlan:
+    """The "Voice Pro" plan (once): per-model prices, graduated Cartesia characters with an allowance, and
+    cost-plus for Gemini and gpt-4o-transcribe tokens. The benchmarks bill with it too."""
     plan, created = PricePlan.objects.get_or_create(
         slug="voice-pro",
         defaults={
@@ -72,56 +75,69 @@ def load_demo_billing(tenant: Tenant, now=None) -> Invoice | None:
             "description": "Per-model token prices, per-minute STT, per-character TTS.",
         },
     )
-    if created:
-        version = PlanVersion.objects.create(
-            plan=plan,
-            version=1,
-            effective_from=date(2026, 1, 1),
-            base_fee=Decimal("49.00"),
-            fee_per_active_agent=Decimal("10.00"),
-        )
-        for meter, provider, pattern, amount, unit in PLAN_PRICES:
-            Price.objects.create(
-                version=version,
-                meter_id=meter,
-                provider=provider,
-                model_pattern=pattern,
-                price_model="per_unit",
-                unit_amount=Decimal(amount),
-                unit_size=unit,
-            )
-        tts = Price.objects.create(
+    if not created:
+        return plan
+    version = PlanVersion.objects.create(
+        plan=plan,
+        version=1,
+        effective_from=date(2026, 1, 1),
+        base_fee=Decimal("49.00"),
+        fee_per_active_agent=Decimal("10.00"),
+    )
+    Price.objects.bulk_create(
+        Price(
             version=version,
-            meter_id="tts_characters",
-            provider="Cartesia",
-            price_model="graduated",
-            unit_size=Decimal(1000),
-            free_allowance=Decimal(10_000),
+            meter_id=meter,
+            provider=provider,
+            model_pattern=pattern,
+            price_model="per_unit",
+            unit_amount=Decimal(amount),
+            unit_size=unit,
         )
-        PriceTier.objects.create(price=tts, up_to=Decimal(500_000), unit_amount=Decimal("0.08"))
-        PriceTier.objects.create(price=tts, up_to=None, unit_amount=Decimal("0.065"))
+        for meter, provider, pattern, amount, unit in PLAN_PRICES
+    )
+    tts = Price.objects.create(
+        version=version,
+        meter_id="tts_characters",
+        provider="Cartesia",
+        price_model="graduated",
+        unit_size=Decimal(1000),
+        free_allowance=Decimal(10_000),
+    )
+    PriceTier.objects.create(price=tts, up_to=Decimal(500_000), unit_amount=Decimal("0.08"))
+    PriceTier.objects.create(price=tts, up_to=None, unit_amount=Decimal("0.065"))
+    cost_plus = [
+        ("Gemini", "", meter)
         for meter in (
             "llm_input_text_tokens",
             "llm_input_audio_tokens",
             "llm_output_text_tokens",
             "llm_output_audio_tokens",
-        ):
-            Price.objects.create(
-                version=version,
-                meter_id=meter,
-                provider="Gemini",
-                price_model="cost_plus",
-                markup=Decimal("0.5"),
-            )
-        for meter in ("stt_input_tokens", "stt_output_tokens"):
-            Price.objects.create(
-                version=version,
-                meter_id=meter,
-                provider="api.openai.com",
-                model_pattern="gpt-4o-transcribe",
-                price_model="cost_plus",
-                markup=Decimal("0.5"),
-            )
+        )
+    ]
+    cost_plus += [
+        ("api.openai.com", "gpt-4o-transcribe", meter) for meter in ("stt_input_tokens", "stt_output_tokens")
+    ]
+    Price.objects.bulk_create(
+        Price(
+            version=version,
+            meter_id=meter,
+            provider=provider,
+            model_pattern=pattern,
+            price_model="cost_plus",
+            markup=Decimal("0.5"),
+        )
+        for provider, pattern, meter in cost_plus
+    )
+    return plan
+
+
+@transaction.atomic
+def load_demo_billing(tenant: Tenant, now=None) -> Invoice | None:
+    """Give the demo tenant its plan and invoice its past month (once)."""
+    now = now or timezone.now()
+    create_demo_rates()
+    plan = create_demo_plan()
     this_period, _ = periods.period_containing(now, tenant.timezone)
     last_period = periods.previous_month(this_period)
     Subscription.objects.get_or_create(tenant=tenant, starts_on=last_period, defaults={"plan": plan})

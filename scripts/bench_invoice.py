@@ -42,7 +42,6 @@ import secrets
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -51,12 +50,25 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
+
+from benchdb import (
+    PROTECTED_DATABASES,
+    Clock,
+    SqlTimer,
+    decimal_text,
+    detach_indexes,
+    migrate,
+    parse_count,
+    progress,
+    progress_done,
+    recreate_database,
+    schema_fingerprint,
+    with_database,
+)
 
 BASE = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-PROTECTED_DATABASES = {"meterline", "test_meterline", "postgres", "template0", "template1"}
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 # Target from DESIGN §9: a month of 10 M events across 100 tenants invoiced in ≤ 60 s.
@@ -141,30 +153,6 @@ def tenant_specs(count: int, events: int, rng: random.Random) -> list[TenantSpec
 # --- events -------------------------------------------------------------------------------------------------
 
 
-def _decimal_text(value: int, places: int) -> str:
-    """``value`` / 10**places as ingestion stores it (usage.ingest.quantity_text): no trailing zeros."""
-    whole, fraction = divmod(value, 10**places)
-    if not fraction:
-        return str(whole)
-    return f"{whole}.{fraction:0{places}d}".rstrip("0")
-
-
-class Clock:
-    """Formats microsecond UNIX times as COPY timestamptz text, caching each minute's prefix."""
-
-    def __init__(self) -> None:
-        self._minutes: dict[int, str] = {}
-
-    def text(self, micros: int) -> str:
-        minute, rest = divmod(micros, 60_000_000)
-        prefix = self._minutes.get(minute)
-        if prefix is None:
-            prefix = datetime.fromtimestamp(minute * 60, UTC).strftime("%Y-%m-%d %H:%M:")
-            self._minutes[minute] = prefix
-        seconds, fraction = divmod(rest, 1_000_000)
-        return f"{prefix}{seconds:02d}.{fraction:06d}+00"
-
-
 def start_hours(spec: TenantSpec, start: date, end: date) -> tuple[list[int], list[float]]:
     """UTC hours (as UNIX seconds) in which the tenant's sessions may start, with cumulative weights."""
     zone = ZoneInfo(spec.timezone)
@@ -200,7 +188,7 @@ def session_events(kind: str, count: int, start_us: int, rng: random.Random) -> 
         if kind == PIPELINE:
             chunks = 1 + (rand() < 0.55) + (rand() < 0.2)
             for chunk in range(chunks):
-                audio = "5" if chunk < chunks - 1 else _decimal_text(50 + int(rand() * 450), 2)
+                audio = "5" if chunk < chunks - 1 else decimal_text(50 + int(rand() * 450), 2)
                 events.append((t, "stt_metrics", "Deepgram", "nova-3", f'{{"stt_audio_seconds": "{audio}"}}'))
                 t += 5_000_000 if chunk < chunks - 1 else int(300_000 + rand() * 1_000_000)
             for _ in range(1 + (rand() < 0.2)):  # a tool call makes a second LLM request
@@ -213,7 +201,7 @@ def session_events(kind: str, count: int, start_us: int, rng: random.Random) -> 
                 events.append((t, "llm_metrics", "api.openai.com", "gpt-4o-mini", usage))
                 t += int(400_000 + rand() * 1_200_000)
             characters = 30 + int(rand() * 160)
-            audio = _decimal_text(int(characters * (58 + rand() * 14)), 3)
+            audio = decimal_text(int(characters * (58 + rand() * 14)), 3)
             events.append(
                 (
                     t,
@@ -406,119 +394,14 @@ def copy_piece(task: tuple[str, Piece]) -> tuple[int, str, int, float, float]:
 BULK_TABLES = ["usage_usageevent", "usage_session", "usage_usagerollup", "usage_agentrollup"]
 
 
-def detach_indexes(cur, table: str) -> list[str]:
-    """Drop the table's unique and foreign-key constraints and secondary indexes, the usual bulk-load
-    practice: each index is then built once instead of maintained row by row, and no deferred FK check
-    queues a trigger event per row. Returns the statements that restore them exactly, from the
-    catalogue's own definitions (whatever migrations have added)."""
-    cur.execute(
-        """
-        SELECT conname, contype, pg_get_constraintdef(oid) FROM pg_constraint
-        WHERE conrelid = %s::regclass AND contype IN ('u', 'f') ORDER BY contype DESC, conname
-        """,
-        [table],
-    )
-    constraints = cur.fetchall()
-    cur.execute(
-        """
-        SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-        WHERE i.indrelid = %s::regclass AND NOT i.indisprimary
-          AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid)
-        ORDER BY 1
-        """,
-        [table],
-    )
-    indexes = cur.fetchall()
-    for name, _, _ in constraints:
-        cur.execute(f'ALTER TABLE "{table}" DROP CONSTRAINT "{name}"')
-    for name, _ in indexes:
-        cur.execute(f'DROP INDEX "{name}"')
-    restore = [f'ALTER TABLE "{table}" ADD CONSTRAINT "{n}" {d}' for n, t, d in constraints if t == "u"]
-    restore += [definition for _, definition in indexes]
-    restore += [f'ALTER TABLE "{table}" ADD CONSTRAINT "{n}" {d}' for n, t, d in constraints if t == "f"]
-    return restore
-
-
-def schema_fingerprint(cur) -> list[tuple]:
-    cur.execute(
-        """
-        SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-        WHERE i.indrelid = ANY(%(t)s::regclass[])
-        UNION ALL
-        SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = ANY(%(t)s::regclass[])
-        ORDER BY 1, 2
-        """,
-        {"t": BULK_TABLES},
-    )
-    return cur.fetchall()
-
-
 def create_fixtures(specs: list[TenantSpec], period_start: date) -> None:
     """Plan, provider rates, tenants, agents and subscriptions through the ORM (a few hundred rows)."""
-    from billing.demo import PLAN_PRICES, PROVIDER_RATES, RATES_SOURCE
-    from billing.models import PlanVersion, Price, PricePlan, PriceTier, ProviderRate, Subscription
+    from billing.demo import create_demo_plan, create_demo_rates
+    from billing.models import Subscription
     from tenants.models import Agent, Tenant
 
-    ProviderRate.objects.bulk_create(
-        ProviderRate(
-            provider=provider,
-            model_pattern=pattern,
-            meter_id=meter,
-            cost_per_unit=Decimal(cost),
-            unit_size=unit,
-            currency="USD",
-            effective_from=date(2026, 1, 1),
-            source=RATES_SOURCE,
-        )
-        for provider, pattern, meter, cost, unit in PROVIDER_RATES
-    )
-    # The plan of billing.demo.load_demo_billing (which also invoices, so it is not called as such).
-    plan = PricePlan.objects.create(name="Voice Pro", slug="voice-pro", currency="USD")
-    version = PlanVersion.objects.create(
-        plan=plan,
-        version=1,
-        effective_from=date(2026, 1, 1),
-        base_fee=Decimal("49.00"),
-        fee_per_active_agent=Decimal("10.00"),
-    )
-    Price.objects.bulk_create(
-        Price(
-            version=version,
-            meter_id=meter,
-            provider=provider,
-            model_pattern=pattern,
-            price_model="per_unit",
-            unit_amount=Decimal(amount),
-            unit_size=unit,
-        )
-        for meter, provider, pattern, amount, unit in PLAN_PRICES
-    )
-    tts = Price.objects.create(
-        version=version,
-        meter_id="tts_characters",
-        provider="Cartesia",
-        price_model="graduated",
-        unit_size=Decimal(1000),
-        free_allowance=Decimal(10_000),
-    )
-    PriceTier.objects.create(price=tts, up_to=Decimal(500_000), unit_amount=Decimal("0.08"))
-    PriceTier.objects.create(price=tts, up_to=None, unit_amount=Decimal("0.065"))
-    cost_plus = [("Gemini", "", m) for m in ("llm_input_text_tokens", "llm_input_audio_tokens")]
-    cost_plus += [("Gemini", "", m) for m in ("llm_output_text_tokens", "llm_output_audio_tokens")]
-    cost_plus += [
-        ("api.openai.com", "gpt-4o-transcribe", m) for m in ("stt_input_tokens", "stt_output_tokens")
-    ]
-    Price.objects.bulk_create(
-        Price(
-            version=version,
-            meter_id=meter,
-            provider=provider,
-            model_pattern=pattern,
-            price_model="cost_plus",
-            markup=Decimal("0.5"),
-        )
-        for provider, pattern, meter in cost_plus
-    )
+    create_demo_rates()
+    plan = create_demo_plan()  # the plan of billing.demo.load_demo_billing (which also invoices)
 
     tenants = Tenant.objects.bulk_create(
         Tenant(
@@ -559,7 +442,7 @@ def load_usage(url: str, specs: list[TenantSpec], period_start: date, period_end
     timings: dict[str, float] = {}
     work = pieces(specs, period_start, period_end, seed)
     with psycopg.connect(url) as conn, conn.cursor() as cur:
-        before = schema_fingerprint(cur)
+        before = schema_fingerprint(cur, BULK_TABLES)
         restore = [stmt for table in BULK_TABLES for stmt in detach_indexes(cur, table)]
         cur.execute(STAGE_ROLLUPS_SQL)
         conn.commit()
@@ -578,12 +461,12 @@ def load_usage(url: str, specs: list[TenantSpec], period_start: date, period_end
                 sessions.append(sessions_text)
                 py_cpu += py
                 db_cpu += db
-                _progress(f"events: {rows:,} rows", began)
+                progress(f"events: {rows:,} rows", began)
         with cur.copy(f"COPY usage_session ({SESSION_COLUMNS}) FROM STDIN") as copy:
             for text in sessions:
                 copy.write(text)
         timings["copy"] = time.perf_counter() - began
-        _progress_done(
+        progress_done(
             f"COPY {rows:,} events in {len(work)} pieces, each rolled up as inserted, and "
             f"{session_count:,} sessions",
             timings["copy"],
@@ -611,7 +494,7 @@ def load_usage(url: str, specs: list[TenantSpec], period_start: date, period_end
             cur.execute(statement)
         timings["indexes"] = time.perf_counter() - began
         print(f"  indexes and constraints rebuilt ({len(restore)}) in {timings['indexes']:.1f} s")
-        if schema_fingerprint(cur) != before:
+        if schema_fingerprint(cur, BULK_TABLES) != before:
             raise RuntimeError("the indexes and constraints after the load differ from the migrated schema")
         conn.commit()
 
@@ -628,34 +511,7 @@ def load_usage(url: str, specs: list[TenantSpec], period_start: date, period_end
     return {"timings": timings, "sessions": session_count, "events_bytes": size[0], "rollup_bytes": size[1]}
 
 
-def _progress(message: str, began: float) -> None:
-    if sys.stdout.isatty():
-        print(f"\r  {message} ({time.perf_counter() - began:.0f} s)", end="", flush=True)
-
-
-def _progress_done(message: str, seconds: float) -> None:
-    if sys.stdout.isatty():
-        print("\r\033[K", end="")
-    print(f"  {message} in {seconds:.1f} s", flush=True)
-
-
 # --- measuring invoices -----------------------------------------------------------------------------------
-
-
-class SqlTimer:
-    """A Django execute_wrapper: time spent inside cursor.execute, and the number of statements."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self.queries = 0
-
-    def __call__(self, execute, sql, params, many, context):
-        began = time.perf_counter()
-        try:
-            return execute(sql, params, many, context)
-        finally:
-            self.seconds += time.perf_counter() - began
-            self.queries += 1
 
 
 def period_stats(period_start: date, period_end: date) -> dict[str, Any]:
@@ -845,10 +701,6 @@ def check_invoices(specs: list[TenantSpec], period_start: date, rng: random.Rand
 # --- orchestration ----------------------------------------------------------------------------------------
 
 
-def with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
 def server_url() -> tuple[str, str]:
     """(a URL of the server's ``postgres`` database, how it was found)."""
     import psycopg
@@ -867,15 +719,6 @@ def server_url() -> tuple[str, str]:
     pgdata = BASE / ".devdata" / "bench-invoice-pg"
     print(f"DATABASE_URL is unset and nothing answers on 127.0.0.1:5432: embedded PostgreSQL in {pgdata} …")
     return devservices.start_postgres(pgdata, dbname="postgres"), f"embedded ({pgdata})"
-
-
-def recreate_database(admin_url: str, name: str, create: bool = True) -> None:
-    import psycopg
-
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        if create:
-            conn.execute(f'CREATE DATABASE "{name}"')
 
 
 BYTES_PER_EVENT = 1200  # measured: 570 B of events and their indexes, 30 B of rollups, plus WAL and slack
@@ -897,21 +740,6 @@ def check_disk(admin_url: str, events: int) -> None:
             f"{events:,} events need about {need / 2**30:.1f} GiB on the database server's disk; "
             f"{data_dir} has {free / 2**30:.1f} GiB free"
         )
-
-
-def migrate(bench_url: str) -> float:
-    began = time.perf_counter()
-    env = dict(os.environ, DATABASE_URL=bench_url)
-    done = subprocess.run(
-        [PYTHON, "manage.py", "migrate", "--no-input", "-v", "0"],
-        cwd=BASE,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode:
-        raise RuntimeError(f"migrate failed:\n{done.stdout}\n{done.stderr}")
-    return time.perf_counter() - began
 
 
 def setup_django(bench_url: str) -> None:
@@ -1006,15 +834,6 @@ def run_size(args, events: int, admin_url: str, bench_url: str, django_ready: bo
         **{f"generate_{k}": v for k, v in g.items()},
         **{f"finalize_{k}": v for k, v in f.items()},
     }
-
-
-def parse_count(text: str) -> int:
-    text = text.strip().lower().replace("_", "").replace(",", "")
-    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1:], 1)
-    value = float(text[:-1] if scale > 1 else text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be positive")
-    return int(value * scale)
 
 
 def parse_month(text: str) -> date:

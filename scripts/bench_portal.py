@@ -61,12 +61,25 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
+
+from benchdb import (
+    PROTECTED_DATABASES,
+    Clock,
+    SqlTimer,
+    decimal_text,
+    detach_indexes,
+    migrate,
+    parse_count,
+    progress,
+    progress_done,
+    recreate_database,
+    schema_fingerprint,
+    with_database,
+)
 
 BASE = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-PROTECTED_DATABASES = {"meterline", "test_meterline", "postgres", "template0", "template1"}
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 # Target from DESIGN §9.
@@ -136,14 +149,6 @@ CONVERSATION_TYPES = ["inbound_call", "inbound_call", "web_call", "outbound_call
 PIECE_EVENTS = 100_000  # events are generated and COPYed in pieces of this size, one process per CPU
 
 
-def _decimal_text(value: int, places: int) -> str:
-    """``value`` / 10**places as ingestion stores it (no trailing zeros)."""
-    whole, fraction = divmod(value, 10**places)
-    if not fraction:
-        return str(whole)
-    return f"{whole}.{fraction:0{places}d}".rstrip("0")
-
-
 def session_events(kind: str, count: int, start_us: int, rng: random.Random) -> list[tuple]:
     """One conversation: (micros, LiveKit metrics type, provider, model, usage JSON), as in the LiveKit
     sessions captured in tests/data/livekit: Deepgram reports audio in 5 s chunks, gpt-4o-mini's prompt is
@@ -156,7 +161,7 @@ def session_events(kind: str, count: int, start_us: int, rng: random.Random) -> 
         if kind == PIPELINE:
             chunks = 1 + (rand() < 0.55) + (rand() < 0.2)
             for chunk in range(chunks):
-                audio = "5" if chunk < chunks - 1 else _decimal_text(50 + int(rand() * 450), 2)
+                audio = "5" if chunk < chunks - 1 else decimal_text(50 + int(rand() * 450), 2)
                 events.append((t, "stt_metrics", "Deepgram", "nova-3", f'{{"stt_audio_seconds": "{audio}"}}'))
                 t += 5_000_000 if chunk < chunks - 1 else int(300_000 + rand() * 1_000_000)
             for _ in range(1 + (rand() < 0.2)):  # a tool call makes a second LLM request
@@ -167,7 +172,7 @@ def session_events(kind: str, count: int, start_us: int, rng: random.Random) -> 
                 events.append((t, "llm_metrics", "api.openai.com", "gpt-4o-mini", usage))
                 t += int(400_000 + rand() * 1_200_000)
             characters = 30 + int(rand() * 160)
-            audio = _decimal_text(int(characters * (58 + rand() * 14)), 3)
+            audio = decimal_text(int(characters * (58 + rand() * 14)), 3)
             usage = f'{{"tts_characters": "{characters}", "tts_audio_seconds": "{audio}"}}'
             events.append((t, "tts_metrics", "Cartesia", "sonic-3", usage))
         else:
@@ -188,22 +193,6 @@ def session_events(kind: str, count: int, start_us: int, rng: random.Random) -> 
             events.append((t, "realtime_model_metrics", "api.openai.com", "gpt-realtime", usage))
         turn += 1
     return events[:count]
-
-
-class Clock:
-    """Microsecond UNIX times as COPY timestamptz text, caching each minute's prefix."""
-
-    def __init__(self) -> None:
-        self._minutes: dict[int, str] = {}
-
-    def text(self, micros: int) -> str:
-        minute, rest = divmod(micros, 60_000_000)
-        prefix = self._minutes.get(minute)
-        if prefix is None:
-            prefix = datetime.fromtimestamp(minute * 60, UTC).strftime("%Y-%m-%d %H:%M:")
-            self._minutes[minute] = prefix
-        seconds, fraction = divmod(rest, 1_000_000)
-        return f"{prefix}{seconds:02d}.{fraction:06d}+00"
 
 
 def start_hours(tz: str, first: datetime, last: datetime) -> tuple[list[int], list[float]]:
@@ -325,52 +314,6 @@ FROM usage_usagerollup GROUP BY 1, 2, 3, 4, 5, 6
 BULK_TABLES = ["usage_usageevent", "usage_session", "usage_usagerollup", "usage_agentrollup"]
 
 
-def detach_indexes(cur, table: str) -> list[str]:
-    """Drop the table's unique and foreign-key constraints and secondary indexes for the bulk load (building
-    them once afterwards is much faster than maintaining them row by row); returns the statements that
-    restore them exactly, from the catalogue's own definitions."""
-    cur.execute(
-        """
-        SELECT conname, contype, pg_get_constraintdef(oid) FROM pg_constraint
-        WHERE conrelid = %s::regclass AND contype IN ('u', 'f') ORDER BY contype DESC, conname
-        """,
-        [table],
-    )
-    constraints = cur.fetchall()
-    cur.execute(
-        """
-        SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-        WHERE i.indrelid = %s::regclass AND NOT i.indisprimary
-          AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid)
-        ORDER BY 1
-        """,
-        [table],
-    )
-    indexes = cur.fetchall()
-    for name, _, _ in constraints:
-        cur.execute(f'ALTER TABLE "{table}" DROP CONSTRAINT "{name}"')
-    for name, _ in indexes:
-        cur.execute(f'DROP INDEX "{name}"')
-    restore = [f'ALTER TABLE "{table}" ADD CONSTRAINT "{n}" {d}' for n, t, d in constraints if t == "u"]
-    restore += [definition for _, definition in indexes]
-    restore += [f'ALTER TABLE "{table}" ADD CONSTRAINT "{n}" {d}' for n, t, d in constraints if t == "f"]
-    return restore
-
-
-def schema_fingerprint(cur) -> list[tuple]:
-    cur.execute(
-        """
-        SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-        WHERE i.indrelid = ANY(%(t)s::regclass[])
-        UNION ALL
-        SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = ANY(%(t)s::regclass[])
-        ORDER BY 1, 2
-        """,
-        {"t": BULK_TABLES},
-    )
-    return cur.fetchall()
-
-
 def create_tenants(specs: list[TenantSpec]) -> None:
     """Tenants, agents and the portal owner through the ORM."""
     from django.contrib.auth import get_user_model
@@ -412,7 +355,7 @@ def load_usage(url: str, specs: list[TenantSpec], now: datetime, seed: int) -> d
         ]
     timings: dict[str, float] = {}
     with psycopg.connect(url) as conn, conn.cursor() as cur:
-        before = schema_fingerprint(cur)
+        before = schema_fingerprint(cur, BULK_TABLES)
         restore = [stmt for table in BULK_TABLES for stmt in detach_indexes(cur, table)]
         conn.commit()
 
@@ -425,12 +368,12 @@ def load_usage(url: str, specs: list[TenantSpec], now: datetime, seed: int) -> d
                 rows += events
                 session_count += count
                 sessions.append(text)
-                _progress(f"events: {rows:,} rows", began)
+                progress(f"events: {rows:,} rows", began)
         with cur.copy(f"COPY usage_session ({SESSION_COLUMNS}) FROM STDIN") as copy:
             for text in sessions:
                 copy.write(text)
         timings["copy"] = time.perf_counter() - began
-        _progress_done(f"COPY {rows:,} events and {session_count:,} sessions", timings["copy"])
+        progress_done(f"COPY {rows:,} events and {session_count:,} sessions", timings["copy"])
 
         began = time.perf_counter()
         # jsonb_each_text is estimated at 100 rows per event, so the planner expects far more groups than
@@ -458,7 +401,7 @@ def load_usage(url: str, specs: list[TenantSpec], now: datetime, seed: int) -> d
             cur.execute(statement)
         timings["indexes"] = time.perf_counter() - began
         print(f"  indexes and constraints rebuilt ({len(restore)}) in {timings['indexes']:.1f} s")
-        if schema_fingerprint(cur) != before:
+        if schema_fingerprint(cur, BULK_TABLES) != before:
             raise RuntimeError("the indexes and constraints after the load differ from the migrated schema")
         conn.commit()
 
@@ -488,17 +431,6 @@ def set_up_billing(specs: list[TenantSpec], now: datetime) -> float:
         amount = Decimal(max(int((draft.total if draft else 0) * 2 / 100) * 100, 100))
         budgets.save_budget(tenant, amount, [50, 80, 100], f"alerts@{spec.slug}.example", "")
     return time.perf_counter() - began
-
-
-def _progress(message: str, began: float) -> None:
-    if sys.stdout.isatty():
-        print(f"\r  {message} ({time.perf_counter() - began:.0f} s)", end="", flush=True)
-
-
-def _progress_done(message: str, seconds: float) -> None:
-    if sys.stdout.isatty():
-        print("\r\033[K", end="")
-    print(f"  {message} in {seconds:.1f} s", flush=True)
 
 
 # --- what is measured ---------------------------------------------------------------------------------------
@@ -799,22 +731,6 @@ def measure(port: int, fx: Fixture, warmup: int, requests: int, budget: float) -
     return results
 
 
-class SqlTimer:
-    """A Django execute_wrapper: statements and seconds inside cursor.execute."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self.queries = 0
-
-    def __call__(self, execute, sql, params, many, context):
-        began = time.perf_counter()
-        try:
-            return execute(sql, params, many, context)
-        finally:
-            self.seconds += time.perf_counter() - began
-            self.queries += 1
-
-
 def in_process(fx: Fixture, profile: str | None) -> dict[str, tuple[int, float, float]]:
     """Each page once more in this process (Django's test client, same settings): SQL statements, time in
     SQL and total time, so the table shows where the time goes. With ``profile``, cProfile that page."""
@@ -852,38 +768,11 @@ def in_process(fx: Fixture, profile: str | None) -> dict[str, tuple[int, float, 
 # --- orchestration ------------------------------------------------------------------------------------------
 
 
-def with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
 def server_url() -> tuple[str, str]:
     named = os.environ.get("DATABASE_URL", "")
     if named:
         return with_database(named, "postgres"), "DATABASE_URL"
     return LOCAL_SERVER, "127.0.0.1:5432 (DATABASE_URL unset)"
-
-
-def recreate_database(admin_url: str, name: str, create: bool = True) -> None:
-    import psycopg
-
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        if create:
-            conn.execute(f'CREATE DATABASE "{name}"')
-
-
-def migrate(bench_url: str) -> float:
-    began = time.perf_counter()
-    done = subprocess.run(
-        [PYTHON, "manage.py", "migrate", "--no-input", "-v", "0"],
-        cwd=BASE,
-        env=dict(os.environ, DATABASE_URL=bench_url),
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode:
-        raise RuntimeError(f"migrate failed:\n{done.stdout}\n{done.stderr}")
-    return time.perf_counter() - began
 
 
 def setup_django(bench_url: str) -> None:
@@ -893,15 +782,6 @@ def setup_django(bench_url: str) -> None:
     import django
 
     django.setup()
-
-
-def parse_count(text: str) -> int:
-    text = text.strip().lower().replace("_", "").replace(",", "")
-    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1:], 1)
-    value = float(text[:-1] if scale > 1 else text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be positive")
-    return int(value * scale)
 
 
 def parse_args() -> argparse.Namespace:
