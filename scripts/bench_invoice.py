@@ -53,6 +53,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from benchdb import (
+    BASE,
     PROTECTED_DATABASES,
     Clock,
     SqlTimer,
@@ -67,8 +68,6 @@ from benchdb import (
     with_database,
 )
 
-BASE = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 # Target from DESIGN §9: a month of 10 M events across 100 tenants invoiced in ≤ 60 s.

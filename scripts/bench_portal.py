@@ -59,12 +59,13 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from benchdb import (
+    BASE,
     PROTECTED_DATABASES,
+    PYTHON,
     Clock,
     SqlTimer,
     decimal_text,
@@ -78,8 +79,6 @@ from benchdb import (
     with_database,
 )
 
-BASE = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 # Target from DESIGN §9.

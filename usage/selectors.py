@@ -168,8 +168,6 @@ def _keyed(keys: list[str], where: str, table: str) -> str:
     Per-agent rows are already one per (hour, agent, meter, provider, model), a few per hour: they are summed
     straight to the keys (with the day computed per row), which leaves the few hundred rows of the finest
     grouping asked for."""
-    columns = list(dict.fromkeys(["hour", *(GROUPINGS[k] for k in keys if k != "day")]))
-    positions = ", ".join(str(i + 1) for i in range(len(columns)))
     select = ", ".join(f"{GROUPINGS[k]} AS {k}" for k in keys)
     if table == "usage_agentrollup":
         by_keys = ", ".join(str(i + 1) for i in range(len(keys)))
@@ -177,6 +175,8 @@ def _keyed(keys: list[str], where: str, table: str) -> str:
             f"SELECT {select}, sum(quantity) AS quantity, sum(event_count) AS event_count "  # noqa: S608 - whitelisted
             f"FROM {table} WHERE {where} GROUP BY {by_keys}"
         )
+    columns = list(dict.fromkeys(["hour", *(GROUPINGS[k] for k in keys if k != "day")]))
+    positions = ", ".join(str(i + 1) for i in range(len(columns)))
     hourly = (
         f"SELECT {', '.join(columns)}, sum(quantity) AS quantity, sum(event_count) AS event_count "  # noqa: S608 - whitelisted identifiers
         f"FROM {table} WHERE {where} GROUP BY {positions}"
