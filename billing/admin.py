@@ -39,7 +39,7 @@ from billing.models import (
     ProviderRate,
     Subscription,
 )
-from billing.stripe_admin import retry_stripe_sync, stripe_invoice_link, stripe_sync_summary
+from payments.admin import retry_stripe_sync, stripe_invoice_link, stripe_sync_summary
 from tenants.admin import TenantAdmin
 from tenants.models import Tenant
 

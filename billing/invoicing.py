@@ -18,7 +18,7 @@ from django.db import transaction
 from django.db.models import Prefetch, Q
 from django.utils import timezone
 
-from billing import periods, pricing, stripe_sync
+from billing import periods, pricing
 from billing.models import (
     Invoice,
     InvoiceLine,
@@ -30,6 +30,7 @@ from billing.models import (
     ProviderRate,
     Subscription,
 )
+from notifications import outbox
 from tenants.models import Tenant
 from usage import selectors
 
@@ -39,6 +40,7 @@ GRACE_PERIOD = timedelta(hours=24)
 # Events are accepted up to 35 days late, so only the two periods before the current one can still receive
 # usage after they were finalized.
 LATE_USAGE_PERIODS = 2
+INVOICE_FINALIZED = "invoice.finalized"
 
 
 @dataclass(frozen=True)
@@ -465,7 +467,7 @@ def finalize_invoice(invoice_id: int, *, now: datetime | None = None, force: boo
         invoice.finalized_at = now
         invoice.status_changed_at = now
         invoice.save(update_fields=["number", "status", "finalized_at", "status_changed_at"])
-        stripe_sync.sync_after_commit(invoice.pk)  # queued only if this transaction commits
+        outbox.record(invoice.tenant_id, INVOICE_FINALIZED, _finalized_data(invoice))
         PlanVersion.objects.filter(
             pk__in=invoice.lines.exclude(plan_version=None).values("plan_version")
         ).update(is_locked=True)
@@ -473,6 +475,16 @@ def finalize_invoice(invoice_id: int, *, now: datetime | None = None, force: boo
         "finalized %s for %s: %s %s", invoice.number, invoice.tenant.slug, invoice.total, invoice.currency
     )
     return invoice
+
+
+def _finalized_data(invoice: Invoice) -> dict:
+    return {
+        "invoice_id": invoice.pk,
+        "number": invoice.number,
+        "period_start": invoice.period_start.isoformat(),
+        "currency": invoice.currency,
+        "total": str(invoice.total),
+    }
 
 
 def _next_number(year: int) -> str:

@@ -1,5 +1,5 @@
 """Billing tables: versioned price plans, provider rates, subscriptions, invoices and their lines, and the
-Stripe side of invoices (their sync state and the webhook events received).
+Stripe sync state of invoices (payments keeps the Stripe webhook events).
 
 Invariants the database holds: one invoice per tenant and period, one line per group of an invoice, gapless
 numbers (a counter row per year, taken under a row lock), and finalized invoices and lines that never change
@@ -373,24 +373,3 @@ class PlanAuditEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M} {self.user} {self.action} {self.object_repr}"
-
-
-class StripeEvent(models.Model):
-    """A webhook event from Stripe, stored by its id in the same transaction as its effect, so a redelivery
-    finds it and changes nothing (DESIGN §7)."""
-
-    event_id = models.CharField(max_length=255, unique=True)
-    type = models.CharField(max_length=100)
-    payload = models.JSONField()
-    invoice = models.ForeignKey(
-        Invoice, on_delete=models.SET_NULL, null=True, blank=True, related_name="stripe_events"
-    )
-    outcome = models.CharField(max_length=200, blank=True, help_text="What processing the event did.")
-    received_at = models.DateTimeField(default=timezone.now)
-    processed_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-received_at"]
-
-    def __str__(self) -> str:
-        return f"{self.event_id} {self.type}"

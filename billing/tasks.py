@@ -1,12 +1,11 @@
-"""Celery tasks of billing: thin, idempotent wrappers around billing.invoicing and billing.stripe_sync, called
-with ids."""
+"""Celery tasks of billing: thin, idempotent wrappers around billing.invoicing, called with ids."""
 
 from datetime import date
 
 from celery import shared_task
 from django.utils import timezone
 
-from billing import invoicing, stripe_sync
+from billing import invoicing
 
 
 @shared_task(acks_late=True)
@@ -36,30 +35,3 @@ def finalize_due_invoices() -> int:
     for invoice_id in ids:
         finalize_invoice.delay(invoice_id)
     return len(ids)
-
-
-@shared_task(
-    acks_late=True,
-    autoretry_for=stripe_sync.TRANSIENT_ERRORS,
-    retry_backoff=True,
-    retry_backoff_max=600,
-    retry_jitter=True,
-    max_retries=10,
-)
-def sync_invoice_to_stripe(invoice_id: int) -> str:
-    """Push a finalized invoice to Stripe. Connection errors, rate limits and 5xx retry with exponential
-    backoff (1 s, 2 s, … up to 10 min, jittered; about 17 min in all); after that the invoice stays pending
-    and the reconcile beat queues it again. Other errors mark the sync failed (see stripe_sync.sync_invoice)."""
-    return stripe_sync.sync_invoice(invoice_id)
-
-
-@shared_task(acks_late=True)
-def reconcile_stripe() -> dict[str, int]:
-    """Beat: queue open invoices that never reached Stripe, and apply Stripe status changes whose webhook we
-    missed."""
-    if not stripe_sync.is_configured():
-        return {"queued": 0, "moved": 0}
-    ids = stripe_sync.invoices_to_sync(timezone.now())
-    for invoice_id in ids:
-        sync_invoice_to_stripe.delay(invoice_id)
-    return {"queued": len(ids), "moved": stripe_sync.refresh_statuses()}

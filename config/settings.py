@@ -33,8 +33,11 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "tenants",
+    "notifications",
     "usage",
     "billing",
+    "spend",
+    "payments",
     "portal",
     "axes",
 ]
@@ -159,8 +162,9 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
     "refresh-draft-invoices": {"task": "billing.tasks.refresh_drafts", "schedule": 15 * 60},
     "finalize-due-invoices": {"task": "billing.tasks.finalize_due_invoices", "schedule": 60 * 60},
-    "check-budgets": {"task": "billing.budget_tasks.check_budgets", "schedule": 10 * 60},
-    "reconcile-stripe": {"task": "billing.tasks.reconcile_stripe", "schedule": 15 * 60},
+    "check-budgets": {"task": "spend.tasks.check_budgets", "schedule": 10 * 60},
+    "reconcile-stripe": {"task": "payments.tasks.reconcile_stripe", "schedule": 15 * 60},
+    "dispatch-pending-events": {"task": "notifications.tasks.dispatch_pending_events", "schedule": 60},
 }
 
 STRIPE_API_KEY = env("STRIPE_API_KEY", default="")

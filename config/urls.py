@@ -2,8 +2,8 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from billing.webhooks import stripe_webhook
 from config.health import healthz
+from payments.webhooks import stripe_webhook
 
 urlpatterns = [
     path("admin/", admin.site.urls),

@@ -22,15 +22,17 @@ from django.utils import timezone
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
-from billing import budgets, periods
+from billing import periods
 from billing import selectors as billing_selectors
 from billing.models import Invoice
 from portal import charts, pdf
 from portal.access import SESSION_KEY, tenant_view
 from portal.forms import AgentForm, ApiKeyForm, BudgetForm, MemberForm, RoleForm, UsageFilterForm
 from portal.money import format_money, format_quantity
+from spend import budgets
+from spend.models import Budget, BudgetAlert
 from tenants.keys import issue_key
-from tenants.models import Agent, APIKey, Budget, BudgetAlert, Membership
+from tenants.models import Agent, APIKey, Membership
 from usage import selectors as usage_selectors
 from usage.models import Session, UsageEvent, UsageRollup
 

@@ -59,10 +59,11 @@ def smoke(run: str) -> int:
     from django.conf import settings
     from django.test import Client
 
-    from billing import periods, stripe_sync
+    from billing import periods
     from billing.demo import load_demo_billing
     from billing.models import Invoice
     from billing.pricing import to_minor_units
+    from payments import stripe_sync
     from tenants.models import Agent, Tenant
     from usage import ingest
 

@@ -18,8 +18,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing import budgets, periods
+from billing import periods
 from billing import selectors as billing_selectors
+from spend import budgets
 from usage import selectors as usage_selectors
 from usage.api import views as usage_views
 from usage.models import Session, UsageEvent

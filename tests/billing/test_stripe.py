@@ -18,11 +18,14 @@ from django.db import connection
 from django.test import Client, RequestFactory
 from django.utils import timezone
 
-from billing import invoicing, stripe_sync, tasks
-from billing.models import Invoice, StripeEvent
+from billing import invoicing
+from billing.models import Invoice
 from billing.periods import next_month
 from billing.pricing import to_minor_units
-from billing.stripe_admin import retry_stripe_sync
+from notifications.models import Event
+from payments import stripe_sync, tasks
+from payments.admin import retry_stripe_sync
+from payments.models import StripeEvent
 from tests import livekit_samples as samples
 from tests.billing.builders import M, default_prices, make_plan, store, subscribe
 from tests.factories import AgentFactory, TenantFactory
@@ -269,21 +272,39 @@ def test_drafts_and_invoices_settled_here_first_are_not_sent(double, plan):
     assert double.requests == []
 
 
+@pytest.fixture
+def eager_tasks():
+    """Queued tasks run at once in this process, so a test sees what the queued task did."""
+    from config.celery import app
+
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = False
+
+
 @pytest.mark.django_db
 def test_nothing_is_sent_while_stripe_is_not_configured(
-    double, plan, settings, django_capture_on_commit_callbacks
+    double, plan, settings, django_capture_on_commit_callbacks, eager_tasks
 ):
     settings.STRIPE_API_KEY = ""
-    invoice = finalized(billed_tenant(plan), typical_usage())
-    with django_capture_on_commit_callbacks() as queued:
-        stripe_sync.sync_after_commit(invoice.pk)
-    assert queued == [] and stripe_sync.sync_invoice(invoice.pk) == SyncState.NOT_SYNCED
+    with django_capture_on_commit_callbacks(execute=True):
+        invoice = finalized(billed_tenant(plan), typical_usage())
+    assert Event.objects.get(type="invoice.finalized").dispatched_at is not None
+    assert stripe_sync.sync_invoice(invoice.pk) == SyncState.NOT_SYNCED
     assert double.requests == []
 
-    settings.STRIPE_API_KEY = "sk_test_meterline"
+
+@pytest.mark.django_db
+def test_finalization_queues_the_stripe_sync_once_the_transaction_commits(
+    double, plan, django_capture_on_commit_callbacks, eager_tasks
+):
     with django_capture_on_commit_callbacks(execute=False) as queued:
-        stripe_sync.sync_after_commit(invoice.pk)
-    assert len(queued) == 1  # runs tasks.sync_invoice_to_stripe.delay(pk) once the transaction commits
+        invoice = finalized(billed_tenant(plan), typical_usage())
+    assert double.requests == []  # nothing before the commit
+    for callback in queued:
+        callback()
+    assert Invoice.objects.get(pk=invoice.pk).sync_state == SyncState.SYNCED
+    assert len(double.invoices) == 1
 
 
 # (method, path) of every request the sync makes, and the faults each can meet.

@@ -14,8 +14,9 @@ from django.core import mail
 from django.test import Client
 from django.utils import timezone
 
-from billing import budgets
-from tenants.models import APIKey, BudgetAlert
+from spend import budgets
+from spend.models import BudgetAlert
+from tenants.models import APIKey
 from tests.conftest import AgentClient
 from tests.factories import USER_PASSWORD, UserFactory
 from tests.usage.helpers import event

@@ -4,7 +4,8 @@ from decimal import Decimal
 
 import pytest
 
-from billing import budgets, invoicing
+from billing import invoicing
+from spend import budgets
 from tests.conftest import AgentClient
 
 pytestmark = pytest.mark.django_db

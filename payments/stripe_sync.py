@@ -35,8 +35,9 @@ from django.db.models import Q
 from django.utils import timezone
 
 from billing import periods
-from billing.models import Invoice, InvoiceLine, StripeEvent
+from billing.models import Invoice, InvoiceLine
 from billing.pricing import to_minor_units
+from payments.models import StripeEvent
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
@@ -299,16 +300,6 @@ def _record(invoice_id: int, **fields: Any) -> None:
 
 def _describe(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"
-
-
-def sync_after_commit(invoice_id: int) -> None:
-    """Queue the Stripe sync of a just-finalized invoice for when the surrounding transaction commits (nothing is
-    queued if it rolls back, or while Stripe is not configured; the reconcile beat catches up on those)."""
-    if not is_configured():
-        return
-    from billing import tasks  # tasks imports this module
-
-    transaction.on_commit(lambda: tasks.sync_invoice_to_stripe.delay(invoice_id))
 
 
 def mark_for_retry(invoice_ids: Iterable[int]) -> list[int]:

@@ -1,8 +1,9 @@
 """Budgets: period-to-date spend against the tenant's monthly budget, and alerts at 50/80/100 %.
 
-Each (tenant, period, threshold) alert is a row under a unique constraint, inserted before anything is sent:
-whichever process inserts it sends it, so an alert goes out once however often the check runs. The webhook
-is signed like Stripe's: ``Meterline-Signature: t=<unix>,v1=<HMAC-SHA256(secret, "<t>.<body>")>``.
+Each (tenant, period, threshold) alert is a row under a unique constraint, inserted before anything is sent
+and together with its ``budget.threshold_crossed`` outbox event: whichever process inserts it sends it, so an
+alert goes out once however often the check runs. The e-mail goes out at once; the webhook when the event is
+dispatched (spend.tasks subscribes to it). The webhook is signed like Stripe's: ``Meterline-Signature: t=<unix>,v1=<HMAC-SHA256(secret, "<t>.<body>")>``.
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from billing import selectors
-from tenants.models import Budget, BudgetAlert, Tenant
+from notifications import outbox
+from spend.models import Budget, BudgetAlert
+from tenants.models import Tenant
 
 DEFAULT_THRESHOLDS = [50, 80, 100]
+THRESHOLD_CROSSED = "budget.threshold_crossed"
 WEBHOOK_TIMEOUT_SECONDS = 5
 
 
@@ -90,16 +94,18 @@ def check_budget(tenant: Tenant) -> list[BudgetAlert]:
                     spend=spend.total,
                     budget_amount=budget.monthly_amount,
                 )
+                alert.payload = _payload(alert, status)
+                outbox.record(tenant.pk, THRESHOLD_CROSSED, {"alert_id": alert.pk, **alert.payload})
         except IntegrityError:
             continue  # this threshold already alerted for this period
-        _send(budget, alert, status)
+        _email(budget, alert, status)
         sent.append(alert)
     return sent
 
 
 def _payload(alert: BudgetAlert, status: BudgetStatus) -> dict:
     return {
-        "type": "budget.threshold_crossed",
+        "type": THRESHOLD_CROSSED,
         "tenant": alert.tenant.slug,
         "period_start": alert.period_start.isoformat(),
         "threshold_percent": alert.threshold,
@@ -116,7 +122,7 @@ def sign(secret: str, body: bytes, timestamp: int) -> str:
     return f"t={timestamp},v1={digest}"
 
 
-def _send(budget: Budget, alert: BudgetAlert, status: BudgetStatus) -> None:
+def _email(budget: Budget, alert: BudgetAlert, status: BudgetStatus) -> None:
     tenant = alert.tenant
     recipient = budget.alert_email or tenant.billing_email
     if recipient:
@@ -128,11 +134,10 @@ def _send(budget: Budget, alert: BudgetAlert, status: BudgetStatus) -> None:
             [recipient],
         )
         BudgetAlert.objects.filter(pk=alert.pk).update(email_sent_at=timezone.now())
-    if budget.webhook_url:
-        from billing.budget_tasks import deliver_budget_webhook
 
-        transaction.on_commit(lambda: deliver_budget_webhook.delay(alert.pk))
-    alert.payload = _payload(alert, status)
+
+def has_webhook(alert_id: int) -> bool:
+    return Budget.objects.filter(tenant__budget_alerts=alert_id).exclude(webhook_url="").exists()
 
 
 def deliver_webhook(alert_id: int) -> None:

@@ -1,5 +1,5 @@
 """``POST /stripe/webhook``: verify Stripe's signature on the raw body, then store and apply the event
-(billing.stripe_sync.process_event). Anything that is not a correctly signed, recent Stripe event gets 400 and
+(payments.stripe_sync.process_event). Anything that is not a correctly signed, recent Stripe event gets 400 and
 changes nothing; a verified event always gets 200, even when it is a duplicate or not ours, so Stripe stops
 redelivering it."""
 
@@ -16,7 +16,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from billing import stripe_sync
+from payments import stripe_sync
 
 logger = logging.getLogger(__name__)
 

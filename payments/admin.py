@@ -11,8 +11,8 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.utils.html import format_html
 
-from billing import stripe_sync, tasks
 from billing.models import Invoice
+from payments import stripe_sync, tasks
 
 
 @admin.action(description="Retry Stripe sync")

@@ -1,0 +1,41 @@
+"""Celery tasks of payments: thin, idempotent wrappers around payments.stripe_sync, called with ids."""
+
+from celery import shared_task
+from django.utils import timezone
+
+from notifications.models import Event
+from payments import stripe_sync
+
+
+@shared_task(
+    acks_late=True,
+    autoretry_for=stripe_sync.TRANSIENT_ERRORS,
+    retry_backoff=True,
+    retry_backoff_max=600,
+    retry_jitter=True,
+    max_retries=10,
+)
+def sync_invoice_to_stripe(invoice_id: int) -> str:
+    """Push a finalized invoice to Stripe. Connection errors, rate limits and 5xx retry with exponential
+    backoff (1 s, 2 s, … up to 10 min, jittered; about 17 min in all); after that the invoice stays pending
+    and the reconcile beat queues it again. Other errors mark the sync failed (see stripe_sync.sync_invoice)."""
+    return stripe_sync.sync_invoice(invoice_id)
+
+
+@shared_task(acks_late=True)
+def reconcile_stripe() -> dict[str, int]:
+    """Beat: queue open invoices that never reached Stripe, and apply Stripe status changes whose webhook we
+    missed."""
+    if not stripe_sync.is_configured():
+        return {"queued": 0, "moved": 0}
+    ids = stripe_sync.invoices_to_sync(timezone.now())
+    for invoice_id in ids:
+        sync_invoice_to_stripe.delay(invoice_id)
+    return {"queued": len(ids), "moved": stripe_sync.refresh_statuses()}
+
+
+def queue_invoice_sync(event: Event) -> None:
+    """Outbox subscriber for ``invoice.finalized``: push the invoice to Stripe (nothing while Stripe is not
+    configured; the reconcile beat catches up once it is)."""
+    if stripe_sync.is_configured():
+        sync_invoice_to_stripe.delay(event.data["invoice_id"])
