@@ -27,7 +27,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from billing import audit, invoicing, periods, plan_versions, pricing
+from billing import audit, invoicing, period_pricing, periods, plan_versions, pricing
 from billing.models import (
     Invoice,
     InvoiceLine,
@@ -119,7 +119,7 @@ def as_pricing_price(meter: object, values: Mapping, tiers: Iterable[pricing.Tie
 
 
 def stored_pricing_price(price: Price) -> pricing.Price:
-    return invoicing.price_for(price)
+    return period_pricing.price_for(price)
 
 
 def check_version_prices(currency: str, prices: Iterable[pricing.Price]) -> None:
@@ -1164,8 +1164,8 @@ class InvoicePreviewForm(forms.Form):
 
 
 def invoice_preview(tenant: Tenant, plan: PricePlan | None, start: date, end: date) -> dict:
-    """What ``invoicing.price_period`` gives, laid out for the preview page (read-only)."""
-    priced = invoicing.price_period(tenant, start, end, plan=plan)
+    """What ``period_pricing.price_period`` gives, laid out for the preview page (read-only)."""
+    priced = period_pricing.price_period(tenant, start, end, plan=plan)
     currency = priced.currency
     lines = [
         {

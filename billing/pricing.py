@@ -326,19 +326,6 @@ def to_minor_units(amount: Decimal, currency: str) -> int:
     return int(scaled)
 
 
-@_precise
-def aggregate_usage(rows: Iterable[tuple[str, str, str, Decimal | int | str]]) -> dict[UsageKey, Decimal]:
-    """Sum ``(meter, provider, model, quantity)`` rows into the per-key quantities :func:`price_usage` takes.
-
-    Decimal addition is exact at this precision, so the sums — and hence the invoice — do not depend on
-    the order the events arrived in.
-    """
-    totals: dict[UsageKey, Decimal] = defaultdict(Decimal)
-    for meter, provider, model, quantity in rows:
-        totals[UsageKey(meter, provider, model)] += _non_negative(quantity, "quantity")
-    return dict(totals)
-
-
 def _literal_length(pattern: str) -> int:
     """Characters of an fnmatch pattern that must match literally (``*``, ``?`` and ``[...]`` do not)."""
     count, i = 0, 0
@@ -580,7 +567,7 @@ def price_usage(
 ) -> PricedInvoice:
     """Price one period's aggregated usage under one plan version.
 
-    ``usage`` maps ``(meter, provider, model)`` to the period's quantity (see :func:`aggregate_usage`);
+    ``usage`` maps ``(meter, provider, model)`` to the period's quantity (summed from rollups by the caller);
     zero quantities produce no line. ``on`` picks the provider rates in force (normally the period
     start). Lines come out in a fixed order — fees, usage by key, minimum top-ups — whatever the order
     of ``usage``, ``plan.prices`` or ``provider_rates``.

@@ -13,7 +13,7 @@ from decimal import Decimal
 
 from django.utils import timezone
 
-from billing import invoicing, periods
+from billing import invoicing, period_pricing, periods
 from billing.models import Invoice
 from tenants.models import Tenant
 from usage import selectors as usage_selectors
@@ -26,7 +26,7 @@ class Spend:
     tenant: Tenant
     start: date
     end: date
-    priced: invoicing.PricedPeriod
+    priced: period_pricing.PricedPeriod
     rates: dict[GroupKey, Decimal]
 
     @property
@@ -59,7 +59,7 @@ class Spend:
 
 def spend(tenant: Tenant, start: date, end: date) -> Spend:
     """Priced usage of [start, end): the stored draft's basis for the current period, priced afresh."""
-    priced = invoicing.price_period(tenant, start, end)
+    priced = period_pricing.price_period(tenant, start, end)
     amounts: dict[GroupKey, Decimal] = defaultdict(Decimal)
     quantities: dict[GroupKey, Decimal] = defaultdict(Decimal)
     for line in priced.lines:

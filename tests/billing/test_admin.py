@@ -11,7 +11,7 @@ from django.contrib.auth.models import Permission
 from django.urls import reverse
 from django.utils import timezone
 
-from billing import demo, invoicing, periods
+from billing import demo, invoicing, period_pricing, periods
 from billing.models import Invoice, InvoiceLine, PlanAuditEntry, PlanVersion, Price, PriceTier, Subscription
 from tests import livekit_samples as samples
 from tests.billing.builders import make_plan, subscribe
@@ -521,7 +521,7 @@ def test_preview_prices_usage_under_any_plan_and_stores_nothing(staff_client, ag
     post_session(agent_client)
     other = make_plan(slug="cheap", base_fee="5.00")
     start, end = invoicing.current_period(agent.tenant)
-    expected = invoicing.price_period(agent.tenant, start, end, plan=other)
+    expected = period_pricing.price_period(agent.tenant, start, end, plan=other)
     counts = (Invoice.objects.count(), InvoiceLine.objects.count(), PlanAuditEntry.objects.count())
 
     response = staff_client.get(

@@ -10,7 +10,7 @@ import pytest
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 
-from billing import invoicing, tasks
+from billing import invoicing, period_pricing, tasks
 from billing.models import Invoice, InvoiceLine, InvoiceNumberSequence, PlanVersion, Subscription
 from tests.billing.builders import line_tuples, make_plan, store, subscribe
 from tests.factories import AgentFactory, TenantFactory
@@ -247,7 +247,7 @@ def test_late_usage_is_billed_once_as_an_adjustment_on_the_next_invoice(billed_a
         MARCH,
     )
     assert line_tuples(march) == march_lines
-    assert invoicing.price_period(march.tenant, MARCH, APRIL).total == march.total + adjustment.amount
+    assert period_pricing.price_period(march.tenant, MARCH, APRIL).total == march.total + adjustment.amount
 
     april = invoicing.finalize_invoice(april.pk, force=True)
     may = invoicing.generate_invoice(tenant_id, date(2026, 5, 1))
@@ -364,7 +364,7 @@ def test_a_finalization_killed_mid_transaction_leaves_no_trace_and_a_rerun_match
 @pytest.mark.slow
 def test_generation_and_finalization_through_a_real_worker_match_direct_calls(celery_worker, billed_agent):
     store(billed_agent, at(date(2026, 3, 2)), {"llm_input_text_tokens": 2_000_000}, "e1")
-    direct = invoicing.price_period(billed_agent.tenant, MARCH, APRIL)
+    direct = period_pricing.price_period(billed_agent.tenant, MARCH, APRIL)
 
     invoice_id = tasks.generate_invoice.delay(billed_agent.tenant_id, MARCH.isoformat()).get(timeout=30)
     tasks.generate_invoice.delay(billed_agent.tenant_id, MARCH.isoformat()).get(timeout=30)

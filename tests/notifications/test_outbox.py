@@ -22,10 +22,9 @@ def test_an_event_reaches_its_subscribers_after_the_transaction_commits(
     received, django_capture_on_commit_callbacks
 ):
     tenant = TenantFactory()
-    with django_capture_on_commit_callbacks(execute=True):
-        with transaction.atomic():
-            event = outbox.record(tenant.pk, "test.happened", {"n": 1})
-            assert received == []  # not before the commit
+    with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
+        event = outbox.record(tenant.pk, "test.happened", {"n": 1})
+        assert received == []  # not before the commit
     assert [(e.pk, e.data) for e in received] == [(event.pk, {"n": 1})]
     assert Event.objects.get(pk=event.pk).dispatched_at is not None
 

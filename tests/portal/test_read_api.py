@@ -4,7 +4,7 @@ from decimal import Decimal
 
 import pytest
 
-from billing import invoicing
+from billing import invoicing, period_pricing
 from spend import budgets
 from tests.conftest import AgentClient
 
@@ -19,7 +19,7 @@ def test_usage_groups_quantities_and_cost_and_matches_the_draft_invoice(world):
     tts = next(r for r in body["results"] if r["group"] == {"meter": "tts_characters", "model": "sonic-3"})
     assert tts["quantity"] == {"tts_characters": "943"}
     start, end = invoicing.current_period(tenant)
-    priced = invoicing.price_period(tenant, start, end)
+    priced = period_pricing.price_period(tenant, start, end)
     usage_total = sum((line.amount for line in priced.lines if line.kind in ("usage", "minimum")), Decimal(0))
     assert abs(Decimal(body["total_cost"]) - usage_total) < Decimal("0.01") * len(priced.lines)
     assert body["currency"] == "USD" and body["group_by"] == ["meter", "model"]

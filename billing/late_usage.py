@@ -1,0 +1,105 @@
+"""Late usage: events that arrive for a period already finalized are billed on the next invoice (DESIGN §6).
+
+Events are accepted up to 35 days late, so only the two periods before the current one can still receive usage
+after they were finalized (:data:`LATE_USAGE_PERIODS`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from decimal import Decimal
+
+from django.db.models import Q
+
+from billing.models import Invoice, InvoiceLine
+from billing.period_pricing import LineDraft, Segment, price_period
+
+LATE_USAGE_PERIODS = 2
+
+
+def adjustment_lines(invoice: Invoice) -> list[LineDraft]:
+    """Late usage of recent finalized periods, as adjustment lines for ``invoice`` (a draft).
+
+    Each earlier period is re-priced with the usage that exists now, under the plan versions it was billed
+    with, and compared per group with what was already billed for it (its own lines plus adjustments on
+    other finalized invoices). The difference becomes a line labelled with the original period, so the
+    finalized invoice never changes and nothing is billed twice.
+    """
+    earlier = (
+        Invoice.objects.for_tenant(invoice.tenant)
+        .finalized()
+        .exclude(status=Invoice.Status.VOID)
+        .filter(period_start__lt=invoice.period_start)
+        .order_by("-period_start")[:LATE_USAGE_PERIODS]
+    )
+    lines: list[LineDraft] = []
+    for past in sorted(earlier, key=lambda i: i.period_start):
+        now_priced = price_period(invoice.tenant, past.period_start, past.period_end)
+        billed: dict[tuple, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0), Decimal(0)])
+        billed_lines = (
+            InvoiceLine.objects.filter(
+                Q(invoice=past, adjusted_period_start=None)
+                | Q(adjusted_period_start=past.period_start, invoice__tenant=invoice.tenant)
+            )
+            .exclude(invoice=invoice)
+            .exclude(invoice__status__in=[Invoice.Status.DRAFT, Invoice.Status.VOID])
+            .select_related("plan_version")
+        )
+        examples: dict[tuple, InvoiceLine] = {}
+        for line in billed_lines:
+            key = (line.adjusts_kind or line.kind, line.meter, line.provider, line.model, line.segment_start)
+            billed[key][0] += line.amount
+            billed[key][1] += line.quantity
+            billed[key][2] += line.platform_cost or 0
+            examples.setdefault(key, line)
+        for line in now_priced.lines:
+            amount, quantity, cost = billed.pop(line.group, [Decimal(0)] * 3)
+            if line.amount == amount and line.quantity == quantity:
+                continue
+            lines.append(
+                _adjustment(
+                    line,
+                    past,
+                    line.amount - amount,
+                    line.quantity - quantity,
+                    (line.platform_cost or 0) - cost,
+                    line.unrounded_amount - amount,
+                )
+            )
+        # Groups billed before that no longer exist (e.g. a minimum top-up that late usage now exceeds)
+        # are credited back.
+        for key, (amount, quantity, cost) in sorted(billed.items(), key=lambda item: str(item[0])):
+            if not amount and not quantity:
+                continue
+            example = examples[key]
+            gone = LineDraft(
+                kind=key[0],
+                description=example.description,
+                amount=Decimal(0),
+                unrounded_amount=Decimal(0),
+                segment=Segment(example.segment_start, example.segment_end, example.plan_version),
+                meter=example.meter,
+                provider=example.provider,
+                model=example.model,
+                unit_price=example.unit_price,
+                unit_size=example.unit_size,
+            )
+            lines.append(_adjustment(gone, past, -amount, -quantity, -cost, -amount))
+    return lines
+
+
+def _adjustment(line: LineDraft, past: Invoice, amount, quantity, cost, unrounded) -> LineDraft:
+    return dataclasses.replace(
+        line,
+        kind=InvoiceLine.Kind.ADJUSTMENT,
+        adjusts_kind=line.kind,
+        description=f"Late usage for {past.period_start:%B %Y}: {line.description}",
+        amount=amount,
+        unrounded_amount=unrounded,
+        quantity=quantity,
+        allowance=Decimal(0),
+        billable_quantity=quantity,
+        platform_cost=cost,
+        adjusted_period_start=past.period_start,
+    )

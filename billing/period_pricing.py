@@ -1,0 +1,248 @@
+"""Price a tenant's period: the plan versions in force, the usage from rollups, the pricing engine (DESIGN §5).
+
+Load, compute, return: usage comes from usage.selectors, prices from the plan versions in force (subscriptions
+and dated versions split a period into segments; fees, allowances and minimums are prorated), the arithmetic
+from billing.pricing (pure). Nothing here writes; billing.invoicing stores what this returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import Prefetch, Q
+
+from billing import periods, pricing
+from billing.models import PlanVersion, Price, PricePlan, PriceTier, ProviderRate, Subscription
+from tenants.models import Tenant
+from usage import selectors
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of a period priced under one plan version (plan changes and new versions split periods)."""
+
+    start: date
+    end: date
+    version: PlanVersion | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class LineDraft(pricing.PricedLine):
+    """A line as it will be stored: the pricing engine's line, the segment it was priced in, the price it used,
+    and, for an adjustment, the period and kind of line it adjusts. Its fields that InvoiceLine also has are
+    stored as they are (:data:`STORED_FIELDS`)."""
+
+    segment: Segment
+    price_snapshot: dict = field(default_factory=dict)
+    adjusted_period_start: date | None = None
+    adjusts_kind: str = ""
+
+    @classmethod
+    def of(cls, line: pricing.PricedLine, **changes: Any) -> LineDraft:
+        return cls(**{**{f.name: getattr(line, f.name) for f in dataclasses.fields(line)}, **changes})
+
+    @property
+    def group(self) -> tuple:
+        return (self.adjusts_kind or self.kind, self.meter, self.provider, self.model, self.segment.start)
+
+
+@dataclass
+class PricedPeriod:
+    currency: str
+    lines: list[LineDraft]
+    unmatched: list[dict]
+
+    @property
+    def total(self) -> Decimal:
+        return sum((line.amount for line in self.lines), Decimal(0))
+
+    @property
+    def platform_cost(self) -> Decimal:
+        return sum((line.platform_cost or Decimal(0) for line in self.lines), Decimal(0))
+
+
+def plan_segments(tenant: Tenant, start: date, end: date, plan: PricePlan | None = None) -> list[Segment]:
+    """The plan versions in force over [start, end): from the tenant's subscriptions, or ``plan`` if given."""
+    if plan is not None:
+        stretches = [(start, end, plan)]
+    else:
+        subscriptions = (
+            Subscription.objects.for_tenant(tenant)
+            .filter(starts_on__lt=end)
+            .filter(Q(ends_on__isnull=True) | Q(ends_on__gt=start))
+            .select_related("plan")
+            .order_by("starts_on")
+        )
+        stretches = [(max(s.starts_on, start), min(s.ends_on or end, end), s.plan) for s in subscriptions]
+    segments = []
+    for stretch_start, stretch_end, stretch_plan in stretches:
+        versions = list(
+            stretch_plan.versions.filter(effective_from__lt=stretch_end).order_by("effective_from")
+        )
+        bounds = [v for v in versions if v.effective_from > stretch_start]
+        current = next((v for v in reversed(versions) if v.effective_from <= stretch_start), None)
+        cursor = stretch_start
+        for version in bounds:
+            segments.append(Segment(cursor, version.effective_from, current))
+            cursor, current = version.effective_from, version
+        segments.append(Segment(cursor, stretch_end, current))
+    return segments
+
+
+def price_for(price: Price) -> pricing.Price:
+    """A stored price as the pricing engine's dataclass (which also validates it)."""
+    return pricing.Price(
+        meter=price.meter_id,
+        price_model=pricing.PriceModel(price.price_model),
+        provider=price.provider,
+        model_pattern=price.model_pattern,
+        unit_amount=price.unit_amount,
+        unit_size=price.unit_size,
+        tiers=tuple(pricing.Tier(t.up_to, t.unit_amount, t.flat_amount) for t in price.tiers.all()),
+        package_size=price.package_size,
+        package_amount=price.package_amount,
+        markup=price.markup,
+        free_allowance=price.free_allowance,
+        minimum_charge=price.minimum_charge,
+        id=price.pk,
+    )
+
+
+def plan_for(version: PlanVersion, currency: str, fraction: Decimal = Decimal(1)) -> pricing.Plan:
+    """The version as a pricing.Plan; fees, allowances and minimums are prorated to a split period."""
+    prices = [
+        dataclasses.replace(
+            p, free_allowance=p.free_allowance * fraction, minimum_charge=p.minimum_charge * fraction
+        )
+        for p in map(price_for, version.prices.all())
+    ]
+    return pricing.Plan(
+        currency=currency,
+        prices=tuple(prices),
+        base_fee=version.base_fee * fraction,
+        fee_per_active_agent=version.fee_per_active_agent * fraction,
+    )
+
+
+def _versions_with_prices(segments: list[Segment]) -> None:
+    ids = {s.version.pk for s in segments if s.version}
+    if not ids:
+        return
+    loaded = {
+        v.pk: v
+        for v in PlanVersion.objects.filter(pk__in=ids).prefetch_related(
+            Prefetch(
+                "prices",
+                queryset=Price.objects.prefetch_related(Prefetch("tiers", queryset=PriceTier.objects.all())),
+            )
+        )
+    }
+    for segment in segments:
+        if segment.version:
+            object.__setattr__(segment, "version", loaded[segment.version.pk])
+
+
+def provider_rates(currency: str) -> list[pricing.ProviderRate]:
+    return [
+        pricing.ProviderRate(
+            r.provider,
+            r.model_pattern,
+            r.meter_id,
+            r.cost_per_unit,
+            r.unit_size,
+            r.effective_from,
+            r.currency,
+        )
+        for r in ProviderRate.objects.filter(currency=currency)
+    ]
+
+
+def _snapshot(price: pricing.Price | None) -> dict:
+    if price is None:
+        return {}
+    data = dataclasses.asdict(price)
+    data["tiers"] = [{k: (str(v) if v is not None else None) for k, v in t.items()} for t in data["tiers"]]
+    return {k: (str(v) if isinstance(v, Decimal) else v) for k, v in data.items()}
+
+
+def price_period(
+    tenant: Tenant, start: date, end: date, *, plan: PricePlan | None = None, rates: list | None = None
+) -> PricedPeriod:
+    """Price [start, end) of the tenant's usage under its subscriptions (or under ``plan``, for previews)."""
+    currency = plan.currency if plan is not None else tenant.currency
+    rates = provider_rates(currency) if rates is None else rates
+    segments = plan_segments(tenant, start, end, plan)
+    _versions_with_prices(segments)
+    period_days = Decimal(periods.days_between(start, end))
+    lines: list[LineDraft] = []
+    unmatched: list[dict] = []
+    covered: list[tuple[date, date]] = []
+    for segment in segments:
+        covered.append((segment.start, segment.end))
+        begin = periods.local_midnight(segment.start, tenant.timezone)
+        finish = periods.local_midnight(segment.end, tenant.timezone)
+        usage, active_agents = selectors.period_usage(tenant.pk, begin, finish)
+        if segment.version is None:
+            unmatched += [_unmatched(k, q, "no_plan_version", segment) for k, q in sorted(usage.items()) if q]
+            continue
+        fraction = Decimal(periods.days_between(segment.start, segment.end)) / period_days
+        plan_dc = plan_for(segment.version, currency, fraction)
+        priced = pricing.price_usage(
+            plan_dc,
+            {pricing.UsageKey(*k): q for k, q in usage.items()},
+            active_agents=active_agents,
+            provider_rates=rates,
+            on=segment.start,
+        )
+        prices_by_id = {p.id: p for p in plan_dc.prices}
+        suffix = (
+            "" if fraction == 1 else f" ({segment.start:%b %-d}–{segment.end - timedelta(days=1):%b %-d})"
+        )
+        lines += [
+            LineDraft.of(
+                line,
+                kind=str(line.kind),
+                description=line.description + suffix,
+                segment=segment,
+                price_snapshot=_snapshot(prices_by_id.get(line.price_id)),
+            )
+            for line in priced.lines
+        ]
+        unmatched += [_unmatched(u.key, u.quantity, str(u.reason), segment) for u in priced.unmatched]
+    for gap_start, gap_end in _gaps(start, end, covered):
+        usage = selectors.usage_totals(
+            tenant.pk,
+            periods.local_midnight(gap_start, tenant.timezone),
+            periods.local_midnight(gap_end, tenant.timezone),
+        )
+        gap = Segment(gap_start, gap_end, None)
+        unmatched += [_unmatched(k, q, "no_subscription", gap) for k, q in sorted(usage.items()) if q]
+    return PricedPeriod(currency, lines, unmatched)
+
+
+def _unmatched(key, quantity: Decimal, reason: str, segment: Segment) -> dict:
+    meter, provider, model = key
+    return {
+        "meter": meter,
+        "provider": provider,
+        "model": model,
+        "quantity": str(quantity),
+        "reason": reason,
+        "segment_start": segment.start.isoformat(),
+        "segment_end": segment.end.isoformat(),
+    }
+
+
+def _gaps(start: date, end: date, covered: list[tuple[date, date]]) -> list[tuple[date, date]]:
+    gaps, cursor = [], start
+    for a, b in sorted(covered):
+        if a > cursor:
+            gaps.append((cursor, a))
+        cursor = max(cursor, b)
+    if cursor < end:
+        gaps.append((cursor, end))
+    return gaps
