@@ -464,7 +464,7 @@ SIZE_COLUMNS += ["finalize s", "(CPU py+db)", "inv/s", "load"]
 
 
 def print_report(report: Report, args, rows: list[dict[str, Any]], server: str, pg_version: str) -> None:
-    report.header(f"{args.tenants} tenants, {args.month:%B %Y}; PostgreSQL {pg_version} ({server})")
+    report.header(f"PostgreSQL {pg_version} ({server})")
 
     def cpu(r: dict[str, Any], phase: str) -> str:
         db = r[f"{phase}_db_cpu"]
