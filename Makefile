@@ -30,13 +30,13 @@ format: setup
 bench: bench-ingest bench-invoice bench-portal
 
 bench-ingest: setup
-	$(PY) scripts/bench_ingest.py $(ARGS)
+	$(PY) -m bench.ingest $(ARGS)
 
 bench-invoice: setup
-	$(PY) scripts/bench_invoice.py $(ARGS)
+	$(PY) -m bench.invoice $(ARGS)
 
 bench-portal: setup
-	$(PY) scripts/bench_portal.py $(ARGS)
+	$(PY) -m bench.portal $(ARGS)
 
 # The Stripe flow against a real Stripe test account (skipped unless STRIPE_API_KEY=sk_test_... is set).
 stripe-smoke: setup

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """``make bench-ingest``: the ingestion benchmark of DESIGN §9 (a script, not a test).
 
 It creates a scratch database, migrates it, issues agent keys, starts gunicorn on loopback and drives
@@ -11,13 +10,10 @@ It creates a scratch database, migrates it, issues agent keys, starts gunicorn o
 3. single events: 20 clients post one-event requests, paced at a few rates per client, then back to back.
 
 It prints events/s, latency percentiles, the server-side CPU per event and the ratios. Everything it starts is
-stopped, and the scratch database dropped, whatever happens.
+stopped, and the scratch database dropped, whatever happens. Database: see bench.scratch.database_server.
 
-Database: the server named by ``DATABASE_URL`` (a scratch database ``meterline_bench`` is created on it and
-dropped afterwards); without ``DATABASE_URL``, an embedded PostgreSQL in ``.devdata/bench-pg`` (DESIGN §1).
-
-    .venv/bin/python scripts/bench_ingest.py            # the full run (a few minutes)
-    .venv/bin/python scripts/bench_ingest.py --quick    # a short smoke run
+    .venv/bin/python -m bench.ingest            # the full run (a few minutes)
+    .venv/bin/python -m bench.ingest --quick    # a short smoke run
 """
 
 from __future__ import annotations
@@ -28,13 +24,9 @@ import http.client
 import json
 import multiprocessing as mp
 import os
-import platform
 import queue
 import random
 import secrets
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,79 +34,45 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-BASE = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
-PROTECTED_DATABASES = {"meterline", "test_meterline", "postgres", "template0", "template1"}
+from bench import scratch
+from bench.measure import percentile
+from bench.report import Figure, Report, print_table
+from bench.server import free_port, start_gunicorn, stop_gunicorn
+from bench.traffic import PIPELINE, AgentSpec, Piece, TenantSpec, conversations
+
 EVENTS_PATH = "/api/v1/events"
 
 # Targets from DESIGN §9.
 TARGET_RATIO = 0.5
 TARGET_SINGLE_P99_MS = 50.0
 
-# --- realistic events ---------------------------------------------------------------------------------------
-
-LLMS = [
-    ("openai", "gpt-4o-mini"),
-    ("openai", "gpt-4.1"),
-    ("anthropic", "claude-3-5-haiku"),
-    ("google", "gemini-2.0-flash"),
-]
-STTS = [("deepgram", "nova-3"), ("assemblyai", "universal-streaming"), ("openai", "gpt-4o-transcribe")]
-TTSS = [("cartesia", "sonic-2"), ("elevenlabs", "eleven_flash_v2_5"), ("openai", "gpt-4o-mini-tts")]
-REGIONS = ["eu-west-1", "us-east-1", "ap-south-1"]
-
 
 def make_events(seed: int, prefix: str, count: int, now: float) -> list[dict[str, Any]]:
-    """``count`` events as a voice agent reports them: conversations of 20–60 turns, a few seconds apart,
-    each turn an STT, an LLM and a TTS event, within the last day. Deterministic for a given seed and ``now``
-    (only the ids depend on ``prefix``), so two phases can hold rows of exactly the same shape."""
-    rng = random.Random(seed)
+    """``count`` events as a LiveKit voice agent reports them (Deepgram + gpt-4o-mini + Cartesia pipeline
+    sessions, bench.traffic) within the last day, as the API takes them: quantities as JSON numbers, two
+    metadata keys. Deterministic for a given seed and ``now`` (only the ids depend on ``prefix``), so two
+    phases can hold rows of exactly the same shape."""
+    spec = TenantSpec("bench", "bench", "UTC", count, [AgentSpec("agent", PIPELINE, 1.0)])
+    first, last = datetime.fromtimestamp(now - 23 * 3600, UTC), datetime.fromtimestamp(now - 3600, UTC)
+    piece = Piece(spec, 0, count, first, last, seed, session_prefix=f"sess-{seed}-")
     events: list[dict[str, Any]] = []
-    session_no = 0
-    while len(events) < count:
-        session_no += 1
-        session = f"sess-{seed}-{session_no:05d}"
-        clock = now - rng.uniform(3600, 23 * 3600)
-        llm, stt, tts = rng.choice(LLMS), rng.choice(STTS), rng.choice(TTSS)
-        region = rng.choice(REGIONS)
-        for turn in range(rng.randint(20, 60)):
-            for kind in ("stt", "llm", "tts"):
-                if len(events) >= count:
-                    break
-                clock += rng.uniform(0.2, 4.0)
-                if kind == "stt":
-                    (provider, model), usage = stt, {"stt_audio_seconds": round(rng.uniform(0.5, 15.0), 3)}
-                elif kind == "llm":
-                    provider, model = llm
-                    usage = {
-                        "llm_input_text_tokens": rng.randint(200, 4000),
-                        "llm_input_cached_text_tokens": rng.randint(0, 2000),
-                        "llm_output_text_tokens": rng.randint(10, 400),
-                    }
-                else:
-                    provider, model = tts
-                    usage = {
-                        "tts_characters": rng.randint(20, 400),
-                        "tts_audio_seconds": round(rng.uniform(1, 20), 3),
-                    }
-                stamp = (
-                    datetime.fromtimestamp(clock, UTC)
-                    .isoformat(timespec="milliseconds")
-                    .replace("+00:00", "Z")
-                )
-                events.append(
-                    {
-                        "id": f"{prefix}-{len(events):07d}",
-                        "timestamp": stamp,
-                        "session_id": session,
-                        "provider": provider,
-                        "model": model,
-                        "usage": usage,
-                        "metadata": {"turn": turn, "region": region},
-                    }
-                )
+    for talk in conversations(piece):
+        for seq, (micros, lk_type, provider, model, usage) in enumerate(talk.events):
+            stamp = datetime.fromtimestamp(micros // 1000 / 1000, UTC).isoformat(timespec="milliseconds")
+            events.append(
+                {
+                    "id": f"{prefix}-{len(events):07d}",
+                    "timestamp": stamp.replace("+00:00", "Z"),
+                    "session_id": talk.session_id,
+                    "provider": provider,
+                    "model": model,
+                    "usage": {
+                        code: int(q) if q.isdigit() else float(q) for code, q in json.loads(usage).items()
+                    },
+                    "metadata": {"livekit_type": lk_type, "seq": seq},
+                }
+            )
     return events
 
 
@@ -129,9 +87,6 @@ def batches_for(phase: dict[str, Any], client: int, now: float) -> list[list[dic
     earlier = make_events(phase["dup_seed"] + client, f"{phase['dup_prefix']}-{client}", size * count, now)
     new = size - dups
     return [fresh[i * new : (i + 1) * new] + earlier[i * size : i * size + dups] for i in range(count)]
-
-
-# --- HTTP client ---------------------------------------------------------------------------------------------
 
 
 class Poster:
@@ -172,7 +127,7 @@ class Poster:
             self.conn = None
 
 
-def _client_result(**kwargs: Any) -> dict[str, Any]:
+def client_result(**kwargs: Any) -> dict[str, Any]:
     base = {
         "start": 0.0,
         "end": 0.0,
@@ -198,7 +153,7 @@ def api_client(
         bodies = [(len(b), json.dumps({"events": b}).encode()) for b in batches_for(phase, client, now)]
         poster = Poster(port, key)
         barrier.wait(timeout=300)
-        result = _client_result(start=time.monotonic())
+        result = client_result(start=time.monotonic())
         deadline = result["start"] + phase["timeout"]
         interval = phase.get("interval", 0.0)
         first_due = result["start"] + random.Random(client).uniform(0, interval)
@@ -230,14 +185,13 @@ def api_client(
         release.wait(timeout=120)
         poster.close()
     except BaseException as exc:
-        results.put((client, _client_result(errors=1, first_error=f"client crashed: {exc!r}")))
+        results.put((client, client_result(errors=1, first_error=f"client crashed: {exc!r}")))
         raise
 
 
-# --- COPY baseline -------------------------------------------------------------------------------------------
-
-_COPY_COLUMNS = "event_id, ts, session_id, provider, model, usage, metadata"
-_COPY_INSERT = """
+# The COPY baseline: each batch COPYed into a temp table, then moved by this INSERT.
+COPY_COLUMNS = "event_id, ts, session_id, provider, model, usage, metadata"
+COPY_INSERT = """
 INSERT INTO usage_usageevent (tenant_id, agent_id, event_id, timestamp, session_id, provider, model, usage,
                               metadata, source, received_at)
 SELECT %s, %s, event_id, ts, session_id, provider, model, usage, metadata, 'api', now()
@@ -246,11 +200,11 @@ ON CONFLICT (tenant_id, event_id) DO NOTHING
 """
 
 
-def _copy_text(value: str) -> str:
+def copy_field(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
-def _stored_quantity(value: int | float) -> str:
+def stored_quantity(value: int | float) -> str:
     return format(Decimal(repr(value)).normalize(), "f")
 
 
@@ -259,7 +213,7 @@ def copy_rows(events: list[dict[str, Any]]) -> bytes:
     starts: the baseline is the database's work alone."""
     lines = []
     for event in events:
-        usage = {code: _stored_quantity(q) for code, q in event["usage"].items()}
+        usage = {code: stored_quantity(q) for code, q in event["usage"].items()}
         usage_json = json.dumps(usage, separators=(",", ":"))
         metadata_json = json.dumps(event["metadata"], separators=(",", ":"), ensure_ascii=False)
         fields = [
@@ -271,7 +225,7 @@ def copy_rows(events: list[dict[str, Any]]) -> bytes:
             usage_json,
             metadata_json,
         ]
-        lines.append("\t".join(_copy_text(f) for f in fields))
+        lines.append("\t".join(copy_field(f) for f in fields))
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -297,7 +251,7 @@ def copy_client(
                 " model text, usage jsonb, metadata jsonb) ON COMMIT DELETE ROWS"
             )
             barrier.wait(timeout=300)
-            result = _client_result(start=time.monotonic())
+            result = client_result(start=time.monotonic())
             deadline = result["start"] + phase["timeout"]
             with conn.cursor() as cursor:
                 for count, data in payloads:
@@ -305,9 +259,9 @@ def copy_client(
                         break
                     started = time.monotonic()
                     with conn.transaction():
-                        with cursor.copy(f"COPY bench_incoming ({_COPY_COLUMNS}) FROM STDIN") as copy:
+                        with cursor.copy(f"COPY bench_incoming ({COPY_COLUMNS}) FROM STDIN") as copy:
                             copy.write(data)
-                        cursor.execute(_COPY_INSERT, owner)
+                        cursor.execute(COPY_INSERT, owner)
                         inserted = cursor.rowcount
                     result["latencies"].append(time.monotonic() - started)
                     result["events"] += count
@@ -317,11 +271,8 @@ def copy_client(
             results.put((client, result))
             release.wait(timeout=120)  # keep the backend alive until its CPU time has been read
     except BaseException as exc:
-        results.put((client, _client_result(errors=1, first_error=f"client crashed: {exc!r}")))
+        results.put((client, client_result(errors=1, first_error=f"client crashed: {exc!r}")))
         raise
-
-
-# --- running phases ------------------------------------------------------------------------------------------
 
 
 class CpuMeter:
@@ -424,17 +375,9 @@ def settle(url: str) -> None:
             conn.execute("CHECKPOINT")
 
 
-def percentile(sorted_values: list[float], share: float) -> float:
-    """Nearest-rank percentile of an ascending list."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, min(len(sorted_values), round(share * len(sorted_values) + 0.4999)))
-    return sorted_values[rank - 1]
-
-
 def summarize(name: str, outcome: tuple[list[dict[str, Any]], dict[str, float]]) -> dict[str, Any]:
     results, cpu = outcome
-    latencies = sorted(x for r in results for x in r["latencies"])
+    latencies = [x for r in results for x in r["latencies"]]
     started = [r["start"] for r in results if r["start"]]
     ended = [r["end"] for r in results if r["end"]]
     wall = (max(ended) - min(started)) if started and ended else float("nan")
@@ -457,7 +400,7 @@ def summarize(name: str, outcome: tuple[list[dict[str, Any]], dict[str, float]])
         "p50": percentile(latencies, 0.50) * 1000,
         "p95": percentile(latencies, 0.95) * 1000,
         "p99": percentile(latencies, 0.99) * 1000,
-        "max": (latencies[-1] * 1000) if latencies else float("nan"),
+        "max": (max(latencies) * 1000) if latencies else float("nan"),
     }
 
 
@@ -480,67 +423,6 @@ def check_counts(summary: dict[str, Any], resent_per_request: int) -> list[str]:
             f"expected {summary['events'] - expected_dups} + {expected_dups}"
         )
     return problems
-
-
-# --- environment: database, gunicorn -------------------------------------------------------------------------
-
-
-def with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path="/" + name))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_health(port: int, proc: subprocess.Popen, log: Path, limit: float = 60.0) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            conn.request("GET", "/healthz")
-            response = conn.getresponse()
-            body = response.read()
-            conn.close()
-            if response.status == 200:
-                return
-            last = f"HTTP {response.status}: {body[:200]!r}"
-        except OSError as exc:
-            last = repr(exc)
-        time.sleep(0.2)
-    raise RuntimeError(
-        f"gunicorn did not become healthy within {limit:.0f} s ({last}):\n{log.read_text()[-3000:]}"
-    )
-
-
-def stop_process(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)  # gunicorn: graceful shutdown of the arbiter and its workers
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def machine_description() -> str:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} CPU cores{f' ({model})' if model else ''}, {platform.system()} {platform.release()}"
-
-
-# --- main ----------------------------------------------------------------------------------------------------
 
 
 def parse_args() -> argparse.Namespace:
@@ -593,8 +475,7 @@ def parse_args() -> argparse.Namespace:
         args.single_rates = [float(r) for r in args.single_rates.split(",") if r.strip()]
     except ValueError:
         parser.error("--single-rates must be numbers separated by commas")
-    if args.db_name in PROTECTED_DATABASES:
-        parser.error(f"--db-name {args.db_name!r} is not a scratch database")
+    scratch.scratch_name(parser, args.db_name)
     if not 1 <= args.batch_size <= 1000:
         parser.error("--batch-size must be 1–1000 (the API's limit)")
     if not 0 <= args.dup_fraction < 1 or any(r <= 0 for r in args.single_rates):
@@ -602,223 +483,176 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def load_average() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
+def phases_for(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    run = secrets.token_hex(3)
+    size, batches, dup = args.batch_size, args.batches, args.dup_fraction
+    phases: dict[str, dict[str, Any]] = {
+        "warm": {"prefix": f"{run}-warm", "seed": 9000, "batch_size": 20, "batches": 10, "timeout": 60},
+        "api": {"prefix": f"{run}-api", "seed": 1000, "batch_size": size, "batches": batches},
+        "copy": {"prefix": f"{run}-copy", "seed": 1000, "batch_size": size, "batches": batches},
+        "api_dup": {
+            "prefix": f"{run}-apid",
+            "seed": 2000,
+            "batch_size": size,
+            "batches": batches,
+            "dup_fraction": dup,
+            "dup_prefix": f"{run}-api",
+            "dup_seed": 1000,
+        },
+        "copy_dup": {
+            "prefix": f"{run}-copyd",
+            "seed": 2000,
+            "batch_size": size,
+            "batches": batches,
+            "dup_fraction": dup,
+            "dup_prefix": f"{run}-copy",
+            "dup_seed": 1000,
+        },
+        # Back to back: as many requests as fit in the time (each client stops at the deadline).
+        "single_max": {
+            "prefix": f"{run}-onemax",
+            "seed": 4000,
+            "batch_size": 1,
+            "batches": int(args.single_seconds * 200),
+            "timeout": args.single_seconds,
+        },
+    }
+    for i, rate in enumerate(args.single_rates):
+        # Paced: a fixed schedule of rate × seconds requests; a server that falls behind gets up to
+        # three times the phase length to catch up (and is charged the wait in the latencies).
+        phases[f"single_{i}"] = {
+            "prefix": f"{run}-one{i}",
+            "seed": 3000 + 100 * i,
+            "batch_size": 1,
+            "batches": max(1, round(rate * args.single_seconds)),
+            "interval": 1 / rate,
+            "timeout": 3 * args.single_seconds,
+        }
+    for phase in phases.values():
+        phase.setdefault("timeout", args.phase_timeout)
+    return phases
 
 
 def main() -> int:
     args = parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `kill PID` runs the cleanup below too
-    run = secrets.token_hex(3)
+    scratch.exit_on_sigterm()
+    report = Report("Ingestion benchmark")
     now = time.time()
-    embedded_pgdata = None
+    phases = phases_for(args)
     gunicorn = None
-    admin_url = ""
-    created_db = False
-    workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    try:
-        import psycopg
-
-        server_url = os.environ.get("DATABASE_URL", "")
-        if not server_url:
-            sys.path.insert(0, str(BASE))
-            from config import devservices
-
-            embedded_pgdata = BASE / ".devdata" / "bench-pg"
-            print(
-                f"DATABASE_URL is unset: starting an embedded PostgreSQL in {embedded_pgdata} …", flush=True
+    with (
+        scratch.database_server() as (admin_url, server),
+        tempfile.TemporaryDirectory(prefix="bench-ingest-") as workdir,
+    ):
+        bench_url = scratch.with_database(admin_url, args.db_name)
+        pg_version = scratch.server_version(admin_url)
+        try:
+            scratch.recreate_database(admin_url, args.db_name)
+            env = scratch.app_env(
+                bench_url,
+                ALLOWED_HOSTS="127.0.0.1,localhost",
+                API_THROTTLE_RATE="100000000/s",
+                PYTHONUNBUFFERED="1",
             )
-            server_url = devservices.start_postgres(embedded_pgdata, dbname="postgres")
-        admin_url = with_database(server_url, "postgres")
-        bench_url = with_database(server_url, args.db_name)
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            pg_version = conn.execute("SHOW server_version").fetchone()[0].split()[0]
-            conn.execute(f'DROP DATABASE IF EXISTS "{args.db_name}" WITH (FORCE)')
-            conn.execute(f'CREATE DATABASE "{args.db_name}"')
-            created_db = True
-
-        env = dict(
-            os.environ,
-            DEBUG="0",
-            SECRET_KEY=secrets.token_urlsafe(32),
-            DATABASE_URL=bench_url,
-            CELERY_BROKER_URL="memory://",
-            ALLOWED_HOSTS="127.0.0.1,localhost",
-            API_THROTTLE_RATE="100000000/s",
-            LOG_LEVEL="WARNING",
-            PYTHONUNBUFFERED="1",
-        )
-        manage = [PYTHON, "manage.py"]
-        print(f"scratch database {args.db_name}: migrating, issuing keys …", flush=True)
-        subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], cwd=BASE, env=env, check=True)
-        keys = [
-            subprocess.run(
-                [*manage, "issue_api_key", "--tenant", "bench", "--agent", f"bench-{i}", "--create"],
-                cwd=BASE,
-                env=env,
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout.strip()
-            for i in range(1, max(args.clients, 1) + 1)
-        ]
-        with psycopg.connect(bench_url) as conn:
-            owners = conn.execute(
-                "SELECT t.id, a.id FROM tenants_tenant t JOIN tenants_agent a ON a.tenant_id = t.id "
-                "WHERE t.slug = 'bench' ORDER BY a.id"
-            ).fetchall()
-
-        port = free_port()
-        worker_args = ["--workers", str(args.workers)]
-        server_desc = f"gunicorn, {args.workers} sync workers"
-        if args.threads > 1:
-            worker_args += ["--worker-class", "gthread", "--threads", str(args.threads)]
-            server_desc = f"gunicorn, {args.workers} gthread workers × {args.threads} threads"
-        log = workdir / "gunicorn.log"
-        with log.open("w") as log_file:
-            gunicorn = subprocess.Popen(
-                [
-                    PYTHON,
-                    "-m",
-                    "gunicorn",
-                    "config.wsgi:application",
-                    "--bind",
-                    f"127.0.0.1:{port}",
-                    *worker_args,
-                    "--backlog",
-                    "2048",
-                    "--timeout",
-                    "120",
-                    "--log-level",
-                    "warning",
-                ],
-                cwd=BASE,
-                env=env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        wait_for_health(port, gunicorn, log)
-        cpu = CpuMeter(gunicorn.pid, args.db_name)
-        print(f"{server_desc} on 127.0.0.1:{port}; PostgreSQL {pg_version}", flush=True)
-
-        size, batches, dup = args.batch_size, args.batches, args.dup_fraction
-        phases = {
-            "warm": {"prefix": f"{run}-warm", "seed": 9000, "batch_size": 20, "batches": 10, "timeout": 60},
-            "api": {"prefix": f"{run}-api", "seed": 1000, "batch_size": size, "batches": batches},
-            "copy": {"prefix": f"{run}-copy", "seed": 1000, "batch_size": size, "batches": batches},
-            "api_dup": {
-                "prefix": f"{run}-apid",
-                "seed": 2000,
-                "batch_size": size,
-                "batches": batches,
-                "dup_fraction": dup,
-                "dup_prefix": f"{run}-api",
-                "dup_seed": 1000,
-            },
-            "copy_dup": {
-                "prefix": f"{run}-copyd",
-                "seed": 2000,
-                "batch_size": size,
-                "batches": batches,
-                "dup_fraction": dup,
-                "dup_prefix": f"{run}-copy",
-                "dup_seed": 1000,
-            },
-            # Back to back: as many requests as fit in the time (each client stops at the deadline).
-            "single_max": {
-                "prefix": f"{run}-onemax",
-                "seed": 4000,
-                "batch_size": 1,
-                "batches": int(args.single_seconds * 200),
-                "timeout": args.single_seconds,
-            },
-        }
-        for i, rate in enumerate(args.single_rates):
-            # Paced: a fixed schedule of rate × seconds requests; a server that falls behind gets up to
-            # three times the phase length to catch up (and is charged the wait in the latencies).
-            phases[f"single_{i}"] = {
-                "prefix": f"{run}-one{i}",
-                "seed": 3000 + 100 * i,
-                "batch_size": 1,
-                "batches": max(1, round(rate * args.single_seconds)),
-                "interval": 1 / rate,
-                "timeout": 3 * args.single_seconds,
-            }
-        for phase in phases.values():
-            phase.setdefault("timeout", args.phase_timeout)
-
-        def api_phase(name: str, clients: int):
-            settle(bench_url)
-            argsets = [(c, phases[name], port, keys[c % len(keys)], now) for c in range(clients)]
-            return run_clients(api_client, argsets, phases[name]["timeout"], cpu)
-
-        def copy_phase(name: str):
-            settle(bench_url)
-            argsets = [
-                (c, phases[name], bench_url, owners[c % len(owners)], now) for c in range(args.clients)
+            print(f"scratch database {args.db_name}: migrating, issuing keys …", flush=True)
+            scratch.migrate(env)
+            keys = [
+                scratch.manage(
+                    env, "issue_api_key", "--tenant", "bench", "--agent", f"bench-{i}", "--create"
+                ).strip()
+                for i in range(1, max(args.clients, 1) + 1)
             ]
-            return run_clients(copy_client, argsets, phases[name]["timeout"], cpu)
+            import psycopg
 
-        load_before = load_average()
-        print("warming up …", flush=True)
-        problems = check_counts(
-            summarize("warm-up", api_phase("warm", max(args.clients, args.workers * 2))), 0
-        )
-        if problems:
-            raise RuntimeError("warm-up failed: " + "; ".join(problems))
+            with psycopg.connect(bench_url) as conn:
+                owners = conn.execute(
+                    "SELECT t.id, a.id FROM tenants_tenant t JOIN tenants_agent a ON a.tenant_id = t.id "
+                    "WHERE t.slug = 'bench' ORDER BY a.id"
+                ).fetchall()
 
-        rows, expected = [], []
-        print(f"batches: {args.clients} clients × {batches} × {size} events, API then COPY …", flush=True)
-        rows.append(summarize(f"API, batches of {size}", api_phase("api", args.clients)))
-        rows.append(summarize(f"COPY + dedupe, {size}/txn", copy_phase("copy")))
-        expected += [0, 0]
-        if dup > 0:
-            print(f"the same with {dup:.0%} resent events …", flush=True)
-            rows.append(summarize(f"API, batches, {dup:.0%} dup", api_phase("api_dup", args.clients)))
-            rows.append(summarize(f"COPY + dedupe, {dup:.0%} dup", copy_phase("copy_dup")))
-            expected += [round(size * dup)] * 2  # as batches_for() builds them
-        n = args.single_clients
-        print(f"single events: {n} clients, {args.single_seconds:g} s per phase, paced then back to back …")
-        for i, rate in enumerate(args.single_rates):
-            rows.append(summarize(f"API, 1 event, {rate:g}/s × {n}", api_phase(f"single_{i}", n)))
+            port = free_port()
+            options = ["--workers", str(args.workers), "--backlog", "2048", "--timeout", "120"]
+            server_desc = f"gunicorn, {args.workers} sync workers"
+            if args.threads > 1:
+                options += ["--worker-class", "gthread", "--threads", str(args.threads)]
+                server_desc = f"gunicorn, {args.workers} gthread workers × {args.threads} threads"
+            gunicorn = start_gunicorn(env, port, options, Path(workdir) / "gunicorn.log")
+            cpu = CpuMeter(gunicorn.pid, args.db_name)
+            print(f"{server_desc} on 127.0.0.1:{port}; PostgreSQL {pg_version}", flush=True)
+
+            def api_phase(name: str, clients: int):
+                settle(bench_url)
+                argsets = [(c, phases[name], port, keys[c % len(keys)], now) for c in range(clients)]
+                return run_clients(api_client, argsets, phases[name]["timeout"], cpu)
+
+            def copy_phase(name: str):
+                settle(bench_url)
+                argsets = [
+                    (c, phases[name], bench_url, owners[c % len(owners)], now) for c in range(args.clients)
+                ]
+                return run_clients(copy_client, argsets, phases[name]["timeout"], cpu)
+
+            print("warming up …", flush=True)
+            problems = check_counts(
+                summarize("warm-up", api_phase("warm", max(args.clients, args.workers * 2))), 0
+            )
+            if problems:
+                raise RuntimeError("warm-up failed: " + "; ".join(problems))
+
+            size, batches, dup = args.batch_size, args.batches, args.dup_fraction
+            rows, expected = [], []
+            print(f"batches: {args.clients} clients × {batches} × {size} events, API then COPY …", flush=True)
+            rows.append(summarize(f"API, batches of {size}", api_phase("api", args.clients)))
+            rows.append(summarize(f"COPY + dedupe, {size}/txn", copy_phase("copy")))
+            expected += [0, 0]
+            if dup > 0:
+                print(f"the same with {dup:.0%} resent events …", flush=True)
+                rows.append(summarize(f"API, batches, {dup:.0%} dup", api_phase("api_dup", args.clients)))
+                rows.append(summarize(f"COPY + dedupe, {dup:.0%} dup", copy_phase("copy_dup")))
+                expected += [round(size * dup)] * 2  # as batches_for() builds them
+            n = args.single_clients
+            print(
+                f"single events: {n} clients, {args.single_seconds:g} s per phase, paced then back to back …"
+            )
+            for i, rate in enumerate(args.single_rates):
+                rows.append(summarize(f"API, 1 event, {rate:g}/s × {n}", api_phase(f"single_{i}", n)))
+                expected.append(0)
+            rows.append(summarize(f"API, 1 event, back to back × {n}", api_phase("single_max", n)))
             expected.append(0)
-        rows.append(summarize(f"API, 1 event, back to back × {n}", api_phase("single_max", n)))
-        expected.append(0)
-        load_after = load_average()
+        finally:
+            stop_gunicorn(gunicorn)
+            if not args.keep_db:
+                scratch.drop_database(admin_url, args.db_name)
 
-        problems = [p for row, share in zip(rows, expected, strict=True) for p in check_counts(row, share)]
-        print_report(args, rows, server_desc, pg_version, load_before, load_after)
-        for problem in problems:
-            print(f"ERROR: {problem}")
-        ratio = rows[0]["rate"] / rows[1]["rate"]
-        paced_p99 = max(
-            [row["p99"] for row in rows[len(rows) - len(args.single_rates) - 1 : -1]], default=0.0
-        )
-        if problems:
-            return 2
-        return 1 if args.strict and (ratio < TARGET_RATIO or paced_p99 > TARGET_SINGLE_P99_MS) else 0
-    finally:
-        stop_process(gunicorn)
-        if created_db and not args.keep_db:
-            try:
-                with psycopg.connect(admin_url, autocommit=True) as conn:
-                    conn.execute(f'DROP DATABASE IF EXISTS "{args.db_name}" WITH (FORCE)')
-            except Exception as exc:  # cleanup reports and carries on with the rest
-                print(f"warning: could not drop {args.db_name}: {exc}", file=sys.stderr)
-        if embedded_pgdata is not None:
-            from config import devservices
-
-            devservices.stop_postgres(embedded_pgdata)
-        for item in workdir.iterdir():
-            item.unlink()
-        workdir.rmdir()
+    problems = [p for row, share in zip(rows, expected, strict=True) for p in check_counts(row, share)]
+    report.header(f"{server_desc}; PostgreSQL {pg_version} ({server})")
+    print_report(report, args, rows)
+    for problem in problems:
+        print(f"ERROR: {problem}")
+    ratio = rows[0]["rate"] / rows[1]["rate"]
+    paced_p99 = max([row["p99"] for row in rows[len(rows) - len(args.single_rates) - 1 : -1]], default=0.0)
+    if problems:
+        return 2
+    return 1 if args.strict and (ratio < TARGET_RATIO or paced_p99 > TARGET_SINGLE_P99_MS) else 0
 
 
-def _cpu_per_unit(row: dict[str, Any]) -> tuple[str, str]:
+PHASE_COLUMNS = [
+    "phase",
+    "clients",
+    "requests",
+    "events",
+    "events/s",
+    "req/s",
+    "p50 ms",
+    "p95 ms",
+    "p99 ms",
+    "max ms",
+    "CPU ms app",
+    "CPU ms db",
+]
+
+
+def cpu_per_unit(row: dict[str, Any]) -> tuple[str, str]:
     """Server CPU (gunicorn workers + PostgreSQL backends) per 1000 events, or per request for single events."""
     per = 1000 if row["events"] > row["requests"] else 1
     shown = []
@@ -828,54 +662,64 @@ def _cpu_per_unit(row: dict[str, Any]) -> tuple[str, str]:
     return shown[0], shown[1]
 
 
-def print_report(args, rows, server_desc, pg_version, load_before, load_after) -> None:
-    print()
-    print(f"Ingestion benchmark — {machine_description()}")
-    print(f"{server_desc}; PostgreSQL {pg_version}; load average before {load_before}, after {load_after}")
-    print()
-    header = (
-        f"{'phase':<30} {'clients':>7} {'requests':>8} {'events':>7} {'events/s':>9} {'req/s':>7} "
-        f"{'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'max ms':>7} {'CPU ms app':>10} {'CPU ms db':>9}"
+def print_report(report: Report, args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    print_table(
+        PHASE_COLUMNS,
+        [
+            [r["name"], r["clients"], r["requests"], r["events"], f"{r['rate']:.0f}", f"{r['req_rate']:.1f}"]
+            + [f"{r[p]:.1f}" for p in ("p50", "p95", "p99", "max")]
+            + list(cpu_per_unit(r))
+            for r in rows
+        ],
+        notes=(
+            "(CPU ms: server-side CPU per 1000 events for batches, per request for single events; app = gunicorn",
+            " workers, db = PostgreSQL backends of the scratch database; n/a when PostgreSQL is on another host)",
+        ),
     )
-    print(header)
-    print("-" * len(header))
-    for row in rows:
-        app, db = _cpu_per_unit(row)
-        print(
-            f"{row['name']:<30} {row['clients']:>7} {row['requests']:>8} {row['events']:>7} {row['rate']:>9.0f} "
-            f"{row['req_rate']:>7.1f} {row['p50']:>7.1f} {row['p95']:>7.1f} {row['p99']:>7.1f} {row['max']:>7.1f} "
-            f"{app:>10} {db:>9}"
+    api, copy = rows[0], rows[1]
+    ratio = api["rate"] / copy["rate"]
+    figures = [
+        Figure(
+            "ratio API / COPY, events/s (fresh ids)",
+            f"{ratio:.2f}",
+            target=f"≥ {TARGET_RATIO}",
+            met=ratio >= TARGET_RATIO,
+            note=f"{api['rate']:,.0f} / {copy['rate']:,.0f} events/s",
         )
-    print(
-        "(CPU ms: server-side CPU per 1000 events for batches, per request for single events; app = gunicorn"
-    )
-    print(
-        " workers, db = PostgreSQL backends of the scratch database; n/a when PostgreSQL is on another host)"
-    )
-    print()
-    ratio = rows[0]["rate"] / rows[1]["rate"]
-    verdict = "meets" if ratio >= TARGET_RATIO else "MISSES"
-    print(f"ratio API / COPY, events/s (fresh ids):     {ratio:.2f}  ({verdict} the target ≥ {TARGET_RATIO})")
+    ]
     if args.dup_fraction > 0:
-        print(
-            f"ratio API / COPY, events/s ({args.dup_fraction:.0%} resent):      {rows[2]['rate'] / rows[3]['rate']:.2f}"
+        figures.append(
+            Figure(
+                f"ratio API / COPY, events/s ({args.dup_fraction:.0%} resent)",
+                f"{rows[2]['rate'] / rows[3]['rate']:.2f}",
+            )
         )
-    cpu_api, cpu_copy = rows[0]["cpu_app"] + rows[0]["cpu_db"], rows[1]["cpu_app"] + rows[1]["cpu_db"]
-    if cpu_api == cpu_api and cpu_api > 0 and rows[1]["events"]:
-        per_api, per_copy = cpu_api / rows[0]["events"], cpu_copy / rows[1]["events"]
-        print(f"ratio COPY / API, server CPU per event:     {per_copy / per_api:.2f}")
+    cpu_api, cpu_copy = api["cpu_app"] + api["cpu_db"], copy["cpu_app"] + copy["cpu_db"]
+    if cpu_api == cpu_api and cpu_api > 0 and copy["events"]:
+        per_api, per_copy = cpu_api / api["events"], cpu_copy / copy["events"]
+        figures.append(Figure("ratio COPY / API, server CPU per event", f"{per_copy / per_api:.2f}"))
     n = args.single_clients
     for rate, row in zip(args.single_rates, rows[len(rows) - len(args.single_rates) - 1 : -1], strict=True):
-        verdict = "meets" if row["p99"] <= TARGET_SINGLE_P99_MS else "MISSES"
-        print(
-            f"single-event p99, {n} clients × {rate:g} req/s ({rate * n:g} req/s offered): {row['p99']:.1f} ms "
-            f"({verdict} the target ≤ {TARGET_SINGLE_P99_MS:.0f} ms)"
+        figures.append(
+            Figure(
+                f"single-event p99, {n} clients × {rate:g} req/s",
+                f"{row['p99']:.1f}",
+                "ms",
+                f"≤ {TARGET_SINGLE_P99_MS:.0f} ms",
+                row["p99"] <= TARGET_SINGLE_P99_MS,
+                f"{rate * n:g} req/s offered",
+            )
         )
     flat_out = rows[-1]
-    print(
-        f"single-event p99, {n} clients back to back: {flat_out['p99']:.1f} ms at {flat_out['req_rate']:.0f} req/s "
-        f"(saturated: the latency there is queueing, about clients / throughput)"
+    figures.append(
+        Figure(
+            f"single-event p99, {n} clients back to back",
+            f"{flat_out['p99']:.1f}",
+            "ms",
+            note=f"at {flat_out['req_rate']:.0f} req/s (saturated: the latency there is queueing)",
+        )
     )
+    report.figures(figures)
 
 
 if __name__ == "__main__":
