@@ -139,9 +139,9 @@ def create_tenants(specs: list[TenantSpec]) -> None:
 def set_up_billing(specs: list[TenantSpec], now: datetime) -> float:
     """billing.demo's plan and rates, each tenant's past month invoiced and finalized, the current draft,
     and a budget at about twice the current draft."""
-    from billing import budgets
     from billing.demo import load_demo_billing
     from billing.models import Invoice
+    from spend import budgets
     from tenants.models import Tenant
 
     began = time.perf_counter()

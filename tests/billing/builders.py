@@ -119,3 +119,13 @@ def line_tuples(invoice) -> list[tuple]:
         )
         for line in invoice.lines.order_by("position")
     ]
+
+
+def store_tts(agent, when: datetime, characters, event_id: str) -> None:
+    """A Cartesia sonic-3 TTS event."""
+    store(agent, when, {"tts_characters": characters}, event_id, provider="Cartesia", model="sonic-3")
+
+
+def store_stt(agent, when: datetime, seconds, event_id: str) -> None:
+    """A Deepgram nova-3 STT event."""
+    store(agent, when, {"stt_audio_seconds": seconds}, event_id, provider="Deepgram", model="nova-3")

@@ -12,7 +12,7 @@ from django.db import IntegrityError, connection, transaction
 
 from billing import invoicing, period_pricing, tasks
 from billing.models import Invoice, InvoiceLine, InvoiceNumberSequence, PlanVersion, Subscription
-from tests.billing.builders import line_tuples, make_plan, store, subscribe
+from tests.billing.builders import line_tuples, make_plan, store, store_stt, store_tts, subscribe
 from tests.factories import AgentFactory, TenantFactory
 
 MARCH = date(2026, 3, 1)
@@ -43,22 +43,8 @@ def test_invoice_prices_the_periods_usage_line_by_line(billed_agent):
         "e1",
     )
     store(billed_agent, at(date(2026, 3, 30)), {"llm_input_text_tokens": 1_000_000}, "e2")
-    store(
-        billed_agent,
-        at(date(2026, 3, 9)),
-        {"stt_audio_seconds": "118.78"},
-        "e3",
-        provider="Deepgram",
-        model="nova-3",
-    )
-    store(
-        billed_agent,
-        at(date(2026, 3, 9)),
-        {"tts_characters": 943_000},
-        "e4",
-        provider="Cartesia",
-        model="sonic-3",
-    )
+    store_stt(billed_agent, at(date(2026, 3, 9)), "118.78", "e3")
+    store_tts(billed_agent, at(date(2026, 3, 9)), 943_000, "e4")
     store(billed_agent, at(date(2026, 4, 1)), {"llm_input_text_tokens": 5_000_000}, "next-month")
 
     invoice = invoicing.generate_invoice(billed_agent.tenant_id, MARCH)
@@ -207,34 +193,13 @@ def test_finalized_invoices_and_their_lines_never_change(billed_agent):
 @pytest.mark.django_db
 def test_late_usage_is_billed_once_as_an_adjustment_on_the_next_invoice(billed_agent):
     tenant_id = billed_agent.tenant_id
-    store(
-        billed_agent,
-        at(date(2026, 3, 20)),
-        {"tts_characters": 400},
-        "e1",
-        provider="Cartesia",
-        model="sonic-3",
-    )
+    store_tts(billed_agent, at(date(2026, 3, 20)), 400, "e1")
     march = invoicing.finalize_invoice(invoicing.generate_invoice(tenant_id, MARCH).pk, force=True)
     march_lines = line_tuples(march)
 
     # arrives on April 10th for March 28th (within the 35-day window), and crosses a tier boundary
-    store(
-        billed_agent,
-        at(date(2026, 3, 28)),
-        {"tts_characters": 1000},
-        "late",
-        provider="Cartesia",
-        model="sonic-3",
-    )
-    store(
-        billed_agent,
-        at(date(2026, 4, 2)),
-        {"tts_characters": 50},
-        "april",
-        provider="Cartesia",
-        model="sonic-3",
-    )
+    store_tts(billed_agent, at(date(2026, 3, 28)), 1000, "late")
+    store_tts(billed_agent, at(date(2026, 4, 2)), 50, "april")
     april = invoicing.generate_invoice(tenant_id, APRIL)
     invoicing.generate_invoice(tenant_id, APRIL)  # refreshing the draft does not repeat the adjustment
 
