@@ -285,7 +285,7 @@ def explain_main_queries(tenant_id: int) -> list[str]:
         )
         sql, sql_params = costs.query.sql_with_params()
         cursor.execute(f"EXPLAIN (ANALYZE, COSTS OFF) {sql}", sql_params)
-        out.append("50 sessions' costs (portal.views._session_costs):")
+        out.append("50 sessions' costs (billing.selectors.session_costs):")
         out += ["  " + row[0] for row in cursor.fetchall() if "Scan" in row[0] or "Execution" in row[0]]
     return out
 

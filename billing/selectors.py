@@ -1,22 +1,26 @@
-"""Spend as tenants see it in the portal and the read API: period-to-date cost, forecast and breakdowns.
+"""Spend as tenants see it in the portal and the read API: period-to-date cost, forecast, breakdowns,
+usage with its cost over any range of days, and per-session costs.
 
 Invoices price a whole period; a breakdown (by day, agent, session, …) allocates each invoice group's
 amount over its usage at that group's average unit price — exact in total, proportional within tiers.
+Usage spanning several periods is priced period by period, each at its own average unit prices.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
+from django.db.models import Count, Max, Min, Sum
 from django.utils import timezone
 
 from billing import invoicing, period_pricing, periods
 from billing.models import Invoice
 from tenants.models import Tenant
 from usage import selectors as usage_selectors
+from usage.models import UsageEvent, UsageRollup
 
 GroupKey = tuple[str, str, str]
 
@@ -117,3 +121,136 @@ def _allocate(spend_: Spend, group_by: str, rows: list[dict]) -> list[dict]:
 
 def invoices_for(tenant: Tenant):
     return Invoice.objects.for_tenant(tenant).order_by("-period_start")
+
+
+def priced_usage_rows(
+    tenant: Tenant, start: date, end: date, group_by: list[str], filters: dict | None = None
+) -> list[dict]:
+    """Usage rows of the tenant-local days [start, end) (``usage.selectors.usage_rows`` with ``group_by`` and
+    ``filters``), each with its allocated ``cost``.
+
+    The range is read month by month and each month's rows are priced at that month's average unit prices,
+    so a row appears once per month it has usage in.
+    """
+    tz = tenant.timezone
+    rows: list[dict] = []
+    month = periods.month_start(start)
+    while month < end:
+        month_spend = spend(tenant, month, periods.next_month(month))
+        lo, hi = max(start, month), min(end, periods.next_month(month))
+        for row in usage_selectors.usage_rows(
+            tenant.pk, tz, periods.local_midnight(lo, tz), periods.local_midnight(hi, tz), group_by, filters
+        ):
+            row["cost"] = month_spend.cost_of((row["meter"], row["provider"], row["model"]), row["quantity"])
+            rows.append(row)
+        month = periods.next_month(month)
+    return rows
+
+
+def usage_lines(
+    tenant: Tenant, start: date, end: date, group_by: str, filters: dict | None = None
+) -> list[dict]:
+    """The portal's usage table: one line per value of ``group_by`` and (meter, provider, model), with the
+    quantity, events and cost of [start, end) summed over its months, sorted by group, meter, provider, model.
+
+    Grouped by meter or model the group adds nothing: the lines are those of (meter, provider, model).
+    """
+    lines: dict[tuple, dict] = {}
+    for row in priced_usage_rows(tenant, start, end, [group_by], filters):
+        key = (
+            row[group_by] if group_by not in ("meter", "model") else None,
+            row["meter"],
+            row["provider"],
+            row["model"],
+        )
+        line = lines.setdefault(key, {**row, "quantity": Decimal(0), "events": 0, "cost": Decimal(0)})
+        line["quantity"] += row["quantity"]
+        line["events"] += row["events"]
+        line["cost"] += row["cost"]
+    return sorted(lines.values(), key=lambda r: (str(r.get(group_by)), r["meter"], r["provider"], r["model"]))
+
+
+@dataclass
+class GroupUsage:
+    quantity: dict[str, Decimal]  # meter code → quantity
+    cost: Decimal
+
+
+def usage_by_groups(tenant: Tenant, start: date, end: date, groups: list[str]) -> dict[tuple, GroupUsage]:
+    """Quantity per meter and allocated cost of [start, end), keyed by the values of ``groups`` (any of
+    usage.selectors.GROUPINGS) in that order: what the read API's GET /usage reports."""
+    sql_groups = [g for g in groups if g not in ("meter", "provider", "model")]
+    merged: dict[tuple, GroupUsage] = {}
+    for row in priced_usage_rows(tenant, start, end, sql_groups):
+        group = merged.setdefault(tuple(row[g] for g in groups), GroupUsage({}, Decimal(0)))
+        group.quantity[row["meter"]] = group.quantity.get(row["meter"], Decimal(0)) + row["quantity"]
+        group.cost += row["cost"]
+    return merged
+
+
+@dataclass(frozen=True)
+class SessionCost:
+    """One session's usage by (meter, provider, model), each row with its ``cost``, and their total."""
+
+    first_event_at: datetime | None
+    last_event_at: datetime | None
+    event_count: int
+    rows: list[dict]
+    total: Decimal
+
+
+def session_cost(tenant: Tenant, session_id: str) -> SessionCost:
+    """The usage and cost of one conversation, as the portal's session page and GET /sessions/{id} show it.
+
+    The whole session is priced at the average unit prices of the period its first event falls in; its
+    usage is read from the rollup hours around its first and last events.
+    """
+    span = (
+        UsageEvent.objects.for_tenant(tenant)
+        .filter(session_id=session_id)
+        .aggregate(first=Min("timestamp"), last=Max("timestamp"), count=Count("id"))
+    )
+    rows: list[dict] = []
+    if span["first"]:
+        month, _ = periods.period_containing(span["first"], tenant.timezone)
+        month_spend = spend(tenant, month, periods.next_month(month))
+        rows = usage_selectors.usage_rows(
+            tenant.pk,
+            tenant.timezone,
+            span["first"] - timedelta(hours=1),
+            span["last"] + timedelta(hours=1),
+            [],
+            {"session": session_id},
+        )
+        for row in rows:
+            row["cost"] = month_spend.cost_of((row["meter"], row["provider"], row["model"]), row["quantity"])
+    return SessionCost(
+        span["first"], span["last"], span["count"], rows, sum((r["cost"] for r in rows), Decimal(0))
+    )
+
+
+def session_costs(tenant: Tenant, session_ids: list[str]) -> dict[str, Decimal]:
+    """Cost of each of the given sessions from one query over the per-session rollups (a page of the
+    portal's session list); a session without usage is left out.
+
+    Each (meter, provider, model) of a session is priced at the average unit prices of the period its first
+    rollup hour falls in.
+    """
+    if not session_ids:
+        return {}
+    costs: dict[str, Decimal] = {}
+    rollups = (
+        UsageRollup.objects.for_tenant(tenant)
+        .filter(session_id__in=session_ids)
+        .values("session_id", "meter", "provider", "model")
+        .annotate(start=Min("hour"))
+    )
+    spends: dict[date, Spend] = {}
+    for row in rollups.annotate(quantity=Sum("quantity")):
+        month, _ = periods.period_containing(row["start"], tenant.timezone)
+        if month not in spends:
+            spends[month] = spend(tenant, month, periods.next_month(month))
+        costs[row["session_id"]] = costs.get(row["session_id"], Decimal(0)) + spends[month].cost_of(
+            (row["meter"], row["provider"], row["model"]), row["quantity"]
+        )
+    return costs

@@ -9,8 +9,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
     path("stripe/webhook", stripe_webhook, name="stripe-webhook"),
-    path("api/v1/", include("usage.api.urls")),
-    path("api/v1/", include("billing.api.urls")),
+    path("api/v1/", include("api.urls")),
     path(
         "api/schema/",
         SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]),

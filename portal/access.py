@@ -13,6 +13,7 @@ from functools import wraps
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
+from django.utils import timezone
 
 from tenants.models import Membership, Tenant
 
@@ -47,6 +48,11 @@ def resolve(request: HttpRequest) -> Access | None:
     wanted = request.session.get(SESSION_KEY)
     current = next((m for m in memberships if m.tenant_id == wanted), memberships[0])
     return Access(current.tenant, current.role, memberships)
+
+
+def activate_tenant_timezone(request: HttpRequest) -> None:
+    """Render the page's dates and times in the current tenant's timezone."""
+    timezone.activate(request.access.tenant.timezone)
 
 
 def tenant_view(*, manage: bool = False, owner: bool = False) -> Callable:

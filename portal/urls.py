@@ -1,30 +1,30 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path, reverse_lazy
 
-from portal import views
+from portal.views import agents, budget, dashboard, invoices, sessions, team, usage
 
 app_name = "portal"
 
 urlpatterns = [
-    path("", views.dashboard, name="dashboard"),
-    path("usage/", views.usage, name="usage"),
-    path("usage.csv", views.usage_csv, name="usage-csv"),
-    path("sessions/", views.sessions, name="sessions"),
-    path("sessions/<path:session_id>/", views.session_detail, name="session"),
-    path("invoices/", views.invoices, name="invoices"),
-    path("invoices/<int:pk>/", views.invoice_detail, name="invoice"),
-    path("invoices/<int:pk>/print/", views.invoice_print, name="invoice-print"),
-    path("invoices/<int:pk>/pdf/", views.invoice_pdf, name="invoice-pdf"),
-    path("agents/", views.agents, name="agents"),
-    path("agents/new/", views.agent_create, name="agent-create"),
-    path("keys/new/", views.key_create, name="key-create"),
-    path("keys/<int:pk>/revoke/", views.key_revoke, name="key-revoke"),
-    path("budget/", views.budget, name="budget"),
-    path("team/", views.team, name="team"),
-    path("team/add/", views.member_add, name="member-add"),
-    path("team/<int:pk>/role/", views.member_role, name="member-role"),
-    path("team/<int:pk>/remove/", views.member_remove, name="member-remove"),
-    path("switch/", views.switch_tenant, name="switch-tenant"),
+    path("", dashboard.dashboard, name="dashboard"),
+    path("usage/", usage.usage, name="usage"),
+    path("usage.csv", usage.usage_csv, name="usage-csv"),
+    path("sessions/", sessions.sessions, name="sessions"),
+    path("sessions/<path:session_id>/", sessions.session_detail, name="session"),
+    path("invoices/", invoices.invoices, name="invoices"),
+    path("invoices/<int:pk>/", invoices.invoice_detail, name="invoice"),
+    path("invoices/<int:pk>/print/", invoices.invoice_print, name="invoice-print"),
+    path("invoices/<int:pk>/pdf/", invoices.invoice_pdf, name="invoice-pdf"),
+    path("agents/", agents.agents, name="agents"),
+    path("agents/new/", agents.agent_create, name="agent-create"),
+    path("keys/new/", agents.key_create, name="key-create"),
+    path("keys/<int:pk>/revoke/", agents.key_revoke, name="key-revoke"),
+    path("budget/", budget.budget, name="budget"),
+    path("team/", team.team, name="team"),
+    path("team/add/", team.member_add, name="member-add"),
+    path("team/<int:pk>/role/", team.member_role, name="member-role"),
+    path("team/<int:pk>/remove/", team.member_remove, name="member-remove"),
+    path("switch/", team.switch_tenant, name="switch-tenant"),
     path("login/", auth_views.LoginView.as_view(template_name="portal/login.html"), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path(

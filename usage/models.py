@@ -65,7 +65,7 @@ class Session(models.Model):
         ]
         indexes = [
             models.Index(fields=["tenant", "-created_at"], name="session_tenant_recent"),
-            # The portal lists sessions newest first by start (portal.views.sessions), 50 to a page.
+            # The portal lists sessions newest first by start (portal.views.sessions.sessions), 50 to a page.
             models.Index(
                 F("tenant"),
                 F("started_at").desc(nulls_last=True),

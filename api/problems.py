@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import OpenApiResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://meterline.dev/problems/"
+
+# How the OpenAPI schema documents an error response.
+PROBLEM = OpenApiResponse(description="application/problem+json with errors [{pointer, detail}]")
 
 
 def problem_response(

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from usage.api.parsers import loads_fast, loads_strict
+from api.parsers import loads_fast, loads_strict
 
 
 def _normal(value):

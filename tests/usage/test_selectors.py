@@ -1,4 +1,5 @@
-"""The dashboard's one-pass breakdowns return exactly what one query per grouping returns."""
+"""Usage read queries: the one-pass row sets and the per-agent rollups answer as the per-grouping, per-session
+queries do."""
 
 import time
 from datetime import timedelta
@@ -8,7 +9,6 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from billing import selectors as billing_selectors
 from tests import livekit_samples as samples
 from tests.conftest import AgentClient
 from tests.factories import AgentFactory, api_key_for
@@ -60,21 +60,6 @@ def test_usage_row_sets_equal_usage_rows_per_grouping(world):
     assert {row["day"] for row in everything[0]} == days and len({row["agent"] for row in everything[1]}) == 2
     with pytest.raises(ValueError):
         selectors.usage_row_sets(tenant.pk, tenant.timezone, start, end, ["model"])
-
-
-def test_dashboard_breakdowns_equal_one_breakdown_per_grouping(world):
-    spend = billing_selectors.current_spend(world.tenants[0])
-    breakdowns, by_model = billing_selectors.breakdowns(spend, ["day", "meter", "agent"])
-    assert breakdowns == {g: billing_selectors.breakdown(spend, g) for g in ("day", "meter", "agent")}
-    assert sum(bucket["cost"] for bucket in breakdowns["meter"]) > 0
-    tz = spend.tenant.timezone
-    assert by_model == selectors.usage_rows(
-        spend.tenant.pk,
-        tz,
-        billing_selectors.periods.local_midnight(spend.start, tz),
-        billing_selectors.periods.local_midnight(spend.end, tz),
-        [],
-    )
 
 
 def test_per_agent_rollups_answer_as_the_per_session_ones(world, monkeypatch):

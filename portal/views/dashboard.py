@@ -1,0 +1,60 @@
+"""The dashboard: the period's spend, forecast, budget and charts."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+from django.shortcuts import render
+from django.utils import timezone
+
+from billing import selectors as billing_selectors
+from billing.models import Invoice
+from portal import charts
+from portal.access import activate_tenant_timezone, tenant_view
+from portal.money import format_money
+from spend import budgets, periods
+from tenants.models import Agent
+
+
+@tenant_view()
+def dashboard(request):
+    activate_tenant_timezone(request)
+    tenant = request.access.tenant
+    spend = billing_selectors.current_spend(tenant)
+    fmt = lambda v: format_money(v, tenant.currency)  # noqa: E731
+    today = timezone.localdate()
+    # Every chart from one pass over the period's rollups (a large tenant has ~10⁵ rows a month).
+    breakdowns, model_rows = billing_selectors.breakdowns(spend, ["day", "meter", "agent"])
+    by_day = {row["key"]: row["cost"] for row in breakdowns["day"]}
+    days = [spend.start + timedelta(days=n) for n in range(periods.days_between(spend.start, spend.end))]
+    day_items = [(f"{d:%-d}", by_day.get(d, Decimal(0))) for d in days if d <= today]
+    agents = dict(Agent.objects.for_tenant(tenant).values_list("pk", "name"))
+    by_model: dict[str, Decimal] = {}
+    for row in model_rows:
+        label = f"{row['provider'] or '—'} / {row['model'] or '—'}"
+        by_model[label] = by_model.get(label, Decimal(0)) + spend.cost_of(
+            (row["meter"], row["provider"], row["model"]), row["quantity"]
+        )
+    context = {
+        "spend": spend,
+        "forecast": spend.forecast(),
+        "budget": budgets.budget_status(tenant, spend),
+        "chart_by_day": charts.bar_chart(
+            day_items, fmt, title="Spend by day", label_every=max(len(day_items) // 10, 1)
+        ),
+        "chart_by_meter": charts.share_chart(
+            [(row["key"], row["cost"]) for row in breakdowns["meter"]],
+            fmt,
+            title="Spend by meter",
+        ),
+        "chart_by_model": charts.share_chart(list(by_model.items()), fmt, title="Spend by model"),
+        "chart_by_agent": charts.share_chart(
+            [(agents.get(row["key"], "?"), row["cost"]) for row in breakdowns["agent"]],
+            fmt,
+            title="Spend by agent",
+        ),
+        "last_invoice": Invoice.objects.for_tenant(tenant).finalized().order_by("-period_start").first(),
+        "unmatched": spend.priced.unmatched,
+    }
+    return render(request, "portal/dashboard.html", context)

@@ -1,0 +1,48 @@
+"""The invoice list, one invoice, its printable page and its PDF."""
+
+from __future__ import annotations
+
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404, render
+
+from billing import selectors as billing_selectors
+from billing.models import Invoice
+from portal import pdf
+from portal.access import activate_tenant_timezone, tenant_view
+
+
+@tenant_view()
+def invoices(request):
+    activate_tenant_timezone(request)
+    return render(
+        request, "portal/invoices.html", {"invoices": billing_selectors.invoices_for(request.access.tenant)}
+    )
+
+
+def _invoice(request, pk: int) -> Invoice:
+    return get_object_or_404(Invoice.objects.for_tenant(request.access.tenant), pk=pk)
+
+
+@tenant_view()
+def invoice_detail(request, pk: int):
+    activate_tenant_timezone(request)
+    invoice = _invoice(request, pk)
+    return render(request, "portal/invoice_detail.html", {"invoice": invoice, "lines": invoice.lines.all()})
+
+
+@tenant_view()
+def invoice_print(request, pk: int):
+    activate_tenant_timezone(request)
+    invoice = _invoice(request, pk)
+    return render(request, "portal/invoice_print.html", {"invoice": invoice, "lines": invoice.lines.all()})
+
+
+@tenant_view()
+def invoice_pdf(request, pk: int):
+    invoice = _invoice(request, pk)
+    response = HttpResponse(pdf.render_invoice(invoice), content_type="application/pdf")
+    response["Content-Disposition"] = (
+        f'inline; filename="{invoice.number or "draft-" + str(invoice.period_start)}.pdf"'
+    )
+    response["Cache-Control"] = "private, no-store"
+    return response

@@ -1,0 +1,51 @@
+"""The session list (50 to a page, each with its cost) and one session's usage, cost and events."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.core.paginator import Paginator
+from django.db.models import F
+from django.shortcuts import get_object_or_404, render
+
+from billing import selectors as billing_selectors
+from portal.access import activate_tenant_timezone, tenant_view
+from usage.models import Session, UsageEvent
+
+
+@tenant_view()
+def sessions(request):
+    activate_tenant_timezone(request)
+    tenant = request.access.tenant
+    ordered = (
+        Session.objects.for_tenant(tenant)
+        .select_related("agent")
+        .order_by(F("started_at").desc(nulls_last=True), "-created_at")
+    )
+    page = Paginator(ordered, 50).get_page(request.GET.get("page"))
+    costs = billing_selectors.session_costs(tenant, [s.session_id for s in page])
+    for session in page:
+        session.cost = costs.get(session.session_id, Decimal(0))
+    return render(request, "portal/sessions.html", {"page": page})
+
+
+@tenant_view()
+def session_detail(request, session_id: str):
+    activate_tenant_timezone(request)
+    tenant = request.access.tenant
+    session = get_object_or_404(
+        Session.objects.for_tenant(tenant).select_related("agent"), session_id=session_id
+    )
+    events = UsageEvent.objects.for_tenant(tenant).filter(session_id=session_id).order_by("timestamp")
+    cost = billing_selectors.session_cost(tenant, session_id)
+    return render(
+        request,
+        "portal/session_detail.html",
+        {
+            "session": session,
+            "events": events[:500],
+            "event_count": cost.event_count,
+            "rows": cost.rows,
+            "cost": cost.total,
+        },
+    )
