@@ -172,3 +172,13 @@ def _meter_catalogue_survives_flushes(request):
         ignore_conflicts=True,
     )
     yield
+
+
+@pytest.fixture
+def eager_tasks():
+    """Queued tasks run at once in this process, so a test sees what the queued task did."""
+    from config.celery import app
+
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = False

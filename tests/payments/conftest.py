@@ -34,16 +34,6 @@ def open_invoice(double, plan) -> Invoice:
 
 
 @pytest.fixture
-def eager_tasks():
-    """Queued tasks run at once in this process, so a test sees what the queued task did."""
-    from config.celery import app
-
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = False
-
-
-@pytest.fixture
 def stripe_env(double, monkeypatch):
     """Settings for a worker in another process too (it reads the environment, not this process's settings).
     Requested before ``celery_worker``, so the worker starts with them."""
