@@ -25,10 +25,10 @@ from django.views.decorators.http import require_POST
 from billing import budgets, periods
 from billing import selectors as billing_selectors
 from billing.models import Invoice
+from billing.money import format_money, format_quantity
 from portal import charts, pdf
 from portal.access import SESSION_KEY, tenant_view
 from portal.forms import AgentForm, ApiKeyForm, BudgetForm, MemberForm, RoleForm, UsageFilterForm
-from portal.money import format_money, format_quantity
 from tenants.keys import issue_key
 from tenants.models import Agent, APIKey, Budget, BudgetAlert, Membership
 from usage import selectors as usage_selectors
