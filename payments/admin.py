@@ -1,8 +1,9 @@
-"""The Stripe sync in the admin (DESIGN §7): the 'retry sync' action and read-only fields for InvoiceAdmin.
+"""The invoice admin with the Stripe sync (DESIGN §7): its state in the list, the 'retry sync' action and a
+link to the Stripe invoice.
 
-Wire them into billing/admin.py's InvoiceAdmin: ``actions = [..., retry_stripe_sync]`` and
-``readonly_fields = [..., "sync_state", "sync_error", stripe_invoice_link]`` (``stripe_sync_summary`` suits
-``list_display``).
+Billing's ``InvoiceAdmin`` knows nothing of Stripe; this subclass adds the Stripe parts and replaces it (payments
+is installed after billing, so billing's admin is registered by then), the way ``BilledTenantAdmin`` replaces
+the tenant admin.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.utils.html import format_html
 
+from billing.admin.invoices import InvoiceAdmin
 from billing.models import Invoice
 from payments import stripe_sync, tasks
 
@@ -51,3 +53,14 @@ def stripe_sync_summary(invoice: Invoice) -> str:
     if invoice.sync_error:
         summary += f" · {invoice.sync_error[:80]}"
     return summary
+
+
+class StripeInvoiceAdmin(InvoiceAdmin):
+    list_display = [*InvoiceAdmin.list_display, stripe_sync_summary]
+    actions = [*InvoiceAdmin.actions, retry_stripe_sync]
+    other_fields_title = "Stripe and other"
+    other_computed_fields = [*InvoiceAdmin.other_computed_fields, stripe_invoice_link]
+
+
+admin.site.unregister(Invoice)
+admin.site.register(Invoice, StripeInvoiceAdmin)

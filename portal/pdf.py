@@ -12,7 +12,7 @@ from reportlab.lib.units import mm
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
 from billing.models import Invoice
-from portal.money import format_money, format_quantity
+from billing.money import format_money, format_quantity
 
 
 def render_invoice(invoice: Invoice) -> bytes:

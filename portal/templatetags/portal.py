@@ -1,6 +1,6 @@
 from django import template
 
-from portal.money import format_money, format_quantity
+from billing.money import format_money, format_quantity
 
 register = template.Library()
 

@@ -11,9 +11,9 @@ from django.utils import timezone
 from billing import periods
 from billing import selectors as billing_selectors
 from billing.models import Invoice
+from billing.money import format_money
 from portal import charts
 from portal.access import activate_tenant_timezone, tenant_view
-from portal.money import format_money
 from spend import budgets
 from tenants.models import Agent
 

@@ -15,9 +15,9 @@ from django.utils.safestring import mark_safe
 
 from billing import periods
 from billing import selectors as billing_selectors
+from billing.money import format_money, format_quantity
 from portal.access import activate_tenant_timezone, tenant_view
 from portal.forms import UsageFilterForm
-from portal.money import format_money, format_quantity
 from tenants.models import Agent
 from usage import selectors as usage_selectors
 
