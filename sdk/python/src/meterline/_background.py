@@ -18,12 +18,11 @@ import random
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from meterline import _core
-
-if TYPE_CHECKING:
-    from meterline.client import Client
+from meterline._core import PreparedRequest
 
 logger = logging.getLogger("meterline")
 
@@ -31,10 +30,19 @@ _STOP = "stop"
 
 
 class BackgroundSender:
+    """The sender does no HTTP itself: it is handed the client's delivery steps. ``spool`` writes one request
+    to the spool, ``drain`` sends the spool oldest first (with at most the given number of retries per
+    request), ``pending`` counts the requests still waiting, and ``is_durable`` says whether the spool
+    outlives the process. The ``submit_*``, ``request_flush`` methods may be called from any thread and never
+    block; ``flush`` and ``close`` block, as their docstrings say."""
+
     def __init__(
         self,
-        client: Client,
         *,
+        spool: Callable[[PreparedRequest], object],
+        drain: Callable[[int], object],
+        pending: Callable[[], int],
+        is_durable: bool,
         batch_size: int = 50,
         flush_interval: float = 1.0,
         drain_retries: int = 2,
@@ -42,7 +50,10 @@ class BackgroundSender:
     ):
         if batch_size < 1 or batch_size > _core.MAX_ITEMS_PER_REQUEST:
             raise ValueError(f"batch_size must be 1–{_core.MAX_ITEMS_PER_REQUEST}")
-        self.client = client
+        self.spool = spool
+        self.drain = drain
+        self.pending = pending
+        self.is_durable = is_durable
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.drain_retries = drain_retries
@@ -67,8 +78,6 @@ class BackgroundSender:
         if os.getpid() != self._pid:  # forked (e.g. a job process): the parent's thread does not exist here
             self._start()
         self._queue.put(op)
-
-    # --- API (any thread; non-blocking unless named otherwise) -------------------------------------------
 
     def submit_metric(self, session_id: str, metric: Any) -> None:
         """Queue one LiveKit metric (an object or its ``model_dump``) for the session."""
@@ -107,8 +116,6 @@ class BackgroundSender:
         self.closed = True
         return finished and box.get("pending", 1) == 0
 
-    # --- the thread -------------------------------------------------------------------------------------
-
     def _run(self) -> None:
         while True:
             try:
@@ -126,7 +133,7 @@ class BackgroundSender:
         waits = []
         if self._deadline is not None:
             waits.append(self._deadline - now)
-        if self._retry_at and self.client.pending():
+        if self._retry_at and self.pending():
             waits.append(self._retry_at - now)
         return max(min(waits), 0.0) if waits else None
 
@@ -147,17 +154,17 @@ class BackgroundSender:
             spooled = self._spool_op(op) or spooled
         elif op[0] in ("flush", _STOP):
             self._seal_all()
-            self._drain(force=True)
+            self._try_delivery(force=True)
             done, box = op[1], op[2]
             if box is not None:
-                box["pending"] = self.client.pending()
+                box["pending"] = self.pending()
             if done is not None:
                 done.set()
             return op[0] == _STOP
         if self._deadline is not None and time.monotonic() >= self._deadline:
             spooled = self._seal_all() or spooled
         if spooled or (self._retry_at and time.monotonic() >= self._retry_at):
-            self._drain(force=False)
+            self._try_delivery(force=False)
         return False
 
     def _spool_op(self, op: tuple[Any, ...]) -> bool:
@@ -172,7 +179,7 @@ class BackgroundSender:
             logger.error("meterline: cannot encode a %s report: %s", op[0], exc)
             return False
         for request in requests:
-            self.client._spool_write(request)
+            self.spool(request)
         return True
 
     def _seal(self, session_id: str) -> bool:
@@ -193,7 +200,7 @@ class BackgroundSender:
             )
             return False
         for request in requests:
-            self.client._spool_write(request)
+            self.spool(request)
         return True
 
     def _seal_all(self) -> bool:
@@ -204,14 +211,14 @@ class BackgroundSender:
             self._deadline = None
             return sealed
 
-    def _drain(self, *, force: bool) -> None:
+    def _try_delivery(self, *, force: bool) -> None:
         if not force and time.monotonic() < self._retry_at:
             return
         try:
-            self.client._drain(max_retries=self.drain_retries)
+            self.drain(self.drain_retries)
         except Exception:
             logger.exception("meterline: delivery error")
-        if self.client.pending():
+        if self.pending():
             self._failures += 1
             ceiling = min(self.max_backoff, 2.0 ** min(self._failures, 10))
             self._retry_at = time.monotonic() + self._rng.uniform(ceiling / 2, ceiling)
@@ -243,7 +250,7 @@ def _spool_at_exit(ref: weakref.ref[BackgroundSender]) -> None:
         return
     try:
         sender.spool_now()
-        if not sender.client.spool.durable:  # memory only: one quick attempt, or it is lost
-            sender.client._drain(max_retries=0)
+        if not sender.is_durable:  # memory only: one quick attempt, or it is lost
+            sender.drain(0)
     except Exception:  # pragma: no cover - best effort at exit
         logger.exception("meterline: could not spool pending usage at exit")

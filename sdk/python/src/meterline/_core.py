@@ -65,9 +65,6 @@ def normalize_base_url(base_url: str) -> str:
     return base
 
 
-# --- JSON -------------------------------------------------------------------------------------------------
-
-
 def _default(value: Any) -> Any:
     if isinstance(value, Decimal):
         if not value.is_finite():
@@ -114,9 +111,6 @@ def to_plain(obj: Any) -> Any:
     if hasattr(obj, "model_dump"):
         obj = obj.model_dump(mode="json")
     return finite_json(obj)
-
-
-# --- results ----------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -177,9 +171,6 @@ class FlushResult:
     rejected: int = 0
     pending: int = 0
     result: IngestResult = field(default_factory=IngestResult)
-
-
-# --- requests ---------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -396,6 +387,10 @@ def prepare_session(session_id: str, fields: Mapping[str, Any]) -> PreparedReque
     )
 
 
+def prepare_budget() -> PreparedRequest:
+    return PreparedRequest("GET", f"{API_PREFIX}/budget", None, "budget")
+
+
 def _check_session_id(session_id: Any) -> None:
     if not isinstance(session_id, str) or not session_id or len(session_id) > 128:
         raise ValueError("session_id must be a non-empty string of at most 128 characters")
@@ -440,9 +435,6 @@ def split_out_invalid(
         request.created_at,
     )
     return smaller, refused, kept_indexes
-
-
-# --- retries ----------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
 from meterline import _core
+from meterline._background import BackgroundSender
 from meterline._core import (
-    API_PREFIX,
     DELIVERED,
     KEEP,
     REJECT,
@@ -37,9 +37,6 @@ from meterline._core import (
 from meterline._spool import FileSpool, MemorySpool
 from meterline._version import __version__
 from meterline.errors import APIError, MeterlineError, ServiceUnavailableError, error_for
-
-if TYPE_CHECKING:
-    from meterline._background import BackgroundSender
 
 logger = logging.getLogger("meterline")
 
@@ -83,6 +80,21 @@ class _Outcome:
     error: BaseException | None = None
     index_map: list[int] | None = None
     refused: int = 0
+
+
+@dataclass
+class _Delivery:
+    """One request being delivered: the request as it stands (items the server refused split out), where it
+    is spooled, and the attempts so far. ``retry_in`` is the wait before the next attempt (None: at once)."""
+
+    request: PreparedRequest
+    spool: Any
+    name: str | None
+    policy: RetryPolicy
+    index_map: list[int] | None = None
+    refused: int = 0
+    attempt: int = 0
+    retry_in: float | None = None
 
 
 class _BaseClient:
@@ -146,8 +158,6 @@ class _BaseClient:
         """Requests waiting in the spool (from this or an earlier run)."""
         return len(self.spool.pending()) + len(self._overflow.pending())
 
-    # --- shared steps ---------------------------------------------------------------------------------
-
     def _spool_write(self, request: PreparedRequest) -> tuple[Any, str]:
         try:
             return self.spool, self.spool.write(request)
@@ -159,6 +169,94 @@ class _BaseClient:
         return [(self.spool, n) for n in self.spool.pending()] + [
             (self._overflow, n) for n in self._overflow.pending()
         ]
+
+    def _start_delivery(
+        self, request: PreparedRequest, spool: Any, name: str | None, max_retries: int | None
+    ) -> _Delivery:
+        policy = self.policy if max_retries is None else replace(self.policy, max_retries=max_retries)
+        return _Delivery(request, spool, name, policy)
+
+    def _http_request(self, request: PreparedRequest) -> httpx.Request:
+        return self._http.build_request(
+            request.method,
+            self.base_url + request.path,
+            content=request.body.encode() if request.body is not None else None,
+            headers={"Content-Type": "application/json"} if request.body is not None else {},
+        )
+
+    def _answer(self, delivery: _Delivery, answer: httpx.Response | httpx.TransportError) -> _Outcome | None:
+        """What one attempt's answer means for the delivery: its outcome, or None to send again (after
+        ``delivery.retry_in`` seconds, or at once when refused items were just split out)."""
+        request, policy, attempt = delivery.request, delivery.policy, delivery.attempt
+        error: BaseException
+        if isinstance(answer, httpx.TransportError):
+            error, delay, status = answer, policy.backoff(attempt, self._rng), None
+        else:
+            status = answer.status_code
+            state, payload, delay = self._interpret(request, answer, attempt)
+            if state == DELIVERED:
+                return _Outcome(
+                    DELIVERED,
+                    request,
+                    status,
+                    _core.problem_of(payload),
+                    index_map=delivery.index_map,
+                    refused=delivery.refused,
+                )
+            if state == REJECT and (
+                split := self._split(
+                    delivery.spool, delivery.name, request, status, _core.problem_of(payload)
+                )
+            ):
+                delivery.request, kept, count = split
+                delivery.index_map = (
+                    kept if delivery.index_map is None else [delivery.index_map[i] for i in kept]
+                )
+                delivery.refused += count
+                delivery.retry_in = None
+                return None
+            if state in (REJECT, KEEP):
+                outcome = self._rejection(request, status, payload, state)
+                outcome.index_map, outcome.refused = delivery.index_map, delivery.refused
+                return outcome
+            error = error_for(status, _core.problem_of(payload), method=request.method, path=request.path)
+        if attempt >= policy.max_retries or delay > policy.max_retry_after:
+            return _Outcome(
+                UNAVAILABLE,
+                request,
+                status,
+                error=error,
+                index_map=delivery.index_map,
+                refused=delivery.refused,
+            )
+        logger.info(
+            "meterline: %s %s failed (%s); retry %d/%d in %.2fs",
+            request.method,
+            request.path,
+            _describe(error),
+            attempt + 1,
+            policy.max_retries,
+            delay,
+        )
+        delivery.attempt += 1
+        delivery.retry_in = delay
+        return None
+
+    def _stops_delivery(self, outcome: _Outcome) -> bool:
+        """Remember why a batch was not delivered; True when the rest of the spool should wait too (the
+        server is unreachable, or answered a status that refuses every request alike)."""
+        if outcome.state not in (UNAVAILABLE, KEEP):
+            return False
+        self.last_error = outcome.error
+        return outcome.state == UNAVAILABLE or outcome.status in _core.STOP_STATUSES
+
+    def _stored_session(
+        self, request: PreparedRequest, key: tuple[Any, str], outcomes: dict[tuple[int, str], _Outcome]
+    ) -> dict[str, Any] | None:
+        """put_session's answer: the session as the server stores it, None when it was only spooled."""
+        self._collect([request], [key], outcomes)
+        outcome = outcomes.get((id(key[0]), key[1]))
+        return outcome.body if outcome is not None and outcome.state == DELIVERED else None
 
     def _interpret(
         self, request: PreparedRequest, response: httpx.Response, attempt: int
@@ -308,8 +406,6 @@ class Client(_BaseClient):
             self._background.close(timeout)
         self._http.close()
 
-    # --- public API -------------------------------------------------------------------------------------
-
     def send_events(self, events: Iterable[Event | Mapping[str, Any]]) -> IngestResult:
         """POST /api/v1/events, split into batches of ≤1000 events and ≤1 MiB. Returns the summed result;
         ``conflicting_events`` indexes refer to your list. Raises ValidationError (nothing of that batch
@@ -340,28 +436,23 @@ class Client(_BaseClient):
     ) -> dict[str, Any] | None:
         """PUT /api/v1/sessions/{id}: upsert the fields given (others are kept). Returns the session as the
         server stores it, or None when the update was spooled because the server is unreachable."""
-        fields = {
-            k: v
-            for k, v in {
-                "started_at": started_at,
-                "ended_at": ended_at,
-                "end_user_id": end_user_id,
-                "conversation_type": conversation_type,
-                "metadata": metadata,
-            }.items()
-            if v is not _UNSET
-        }
-        request = _core.prepare_session(session_id, fields)
+        request = _core.prepare_session(
+            session_id,
+            _given(
+                started_at=started_at,
+                ended_at=ended_at,
+                end_user_id=end_user_id,
+                conversation_type=conversation_type,
+                metadata=metadata,
+            ),
+        )
         key = self._spool_write(request)
-        outcomes = self._drain()
-        self._collect([request], [key], outcomes)
-        outcome = outcomes.get((id(key[0]), key[1]))
-        return outcome.body if outcome is not None and outcome.state == DELIVERED else None
+        return self._stored_session(request, key, self._drain())
 
     def get_budget(self) -> dict[str, Any]:
         """GET /api/v1/budget: period-to-date spend against the tenant's budget (DESIGN §4), as the server
         returns it. Retried like writes; raises ServiceUnavailableError, NotFoundError, … (never spooled)."""
-        outcome = self._deliver(PreparedRequest("GET", f"{API_PREFIX}/budget", None, "budget"))
+        outcome = self._deliver(_core.prepare_budget())
         return _read_result(outcome)
 
     def flush(self) -> FlushResult:
@@ -373,14 +464,15 @@ class Client(_BaseClient):
         """The client's background sender (created on first use; later arguments are ignored)."""
         with self._background_lock:
             if self._background is None or self._background.closed:
-                from meterline._background import BackgroundSender
-
                 self._background = BackgroundSender(
-                    self, batch_size=batch_size, flush_interval=flush_interval
+                    spool=self._spool_write,
+                    drain=self._drain,
+                    pending=self.pending,
+                    is_durable=self.spool.durable,
+                    batch_size=batch_size,
+                    flush_interval=flush_interval,
                 )
             return self._background
-
-    # --- machinery --------------------------------------------------------------------------------------
 
     def _submit(self, requests: list[PreparedRequest]) -> IngestResult:
         keys = [self._spool_write(r) for r in requests]
@@ -397,10 +489,8 @@ class Client(_BaseClient):
                     outcome = self._deliver(entry.request, spool, name, max_retries)
                     outcomes[(id(spool), name)] = outcome
                     self._finish(spool, name, outcome)
-                if outcome.state in (UNAVAILABLE, KEEP):
-                    self.last_error = outcome.error
-                    if outcome.state == UNAVAILABLE or outcome.status in _core.STOP_STATUSES:
-                        break
+                if self._stops_delivery(outcome):
+                    break
         return outcomes
 
     def _deliver(
@@ -410,60 +500,18 @@ class Client(_BaseClient):
         name: str | None = None,
         max_retries: int | None = None,
     ) -> _Outcome:
-        policy = self.policy if max_retries is None else replace(self.policy, max_retries=max_retries)
-        index_map: list[int] | None = None
-        refused = 0
-        attempt = 0
+        delivery = self._start_delivery(request, spool, name, max_retries)
         while True:
-            error: BaseException
+            answer: httpx.Response | httpx.TransportError
             try:
-                response = self._http.request(
-                    request.method,
-                    self.base_url + request.path,
-                    content=_content(request),
-                    headers=_content_headers(request),
-                )
+                answer = self._http.send(self._http_request(delivery.request))
             except httpx.TransportError as exc:
-                error, delay, status = exc, policy.backoff(attempt, self._rng), None
-            else:
-                status = response.status_code
-                state, payload, delay = self._interpret(request, response, attempt)
-                if state == DELIVERED:
-                    return _Outcome(
-                        DELIVERED,
-                        request,
-                        status,
-                        _core.problem_of(payload),
-                        index_map=index_map,
-                        refused=refused,
-                    )
-                if state == REJECT and (
-                    split := self._split(spool, name, request, status, _core.problem_of(payload))
-                ):
-                    request, kept, count = split
-                    index_map = kept if index_map is None else [index_map[i] for i in kept]
-                    refused += count
-                    continue
-                if state in (REJECT, KEEP):
-                    outcome = self._rejection(request, status, payload, state)
-                    outcome.index_map, outcome.refused = index_map, refused
-                    return outcome
-                error = error_for(status, _core.problem_of(payload), method=request.method, path=request.path)
-            if attempt >= policy.max_retries or delay > policy.max_retry_after:
-                return _Outcome(
-                    UNAVAILABLE, request, status, error=error, index_map=index_map, refused=refused
-                )
-            logger.info(
-                "meterline: %s %s failed (%s); retry %d/%d in %.2fs",
-                request.method,
-                request.path,
-                _describe(error),
-                attempt + 1,
-                policy.max_retries,
-                delay,
-            )
-            self._sleep(delay)
-            attempt += 1
+                answer = exc
+            outcome = self._answer(delivery, answer)
+            if outcome is not None:
+                return outcome
+            if delivery.retry_in is not None:
+                self._sleep(delivery.retry_in)
 
 
 class AsyncClient(_BaseClient):
@@ -521,26 +569,21 @@ class AsyncClient(_BaseClient):
         conversation_type: Any = _UNSET,
         metadata: Any = _UNSET,
     ) -> dict[str, Any] | None:
-        fields = {
-            k: v
-            for k, v in {
-                "started_at": started_at,
-                "ended_at": ended_at,
-                "end_user_id": end_user_id,
-                "conversation_type": conversation_type,
-                "metadata": metadata,
-            }.items()
-            if v is not _UNSET
-        }
-        request = _core.prepare_session(session_id, fields)
+        request = _core.prepare_session(
+            session_id,
+            _given(
+                started_at=started_at,
+                ended_at=ended_at,
+                end_user_id=end_user_id,
+                conversation_type=conversation_type,
+                metadata=metadata,
+            ),
+        )
         key = await asyncio.to_thread(self._spool_write, request)
-        outcomes = await self._drain()
-        self._collect([request], [key], outcomes)
-        outcome = outcomes.get((id(key[0]), key[1]))
-        return outcome.body if outcome is not None and outcome.state == DELIVERED else None
+        return self._stored_session(request, key, await self._drain())
 
     async def get_budget(self) -> dict[str, Any]:
-        outcome = await self._deliver(PreparedRequest("GET", f"{API_PREFIX}/budget", None, "budget"))
+        outcome = await self._deliver(_core.prepare_budget())
         return _read_result(outcome)
 
     async def flush(self) -> FlushResult:
@@ -564,10 +607,8 @@ class AsyncClient(_BaseClient):
                     outcome = await self._deliver(entry.request, spool, name, max_retries)
                     outcomes[(id(spool), name)] = outcome
                     await asyncio.to_thread(self._finish, spool, name, outcome)
-                if outcome.state in (UNAVAILABLE, KEEP):
-                    self.last_error = outcome.error
-                    if outcome.state == UNAVAILABLE or outcome.status in _core.STOP_STATUSES:
-                        break
+                if self._stops_delivery(outcome):
+                    break
         return outcomes
 
     async def _deliver(
@@ -577,68 +618,23 @@ class AsyncClient(_BaseClient):
         name: str | None = None,
         max_retries: int | None = None,
     ) -> _Outcome:
-        policy = self.policy if max_retries is None else replace(self.policy, max_retries=max_retries)
-        index_map: list[int] | None = None
-        refused = 0
-        attempt = 0
+        delivery = self._start_delivery(request, spool, name, max_retries)
         while True:
-            error: BaseException
+            answer: httpx.Response | httpx.TransportError
             try:
-                response = await self._http.request(
-                    request.method,
-                    self.base_url + request.path,
-                    content=_content(request),
-                    headers=_content_headers(request),
-                )
+                answer = await self._http.send(self._http_request(delivery.request))
             except httpx.TransportError as exc:
-                error, delay, status = exc, policy.backoff(attempt, self._rng), None
-            else:
-                status = response.status_code
-                state, payload, delay = self._interpret(request, response, attempt)
-                if state == DELIVERED:
-                    return _Outcome(
-                        DELIVERED,
-                        request,
-                        status,
-                        _core.problem_of(payload),
-                        index_map=index_map,
-                        refused=refused,
-                    )
-                if state == REJECT and (
-                    split := self._split(spool, name, request, status, _core.problem_of(payload))
-                ):
-                    request, kept, count = split
-                    index_map = kept if index_map is None else [index_map[i] for i in kept]
-                    refused += count
-                    continue
-                if state in (REJECT, KEEP):
-                    outcome = self._rejection(request, status, payload, state)
-                    outcome.index_map, outcome.refused = index_map, refused
-                    return outcome
-                error = error_for(status, _core.problem_of(payload), method=request.method, path=request.path)
-            if attempt >= policy.max_retries or delay > policy.max_retry_after:
-                return _Outcome(
-                    UNAVAILABLE, request, status, error=error, index_map=index_map, refused=refused
-                )
-            logger.info(
-                "meterline: %s %s failed (%s); retry %d/%d in %.2fs",
-                request.method,
-                request.path,
-                _describe(error),
-                attempt + 1,
-                policy.max_retries,
-                delay,
-            )
-            await self._sleep(delay)
-            attempt += 1
+                answer = exc
+            outcome = self._answer(delivery, answer)
+            if outcome is not None:
+                return outcome
+            if delivery.retry_in is not None:
+                await self._sleep(delivery.retry_in)
 
 
-def _content(request: PreparedRequest) -> bytes | None:
-    return request.body.encode() if request.body is not None else None
-
-
-def _content_headers(request: PreparedRequest) -> dict[str, str]:
-    return {"Content-Type": "application/json"} if request.body is not None else {}
+def _given(**fields: Any) -> dict[str, Any]:
+    """The session fields a put_session call names (the others keep what the server has)."""
+    return {name: value for name, value in fields.items() if value is not _UNSET}
 
 
 def _json(response: httpx.Response) -> Any:

@@ -77,8 +77,6 @@ class SessionBilling:
         self._last_usage: Any = None
         self._errors_logged = 0
 
-    # --- public -----------------------------------------------------------------------------------------
-
     @property
     def livekit_usage(self) -> list[dict[str, Any]]:
         """LiveKit's own per-model totals as last seen (``session.usage`` or the last
@@ -147,7 +145,7 @@ class SessionBilling:
                     session.off(event, handler)
         self._handlers.clear()
 
-    # --- event handlers (run on the agent's event loop: cheap, never raise) ------------------------------
+    # Event handlers run on the agent's event loop: they must be cheap and never raise.
 
     def _on_metrics_collected(self, event: Any) -> None:
         try:
@@ -176,8 +174,6 @@ class SessionBilling:
             self.finalize(created if isinstance(created, int | float) else None)
         except Exception:
             self._log_error("close")
-
-    # --- internals ----------------------------------------------------------------------------------------
 
     def _subscribe(self, session: Any, event: str, handler: Any) -> None:
         if event == "metrics_collected":
@@ -317,9 +313,6 @@ def attach(
         except Exception:
             billing._log_error("add_shutdown_callback")
     return billing
-
-
-# --- helpers ------------------------------------------------------------------------------------------------
 
 
 class _DropMetricsDeprecation:
