@@ -31,7 +31,7 @@ from billing.models import (
     Subscription,
 )
 from tenants.models import Tenant
-from usage import selectors
+from usage import rollups as selectors
 
 logger = logging.getLogger(__name__)
 

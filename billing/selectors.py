@@ -16,7 +16,7 @@ from django.utils import timezone
 from billing import invoicing, periods
 from billing.models import Invoice
 from tenants.models import Tenant
-from usage import selectors as usage_selectors
+from usage import rollups as usage_selectors
 
 GroupKey = tuple[str, str, str]
 

@@ -31,7 +31,7 @@ from portal.forms import AgentForm, ApiKeyForm, BudgetForm, MemberForm, RoleForm
 from portal.money import format_money, format_quantity
 from tenants.keys import issue_key
 from tenants.models import Agent, APIKey, Budget, BudgetAlert, Membership
-from usage import selectors as usage_selectors
+from usage import rollups as usage_selectors
 from usage.models import Session, UsageEvent, UsageRollup
 
 
@@ -231,7 +231,6 @@ def usage_csv(request):
     writer = csv.writer(_Echo())
     rows = usage_selectors.iter_usage_rows(
         tenant.pk,
-        tenant.timezone,
         periods.local_midnight(data["start"], tenant.timezone),
         periods.local_midnight(data["end_exclusive"], tenant.timezone),
         form.filters(),

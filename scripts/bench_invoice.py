@@ -639,7 +639,7 @@ def check_invoices(specs: list[TenantSpec], period_start: date, rng: random.Rand
     from billing import periods
     from billing.models import Invoice
     from tenants.models import Tenant
-    from usage import selectors
+    from usage import rollups as selectors
 
     chosen = [specs[0], *rng.sample(specs[1:], 2)]  # always the +05:30 tenant, and two at random
     report = []

@@ -577,7 +577,7 @@ def check_exact(tenant_id: int) -> str:
 
     from billing import invoicing, periods
     from tenants.models import Tenant
-    from usage import selectors
+    from usage import rollups as selectors
 
     tenant = Tenant.objects.get(pk=tenant_id)
     start, end = invoicing.current_period(tenant)

@@ -2,13 +2,16 @@
 
 from celery import shared_task
 
-from usage import selectors
+from usage import rollups
 
 
 @shared_task(acks_late=True)
 def verify_rollups(tenant_id: int) -> list[dict]:
-    """Recompute a tenant's rollups from its raw events and return every group where they differ.
+    """Recompute a tenant's rollups from its raw events and return every group where they differ
+    (usage.rollups.rollup_drift).
 
-    An empty list is the expected answer; anything else means a bug and is worth an alert.
+    An empty list is the expected answer; anything else means a bug and is worth an alert. The drift is only
+    returned: it lands in the result backend (and in the worker's "succeeded" log line); nothing alerts on
+    it or repairs it here — rebuilding a rollup is an operator action (docs/operations.md).
     """
-    return selectors.rollup_drift(tenant_id)
+    return rollups.rollup_drift(tenant_id)

@@ -20,7 +20,7 @@ from rest_framework.views import APIView
 
 from billing import budgets, periods
 from billing import selectors as billing_selectors
-from usage import selectors as usage_selectors
+from usage import rollups as usage_selectors
 from usage.api import views as usage_views
 from usage.models import Session, UsageEvent
 

@@ -18,7 +18,7 @@ from billing import budgets
 from tenants.models import APIKey, BudgetAlert
 from tests.conftest import AgentClient
 from tests.factories import USER_PASSWORD, UserFactory
-from tests.usage.helpers import event
+from tests.usage.builders import event
 
 pytestmark = pytest.mark.django_db
 

@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import AgentClient
 from tests.factories import AgentFactory, TenantFactory, api_key_for
-from tests.usage.helpers import event, iso, recent, stored_count, totals
+from tests.usage.builders import event, iso, recent, stored_count, totals
 from usage.api import views
 from usage.models import Meter, Session, UsageEvent
 

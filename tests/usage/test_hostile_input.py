@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.usage.helpers import event, recent, stored_count
+from tests.usage.builders import event, recent, stored_count
 from usage.models import Session, UsageEvent
 
 pytestmark = pytest.mark.django_db

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests import livekit_samples as samples
-from tests.usage.helpers import event, totals
+from tests.usage.builders import event, totals
 from usage.models import Session, UsageEvent
 
 pytestmark = pytest.mark.django_db

@@ -1,6 +1,6 @@
 """Serializers: the session upsert, and the shapes of the ingestion bodies for the OpenAPI schema.
 
-The event batches themselves are validated by usage.ingest (a hand-written validator: a 1000-event batch
+The event batches themselves are validated by usage.validation (a hand-written validator: a 1000-event batch
 through DRF fields costs more than storing it); the serializers named ``…Doc`` describe the same contract
 for ``/api/schema/`` and are exercised by a test that posts the schema's example.
 """
@@ -11,7 +11,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from usage import ingest
+from usage import validation
 
 
 @extend_schema_field(OpenApiTypes.DATETIME)
@@ -20,7 +20,7 @@ class RFC3339Field(serializers.Field):
 
     def to_internal_value(self, data):
         try:
-            return ingest.parse_timestamp(data)
+            return validation.parse_timestamp(data)
         except ValueError as exc:
             self.fail("invalid", reason=f"The timestamp {exc}.")
 
@@ -32,7 +32,7 @@ class StorableCharField(serializers.CharField):
     def to_internal_value(self, data):
         if not isinstance(data, str):
             raise serializers.ValidationError("Must be a string.")
-        if ingest._UNSTORABLE_RE.search(data):
+        if validation.UNSTORABLE_RE.search(data):
             raise serializers.ValidationError("Must not contain NUL characters or unpaired surrogates.")
         return super().to_internal_value(data)
 
@@ -40,8 +40,8 @@ class StorableCharField(serializers.CharField):
 @extend_schema_field(OpenApiTypes.OBJECT)
 class FlatMetadataField(serializers.Field):
     def to_internal_value(self, data):
-        errors: list[ingest.FieldError] = []
-        clean = ingest._metadata(data, "", errors)
+        errors: list[validation.FieldError] = []
+        clean = validation.clean_metadata(data, "", errors)
         if errors:
             raise serializers.ValidationError([f"{e.pointer or '/'}: {e.detail}" for e in errors])
         return clean

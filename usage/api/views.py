@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from usage import ingest
+from usage import ingest, livekit, validation
 from usage.api import serializers as s
 from usage.api.problems import problem_response
 from usage.models import Session
@@ -26,12 +26,12 @@ def meter_codes() -> frozenset[str]:
     global _meter_cache
     loaded_at, codes = _meter_cache
     if time.monotonic() - loaded_at > _METER_CACHE_SECONDS:
-        codes = ingest.active_meter_codes()
+        codes = validation.active_meter_codes()
         _meter_cache = (time.monotonic(), codes)
     return codes
 
 
-def _invalid(exc: ingest.IngestError) -> Response:
+def _invalid(exc: validation.IngestError) -> Response:
     return problem_response(
         exc.status,
         exc.title,
@@ -47,17 +47,17 @@ PROBLEM = OpenApiResponse(description="application/problem+json with errors [{po
 class IngestView(APIView):
     """Shared flow of the three ingestion endpoints: validate everything, then store in one transaction."""
 
-    validator = staticmethod(ingest.validate_event_batch)
+    validator = staticmethod(validation.validate_event_batch)
     session_mode = ""
 
     def post(self, request: Request) -> Response:
         principal = request.user
         try:
-            batch = self.validator(request.data, principal.agent.pk, meter_codes(), timezone.now())
+            batch = self.validator(request.data, meter_codes(), timezone.now())
             result = ingest.store_events(
                 principal.tenant, principal.agent, batch, session_mode=self.session_mode
             )
-        except ingest.IngestError as exc:
+        except validation.IngestError as exc:
             return _invalid(exc)
         except ingest.SessionModeConflict as exc:
             other = "per-model usage" if str(exc) == "usage" else "per-request metrics"
@@ -84,7 +84,7 @@ class EventsView(IngestView):
 
 
 class LiveKitMetricsView(IngestView):
-    validator = staticmethod(ingest.validate_livekit_metrics)
+    validator = staticmethod(livekit.validate_livekit_metrics)
     session_mode = "metrics"
 
     @extend_schema(
@@ -98,7 +98,7 @@ class LiveKitMetricsView(IngestView):
 
 
 class LiveKitUsageView(IngestView):
-    validator = staticmethod(ingest.validate_livekit_usage)
+    validator = staticmethod(livekit.validate_livekit_usage)
     session_mode = "usage"
 
     @extend_schema(
@@ -120,7 +120,7 @@ class SessionView(APIView):
     )
     def put(self, request: Request, session_id: str) -> Response:
         principal = request.user
-        if len(session_id) > 128 or ingest._UNSTORABLE_RE.search(session_id):
+        if len(session_id) > 128 or validation.UNSTORABLE_RE.search(session_id):
             return problem_response(
                 400,
                 "Bad request",
