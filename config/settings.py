@@ -161,6 +161,8 @@ CELERY_BEAT_SCHEDULE = {
     "finalize-due-invoices": {"task": "billing.tasks.finalize_due_invoices", "schedule": 60 * 60},
     "check-budgets": {"task": "billing.budget_tasks.check_budgets", "schedule": 10 * 60},
     "reconcile-stripe": {"task": "billing.tasks.reconcile_stripe", "schedule": 15 * 60},
+    # Daily, not hourly: the check re-reads every raw event a tenant ever sent.
+    "verify-rollups": {"task": "usage.tasks.verify_all_rollups", "schedule": 24 * 60 * 60},
 }
 
 STRIPE_API_KEY = env("STRIPE_API_KEY", default="")

@@ -2,6 +2,7 @@
 
 from celery import shared_task
 
+from tenants.models import Tenant
 from usage import rollups
 
 
@@ -15,3 +16,12 @@ def verify_rollups(tenant_id: int) -> list[dict]:
     it or repairs it here — rebuilding a rollup is an operator action (docs/operations.md).
     """
     return rollups.rollup_drift(tenant_id)
+
+
+@shared_task(acks_late=True)
+def verify_all_rollups() -> int:
+    """Beat: queue ``verify_rollups`` for every tenant; returns how many were queued."""
+    tenant_ids = list(Tenant.objects.order_by("pk").values_list("pk", flat=True))
+    for tenant_id in tenant_ids:
+        verify_rollups.delay(tenant_id)
+    return len(tenant_ids)

@@ -1,6 +1,8 @@
 import pytest
+from django.conf import settings
 
 from tests import livekit_samples as samples
+from tests.factories import TenantFactory
 from usage import tasks
 from usage.models import AgentRollup, UsageRollup
 
@@ -34,3 +36,16 @@ def test_verify_rollups_runs_on_a_real_worker_and_finds_drift_only_when_there_is
         ("usage_agentrollup", "llm_output_audio_tokens", "2.000000"),
         ("usage_usagerollup", "llm_output_audio_tokens", "1.000000"),
     }
+
+
+@pytest.mark.django_db
+def test_beat_queues_a_rollup_check_for_every_tenant_daily(tenant, monkeypatch):
+    other = TenantFactory()
+    queued = []
+    monkeypatch.setattr(tasks.verify_rollups, "delay", queued.append)
+
+    assert tasks.verify_all_rollups() == 2 and queued == [tenant.pk, other.pk]
+    entry = next(
+        e for e in settings.CELERY_BEAT_SCHEDULE.values() if e["task"] == tasks.verify_all_rollups.name
+    )
+    assert entry["schedule"] == 24 * 60 * 60
