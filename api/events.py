@@ -17,7 +17,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from api.problems import PROBLEM, problem_response
-from usage import ingest
+from usage import ingest, validation
 
 _METER_CACHE_SECONDS = 10.0
 _meter_cache: tuple[float, frozenset[str]] = (0.0, frozenset())
@@ -28,7 +28,7 @@ def meter_codes() -> frozenset[str]:
     global _meter_cache
     loaded_at, codes = _meter_cache
     if time.monotonic() - loaded_at > _METER_CACHE_SECONDS:
-        codes = ingest.active_meter_codes()
+        codes = validation.active_meter_codes()
         _meter_cache = (time.monotonic(), codes)
     return codes
 
@@ -66,7 +66,7 @@ class IngestResultDoc(serializers.Serializer):
     )
 
 
-def _invalid(exc: ingest.IngestError) -> Response:
+def _invalid(exc: validation.IngestError) -> Response:
     return problem_response(
         exc.status,
         exc.title,
@@ -79,17 +79,17 @@ def _invalid(exc: ingest.IngestError) -> Response:
 class IngestView(APIView):
     """Shared flow of the three ingestion endpoints: validate everything, then store in one transaction."""
 
-    validator = staticmethod(ingest.validate_event_batch)
+    validator = staticmethod(validation.validate_event_batch)
     session_mode = ""
 
     def post(self, request: Request) -> Response:
         principal = request.user
         try:
-            batch = self.validator(request.data, principal.agent.pk, meter_codes(), timezone.now())
+            batch = self.validator(request.data, meter_codes(), timezone.now())
             result = ingest.store_events(
                 principal.tenant, principal.agent, batch, session_mode=self.session_mode
             )
-        except ingest.IngestError as exc:
+        except validation.IngestError as exc:
             return _invalid(exc)
         except ingest.SessionModeConflict as exc:
             other = "per-model usage" if str(exc) == "usage" else "per-request metrics"

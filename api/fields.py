@@ -13,7 +13,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from usage import ingest
+from usage import validation
 
 
 def decimal_text(value: Decimal) -> str:
@@ -27,7 +27,7 @@ class RFC3339Field(serializers.Field):
 
     def to_internal_value(self, data):
         try:
-            return ingest.parse_timestamp(data)
+            return validation.parse_timestamp(data)
         except ValueError as exc:
             self.fail("invalid", reason=f"The timestamp {exc}.")
 
@@ -39,7 +39,7 @@ class StorableCharField(serializers.CharField):
     def to_internal_value(self, data):
         if not isinstance(data, str):
             raise serializers.ValidationError("Must be a string.")
-        if ingest._UNSTORABLE_RE.search(data):
+        if validation.UNSTORABLE_RE.search(data):
             raise serializers.ValidationError("Must not contain NUL characters or unpaired surrogates.")
         return super().to_internal_value(data)
 
@@ -47,8 +47,8 @@ class StorableCharField(serializers.CharField):
 @extend_schema_field(OpenApiTypes.OBJECT)
 class FlatMetadataField(serializers.Field):
     def to_internal_value(self, data):
-        errors: list[ingest.FieldError] = []
-        clean = ingest._metadata(data, "", errors)
+        errors: list[validation.FieldError] = []
+        clean = validation.clean_metadata(data, "", errors)
         if errors:
             raise serializers.ValidationError([f"{e.pointer or '/'}: {e.detail}" for e in errors])
         return clean

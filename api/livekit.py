@@ -12,7 +12,7 @@ from rest_framework.response import Response
 
 from api.events import IngestResultDoc, IngestView
 from api.problems import PROBLEM
-from usage import ingest
+from usage import livekit
 
 
 class LiveKitMetricsDoc(serializers.Serializer):
@@ -33,7 +33,7 @@ class LiveKitUsageDoc(serializers.Serializer):
 
 
 class LiveKitMetricsView(IngestView):
-    validator = staticmethod(ingest.validate_livekit_metrics)
+    validator = staticmethod(livekit.validate_livekit_metrics)
     session_mode = "metrics"
 
     @extend_schema(
@@ -47,7 +47,7 @@ class LiveKitMetricsView(IngestView):
 
 
 class LiveKitUsageView(IngestView):
-    validator = staticmethod(ingest.validate_livekit_usage)
+    validator = staticmethod(livekit.validate_livekit_usage)
     session_mode = "usage"
 
     @extend_schema(

@@ -60,7 +60,7 @@ def loads_fast(raw: bytes):
     used only where neither can matter, and loads_strict runs otherwise:
     - Numbers: with at most 15 significant digits, the float nearest to a decimal literal prints (``repr``)
       as that literal's digits, so callers turn floats back into the exact ``Decimal``
-      (usage.ingest.canonical_quantity). Longer literals take the strict path. Integers stay integers.
+      (usage.validation.canonical_quantity). Longer literals take the strict path. Integers stay integers.
     - Duplicate keys: with no quote inside any string (no ``\\"`` or ``\\u0022`` in the body), each member
       ends with '":' in the body once blanks are removed (plus any string that starts with blanks and a
       colon, which can only make the count larger). orjson writes one '":' per member it kept, so equal

@@ -17,7 +17,7 @@ from rest_framework.views import APIView
 from api.fields import FlatMetadataField, RFC3339Field, StorableCharField, decimal_text
 from api.problems import PROBLEM, problem_response
 from billing import selectors as billing_selectors
-from usage import ingest
+from usage import validation
 from usage.models import Session
 
 
@@ -57,7 +57,7 @@ class SessionView(APIView):
     )
     def put(self, request: Request, session_id: str) -> Response:
         principal = request.user
-        if len(session_id) > 128 or ingest._UNSTORABLE_RE.search(session_id):
+        if len(session_id) > 128 or validation.UNSTORABLE_RE.search(session_id):
             return problem_response(
                 400,
                 "Bad request",

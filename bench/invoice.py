@@ -266,7 +266,7 @@ def check_invoices(specs: list[TenantSpec], period_start: date, rng: random.Rand
     from billing import periods
     from billing.models import Invoice
     from tenants.models import Tenant
-    from usage import selectors
+    from usage import rollups
 
     chosen = [specs[0], *rng.sample(specs[1:], 2)]  # always the +05:30 tenant, and two at random
     report = []
@@ -302,7 +302,7 @@ def check_invoices(specs: list[TenantSpec], period_start: date, rng: random.Rand
         for item in invoice.unmatched:
             billed[(item["meter"], item["provider"], item["model"])] += Decimal(item["quantity"])
         agent_line = invoice.lines.filter(kind="agent_fee").first()
-        problems = [f"rollup drift {d}" for d in selectors.rollup_drift(tenant.pk)[:3]]
+        problems = [f"rollup drift {d}" for d in rollups.rollup_drift(tenant.pk)[:3]]
         if dict(billed) != expected:
             keys = set(billed) | set(expected)
             problems += [f"{k}: invoice {billed.get(k)} ≠ events {expected.get(k)}" for k in sorted(keys)

@@ -252,7 +252,7 @@ def fixture() -> Fixture:
 
 def explain_main_queries(tenant_id: int) -> list[str]:
     """EXPLAIN ANALYZE of the rollup queries behind the pages: the period's totals that every priced page
-    needs (billing.selectors.spend → usage.selectors.usage_totals, from usage_agentrollup), and a page of
+    needs (billing.selectors.spend → usage.rollups.usage_totals, from usage_agentrollup), and a page of
     sessions' costs (from usage_usagerollup). They read rollups by index, never usage_usageevent."""
     from django.db import connection
     from django.db.models import Min, Sum
@@ -296,7 +296,7 @@ def check_exact(tenant_id: int) -> str:
 
     from billing import invoicing, periods
     from tenants.models import Tenant
-    from usage import selectors
+    from usage import rollups
 
     tenant = Tenant.objects.get(pk=tenant_id)
     start, end = invoicing.current_period(tenant)
@@ -317,10 +317,10 @@ def check_exact(tenant_id: int) -> str:
         )
         rows = cursor.fetchall()
     from_events = {(m, p, mo): q for m, p, mo, q, _ in rows}
-    rollups = selectors.usage_totals(tenant.pk, begin, finish)
-    if from_events != rollups:
-        raise AssertionError(f"rollups differ from the raw events: {rollups} ≠ {from_events}")
-    return f"{len(rollups)} (meter, provider, model) groups of {start:%B %Y} to date: rollups = Σ raw events, exactly"
+    from_rollups = rollups.usage_totals(tenant.pk, begin, finish)
+    if from_events != from_rollups:
+        raise AssertionError(f"rollups differ from the raw events: {from_rollups} ≠ {from_events}")
+    return f"{len(from_rollups)} (meter, provider, model) groups of {start:%B %Y} to date: rollups = Σ raw events, exactly"
 
 
 def request(port: int, path: str, headers: dict[str, str]) -> tuple[int, bytes, float]:

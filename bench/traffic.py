@@ -77,7 +77,7 @@ def pieces(spec: TenantSpec, first: datetime, last: datetime, seed: int, **extra
 
 
 def decimal_text(value: int, places: int) -> str:
-    """``value`` / 10**places as ingestion stores it (usage.ingest.quantity_text): no trailing zeros."""
+    """``value`` / 10**places as ingestion stores it (usage.validation.quantity_text): no trailing zeros."""
     whole, fraction = divmod(value, 10**places)
     if not fraction:
         return str(whole)

@@ -1,6 +1,6 @@
 """Price a tenant's period: the plan versions in force, the usage from rollups, the pricing engine (DESIGN §5).
 
-Load, compute, return: usage comes from usage.selectors, prices from the plan versions in force (subscriptions
+Load, compute, return: usage comes from usage.rollups, prices from the plan versions in force (subscriptions
 and dated versions split a period into segments; fees, allowances and minimums are prorated), the arithmetic
 from billing.pricing (pure). Nothing here writes; billing.invoicing stores what this returns.
 """
@@ -18,7 +18,7 @@ from django.db.models import Prefetch, Q
 from billing import periods, pricing
 from billing.models import PlanVersion, Price, PricePlan, PriceTier, ProviderRate, Subscription
 from tenants.models import Tenant
-from usage import selectors
+from usage import rollups
 
 
 @dataclass(frozen=True)
@@ -185,7 +185,7 @@ def price_period(
         covered.append((segment.start, segment.end))
         begin = periods.local_midnight(segment.start, tenant.timezone)
         finish = periods.local_midnight(segment.end, tenant.timezone)
-        usage, active_agents = selectors.period_usage(tenant.pk, begin, finish)
+        usage, active_agents = rollups.period_usage(tenant.pk, begin, finish)
         if segment.version is None:
             unmatched += [_unmatched(k, q, "no_plan_version", segment) for k, q in sorted(usage.items()) if q]
             continue
@@ -214,7 +214,7 @@ def price_period(
         ]
         unmatched += [_unmatched(u.key, u.quantity, str(u.reason), segment) for u in priced.unmatched]
     for gap_start, gap_end in _gaps(start, end, covered):
-        usage = selectors.usage_totals(
+        usage = rollups.usage_totals(
             tenant.pk,
             periods.local_midnight(gap_start, tenant.timezone),
             periods.local_midnight(gap_end, tenant.timezone),

@@ -19,7 +19,7 @@ from django.utils import timezone
 from billing import invoicing, period_pricing, periods
 from billing.models import Invoice
 from tenants.models import Tenant
-from usage import selectors as usage_selectors
+from usage import rollups
 from usage.models import UsageEvent, UsageRollup
 
 GroupKey = tuple[str, str, str]
@@ -81,25 +81,12 @@ def current_spend(tenant: Tenant, now: datetime | None = None) -> Spend:
     return spend(tenant, start, end)
 
 
-def breakdown(spend_: Spend, group_by: str, filters: dict | None = None) -> list[dict]:
-    """Usage and allocated cost of the spend's period grouped by one of usage.selectors.GROUPINGS."""
-    tz = spend_.tenant.timezone
-    rows = usage_selectors.usage_rows(
-        spend_.tenant.pk,
-        tz,
-        periods.local_midnight(spend_.start, tz),
-        periods.local_midnight(spend_.end, tz),
-        [group_by],
-        filters,
-    )
-    return _allocate(spend_, group_by, rows)
-
-
 def breakdowns(spend_: Spend, group_bys: list[str]) -> tuple[dict[str, list[dict]], list[dict]]:
-    """``breakdown(spend_, g)`` for each g of ``group_bys`` (meter, agent, session, day or hour), and the
-    period's rows by (meter, provider, model), from one pass over the rollups instead of one per grouping."""
+    """Usage and allocated cost of the spend's period grouped by each g of ``group_bys`` (meter, agent,
+    session, day or hour: usage.rollups.GROUPINGS), and the period's rows by (meter, provider, model), from one
+    pass over the rollups."""
     tz = spend_.tenant.timezone
-    *grouped, by_model = usage_selectors.usage_row_sets(
+    *grouped, by_model = rollups.usage_row_sets(
         spend_.tenant.pk,
         tz,
         periods.local_midnight(spend_.start, tz),
@@ -126,7 +113,7 @@ def invoices_for(tenant: Tenant):
 def priced_usage_rows(
     tenant: Tenant, start: date, end: date, group_by: list[str], filters: dict | None = None
 ) -> list[dict]:
-    """Usage rows of the tenant-local days [start, end) (``usage.selectors.usage_rows`` with ``group_by`` and
+    """Usage rows of the tenant-local days [start, end) (``usage.rollups.usage_rows`` with ``group_by`` and
     ``filters``), each with its allocated ``cost``.
 
     The range is read month by month and each month's rows are priced at that month's average unit prices,
@@ -138,7 +125,7 @@ def priced_usage_rows(
     while month < end:
         month_spend = spend(tenant, month, periods.next_month(month))
         lo, hi = max(start, month), min(end, periods.next_month(month))
-        for row in usage_selectors.usage_rows(
+        for row in rollups.usage_rows(
             tenant.pk, tz, periods.local_midnight(lo, tz), periods.local_midnight(hi, tz), group_by, filters
         ):
             row["cost"] = month_spend.cost_of((row["meter"], row["provider"], row["model"]), row["quantity"])
@@ -178,7 +165,7 @@ class GroupUsage:
 
 def usage_by_groups(tenant: Tenant, start: date, end: date, groups: list[str]) -> dict[tuple, GroupUsage]:
     """Quantity per meter and allocated cost of [start, end), keyed by the values of ``groups`` (any of
-    usage.selectors.GROUPINGS) in that order: what the read API's GET /usage reports."""
+    usage.rollups.GROUPINGS) in that order: what the read API's GET /usage reports."""
     sql_groups = [g for g in groups if g not in ("meter", "provider", "model")]
     merged: dict[tuple, GroupUsage] = {}
     for row in priced_usage_rows(tenant, start, end, sql_groups):
@@ -214,7 +201,7 @@ def session_cost(tenant: Tenant, session_id: str) -> SessionCost:
     if span["first"]:
         month, _ = periods.period_containing(span["first"], tenant.timezone)
         month_spend = spend(tenant, month, periods.next_month(month))
-        rows = usage_selectors.usage_rows(
+        rows = rollups.usage_rows(
             tenant.pk,
             tenant.timezone,
             span["first"] - timedelta(hours=1),

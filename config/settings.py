@@ -166,6 +166,8 @@ CELERY_BEAT_SCHEDULE = {
     "check-budgets": {"task": "spend.tasks.check_budgets", "schedule": 10 * 60},
     "reconcile-stripe": {"task": "payments.tasks.reconcile_stripe", "schedule": 15 * 60},
     "dispatch-pending-events": {"task": "notifications.tasks.dispatch_pending_events", "schedule": 60},
+    # Daily, not hourly: the check re-reads every raw event a tenant ever sent.
+    "verify-rollups": {"task": "usage.tasks.verify_all_rollups", "schedule": 24 * 60 * 60},
 }
 
 STRIPE_API_KEY = env("STRIPE_API_KEY", default="")

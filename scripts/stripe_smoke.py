@@ -65,7 +65,7 @@ def smoke(run: str) -> int:
     from billing.pricing import to_minor_units
     from payments import stripe_sync
     from tenants.models import Agent, Tenant
-    from usage import ingest
+    from usage import ingest, validation
 
     now = datetime.now(UTC)
     tenant = Tenant.objects.create(
@@ -96,9 +96,7 @@ def smoke(run: str) -> int:
         }
         for n, (p, m, u) in enumerate(usage)
     ]
-    batch = ingest.validate_event_batch(
-        {"events": events}, agent.pk, ingest.active_meter_codes(), now=used_at
-    )
+    batch = validation.validate_event_batch({"events": events}, validation.active_meter_codes(), now=used_at)
     ingest.store_events(tenant, agent, batch)
     invoice = load_demo_billing(tenant, now)  # the demo plan, and last month finalized
     print(f"finalized {invoice.number}: {invoice.total} {invoice.currency}, {invoice.lines.count()} lines")

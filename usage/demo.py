@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from tenants.keys import issue_key
 from tenants.models import Agent, Membership, Tenant
-from usage import ingest
+from usage import ingest, livekit, validation
 from usage.models import Session, UsageEvent
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "tests" / "data" / "livekit"
@@ -74,7 +74,7 @@ def load_demo(days: int = 30, seed: int = 7, now: datetime | None = None) -> dic
         return summary
     rng = random.Random(seed)
     samples = {name: _load_sample(name) for names in AGENTS.values() for name in names}
-    meter_codes = ingest.active_meter_codes()
+    meter_codes = validation.active_meter_codes()
     for day in range(days, -1, -1):
         day_start = (now - timedelta(days=day)).replace(hour=0, minute=0, second=0, microsecond=0)
         weekday_factor = 0.45 if day_start.weekday() >= 5 else 1.0
@@ -89,8 +89,8 @@ def load_demo(days: int = 30, seed: int = 7, now: datetime | None = None) -> dic
                 offset = started.timestamp() - sample["session"]["started_at"]
                 session_id = f"demo-{agent_name}-{started:%Y%m%d}-{n:03d}"
                 metrics = [dict(m, timestamp=m["timestamp"] + offset) for m in sample["metrics"]]
-                batch = ingest.validate_livekit_metrics(
-                    {"session_id": session_id, "metrics": metrics}, agent.pk, meter_codes, now
+                batch = livekit.validate_livekit_metrics(
+                    {"session_id": session_id, "metrics": metrics}, meter_codes, now
                 )
                 result = ingest.store_events(tenant, agent, batch, session_mode="metrics")
                 summary["events"] += result.accepted

@@ -157,10 +157,10 @@ class UsageRollup(Rollup):
 class AgentRollup(Rollup):
     """Exact totals per (tenant, agent, meter, provider, model, hour): ``UsageRollup`` without the session.
 
-    Kept in the same statement as ``UsageRollup`` (usage.ingest), from the same inserted rows, so the two
+    Kept in the same statement as ``UsageRollup`` (usage.rollups), from the same inserted rows, so the two
     always agree. A session lasts minutes, so per-session rows grow with a period's events (about one row per
     12 events); these grow only with agents × models × hours. Period totals, active agents and every
-    breakdown that is not by session read this table (usage.selectors); session views read ``UsageRollup``.
+    breakdown that is not by session read this table (usage.rollups); session views read ``UsageRollup``.
     """
 
     class Meta:

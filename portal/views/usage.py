@@ -19,7 +19,7 @@ from billing.money import format_money, format_quantity
 from portal.access import activate_tenant_timezone, tenant_view
 from portal.forms import UsageFilterForm
 from tenants.models import Agent
-from usage import selectors as usage_selectors
+from usage import rollups
 
 USAGE_TABLE_ROWS = 2000
 # The first column of the usage table, by grouping (meter and model rows need none: they are the table).
@@ -124,9 +124,8 @@ def usage_csv(request):
     tz = ZoneInfo(tenant.timezone)
     agents = dict(Agent.objects.for_tenant(tenant).values_list("pk", "name"))
     writer = csv.writer(_Echo())
-    rows = usage_selectors.iter_usage_rows(
+    rows = rollups.iter_usage_rows(
         tenant.pk,
-        tenant.timezone,
         periods.local_midnight(data["start"], tenant.timezone),
         periods.local_midnight(data["end_exclusive"], tenant.timezone),
         form.filters(),

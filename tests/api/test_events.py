@@ -11,7 +11,7 @@ import pytest
 from api import events
 from tests.conftest import AgentClient
 from tests.factories import AgentFactory, TenantFactory, api_key_for
-from tests.usage.helpers import event, iso, recent, stored_count, totals
+from tests.usage.builders import event, iso, recent, stored_count, totals
 from usage.models import Meter, Session, UsageEvent
 
 pytestmark = pytest.mark.django_db

@@ -5,7 +5,7 @@ import pytest
 from tests import livekit_samples as samples
 from tests.conftest import AgentClient
 from tests.factories import AgentFactory, TenantFactory, api_key_for
-from tests.usage.helpers import event, totals
+from tests.usage.builders import event, totals
 from usage.models import Session, UsageEvent
 
 pytestmark = pytest.mark.django_db

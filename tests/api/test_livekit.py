@@ -13,7 +13,7 @@ from decimal import Decimal
 import pytest
 
 from tests import livekit_samples as samples
-from tests.usage.helpers import event, totals
+from tests.usage.builders import event, totals
 from usage.models import Session, UsageEvent
 
 pytestmark = pytest.mark.django_db

@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from tests.conftest import AgentClient
-from tests.usage.helpers import event, iso, recent
+from tests.usage.builders import event, iso, recent
 from usage.models import Session
 
 pytestmark = pytest.mark.django_db

@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 
 from billing.models import PlanVersion, Price, PricePlan, PriceTier, Subscription
-from usage import ingest
+from usage import ingest, validation
 
 M = Decimal(1_000_000)
 
@@ -94,7 +94,7 @@ def store(
             }
         ]
     }
-    batch = ingest.validate_event_batch(payload, agent.pk, ingest.active_meter_codes(), now=when)
+    batch = validation.validate_event_batch(payload, validation.active_meter_codes(), now=when)
     return ingest.store_events(agent.tenant, agent, batch)
 
 

@@ -20,7 +20,7 @@ from django.utils import timezone
 from billing.demo import load_demo_billing
 from tenants.models import Agent
 from tests import livekit_samples as samples
-from usage import ingest
+from usage import ingest, livekit, validation
 from usage.demo import load_demo
 from usage.models import Session
 
@@ -77,10 +77,9 @@ def _top_up_current_period(tenant) -> None:
     length = sample["session"]["ended_at"] - sample["session"]["started_at"]
     agent = Agent.objects.get(tenant=tenant, name="dental-receptionist")
     session_id = f"demo-dental-receptionist-{ended:%Y%m%d}-099"
-    batch = ingest.validate_livekit_metrics(
+    batch = livekit.validate_livekit_metrics(
         {"session_id": session_id, "metrics": samples.shifted_metrics(sample, ended.timestamp())},
-        agent.pk,
-        ingest.active_meter_codes(),
+        validation.active_meter_codes(),
         now,
     )
     ingest.store_events(tenant, agent, batch, session_mode="metrics")

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.usage.helpers import event
+from tests.usage.builders import event
 from usage.demo import DEMO_PASSWORD, DEMO_USERNAME
 
 pytestmark = pytest.mark.slow

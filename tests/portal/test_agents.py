@@ -5,7 +5,7 @@ from django.test import Client
 
 from tenants.models import APIKey
 from tests.conftest import AgentClient
-from tests.usage.helpers import event
+from tests.usage.builders import event
 
 pytestmark = pytest.mark.django_db
 

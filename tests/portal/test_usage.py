@@ -9,7 +9,7 @@ import pytest
 from django.utils import timezone
 
 from tests.conftest import AgentClient
-from tests.usage.helpers import event
+from tests.usage.builders import event
 
 pytestmark = pytest.mark.django_db
 

@@ -18,7 +18,7 @@ import pytest
 
 from tests import livekit_samples as samples
 from tests.sdk.conftest import livekit_expected_totals
-from tests.usage.helpers import totals
+from tests.usage.builders import totals
 from usage.models import Session, UsageEvent
 
 pytestmark = pytest.mark.django_db(transaction=True)

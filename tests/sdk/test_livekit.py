@@ -41,7 +41,7 @@ from pydantic import TypeAdapter
 
 from tests import livekit_samples as samples
 from tests.sdk.conftest import livekit_expected_totals, per_meter
-from tests.usage.helpers import totals
+from tests.usage.builders import totals
 from usage import meters as meter_catalogue
 from usage.models import Session, UsageEvent
 

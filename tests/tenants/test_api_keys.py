@@ -11,7 +11,7 @@ from tenants.authentication import APIKeyRateThrottle, find_key
 from tenants.models import Agent, APIKey, Tenant
 from tests.conftest import AgentClient
 from tests.factories import AgentFactory, TenantFactory, api_key_for
-from tests.usage.helpers import event, stored_count
+from tests.usage.builders import event, stored_count
 
 pytestmark = pytest.mark.django_db
 URL = "/api/v1/events"

@@ -3,7 +3,7 @@ from django.core.management import call_command
 
 from tenants.models import Agent, APIKey, Membership
 from usage.models import UsageEvent
-from usage.selectors import rollup_drift
+from usage.rollups import rollup_drift
 
 
 @pytest.mark.django_db

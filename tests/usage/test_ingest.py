@@ -9,9 +9,9 @@ from django.db import connection
 
 from tests.conftest import AgentClient
 from tests.factories import AgentFactory, api_key_for
-from tests.usage.helpers import event, recent, totals
+from tests.usage.builders import event, recent, totals
 from usage.models import UsageEvent, UsageRollup
-from usage.selectors import rollup_drift
+from usage.rollups import rollup_drift
 
 URL = "/api/v1/events"
 

@@ -6,8 +6,8 @@ import pytest
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
-from tests.usage.helpers import event, totals
-from usage.selectors import rollup_drift
+from tests.usage.builders import event, totals
+from usage.rollups import rollup_drift
 
 BEFORE = [("usage", "0003_portal_read_indexes")]
 

@@ -1,70 +1,55 @@
-"""Read queries over usage, for billing, the portal and the read API."""
+"""The two rollups: how ingestion writes them, how every usage read queries them, and how they are checked.
+
+``usage_usagerollup`` is keyed by (tenant, agent, session, meter, provider, model, hour) and serves the
+session views and the CSV export; ``usage_agentrollup`` drops the session (far fewer rows) and serves period
+totals and every breakdown not by session. Both are kept by the ingest statement (``ROLLUP_CTES``, composed
+into usage.ingest's one statement) from exactly the rows it inserted, in tenant-local hours
+(``hour_bucket``); ``rollup_drift`` recomputes both from the raw events. Reads never touch raw events.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 from decimal import Decimal
 
-from django.db import connection
+from django.db import connection, transaction
 
-_DRIFT_SQL = """
-WITH from_events AS (
-    SELECT e.agent_id, e.session_id, u.key AS meter, e.provider, e.model,
-           date_trunc('hour', e.timestamp, t.timezone) AS hour,
+
+def hour_bucket(timestamp: str, tz: str) -> str:
+    """The SQL of a rollup's hour: the tenant-local hour that the ``timestamp`` expression falls in (``tz`` is
+    an SQL expression naming the tenant's time zone). Any tenant-local day or month boundary is then exact."""
+    return f"date_trunc('hour', {timestamp}, {tz})"
+
+
+# The rollup part of usage.ingest's statement: CTEs that add the rows of a preceding CTE named ``inserted``
+# (columns timestamp, session_id, provider, model, usage) to both rollups, with the parameters %(tenant)s,
+# %(agent)s and %(tz)s (the tenant's time zone). Keys are upserted in key order, so that overlapping batches
+# do not deadlock; the per-agent rows are the per-session ones summed, so the two tables cannot disagree.
+ROLLUP_CTES = f"""
+grouped AS (
+    SELECT i.session_id, u.key AS meter, i.provider, i.model, {hour_bucket("i.timestamp", "%(tz)s")} AS hour,
            sum(u.value::numeric) AS quantity, count(*) AS event_count
-    FROM usage_usageevent e
-    JOIN tenants_tenant t ON t.id = e.tenant_id
-    CROSS JOIN LATERAL jsonb_each_text(e.usage) AS u
-    WHERE e.tenant_id = %(tenant)s
-    GROUP BY 1, 2, 3, 4, 5, 6
-), per_session AS (
-    SELECT 'usage_usagerollup' AS rollup, coalesce(f.agent_id, r.agent_id) AS agent_id,
-           coalesce(f.session_id, r.session_id) AS session_id, coalesce(f.meter, r.meter) AS meter,
-           coalesce(f.provider, r.provider) AS provider, coalesce(f.model, r.model) AS model,
-           coalesce(f.hour, r.hour) AS hour, f.quantity, r.quantity, f.event_count, r.event_count
-    FROM from_events f
-    FULL OUTER JOIN (SELECT * FROM usage_usagerollup WHERE tenant_id = %(tenant)s) r
-        USING (agent_id, session_id, meter, provider, model, hour)
-    WHERE f.quantity IS DISTINCT FROM r.quantity OR f.event_count IS DISTINCT FROM r.event_count
-), per_agent AS (
-    SELECT 'usage_agentrollup', coalesce(f.agent_id, r.agent_id), NULL, coalesce(f.meter, r.meter),
-           coalesce(f.provider, r.provider), coalesce(f.model, r.model), coalesce(f.hour, r.hour),
-           f.quantity, r.quantity, f.event_count, r.event_count
-    FROM (
-        SELECT agent_id, meter, provider, model, hour, sum(quantity) AS quantity,
-               sum(event_count) AS event_count
-        FROM from_events GROUP BY 1, 2, 3, 4, 5
-    ) f
-    FULL OUTER JOIN (SELECT * FROM usage_agentrollup WHERE tenant_id = %(tenant)s) r
-        USING (agent_id, meter, provider, model, hour)
-    WHERE f.quantity IS DISTINCT FROM r.quantity OR f.event_count IS DISTINCT FROM r.event_count
-)
-SELECT * FROM per_session UNION ALL SELECT * FROM per_agent
-ORDER BY 1, 2, 3, 4, 5, 6, 7
-"""
-
-
-def rollup_drift(tenant_id: int) -> list[dict]:
-    """Groups whose rollup total differs from the sum of the tenant's raw events (should be none), in
-    either rollup table (``session_id`` is None for ``usage_agentrollup``)."""
-    with connection.cursor() as cursor:
-        cursor.execute(_DRIFT_SQL, {"tenant": tenant_id})
-        return [
-            {
-                "rollup": row[0],
-                "agent_id": row[1],
-                "session_id": row[2],
-                "meter": row[3],
-                "provider": row[4],
-                "model": row[5],
-                "hour": row[6].isoformat(),
-                "events_quantity": str(row[7]),
-                "rollup_quantity": str(row[8]),
-                "events_count": row[9],
-                "rollup_count": row[10],
-            }
-            for row in cursor.fetchall()
-        ]
+    FROM inserted i CROSS JOIN LATERAL jsonb_each_text(i.usage) AS u
+    GROUP BY 1, 2, 3, 4, 5
+),
+rolled_up AS (
+    INSERT INTO usage_usagerollup (tenant_id, agent_id, session_id, meter, provider, model, hour, quantity,
+                                   event_count)
+    SELECT %(tenant)s, %(agent)s, session_id, meter, provider, model, hour, quantity, event_count
+    FROM grouped ORDER BY 3, 4, 5, 6, 7
+    ON CONFLICT (tenant_id, agent_id, session_id, meter, provider, model, hour) DO UPDATE
+       SET quantity = usage_usagerollup.quantity + EXCLUDED.quantity,
+           event_count = usage_usagerollup.event_count + EXCLUDED.event_count
+),
+agent_rolled_up AS (
+    INSERT INTO usage_agentrollup (tenant_id, agent_id, meter, provider, model, hour, quantity, event_count)
+    SELECT %(tenant)s, %(agent)s, meter, provider, model, hour, sum(quantity), sum(event_count)
+    FROM grouped GROUP BY 3, 4, 5, 6 ORDER BY 3, 4, 5, 6
+    ON CONFLICT (tenant_id, agent_id, meter, provider, model, hour) DO UPDATE
+       SET quantity = usage_agentrollup.quantity + EXCLUDED.quantity,
+           event_count = usage_agentrollup.event_count + EXCLUDED.event_count
+)"""  # noqa: S608 - constant SQL fragments only
 
 
 def usage_totals(tenant_id: int, start: datetime, end: datetime) -> dict[tuple[str, str, str], Decimal]:
@@ -87,8 +72,8 @@ def usage_totals(tenant_id: int, start: datetime, end: datetime) -> dict[tuple[s
 def period_usage(
     tenant_id: int, start: datetime, end: datetime
 ) -> tuple[dict[tuple[str, str, str], Decimal], int]:
-    """``(usage_totals(…), len(active_agent_ids(…)))`` from one pass over the rollups: what pricing a period
-    needs, and every priced page prices the current period first."""
+    """``usage_totals(…)`` and the number of agents that reported any usage in [start, end), from one pass
+    over the rollups: what pricing a period needs, and every priced page prices the current period first."""
     totals: dict[tuple[str, str, str], Decimal] = {}
     agents = 0
     with connection.cursor() as cursor:
@@ -106,16 +91,6 @@ def period_usage(
             else:
                 agents += 1
     return totals, agents
-
-
-def active_agent_ids(tenant_id: int, start: datetime, end: datetime) -> list[int]:
-    """Agents that reported any usage in [start, end)."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT DISTINCT agent_id FROM usage_agentrollup WHERE tenant_id = %s AND hour >= %s AND hour < %s ORDER BY 1",
-            [tenant_id, start, end],
-        )
-        return [row[0] for row in cursor.fetchall()]
 
 
 GROUPINGS = {
@@ -144,9 +119,9 @@ def _table(keys: list[str], filters: dict | None) -> str:
     return "usage_agentrollup"
 
 
-def _where(tenant_id: int, tz: str, start: datetime, end: datetime, filters: dict | None) -> tuple[str, dict]:
+def _where(tenant_id: int, start: datetime, end: datetime, filters: dict | None) -> tuple[str, dict]:
     where = ["tenant_id = %(tenant)s", "hour >= %(start)s", "hour < %(end)s"]
-    params: dict = {"tenant": tenant_id, "start": start, "end": end, "tz": tz}
+    params: dict = {"tenant": tenant_id, "start": start, "end": end}
     for name, value in (filters or {}).items():
         where.append(f"{FILTERS[name]} = %(f_{name})s")
         params[f"f_{name}"] = value
@@ -197,7 +172,8 @@ def usage_rows(
     """Rolled-up usage in [start, end), grouped by any of GROUPINGS (always also by meter, provider and
     model, which pricing needs) and filtered by FILTERS. Reads rollups only, never raw events."""
     keys = _keys(group_by, filters)
-    where, params = _where(tenant_id, tz, start, end, filters)
+    where, params = _where(tenant_id, start, end, filters)
+    params["tz"] = tz  # the "day" grouping
     select = ", ".join(f"{GROUPINGS[k]} AS {k}" for k in keys)
     positions = ", ".join(str(i + 1) for i in range(len(keys)))
     sql = (
@@ -232,7 +208,8 @@ def usage_row_sets(
     heads = [g for g in dict.fromkeys(wanted) if g != "meter"]
     # heads…, meter, provider, model: ordered by these, each set's rows come in usage_rows's order.
     keys = _keys(heads, filters)
-    where, params = _where(tenant_id, tz, start, end, filters)
+    where, params = _where(tenant_id, start, end, filters)
+    params["tz"] = tz  # the "day" grouping
     sets = {
         g: [g, "meter", "provider", "model"] if g != "meter" else ["meter", "provider", "model"]
         for g in wanted
@@ -263,20 +240,76 @@ def usage_row_sets(
     return [by_set[g] for g in wanted]
 
 
-def iter_usage_rows(tenant_id: int, tz: str, start: datetime, end: datetime, filters: dict | None = None):
+def iter_usage_rows(
+    tenant_id: int, start: datetime, end: datetime, filters: dict | None = None
+) -> Iterator[tuple]:
     """Hourly rollup rows for CSV export, streamed from a server-side cursor (bounded memory)."""
-    from django.db import transaction
-
-    where = ["tenant_id = %(tenant)s", "hour >= %(start)s", "hour < %(end)s"]
-    params: dict = {"tenant": tenant_id, "start": start, "end": end}
-    for name, value in (filters or {}).items():
-        where.append(f"{FILTERS[name]} = %(f_{name})s")
-        params[f"f_{name}"] = value
+    where, params = _where(tenant_id, start, end, filters)
     sql = (
         "SELECT hour, agent_id, session_id, meter, provider, model, quantity, event_count "  # noqa: S608 - whitelisted
-        f"FROM usage_usagerollup WHERE {' AND '.join(where)} ORDER BY hour, agent_id, session_id, meter, provider, model"
+        f"FROM usage_usagerollup WHERE {where} ORDER BY hour, agent_id, session_id, meter, provider, model"
     )
     with transaction.atomic(), connection.connection.cursor(name="usage_export") as cursor:
         cursor.itersize = 2000
         cursor.execute(sql, params)
         yield from cursor
+
+
+_DRIFT_SQL = f"""
+WITH from_events AS (
+    SELECT e.agent_id, e.session_id, u.key AS meter, e.provider, e.model,
+           {hour_bucket("e.timestamp", "t.timezone")} AS hour,
+           sum(u.value::numeric) AS quantity, count(*) AS event_count
+    FROM usage_usageevent e
+    JOIN tenants_tenant t ON t.id = e.tenant_id
+    CROSS JOIN LATERAL jsonb_each_text(e.usage) AS u
+    WHERE e.tenant_id = %(tenant)s
+    GROUP BY 1, 2, 3, 4, 5, 6
+), per_session AS (
+    SELECT 'usage_usagerollup' AS rollup, coalesce(f.agent_id, r.agent_id) AS agent_id,
+           coalesce(f.session_id, r.session_id) AS session_id, coalesce(f.meter, r.meter) AS meter,
+           coalesce(f.provider, r.provider) AS provider, coalesce(f.model, r.model) AS model,
+           coalesce(f.hour, r.hour) AS hour, f.quantity, r.quantity, f.event_count, r.event_count
+    FROM from_events f
+    FULL OUTER JOIN (SELECT * FROM usage_usagerollup WHERE tenant_id = %(tenant)s) r
+        USING (agent_id, session_id, meter, provider, model, hour)
+    WHERE f.quantity IS DISTINCT FROM r.quantity OR f.event_count IS DISTINCT FROM r.event_count
+), per_agent AS (
+    SELECT 'usage_agentrollup', coalesce(f.agent_id, r.agent_id), NULL, coalesce(f.meter, r.meter),
+           coalesce(f.provider, r.provider), coalesce(f.model, r.model), coalesce(f.hour, r.hour),
+           f.quantity, r.quantity, f.event_count, r.event_count
+    FROM (
+        SELECT agent_id, meter, provider, model, hour, sum(quantity) AS quantity,
+               sum(event_count) AS event_count
+        FROM from_events GROUP BY 1, 2, 3, 4, 5
+    ) f
+    FULL OUTER JOIN (SELECT * FROM usage_agentrollup WHERE tenant_id = %(tenant)s) r
+        USING (agent_id, meter, provider, model, hour)
+    WHERE f.quantity IS DISTINCT FROM r.quantity OR f.event_count IS DISTINCT FROM r.event_count
+)
+SELECT * FROM per_session UNION ALL SELECT * FROM per_agent
+ORDER BY 1, 2, 3, 4, 5, 6, 7
+"""  # noqa: S608 - constant SQL fragments only
+
+
+def rollup_drift(tenant_id: int) -> list[dict]:
+    """Groups whose rollup total differs from the sum of the tenant's raw events (should be none), in
+    either rollup table (``session_id`` is None for ``usage_agentrollup``)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_DRIFT_SQL, {"tenant": tenant_id})
+        return [
+            {
+                "rollup": row[0],
+                "agent_id": row[1],
+                "session_id": row[2],
+                "meter": row[3],
+                "provider": row[4],
+                "model": row[5],
+                "hour": row[6].isoformat(),
+                "events_quantity": str(row[7]),
+                "rollup_quantity": str(row[8]),
+                "events_count": row[9],
+                "rollup_count": row[10],
+            }
+            for row in cursor.fetchall()
+        ]

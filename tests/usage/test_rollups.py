@@ -1,4 +1,4 @@
-"""Usage read queries: the one-pass row sets and the per-agent rollups answer as the per-grouping, per-session
+"""Rollup reads: the one-pass row sets and the per-agent rollups answer as the per-grouping, per-session
 queries do."""
 
 import time
@@ -12,7 +12,7 @@ from django.utils import timezone
 from tests import livekit_samples as samples
 from tests.conftest import AgentClient
 from tests.factories import AgentFactory, api_key_for
-from usage import selectors
+from usage import rollups
 from usage.models import UsageEvent
 
 pytestmark = pytest.mark.django_db
@@ -40,15 +40,15 @@ def test_usage_row_sets_equal_usage_rows_per_grouping(world):
             {"meter": "llm_input_text_tokens"},
             {"session": "call-0"},
         ):
-            got = selectors.usage_row_sets(tenant.pk, tz, start, end, GROUPINGS, filters)
+            got = rollups.usage_row_sets(tenant.pk, tz, start, end, GROUPINGS, filters)
             expected = [
-                selectors.usage_rows(tenant.pk, tz, start, end, [g] if g else [], filters) for g in GROUPINGS
+                rollups.usage_rows(tenant.pk, tz, start, end, [g] if g else [], filters) for g in GROUPINGS
             ]
             assert got == expected
             assert [[list(row) for row in rows] for rows in got] == [
                 [list(row) for row in rows] for rows in expected
             ]
-    everything = selectors.usage_row_sets(tenant.pk, tenant.timezone, start, end, ["day", "agent"])
+    everything = rollups.usage_row_sets(tenant.pk, tenant.timezone, start, end, ["day", "agent"])
     # the days the raw events fall on in the tenant's zone: two sessions two days apart, each of which may
     # cross a midnight when the test runs just after one
     zone = ZoneInfo(tenant.timezone)
@@ -59,7 +59,7 @@ def test_usage_row_sets_equal_usage_rows_per_grouping(world):
     assert len(days) >= 2
     assert {row["day"] for row in everything[0]} == days and len({row["agent"] for row in everything[1]}) == 2
     with pytest.raises(ValueError):
-        selectors.usage_row_sets(tenant.pk, tenant.timezone, start, end, ["model"])
+        rollups.usage_row_sets(tenant.pk, tenant.timezone, start, end, ["model"])
 
 
 def test_per_agent_rollups_answer_as_the_per_session_ones(world, monkeypatch):
@@ -76,14 +76,14 @@ def test_per_agent_rollups_answer_as_the_per_session_ones(world, monkeypatch):
     groupings = [["day"], ["meter"], ["agent"], ["hour"], ["provider", "model"], []]
 
     def answers():
-        rows = [selectors.usage_rows(tenant.pk, "Asia/Kolkata", start, end, g) for g in groupings]
-        return rows, selectors.usage_row_sets(tenant.pk, tenant.timezone, start, end, ["day", "agent", None])
+        rows = [rollups.usage_rows(tenant.pk, "Asia/Kolkata", start, end, g) for g in groupings]
+        return rows, rollups.usage_row_sets(tenant.pk, tenant.timezone, start, end, ["day", "agent", None])
 
     from_agent_rollups = answers()
-    totals, agents = selectors.period_usage(tenant.pk, start, end)
+    totals, agents = rollups.period_usage(tenant.pk, start, end)
     assert agents == 2 and totals and all(q > 0 for q in totals.values())
 
-    monkeypatch.setattr(selectors, "_table", lambda keys, filters: "usage_usagerollup")
+    monkeypatch.setattr(rollups, "_table", lambda keys, filters: "usage_usagerollup")
     assert answers() == from_agent_rollups
     with connection.cursor() as cursor:
         cursor.execute(
@@ -92,4 +92,9 @@ def test_per_agent_rollups_answer_as_the_per_session_ones(world, monkeypatch):
             [tenant.pk, start, end],
         )
         assert totals == {(m, p, mo): q for m, p, mo, q in cursor.fetchall()}
-    assert selectors.active_agent_ids(tenant.pk, start, end) == sorted([world.agents[0].pk, second.pk])
+        cursor.execute(
+            "SELECT DISTINCT agent_id FROM usage_usagerollup WHERE tenant_id = %s AND hour >= %s AND hour < %s "
+            "ORDER BY 1",
+            [tenant.pk, start, end],
+        )
+        assert [row[0] for row in cursor.fetchall()] == sorted([world.agents[0].pk, second.pk])

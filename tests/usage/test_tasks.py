@@ -1,8 +1,8 @@
 import pytest
-from django.test import Client
+from django.conf import settings
 
-from config.celery import app
 from tests import livekit_samples as samples
+from tests.factories import TenantFactory
 from usage import tasks
 from usage.models import AgentRollup, UsageRollup
 
@@ -39,34 +39,13 @@ def test_verify_rollups_runs_on_a_real_worker_and_finds_drift_only_when_there_is
 
 
 @pytest.mark.django_db
-def test_healthz_reports_database_and_broker():
-    response = Client().get("/healthz")
-    assert response.status_code == 200
-    assert response.json() == {"status": "ok", "checks": {"database": "ok", "broker": "ok"}}
+def test_beat_queues_a_rollup_check_for_every_tenant_daily(tenant, monkeypatch):
+    other = TenantFactory()
+    queued = []
+    monkeypatch.setattr(tasks.verify_rollups, "delay", queued.append)
 
-
-@pytest.mark.django_db
-def test_healthz_is_503_when_the_broker_is_unreachable(monkeypatch):
-    unreachable = "redis://127.0.0.1:1/0"  # nothing listens on port 1
-    monkeypatch.setenv("CELERY_BROKER_URL", unreachable)  # Celery lets this variable override its config
-    monkeypatch.setitem(app.conf, "broker_url", unreachable)
-    response = Client().get("/healthz")
-    assert response.status_code == 503
-    assert response.json()["checks"]["database"] == "ok"
-    assert response.json()["checks"]["broker"].startswith("error")
-
-
-@pytest.mark.django_db
-def test_openapi_schema_documents_the_ingestion_api_and_docs_need_no_cdn():
-    schema = Client().get("/api/schema/", HTTP_ACCEPT="application/json").json()
-    assert {
-        "/api/v1/events",
-        "/api/v1/livekit/metrics",
-        "/api/v1/livekit/usage",
-        "/api/v1/sessions/{session_id}",
-    } <= set(schema["paths"])
-    assert schema["components"]["securitySchemes"]["AgentAPIKey"]["scheme"] == "bearer"
-
-    docs = Client().get("/api/docs/")
-    assert docs.status_code == 200
-    assert b"cdn" not in docs.content.lower() and b"/static/drf_spectacular_sidecar/" in docs.content
+    assert tasks.verify_all_rollups() == 2 and queued == [tenant.pk, other.pk]
+    entry = next(
+        e for e in settings.CELERY_BEAT_SCHEDULE.values() if e["task"] == tasks.verify_all_rollups.name
+    )
+    assert entry["schedule"] == 24 * 60 * 60

@@ -1,10 +1,10 @@
-"""The common-case validator (``_plain_event``) accepts only what the full one accepts, with equal records."""
+"""The common-case validator (``plain_event``) accepts only what the full one accepts, with equal records."""
 
 import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from usage import ingest
+from usage import validation
 
 METERS = frozenset({"llm_input_text_tokens", "tts_audio_seconds", "stt_audio_seconds"})
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -85,10 +85,12 @@ def test_plain_event_agrees_with_the_full_validator():
         if rng.random() < 0.05:
             event["extra"] = 1
         errors: list = []
-        full = ingest._validate_event(event, f"/events/{index}", index, 1, METERS, NOW, errors)
-        plain = ingest._plain_event(event, index, METERS, NOW - ingest.MAX_PAST, NOW + ingest.MAX_FUTURE)
+        full = validation.validate_event(event, f"/events/{index}", index, METERS, NOW, errors)
+        plain = validation.plain_event(
+            event, index, METERS, NOW - validation.MAX_PAST, NOW + validation.MAX_FUTURE
+        )
         if plain is not None:
             fast_taken += 1
             assert errors == [] and plain == full, event
     assert fast_taken > 500  # the common case is exercised, not only the refusals
-    assert timedelta(days=35) == ingest.MAX_PAST
+    assert timedelta(days=35) == validation.MAX_PAST
