@@ -653,6 +653,11 @@ def main() -> int:
             if len(copies) != 1 or Decimal(stripe_total) / 100 != invoice.total:
                 failures.append(f"tenant {tenant_id}: {len(copies)} Stripe invoices (total {stripe_total})")
 
+        numbers = sorted(Invoice.objects.filter(pk__in=ids).values_list("number", flat=True))
+        sequence = [int(n.rsplit("-", 1)[1]) for n in numbers]
+        if sequence != list(range(sequence[0], sequence[0] + len(sequence))):
+            failures.append(f"invoice numbers are not gapless: {numbers}")
+
         answers: Counter = Counter()
         for c in clients:
             answers.update({k: v for k, v in c.tally.answers.items() if v})
@@ -688,6 +693,7 @@ def main() -> int:
         print(
             f"\nresent {resent:,} events (all answered as duplicates or accepted once), {conflicting} conflicting "
             f"sends ({reported} reported as conflicts, none stored); faults: {len(faults)}; "
+            f"invoice numbers {numbers[0]} … {numbers[-1]}, gapless; "
             f"whole run {time.monotonic() - began:.0f} s (ingest {ingest_seconds:.0f} s)"
         )
         if failures:
