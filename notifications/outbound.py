@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import certifi
 import urllib3
@@ -131,7 +131,10 @@ def parse(url: str) -> Target:
             host = host.encode("idna").decode("ascii")
         except UnicodeError as error:
             raise DeliveryFailed(COULD_NOT_CONNECT, "the host name is not valid") from error
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    # Spaces, control and non-ASCII characters percent-encoded: nothing a tenant types can split the request line.
+    path = quote(
+        (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), safe="/%:@!$&'()*+,;=-._~?"
+    )
     return Target(scheme, str(literal) if literal else host, port, path, literal)
 
 

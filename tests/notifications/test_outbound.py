@@ -199,6 +199,17 @@ def test_with_the_development_setting_a_loopback_receiver_gets_the_request(devel
     assert fake_dns.lookups == {"hooks.test": 1}  # connected to the checked address, never looked up again
 
 
+def test_a_path_with_spaces_line_breaks_and_non_ascii_reaches_the_receiver_percent_encoded(
+    development, receiver
+):
+    outbound.post(receiver.url(path="/in/ünï code\r\nX-Injected: 1?q=a b"), BODY, {}).raise_for_status()
+
+    (request,) = receiver.received
+    assert request.path.isascii() and " " not in request.path
+    assert "X-Injected" not in request.headers
+    assert request.path.startswith("/in/%C3%BCn%C3%AF%20code")
+
+
 def test_redirects_are_not_followed_and_fail_as_their_status(development, receiver):
     receiver.answer = Answer(307, headers={"Location": receiver.url(path="/elsewhere")})
 
