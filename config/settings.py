@@ -177,6 +177,13 @@ STRIPE_API_BASE = env("STRIPE_API_BASE", default="")
 STRIPE_NAMESPACE = env("STRIPE_NAMESPACE", default="meterline")
 STRIPE_TIMEOUT_SECONDS = env.float("STRIPE_TIMEOUT_SECONDS", default=30)
 
+# Requests to tenants' URLs (notifications.outbound, docs/decisions/008-outbound-requests.md): public addresses on
+# ports 80/443 only. Local development may allow loopback and private networks (any port); never production.
+OUTBOUND_ALLOW_PRIVATE_NETWORKS = env.bool("OUTBOUND_ALLOW_PRIVATE_NETWORKS", default=False)
+OUTBOUND_ALLOWED_PORTS = env.list("OUTBOUND_ALLOWED_PORTS", cast=int, default=[80, 443])
+# The CA certificates tenants' https endpoints are checked against; empty: certifi's bundle.
+OUTBOUND_CA_BUNDLE = env("OUTBOUND_CA_BUNDLE", default="")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -8,6 +8,7 @@ from django import forms
 from django.contrib.auth import get_user_model
 from django.utils.safestring import mark_safe
 
+from notifications import outbound
 from tenants.models import Agent, Membership
 from usage.models import Meter
 
@@ -136,3 +137,11 @@ class BudgetForm(forms.Form):
 
     def clean_thresholds(self):
         return sorted(int(t) for t in self.cleaned_data["thresholds"])
+
+    def clean_webhook_url(self):
+        """Refuse at once what can never be delivered to (another scheme or port, a private address written
+        as the host); a name is resolved and checked again on every delivery, since DNS answers change."""
+        url = self.cleaned_data["webhook_url"]
+        if url and (problem := outbound.url_problem(url)):
+            raise forms.ValidationError(f"Meterline cannot deliver to this URL: {problem}.")
+        return url
