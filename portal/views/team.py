@@ -84,7 +84,9 @@ def invitation_create(request):
     except (smtplib.SMTPException, OSError):
         log.exception("could not send the invitation e-mail for invitation %s", issued.invitation.pk)
         invitations.revoke(issued.invitation)
-        messages.error(request, "The e-mail could not be sent; nothing was stored. Try again later.")
+        messages.error(
+            request, "The e-mail could not be sent, so the invitation was withdrawn. Try again later."
+        )
         return redirect("portal:team")
     messages.success(
         request, f"Invitation sent to {email}. The link works for {invitations.LIFETIME.days} days."

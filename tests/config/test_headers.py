@@ -101,6 +101,13 @@ def test_pages_for_visitors_have_the_policy_too(db):
         assert_strict_policy_and_nothing_inline(response, url)
 
 
+def test_the_csrf_failure_page_has_the_policy_and_nothing_inline(db):
+    response = Client(enforce_csrf_checks=True).post("/login/", {"username": "a", "password": "b"})
+    assert response.status_code == 403
+    assert_strict_policy_and_nothing_inline(response, "csrf failure")
+    assert "This form has expired" in response.content.decode()
+
+
 def test_the_api_docs_load_their_setup_script_as_a_file(db):
     page = Client().get("/api/docs/").content.decode()
     script_url = re.search(r'<script src="([^"]*\?[^"]*script=[^"]*)"', page).group(1).replace("&amp;", "&")

@@ -3,6 +3,7 @@ and a link works once, for a week, until revoked (tenants.invitations, portal/vi
 
 import hashlib
 import re
+import smtplib
 from datetime import timedelta
 
 import pytest
@@ -11,6 +12,7 @@ from django.core import mail
 from django.test import Client
 from django.utils import timezone
 
+from tenants.invitations import pending as invitations_pending
 from tenants.models import Invitation, Membership
 from tests.factories import USER_PASSWORD, MembershipFactory, UserFactory
 
@@ -237,3 +239,24 @@ def test_admins_invite_admins_and_viewers_but_not_owners_and_viewers_invite_nobo
 @pytest.mark.parametrize("token", ["x", "A" * 43, "A" * 500, "%00", "..", "a%20b", "%C3%A9"])
 def test_a_made_up_link_is_a_404(db, token):
     assert Client().get(f"/invite/{token}/").status_code == 404
+
+
+class UnreachableMailServer:
+    """An e-mail backend whose server refuses: what Django's SMTP backend raises when it cannot send."""
+
+    def __init__(self, **kwargs):
+        pass
+
+    def send_messages(self, messages):
+        raise smtplib.SMTPServerDisconnected("connection closed")
+
+
+def test_an_invitation_whose_mail_cannot_be_sent_is_not_left_open(world, owner_client, settings):
+    settings.EMAIL_BACKEND = f"{__name__}.UnreachableMailServer"
+    response = owner_client.post(
+        "/team/invitations/", {"email": "lost@example.com", "role": "viewer"}, follow=True
+    )
+    assert [str(m) for m in response.context["messages"]] == [
+        "The e-mail could not be sent, so the invitation was withdrawn. Try again later."
+    ]
+    assert not invitations_pending(world.tenants[0])
