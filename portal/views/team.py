@@ -28,7 +28,7 @@ from tenants import invitations
 from tenants.models import Invitation, Membership
 
 log = logging.getLogger(__name__)
-# The backend a new account logs in with (settings name two: axes before it only refuses).
+# login() must be told the backend when settings list several; axes's only refuses, this one authenticates.
 MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
 
 
