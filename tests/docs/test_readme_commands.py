@@ -152,7 +152,8 @@ def reason_not_run(command: Command) -> str | None:
 
 
 class Terminal:
-    """One bash session, as a person's terminal: each command runs in it and its output and status come back."""
+    """One bash session, as a person's terminal: each command runs in it, and its status, standard output and
+    standard error come back apart (``MLK_KEY=$(…)`` keeps only the output)."""
 
     def __init__(self, cwd: Path, env: dict[str, str]):
         self.process = subprocess.Popen(
@@ -161,35 +162,41 @@ class Terminal:
             env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
         )
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        self.streams: dict[str, queue.Queue[str]] = {"out": queue.Queue(), "err": queue.Queue()}
+        for name, stream in (("out", self.process.stdout), ("err", self.process.stderr)):
+            threading.Thread(target=self._read, args=(stream, self.streams[name]), daemon=True).start()
 
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            self.lines.put(line)
+    @staticmethod
+    def _read(stream, lines: queue.Queue[str]) -> None:
+        for line in stream:
+            lines.put(line)
 
-    def run(self, command: str, timeout: float = 300) -> tuple[int, str]:
+    def run(self, command: str, timeout: float = 300) -> tuple[int, str, str]:
         # The braces keep assignments in this shell; stdin from /dev/null stops a command from eating the next
         # lines of this session (a here-document inside still feeds its own command).
         marker = f"__done_{uuid.uuid4().hex}__"
-        self.process.stdin.write(f"{{\n{command}\n}} </dev/null\nprintf '\\n{marker} %s\\n' \"$?\"\n")
+        self.process.stdin.write(
+            f"{{\n{command}\n}} </dev/null\nprintf '\\n{marker} %s\\n' \"$?\"; printf '\\n{marker}\\n' >&2\n"
+        )
         self.process.stdin.flush()
-        output: list[str] = []
         deadline = time.monotonic() + timeout
-        while True:
+        out, err = (self._until(marker, self.streams[name], deadline, command) for name in ("out", "err"))
+        *lines, last = out
+        return int(last.split()[1]), "".join(lines).rstrip("\n"), "".join(err[:-1]).rstrip("\n")
+
+    @staticmethod
+    def _until(marker: str, lines: queue.Queue[str], deadline: float, command: str) -> list[str]:
+        received: list[str] = []
+        while not received or not received[-1].startswith(marker):
             try:
-                line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+                received.append(lines.get(timeout=max(0.1, deadline - time.monotonic())))
             except queue.Empty:
-                raise AssertionError(
-                    f"{command!r} did not finish in {timeout} s:\n{''.join(output)}"
-                ) from None
-            if line.startswith(marker):
-                return int(line.split()[1]), "".join(output).rstrip("\n")
-            output.append(line)
+                raise AssertionError(f"{command!r} did not finish in time:\n{''.join(received)}") from None
+        return received
 
     def close(self) -> None:
         self.process.stdin.close()
@@ -240,22 +247,26 @@ class MakeRun:
         self.process.wait(timeout)
         return time.monotonic() - started
 
-    def kill(self) -> None:
+    def stop(self) -> None:
+        """After a failed assertion: Ctrl-C, so the launcher still stops the servers it started."""
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+            try:
+                self.interrupt()
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
 
 
-def processes_in(folder: Path, besides: tuple[int, ...] = ()) -> list[str]:
+def processes_in(folder: Path, besides: tuple[int, ...] = ()) -> dict[int, str]:
     """Live processes started from the clone: by working directory (the embedded servers run in .devdata) or
     by command line (the venv's interpreter, runserver, celery)."""
-    found = []
+    found = {}
     for process in psutil.process_iter(["pid", "cmdline", "cwd"]):
         if process.pid == os.getpid() or process.pid in besides:
             continue
         cmdline = " ".join(process.info["cmdline"] or [])
         if str(folder) in cmdline or (process.info["cwd"] or "").startswith(str(folder)):
-            found.append(f"{process.pid} {cmdline[:160]}")
+            found[process.pid] = cmdline[:160]
     return found
 
 
@@ -311,6 +322,11 @@ def clone(tmp_path_factory):
     subprocess.run(["git", "clone", "--quiet", str(REPO), str(folder)], check=True, timeout=300)
     yield folder
     leftovers = processes_in(folder)
+    # The test failed half way: stop what it started, by pid. SIGKILL, because a redis-server whose data folder
+    # is about to go cannot save, and then ignores SIGTERM.
+    for pid in leftovers:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(pid).kill()
     shutil.rmtree(folder, ignore_errors=True)
     assert not leftovers, f"processes left from the clone: {leftovers}"
 
@@ -365,11 +381,11 @@ def test_a_fresh_clone_runs_every_printed_command_as_printed(clone, tmp_path):
             text = command.text.replace("127.0.0.1:8000", f"127.0.0.1:{port}").replace(
                 "localhost:8000", f"localhost:{port}"
             )
-            status, output = terminal.run(text, timeout=900)
-            assert status == 0, f"{command.source}: {command.text}\nexited {status}:\n{output}"
+            status, output, errors = terminal.run(text, timeout=900)
+            assert status == 0, f"{command.source}: {command.text}\nexited {status}:\n{output}\n{errors}"
             if command.expected_json is not None:
-                assert json.loads(output) == command.expected_json, f"{command.source}: {output}"
-        status, issued_key = terminal.run('printf "%s" "$MLK_KEY"')
+                assert json.loads(output) == command.expected_json, f"{command.source}: {output}\n{errors}"
+        _, issued_key, _ = terminal.run('printf "%s" "$MLK_KEY"')
         assert KEY_RE.fullmatch(issued_key) and authenticates(issued_key, port)
 
         stopped_in = server.interrupt()
@@ -382,8 +398,8 @@ def test_a_fresh_clone_runs_every_printed_command_as_printed(clone, tmp_path):
         hints = re.findall(r"(\S*python\S* manage\.py [^\n]+)", first_output + server.output)
         assert hints, server.output
         for hint in hints:
-            status, output = terminal.run(hint)
-            assert status == 0 and KEY_RE.fullmatch(output), f"{hint}\n{output}"
+            status, output, errors = terminal.run(hint)
+            assert status == 0 and KEY_RE.fullmatch(output), f"{hint}\n{output}\n{errors}"
             assert authenticates(output, port)
         assert authenticates(issued_key, port)
         server.interrupt()
@@ -391,15 +407,15 @@ def test_a_fresh_clone_runs_every_printed_command_as_printed(clone, tmp_path):
 
         # With `make run` down, a printed manage.py command starts the embedded server itself and stops it.
         key_command = next(c for c in commands if "issue_api_key" in c.text and not reason_not_run(c))
-        status, output = terminal.run(key_command.text)
-        assert status == 0, output
-        status, key = terminal.run('printf "%s" "$MLK_KEY"')
+        status, output, errors = terminal.run(key_command.text)
+        assert status == 0, f"{output}\n{errors}"
+        _, key, _ = terminal.run('printf "%s" "$MLK_KEY"')
         assert KEY_RE.fullmatch(key) and key != issued_key
         assert_everything_stopped(clone, terminal)
 
-        status, output = terminal.run(AFTER_STOP)
-        assert status == 0, output
+        status, output, errors = terminal.run(AFTER_STOP)
+        assert status == 0, f"{output}\n{errors}"
         assert not (clone / ".devdata").exists()
     finally:
-        server.kill()
+        server.stop()
         terminal.close()
