@@ -12,10 +12,12 @@ env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env")
 
 DEBUG = env.bool("DEBUG", default=False)
+# Refusals below name the way out for a developer whose clone has no .env yet (docs/decisions/010).
+_DEV_HINT = " For development, run `make run` once: it writes a .env with DEBUG=1 and a generated SECRET_KEY."
 SECRET_KEY = env("SECRET_KEY", default="")
 if not SECRET_KEY:
     if not DEBUG:
-        raise RuntimeError("SECRET_KEY must be set when DEBUG is off")
+        raise RuntimeError(f"SECRET_KEY must be set when DEBUG is off.{_DEV_HINT}")
     SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"  # noqa: S105
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])
 TIME_ZONE = env("TIME_ZONE", default="UTC")
@@ -96,7 +98,7 @@ TEMPLATES = [
 DATABASE_URL = env("DATABASE_URL", default="")
 if not DATABASE_URL:
     if not DEBUG:
-        raise RuntimeError("DATABASE_URL must be set when DEBUG is off")
+        raise RuntimeError(f"DATABASE_URL must be set when DEBUG is off.{_DEV_HINT}")
     from config import devservices
 
     DATABASE_URL = devservices.start_postgres(BASE_DIR / ".devdata" / "pg")
