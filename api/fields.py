@@ -16,6 +16,7 @@ from django.utils import timezone
 from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.fields import empty
 
 from billing import periods
 from usage import validation
@@ -161,8 +162,16 @@ class FlatMetadataField(serializers.Field):
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
+class SentEmptyIsAValue(serializers.Field):
+    """A query parameter sent empty (``?start=``) is a value, and refused, rather than read as left out:
+    the schema says what a value must be, and "" is none of them."""
+
+    def get_value(self, dictionary):
+        return dictionary.get(self.field_name, empty)
+
+
 @extend_schema_field(DATE_SCHEMA)
-class QueryDateField(serializers.Field):
+class QueryDateField(SentEmptyIsAValue):
     """A day as YYYY-MM-DD (full match: Django's own parser accepts a trailing newline), within
     billing.periods' queryable days, so a day or a month later is still a date."""
 
@@ -183,12 +192,12 @@ class QueryDateField(serializers.Field):
         return value.isoformat()
 
 
-def described(schema: dict, component: str | None = None) -> type[serializers.Field]:
-    """A field class that only describes ``schema``, for the serializers of bodies that
-    usage.validation checks by hand (``component``: shown once under that name in the schema)."""
-    return extend_schema_field(schema, component_name=component)(
-        type("DescribedField", (serializers.Field,), {})
-    )
+def described(
+    schema: dict, component: str | None = None, base: type[serializers.Field] = serializers.Field
+) -> type[serializers.Field]:
+    """A ``base`` field class whose schema is ``schema``: for the serializers of bodies that usage.validation
+    checks by hand (``component``: shown once under that name in the schema)."""
+    return extend_schema_field(schema, component_name=component)(type("DescribedField", (base,), {}))
 
 
 # A body that holds only its declared fields: others are refused, and the schema says so

@@ -21,6 +21,7 @@ from api.fields import (
     IdentifierField,
     LabelField,
     RFC3339Field,
+    described,
     identifier_schema,
 )
 from api.problems import error_responses, problem_response
@@ -57,9 +58,11 @@ class SessionSerializer(serializers.Serializer):
     end_user_id = serializers.CharField()
     conversation_type = serializers.CharField()
     metadata = FlatMetadataField()
-    livekit_report_mode = serializers.ChoiceField(
-        choices=Session.ReportMode.choices,
-        help_text='How LiveKit usage was reported for it: "metrics", "usage" or "" (not yet).',
+    livekit_report_mode = described(
+        {"type": "string", "enum": [mode.value for mode in Session.ReportMode]}, base=serializers.CharField
+    )(
+        help_text='How its LiveKit usage was reported: "metrics" (per request), "usage" (per model, at the '
+        'end) or "" (not yet).'
     )
 
 

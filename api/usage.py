@@ -15,7 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from api.fields import DATE_SCHEMA, DecimalTextField, QueryDateField
+from api.fields import DATE_SCHEMA, DecimalTextField, QueryDateField, SentEmptyIsAValue
 from api.problems import error_responses
 from billing import periods
 from billing import selectors as billing_selectors
@@ -24,10 +24,14 @@ GROUPS = ("meter", "model", "provider", "agent", "session", "day")
 MAX_DAYS = 400
 
 
+class GroupByField(SentEmptyIsAValue, serializers.CharField):
+    pass
+
+
 class UsageQuery(serializers.Serializer):
     start = QueryDateField(required=False)
     end = QueryDateField(required=False)
-    group_by = serializers.CharField(required=False, default="meter", trim_whitespace=False)
+    group_by = GroupByField(required=False, default="meter", trim_whitespace=False)
 
     def validate_group_by(self, value: str) -> list[str]:
         groups = value.split(",")
