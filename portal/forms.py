@@ -7,9 +7,11 @@ from decimal import Decimal
 from django import forms
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import UserCreationForm
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.utils import timezone
 from django.utils.safestring import mark_safe
 
+from billing import periods
 from notifications import outbound
 from tenants.models import Agent, Membership
 from usage.models import Meter
@@ -42,10 +44,22 @@ class PlainSelect(forms.Select):
         return mark_safe(f"<select{attributes}>{options}</select>")  # noqa: S308 - escaped above
 
 
+# Days far enough from the ends of the calendar that a day or a month later is still a date.
+_QUERYABLE_DAY = [
+    MinValueValidator(periods.FIRST_QUERY_DAY),
+    MaxValueValidator(periods.LAST_QUERY_DAY),
+]
+
+
 class UsageFilterForm(forms.Form):
-    start = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    start = forms.DateField(
+        required=False, widget=forms.DateInput(attrs={"type": "date"}), validators=_QUERYABLE_DAY
+    )
     end = forms.DateField(
-        required=False, widget=forms.DateInput(attrs={"type": "date"}), help_text="inclusive"
+        required=False,
+        widget=forms.DateInput(attrs={"type": "date"}),
+        help_text="inclusive",
+        validators=_QUERYABLE_DAY,
     )
     agent = forms.ModelChoiceField(
         queryset=Agent.objects.none(), required=False, empty_label="All agents", widget=PlainSelect

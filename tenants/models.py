@@ -93,7 +93,7 @@ class Agent(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="agents")
     name = models.CharField(
         max_length=100,
-        validators=[RegexValidator(r"^[A-Za-z0-9][A-Za-z0-9._ -]*$", "letters, digits, . _ - space")],
+        validators=[RegexValidator(r"\A[A-Za-z0-9][A-Za-z0-9._ -]*\Z", "letters, digits, . _ - space")],
     )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     metadata = models.JSONField(default=dict, blank=True)
