@@ -5,6 +5,12 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from config.health import healthz
 from payments.webhooks import stripe_webhook
 
+admin.site.site_header = "Meterline admin"
+admin.site.site_title = "Meterline admin"
+admin.site.index_title = "Platform administration"
+# The billing tables need the width the sidebar takes at 1,366 px (docs/decisions/012-billing-admin.md).
+admin.site.enable_nav_sidebar = False
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
