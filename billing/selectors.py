@@ -134,41 +134,21 @@ def priced_usage_rows(
     return rows
 
 
-def usage_lines(
-    tenant: Tenant, start: date, end: date, group_by: str, filters: dict | None = None
-) -> list[dict]:
-    """The portal's usage table: one line per value of ``group_by`` and (meter, provider, model), with the
-    quantity, events and cost of [start, end) summed over its months, sorted by group, meter, provider, model.
-
-    Grouped by meter or model the group adds nothing: the lines are those of (meter, provider, model).
-    """
-    lines: dict[tuple, dict] = {}
-    for row in priced_usage_rows(tenant, start, end, [group_by], filters):
-        key = (
-            row[group_by] if group_by not in ("meter", "model") else None,
-            row["meter"],
-            row["provider"],
-            row["model"],
-        )
-        line = lines.setdefault(key, {**row, "quantity": Decimal(0), "events": 0, "cost": Decimal(0)})
-        line["quantity"] += row["quantity"]
-        line["events"] += row["events"]
-        line["cost"] += row["cost"]
-    return sorted(lines.values(), key=lambda r: (str(r.get(group_by)), r["meter"], r["provider"], r["model"]))
-
-
 @dataclass
 class GroupUsage:
     quantity: dict[str, Decimal]  # meter code → quantity
     cost: Decimal
 
 
-def usage_by_groups(tenant: Tenant, start: date, end: date, groups: list[str]) -> dict[tuple, GroupUsage]:
+def usage_by_groups(
+    tenant: Tenant, start: date, end: date, groups: list[str], filters: dict | None = None
+) -> dict[tuple, GroupUsage]:
     """Quantity per meter and allocated cost of [start, end), keyed by the values of ``groups`` (any of
-    usage.rollups.GROUPINGS) in that order: what the read API's GET /usage reports."""
+    usage.rollups.GROUPINGS) in that order, optionally filtered (usage.rollups.FILTERS): what the read API's
+    GET /usage reports, and the portal's usage page and CSV show."""
     sql_groups = [g for g in groups if g not in ("meter", "provider", "model")]
     merged: dict[tuple, GroupUsage] = {}
-    for row in priced_usage_rows(tenant, start, end, sql_groups):
+    for row in priced_usage_rows(tenant, start, end, sql_groups, filters):
         group = merged.setdefault(tuple(row[g] for g in groups), GroupUsage({}, Decimal(0)))
         group.quantity[row["meter"]] = group.quantity.get(row["meter"], Decimal(0)) + row["quantity"]
         group.cost += row["cost"]
