@@ -17,10 +17,11 @@ from django.db.models import Count, Max, Min, Sum
 from django.utils import timezone
 
 from billing import invoicing, period_pricing, periods
-from billing.models import Invoice
+from billing.models import Invoice, InvoiceLine
+from billing.money import format_unit_price
 from tenants.models import Tenant
 from usage import rollups
-from usage.models import UsageEvent, UsageRollup
+from usage.models import Meter, UsageEvent, UsageRollup
 
 GroupKey = tuple[str, str, str]
 
@@ -108,6 +109,25 @@ def _allocate(spend_: Spend, group_by: str, rows: list[dict]) -> list[dict]:
 
 def invoices_for(tenant: Tenant):
     return Invoice.objects.for_tenant(tenant).order_by("-period_start")
+
+
+# What a fee line's unit price is per (usage lines are per their meter's unit).
+FEE_UNITS = {InvoiceLine.Kind.BASE_FEE: "month", InvoiceLine.Kind.AGENT_FEE: "agent"}
+
+
+def invoice_lines(invoice: Invoice) -> list[InvoiceLine]:
+    """The invoice's lines in order, each with ``unit_price_text`` (``$0.012 per minute``, ``included``) as
+    the invoice page, its print view and its PDF show it."""
+    units = dict(Meter.objects.values_list("code", "unit"))
+    lines = list(invoice.lines.order_by("position"))
+    for line in lines:
+        unit = FEE_UNITS.get(line.kind) or units.get(line.meter, "")
+        line.unit_price_text = (
+            format_unit_price(line.unit_price, line.unit_size, unit, invoice.currency)
+            if line.unit_price is not None
+            else ""
+        )
+    return lines
 
 
 def priced_usage_rows(
