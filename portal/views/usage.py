@@ -136,8 +136,10 @@ def _usage_table(tenant, report: UsageReport) -> str:
         if report.group_by == "meter"
         else [f"<code>{escape(meter).replace('_', '_<wbr>')}</code>" for meter in report.meters]
     )
-    head = "".join(f"<th>{title}</th>" for _, title, _ in report.columns) + "".join(
-        f'<th class="num">{title}</th>' for title in [*quantity_heads, "Cost"]
+    head = (
+        "".join(f"<th>{title}</th>" for _, title, _ in report.columns)
+        + "".join(f'<th class="num meter">{title}</th>' for title in quantity_heads)
+        + '<th class="num">Cost</th>'
     )
     lines = []
     for key, group in report.rows[:USAGE_TABLE_ROWS]:
@@ -150,15 +152,19 @@ def _usage_table(tenant, report: UsageReport) -> str:
         ]
         cells.append(f'<td class="num">{escape(format_money(group.cost, currency))}</td>')
         lines.append(f"<tr>{''.join(cells)}</tr>")
-    totals = "".join(f'<td class="num">{escape(format_quantity(q))}</td>' for q in report.total_quantities())
+    # Grouped by meter, the rows hold different units: their quantities do not add up.
+    totals = "".join(
+        f'<td class="num">{"" if report.group_by == "meter" else escape(format_quantity(q))}</td>'
+        for q in report.total_quantities()
+    )
     foot = (
         f'<tr class="total"><td colspan="{len(report.columns)}">Total</td>{totals}'
         f'<td class="num" data-testid="usage-total">{escape(format_money(report.total_cost, currency))}</td></tr>'
     )
     body = "\n".join(lines)
     return mark_safe(  # noqa: S308 - every cell is escaped above
-        f'<table data-testid="usage-table"><thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>'
-        f"<tfoot>{foot}</tfoot></table>"
+        f'<div class="table-scroll"><table data-testid="usage-table"><thead><tr>{head}</tr></thead>\n'
+        f"<tbody>\n{body}\n</tbody><tfoot>{foot}</tfoot></table></div>"
     )
 
 
@@ -167,7 +173,7 @@ def _group_cell(report: UsageReport, name: str, value) -> str:
     if name == "session" and value:
         return f'<td><a href="{escape(reverse("portal:session", args=[value]))}">{escape(value)}</a></td>'
     if name == "day":
-        return f"<td>{value:%a} {value.day} {value:%b}</td>"  # as the date filter's "D j M"
+        return f'<td class="day">{value:%a} {value.day} {value:%b}</td>'  # as the date filter's "D j M"
     if name == "meter":
         return f"<td><code>{escape(value)}</code></td>"
     return f"<td>{escape(report.label(name, value) or '—')}</td>"
