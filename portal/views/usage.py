@@ -138,7 +138,10 @@ def _usage_table(tenant, report: UsageReport) -> str:
     )
     head = (
         "".join(f"<th>{title}</th>" for _, title, _ in report.columns)
-        + "".join(f'<th class="num meter">{title}</th>' for title in quantity_heads)
+        + "".join(
+            f'<th class="num{"" if report.group_by == "meter" else " meter"}">{t}</th>'
+            for t in quantity_heads
+        )
         + '<th class="num">Cost</th>'
     )
     lines = []
