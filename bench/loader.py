@@ -23,7 +23,7 @@ EVENT_COLUMNS = (
 )
 SESSION_COLUMNS = (
     "tenant_id, agent_id, session_id, started_at, ended_at, end_user_id, conversation_type, metadata, "
-    "livekit_report_mode, created_at, updated_at"
+    "livekit_report_mode, first_usage_at, last_usage_at, created_at, updated_at"
 )
 ROLLUP_COLUMNS = "tenant_id, agent_id, session_id, meter, provider, model, hour, quantity, event_count"
 BULK_TABLES = ["usage_usageevent", "usage_session", "usage_usagerollup", "usage_agentrollup"]
@@ -97,9 +97,11 @@ def copy_text(piece: Piece, sessions: list[str], chunk_rows: int = 4000) -> Iter
                 f'{{"livekit_type": "{lk_type}"}}\tlivekit_metrics\t'
                 f"{clock(micros + 150_000 + (seq % 7) * 100_000)}\n"
             )
-        first, last = clock(talk.start_us), clock(talk.events[-1][0])
+        # As ingestion leaves a LiveKit session that no PUT described: times from its first and last usage.
+        first, last = clock(talk.events[0][0]), clock(talk.events[-1][0])
         sessions.append(
-            f"{prefix}{session}\t{first}\t{last}\t\t{talk.conversation_type}\t{{}}\tmetrics\t{first}\t{last}\n"
+            f"{prefix}{session}\t\\N\t\\N\t\t{talk.conversation_type}\t{{}}\tmetrics\t{first}\t{last}\t"
+            f"{first}\t{last}\n"
         )
         if len(lines) >= chunk_rows:
             yield "".join(lines)

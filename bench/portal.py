@@ -179,13 +179,12 @@ def fixture() -> Fixture:
     from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
     from django.contrib.sessions.backends.db import SessionStore
     from django.db import connection
-    from django.db.models import F
 
     from billing.models import Invoice
     from portal import access
     from tenants.keys import issue_key
     from tenants.models import Agent, Tenant
-    from usage.models import Session
+    from usage.models import START, Session
 
     tenant = Tenant.objects.get(slug=MAIN_SLUG)
     user = get_user_model().objects.get(username=OWNER)
@@ -201,7 +200,7 @@ def fixture() -> Fixture:
     # The first session of the sessions page (newest first by start).
     newest = (
         Session.objects.for_tenant(tenant)
-        .order_by(F("started_at").desc(nulls_last=True), "-created_at")
+        .order_by(START.desc(nulls_last=True), "-created_at")
         .first()
         .session_id
     )

@@ -8,7 +8,8 @@ numbers (a counter row per year, taken under a row lock), and finalized invoices
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
+from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import models
@@ -22,6 +23,8 @@ from tenants.models import Tenant, TenantScopedQuerySet
 MONEY = {"max_digits": 18, "decimal_places": 4}  # rounded amounts: at most 3 minor-unit decimals (KWD)
 RATE = {"max_digits": 28, "decimal_places": 12}  # unit prices, e.g. $0.075 per 1M tokens
 QUANTITY = {"max_digits": 30, "decimal_places": 6}
+# An invoice is due this long after it is issued (finalized); the Stripe copy is sent with the same terms.
+PAYMENT_TERMS = timedelta(days=30)
 
 
 class PricePlan(models.Model):
@@ -248,6 +251,9 @@ class Invoice(models.Model):
         blank=True,
         help_text="The Stripe invoice's status as last seen (webhook or reconcile).",
     )
+    hosted_invoice_url = models.URLField(
+        max_length=2048, blank=True, help_text="Stripe's page where the tenant pays this invoice."
+    )
 
     objects = InvoiceQuerySet.as_manager()
 
@@ -276,6 +282,29 @@ class Invoice(models.Model):
     @property
     def is_finalized(self) -> bool:
         return self.status != self.Status.DRAFT
+
+    @property
+    def issued_on(self) -> date | None:
+        """The tenant-local day it was finalized; None for a draft."""
+        if self.finalized_at is None:
+            return None
+        return self.finalized_at.astimezone(ZoneInfo(self.tenant.timezone)).date()
+
+    @property
+    def due_on(self) -> date | None:
+        return self.issued_on + PAYMENT_TERMS if self.issued_on else None
+
+    @property
+    def last_day(self) -> date:
+        """The period's last day (``period_end`` is the first day after it)."""
+        return self.period_end - timedelta(days=1)
+
+    @property
+    def payment_url(self) -> str:
+        """Where the tenant can pay it now: Stripe's hosted page while it is open, else ""."""
+        if self.status == self.Status.OPEN and self.hosted_invoice_url.startswith("https://"):
+            return self.hosted_invoice_url
+        return ""
 
 
 class InvoiceLine(models.Model):

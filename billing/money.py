@@ -105,3 +105,50 @@ def plain_decimal(value: Decimal | int | str, min_places: int = 0, *, grouped: b
     if value.as_tuple().exponent > -min_places:
         value = value.quantize(Decimal(1).scaleb(-min_places))  # only adds zeros: it has fewer places
     return f"{value:,f}" if grouped else f"{value:f}"
+
+
+# Unit sizes people say with a letter: "per 1M tokens".
+_SIZE_WORDS = {Decimal(1000): "1K", Decimal(1_000_000): "1M", Decimal(1_000_000_000): "1B"}
+_SECONDS = {Decimal(1): "second", Decimal(60): "minute", Decimal(3600): "hour"}
+UNIT_PRICE_DIGITS = 6  # significant digits of a unit price; averages of tiered prices have dozens
+
+
+def format_per_unit(unit_size: Decimal | int, unit: str) -> str:
+    """``per minute``, ``per 90 s``, ``per 1M tokens``, ``per agent``; ``per 1,000`` for a unit not known, and
+    "" for one of those."""
+    size = Decimal(unit_size).normalize()
+    if unit == "second":
+        return f"per {_SECONDS[size]}" if size in _SECONDS else f"per {format_quantity(size)} s"
+    if not unit:
+        return "" if size == 1 else f"per {format_quantity(size)}"
+    if size == 1:
+        return f"per {unit}"
+    return f"per {_SIZE_WORDS.get(size) or format_quantity(size)} {unit}s"
+
+
+def format_unit_price(
+    amount: Decimal | int | str | None, unit_size: Decimal | int, unit: str, currency: str
+) -> str:
+    """For tenants: ``$0.012 per minute``, ``$0.30 per 1M tokens``, ``$49.00 per month``; a price of zero
+    reads ``included``. ``unit`` is the meter's (``second``, ``token``, ``character``) or a fee's (``month``,
+    ``agent``). The amount keeps the digits it was entered with (at least the currency's minor unit), and an
+    average of tiers is rounded to a few significant digits, marked ``≈``."""
+    if amount is None:
+        return NO_VALUE
+    value = Decimal(amount).normalize()
+    if not value:
+        return "included"
+    approximate = ""
+    if len(value.as_tuple().digits) > UNIT_PRICE_DIGITS:
+        places = UNIT_PRICE_DIGITS - value.adjusted() - 1
+        value, approximate = (
+            value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP).normalize(),
+            "≈ ",
+        )
+    exponent = _staff_exponent(currency)
+    if value.as_tuple().exponent > -exponent:
+        value = _to_minor_unit(value, exponent)  # only adds zeros: $0.3 reads $0.30
+    sign = "-" if value < 0 else ""
+    text = f"{approximate}{sign}{SYMBOLS.get(currency, currency + ' ')}{abs(value):,f}"
+    per = format_per_unit(unit_size, unit)
+    return f"{text} {per}" if per else text

@@ -17,10 +17,11 @@ from django.db.models import Count, Max, Min, Sum
 from django.utils import timezone
 
 from billing import invoicing, period_pricing, periods
-from billing.models import Invoice
+from billing.models import Invoice, InvoiceLine
+from billing.money import format_unit_price
 from tenants.models import Tenant
 from usage import rollups
-from usage.models import UsageEvent, UsageRollup
+from usage.models import Meter, UsageEvent, UsageRollup
 
 GroupKey = tuple[str, str, str]
 
@@ -110,6 +111,25 @@ def invoices_for(tenant: Tenant):
     return Invoice.objects.for_tenant(tenant).order_by("-period_start")
 
 
+# What a fee line's unit price is per (usage lines are per their meter's unit).
+FEE_UNITS = {InvoiceLine.Kind.BASE_FEE: "month", InvoiceLine.Kind.AGENT_FEE: "agent"}
+
+
+def invoice_lines(invoice: Invoice) -> list[InvoiceLine]:
+    """The invoice's lines in order, each with ``unit_price_text`` (``$0.012 per minute``, ``included``) as
+    the invoice page, its print view and its PDF show it."""
+    units = dict(Meter.objects.values_list("code", "unit"))
+    lines = list(invoice.lines.order_by("position"))
+    for line in lines:
+        unit = FEE_UNITS.get(line.kind) or units.get(line.meter, "")
+        line.unit_price_text = (
+            format_unit_price(line.unit_price, line.unit_size, unit, invoice.currency)
+            if line.unit_price is not None
+            else ""
+        )
+    return lines
+
+
 def priced_usage_rows(
     tenant: Tenant, start: date, end: date, group_by: list[str], filters: dict | None = None
 ) -> list[dict]:
@@ -134,41 +154,21 @@ def priced_usage_rows(
     return rows
 
 
-def usage_lines(
-    tenant: Tenant, start: date, end: date, group_by: str, filters: dict | None = None
-) -> list[dict]:
-    """The portal's usage table: one line per value of ``group_by`` and (meter, provider, model), with the
-    quantity, events and cost of [start, end) summed over its months, sorted by group, meter, provider, model.
-
-    Grouped by meter or model the group adds nothing: the lines are those of (meter, provider, model).
-    """
-    lines: dict[tuple, dict] = {}
-    for row in priced_usage_rows(tenant, start, end, [group_by], filters):
-        key = (
-            row[group_by] if group_by not in ("meter", "model") else None,
-            row["meter"],
-            row["provider"],
-            row["model"],
-        )
-        line = lines.setdefault(key, {**row, "quantity": Decimal(0), "events": 0, "cost": Decimal(0)})
-        line["quantity"] += row["quantity"]
-        line["events"] += row["events"]
-        line["cost"] += row["cost"]
-    return sorted(lines.values(), key=lambda r: (str(r.get(group_by)), r["meter"], r["provider"], r["model"]))
-
-
 @dataclass
 class GroupUsage:
     quantity: dict[str, Decimal]  # meter code → quantity
     cost: Decimal
 
 
-def usage_by_groups(tenant: Tenant, start: date, end: date, groups: list[str]) -> dict[tuple, GroupUsage]:
+def usage_by_groups(
+    tenant: Tenant, start: date, end: date, groups: list[str], filters: dict | None = None
+) -> dict[tuple, GroupUsage]:
     """Quantity per meter and allocated cost of [start, end), keyed by the values of ``groups`` (any of
-    usage.rollups.GROUPINGS) in that order: what the read API's GET /usage reports."""
+    usage.rollups.GROUPINGS) in that order, optionally filtered (usage.rollups.FILTERS): what the read API's
+    GET /usage reports, and the portal's usage page and CSV show."""
     sql_groups = [g for g in groups if g not in ("meter", "provider", "model")]
     merged: dict[tuple, GroupUsage] = {}
-    for row in priced_usage_rows(tenant, start, end, sql_groups):
+    for row in priced_usage_rows(tenant, start, end, sql_groups, filters):
         group = merged.setdefault(tuple(row[g] for g in groups), GroupUsage({}, Decimal(0)))
         group.quantity[row["meter"]] = group.quantity.get(row["meter"], Decimal(0)) + row["quantity"]
         group.cost += row["cost"]

@@ -37,7 +37,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from billing import periods
-from billing.models import Invoice, InvoiceLine
+from billing.models import PAYMENT_TERMS, Invoice, InvoiceLine
 from billing.pricing import to_minor_units
 from payments.models import StripeEvent
 from tenants.models import Tenant
@@ -53,7 +53,7 @@ TRANSIENT_ERRORS: tuple[type[stripe.StripeError], ...] = (
 )
 NETWORK_RETRIES = 2  # the SDK's own retries of one request, under the same idempotency key
 DEFAULT_TIMEOUT_SECONDS = 30
-DAYS_UNTIL_DUE = 30
+DAYS_UNTIL_DUE = PAYMENT_TERMS.days  # the terms our own invoice states (Invoice.due_on)
 UNSYNCED_GRACE = timedelta(minutes=5)  # the on-commit task normally gets there first
 STALE_PENDING = timedelta(minutes=30)  # longer than the task's own retries (about 17 min with backoff)
 ERROR_MAX_CHARS = 2000
@@ -168,6 +168,7 @@ def sync_invoice(invoice_id: int) -> str:
         sync_error="",
         synced_at=timezone.now(),
         stripe_invoice_id=stripe_invoice.id,
+        hosted_invoice_url=_hosted_url(stripe_invoice),
     )
     # A Stripe invoice with nothing to collect is paid on finalization.
     apply_stripe_status(invoice_id, stripe_invoice.status)
@@ -296,6 +297,12 @@ def _item_params(invoice: Invoice, line: InvoiceLine, stripe_invoice_id: str, cu
         },
         "metadata": _metadata(invoice_id=invoice.pk, line_id=line.pk, line_position=line.position),
     }
+
+
+def _hosted_url(stripe_invoice: stripe.Invoice) -> str:
+    """Stripe's payment page for the invoice (it exists once the invoice is finalized), "" if none or odd."""
+    url = getattr(stripe_invoice, "hosted_invoice_url", None)
+    return url if isinstance(url, str) and url.startswith("https://") and len(url) <= 2048 else ""
 
 
 def _record(invoice_id: int, **fields: Any) -> None:
@@ -462,6 +469,8 @@ def refresh_statuses(limit: int = 500) -> int:
         except stripe.StripeError as error:
             logger.warning("reconcile: could not read Stripe invoice %s: %s", stripe_invoice_id, error)
             continue
+        if url := _hosted_url(stripe_invoice):  # invoices synced before the link was kept get it here
+            Invoice.objects.filter(pk=invoice_id, hosted_invoice_url="").update(hosted_invoice_url=url)
         if apply_stripe_status(invoice_id, stripe_invoice.status).startswith("moved"):
             moved += 1
     return moved

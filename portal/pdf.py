@@ -1,22 +1,63 @@
-"""Invoice PDFs with ReportLab (pure Python: no system libraries, so it works on any machine)."""
+"""Invoice PDFs with ReportLab (pure Python: no system libraries, so it works on any machine).
+
+Every text that comes from data (tenant names, model names, meter codes) is escaped: ReportLab reads
+paragraphs as markup. Model names are long single words (``gemini-2.5-flash-native-audio-preview-12-2025``)
+that ReportLab would cut anywhere, ``2.`` on one line and ``5`` on the next; they are broken here instead,
+after a ``-``, ``_`` or ``/``, so every piece of a name stays readable (a piece that alone is wider than the
+column, such as a long id without separators, is cut at the width as a last resort).
+"""
 
 from __future__ import annotations
 
-from datetime import timedelta
+import re
 from io import BytesIO
+from xml.sax.saxutils import escape
 
 from reportlab.lib import colors
+from reportlab.lib.enums import TA_RIGHT
 from reportlab.lib.pagesizes import A4
-from reportlab.lib.styles import getSampleStyleSheet
+from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
 from reportlab.lib.units import mm
+from reportlab.pdfbase.pdfmetrics import stringWidth
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
+from billing import selectors as billing_selectors
 from billing.models import Invoice
 from billing.money import format_money, format_quantity
+
+FONT, FONT_SIZE = "Helvetica", 8
+# Description, quantity, free, billable, unit price, amount: A4 less the margins (174 mm).
+COLUMNS = [62 * mm, 20 * mm, 15 * mm, 20 * mm, 35 * mm, 22 * mm]
+CELL_PADDING = 12  # points: ReportLab's default cell padding, left and right together
+_BREAK_AFTER = re.compile(r"(?<=[-_/])")
+
+
+def _pieces(word: str, width: float) -> list[str]:
+    """``word`` in pieces no wider than ``width``: whole parts between separators, joined while they fit."""
+    pieces: list[str] = []
+    for part in _BREAK_AFTER.split(word):
+        while stringWidth(part, FONT, FONT_SIZE) > width:  # no separator left: cut at the width
+            fits = (i for i in range(len(part), 1, -1) if stringWidth(part[:i], FONT, FONT_SIZE) <= width)
+            cut = next(fits, 1)
+            pieces.append(part[:cut])
+            part = part[cut:]
+        if pieces and stringWidth(pieces[-1] + part, FONT, FONT_SIZE) <= width:
+            pieces[-1] += part
+        elif part:
+            pieces.append(part)
+    return pieces
+
+
+def wrapped(text: str, width: float) -> str:
+    """Paragraph markup for plain ``text`` in a column ``width`` points wide: escaped, with line breaks
+    placed between the pieces of any word too long for a line (ReportLab wraps the rest at spaces)."""
+    return " ".join("<br/>".join(escape(p) for p in _pieces(word, width)) for word in text.split(" "))
 
 
 def render_invoice(invoice: Invoice) -> bytes:
     styles = getSampleStyleSheet()
+    cell = ParagraphStyle("cell", parent=styles["BodyText"], fontName=FONT, fontSize=FONT_SIZE, leading=10)
+    number_cell = ParagraphStyle("number", parent=cell, alignment=TA_RIGHT)
     buffer = BytesIO()
     doc = SimpleDocTemplate(
         buffer,
@@ -28,47 +69,52 @@ def render_invoice(invoice: Invoice) -> bytes:
         author="Meterline",
     )
     tenant, currency = invoice.tenant, invoice.currency
-    last_day = invoice.period_end - timedelta(days=1)
+    if invoice.issued_on:
+        dates = f"Issued: {invoice.issued_on:%d %b %Y} · Due: {invoice.due_on:%d %b %Y}"
+    else:
+        dates = "Draft: not issued yet; its amounts follow usage until the period is finalized."
     story = [
         Paragraph("Meterline", styles["Title"]),
         Paragraph(
-            f"Invoice {invoice.number or '(draft)'} — {invoice.get_status_display()}", styles["Heading2"]
+            f"Invoice {escape(invoice.number or '(draft)')} — {invoice.get_status_display()}",
+            styles["Heading2"],
         ),
         Paragraph(
-            f"Billed to: {tenant.name}"
-            + (f" &lt;{tenant.billing_email}&gt;" if tenant.billing_email else ""),
+            f"Billed to: {escape(tenant.name)}"
+            + (f" &lt;{escape(tenant.billing_email)}&gt;" if tenant.billing_email else ""),
             styles["Normal"],
         ),
         Paragraph(
-            f"Period: {invoice.period_start:%d %b %Y} – {last_day:%d %b %Y} ({tenant.timezone})",
+            f"Period: {invoice.period_start:%d %b %Y} – {invoice.last_day:%d %b %Y} ({escape(tenant.timezone)} time)",
             styles["Normal"],
         ),
-        Spacer(1, 6 * mm),
+        Paragraph(dates, styles["Normal"]),
     ]
-    rows = [["Description", "Quantity", "Free", "Billable", "Unit price", "Amount"]]
-    for line in invoice.lines.all():
-        unit = ""
-        if line.unit_price is not None:
-            per = f" / {format_quantity(line.unit_size)}" if line.unit_size != 1 else ""
-            unit = format_money(line.unit_price, currency, precise=True) + per
+    if invoice.payment_url:
+        url = escape(invoice.payment_url, {'"': "&quot;"})
+        story.append(Paragraph(f'Pay online: <link href="{url}" color="blue">{url}</link>', styles["Normal"]))
+    story.append(Spacer(1, 6 * mm))
+    rows: list[list] = [["Description", "Quantity", "Free", "Billable", "Unit price", "Amount"]]
+    for line in billing_selectors.invoice_lines(invoice):
         rows.append(
             [
-                Paragraph(line.description, styles["BodyText"]),
+                Paragraph(wrapped(line.description, COLUMNS[0] - CELL_PADDING), cell),
                 format_quantity(line.quantity),
                 format_quantity(line.allowance) if line.allowance else "",
                 format_quantity(line.billable_quantity),
-                unit,
+                # the PDF's standard fonts have no "≈"
+                Paragraph(escape(line.unit_price_text.replace("≈", "~")), number_cell),
                 format_money(line.amount, currency),
             ]
         )
     rows.append(["", "", "", "", "Total", format_money(invoice.total, currency)])
-    table = Table(rows, colWidths=[70 * mm, 22 * mm, 16 * mm, 22 * mm, 24 * mm, 22 * mm], repeatRows=1)
+    table = Table(rows, colWidths=COLUMNS, repeatRows=1)
     table.setStyle(
         TableStyle(
             [
                 ("FONTNAME", (0, 0), (-1, 0), "Helvetica-Bold"),
                 ("FONTNAME", (0, -1), (-1, -1), "Helvetica-Bold"),
-                ("FONTSIZE", (0, 0), (-1, -1), 8),
+                ("FONTSIZE", (0, 0), (-1, -1), FONT_SIZE),
                 ("ALIGN", (1, 0), (-1, -1), "RIGHT"),
                 ("VALIGN", (0, 0), (-1, -1), "TOP"),
                 ("LINEBELOW", (0, 0), (-1, 0), 0.6, colors.black),
@@ -83,12 +129,9 @@ def render_invoice(invoice: Invoice) -> bytes:
             Spacer(1, 5 * mm),
             Paragraph("Usage without a price (not billed, under review):", styles["Heading4"]),
         ]
+        width = doc.width
         for item in invoice.unmatched:
-            story.append(
-                Paragraph(
-                    f"{item['meter']} {item['provider']} {item['model']}: {format_quantity(item['quantity'])}",
-                    styles["BodyText"],
-                )
-            )
+            text = f"{item['meter']} {item['provider']} {item['model']}: {format_quantity(item['quantity'])}"
+            story.append(Paragraph(wrapped(text, width), styles["BodyText"]))
     doc.build(story)
     return buffer.getvalue()

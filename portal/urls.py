@@ -1,16 +1,26 @@
 from django.contrib.auth import views as auth_views
-from django.urls import path, reverse_lazy
+from django.urls import path, register_converter, reverse_lazy
 
+from portal.converters import SessionIdConverter
 from portal.views import agents, budget, dashboard, invoices, sessions, team, usage
 
 app_name = "portal"
+register_converter(SessionIdConverter, "session_id")
+
+
+def _password_reset_step(route: str, view, template: str, name: str, **options):
+    """One page of Django's password-reset flow with our template (and the next step's URL, if any)."""
+    if "success_url" in options:
+        options["success_url"] = reverse_lazy(f"portal:{options['success_url']}")
+    return path(route, view.as_view(template_name=f"portal/{template}.html", **options), name=name)
+
 
 urlpatterns = [
     path("", dashboard.dashboard, name="dashboard"),
     path("usage/", usage.usage, name="usage"),
     path("usage.csv", usage.usage_csv, name="usage-csv"),
     path("sessions/", sessions.sessions, name="sessions"),
-    path("sessions/<path:session_id>/", sessions.session_detail, name="session"),
+    path("sessions/<session_id:session_id>/", sessions.session_detail, name="session"),
     path("invoices/", invoices.invoices, name="invoices"),
     path("invoices/<int:pk>/", invoices.invoice_detail, name="invoice"),
     path("invoices/<int:pk>/print/", invoices.invoice_print, name="invoice-print"),
@@ -29,31 +39,28 @@ urlpatterns = [
     path("switch/", team.switch_tenant, name="switch-tenant"),
     path("login/", auth_views.LoginView.as_view(template_name="portal/login.html"), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path(
+    _password_reset_step(
         "password-reset/",
-        auth_views.PasswordResetView.as_view(
-            template_name="portal/password_reset.html",
-            email_template_name="portal/password_reset_email.txt",
-            success_url=reverse_lazy("portal:password-reset-done"),
-        ),
-        name="password-reset",
+        auth_views.PasswordResetView,
+        "password_reset",
+        "password-reset",
+        email_template_name="portal/password_reset_email.txt",
+        success_url="password-reset-done",
     ),
-    path(
-        "password-reset/sent/",
-        auth_views.PasswordResetDoneView.as_view(template_name="portal/password_reset_done.html"),
-        name="password-reset-done",
+    _password_reset_step(
+        "password-reset/sent/", auth_views.PasswordResetDoneView, "password_reset_done", "password-reset-done"
     ),
-    path(
+    _password_reset_step(
         "password-reset/<uidb64>/<token>/",
-        auth_views.PasswordResetConfirmView.as_view(
-            template_name="portal/password_reset_confirm.html",
-            success_url=reverse_lazy("portal:password-reset-complete"),
-        ),
-        name="password-reset-confirm",
+        auth_views.PasswordResetConfirmView,
+        "password_reset_confirm",
+        "password-reset-confirm",
+        success_url="password-reset-complete",
     ),
-    path(
+    _password_reset_step(
         "password-reset/complete/",
-        auth_views.PasswordResetCompleteView.as_view(template_name="portal/password_reset_complete.html"),
-        name="password-reset-complete",
+        auth_views.PasswordResetCompleteView,
+        "password_reset_complete",
+        "password-reset-complete",
     ),
 ]

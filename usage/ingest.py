@@ -4,6 +4,8 @@ Accepted events are inserted with ``ON CONFLICT DO NOTHING`` in event-id order a
 statement from the rows that insert actually returned (usage.rollups.ROLLUP_CTES: per session in
 ``usage_usagerollup``, per agent in ``usage_agentrollup``), so a concurrent resend of the same event can never
 be counted twice: the second transaction waits on the unique index, inserts nothing, and so rolls up nothing.
+The same statement creates missing sessions and widens each session's first and last usage to the rows it
+inserted (only when they move it, so most batches of a running session rewrite one row's ``last_usage_at``).
 The ids the insert skipped are then compared with the stored events: duplicates or conflicts. Batches are
 validated before they get here (usage.validation, usage.livekit), so an invalid batch stores nothing.
 """
@@ -58,8 +60,9 @@ class IngestResult:
         return body
 
 
-# ``sessions`` creates the batch's missing sessions and returns those another agent owns (the caller then
-# rolls back). Its DO UPDATE (a no-op, and only where another agent owns the row) is there because ON
+# ``sessions`` creates the batch's missing sessions, keeps each session's first and last usage from the events
+# this statement inserted (a resend moves nothing), and returns those another agent owns (the caller then
+# rolls back). Its DO UPDATE also where another agent owns the row is there because ON
 # CONFLICT DO UPDATE, unlike DO NOTHING, checks the latest committed row even when it was inserted after
 # this statement's snapshot, so a session another agent creates concurrently is still caught. It locks the
 # batch's existing session rows until commit; concurrent batches of one session already wait on each
@@ -70,15 +73,6 @@ WITH incoming AS (
            e->5 AS usage, e->6 AS metadata
     FROM jsonb_array_elements(%(rows)s::jsonb) AS e
 ),
-sessions AS (
-    INSERT INTO usage_session (tenant_id, agent_id, session_id, end_user_id, conversation_type, metadata,
-                               livekit_report_mode, created_at, updated_at)
-    SELECT DISTINCT %(tenant)s, %(agent)s, session_id, '', '', '{{}}'::jsonb, %(mode)s, now(), now()
-    FROM incoming WHERE session_id <> '' ORDER BY 3
-    ON CONFLICT (tenant_id, session_id) DO UPDATE SET agent_id = usage_session.agent_id
-        WHERE usage_session.agent_id <> %(agent)s
-    RETURNING session_id, agent_id
-),
 inserted AS (
     INSERT INTO usage_usageevent (tenant_id, agent_id, event_id, timestamp, session_id, provider, model, usage,
                                   metadata, source, received_at)
@@ -86,6 +80,25 @@ inserted AS (
     FROM incoming ORDER BY event_id
     ON CONFLICT (tenant_id, event_id) DO NOTHING
     RETURNING event_id, timestamp, session_id, provider, model, usage
+),
+sessions AS (
+    INSERT INTO usage_session (tenant_id, agent_id, session_id, end_user_id, conversation_type, metadata,
+                               livekit_report_mode, first_usage_at, last_usage_at, created_at, updated_at)
+    SELECT %(tenant)s, %(agent)s, named.session_id, '', '', '{{}}'::jsonb, %(mode)s, used.first_at, used.last_at,
+           now(), now()
+    FROM (SELECT DISTINCT session_id FROM incoming WHERE session_id <> '') AS named
+    LEFT JOIN (
+        SELECT session_id, min(timestamp) AS first_at, max(timestamp) AS last_at FROM inserted GROUP BY session_id
+    ) AS used USING (session_id)
+    ORDER BY named.session_id
+    ON CONFLICT (tenant_id, session_id) DO UPDATE
+       SET first_usage_at = least(usage_session.first_usage_at, EXCLUDED.first_usage_at),
+           last_usage_at = greatest(usage_session.last_usage_at, EXCLUDED.last_usage_at)
+       WHERE usage_session.agent_id <> %(agent)s
+          OR EXCLUDED.first_usage_at < usage_session.first_usage_at
+          OR EXCLUDED.last_usage_at > usage_session.last_usage_at
+          OR (usage_session.first_usage_at IS NULL AND EXCLUDED.first_usage_at IS NOT NULL)
+    RETURNING session_id, agent_id
 ),
 {ROLLUP_CTES}
 SELECT event_id, '' FROM inserted

@@ -9,6 +9,7 @@ from decimal import Decimal
 
 from django.db import models
 from django.db.models import F, Q
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from tenants.models import Agent, Tenant, TenantScopedQuerySet
@@ -33,8 +34,17 @@ class Meter(models.Model):
         return self.code
 
 
+# A session's start as lists sort by it (Session.start): the reported start, else the first usage.
+START = Coalesce(F("started_at"), F("first_usage_at"))
+
+
 class Session(models.Model):
-    """One conversation. Created by its first event or by ``PUT /api/v1/sessions/{id}``."""
+    """One conversation. Created by its first event or by ``PUT /api/v1/sessions/{id}``.
+
+    ``started_at``/``ended_at`` are what the agent reported (PUT); ``first_usage_at``/``last_usage_at`` are
+    the earliest and latest timestamps of its stored events, kept by the ingest statement (usage.ingest), so
+    a session reported only through events still has times to show and sort by (``start``, ``end``).
+    """
 
     class ReportMode(models.TextChoices):
         NONE = "", "none yet"
@@ -50,6 +60,8 @@ class Session(models.Model):
     conversation_type = models.CharField(max_length=64, blank=True)
     metadata = models.JSONField(default=dict, blank=True)
     livekit_report_mode = models.CharField(max_length=8, choices=ReportMode.choices, default="", blank=True)
+    first_usage_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_usage_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
 
@@ -69,15 +81,22 @@ class Session(models.Model):
             models.Index(fields=["tenant", "-created_at"], name="session_tenant_recent"),
             # The portal lists sessions newest first by start (portal.views.sessions.sessions), 50 to a page.
             models.Index(
-                F("tenant"),
-                F("started_at").desc(nulls_last=True),
-                F("created_at").desc(),
-                name="session_tenant_started",
+                F("tenant"), START.desc(nulls_last=True), F("created_at").desc(), name="session_tenant_start"
             ),
         ]
 
     def __str__(self) -> str:
         return self.session_id
+
+    @property
+    def start(self):
+        """When the conversation began: as the agent reported it, else its first usage."""
+        return self.started_at or self.first_usage_at
+
+    @property
+    def end(self):
+        """When it ended: as the agent reported it, else its last usage so far."""
+        return self.ended_at or self.last_usage_at
 
 
 class UsageEvent(models.Model):

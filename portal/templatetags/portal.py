@@ -11,11 +11,6 @@ def money(amount, currency):
 
 
 @register.filter
-def unit_price(amount, currency):
-    return format_money(amount, currency, precise=True)
-
-
-@register.filter
 def quantity(value):
     return format_quantity(value)
 

@@ -20,21 +20,31 @@ def invoices(request):
 
 
 def _invoice(request, pk: int) -> Invoice:
-    return get_object_or_404(Invoice.objects.for_tenant(request.access.tenant), pk=pk)
+    return get_object_or_404(
+        Invoice.objects.for_tenant(request.access.tenant).select_related("tenant"), pk=pk
+    )
 
 
 @tenant_view()
 def invoice_detail(request, pk: int):
     activate_tenant_timezone(request)
     invoice = _invoice(request, pk)
-    return render(request, "portal/invoice_detail.html", {"invoice": invoice, "lines": invoice.lines.all()})
+    return render(
+        request,
+        "portal/invoice_detail.html",
+        {"invoice": invoice, "lines": billing_selectors.invoice_lines(invoice)},
+    )
 
 
 @tenant_view()
 def invoice_print(request, pk: int):
     activate_tenant_timezone(request)
     invoice = _invoice(request, pk)
-    return render(request, "portal/invoice_print.html", {"invoice": invoice, "lines": invoice.lines.all()})
+    return render(
+        request,
+        "portal/invoice_print.html",
+        {"invoice": invoice, "lines": billing_selectors.invoice_lines(invoice)},
+    )
 
 
 @tenant_view()

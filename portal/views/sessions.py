@@ -5,12 +5,11 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django.core.paginator import Paginator
-from django.db.models import F
 from django.shortcuts import get_object_or_404, render
 
 from billing import selectors as billing_selectors
 from portal.access import activate_tenant_timezone, tenant_view
-from usage.models import Session, UsageEvent
+from usage.models import START, Session, UsageEvent
 
 
 @tenant_view()
@@ -20,7 +19,7 @@ def sessions(request):
     ordered = (
         Session.objects.for_tenant(tenant)
         .select_related("agent")
-        .order_by(F("started_at").desc(nulls_last=True), "-created_at")
+        .order_by(START.desc(nulls_last=True), "-created_at")  # the index session_tenant_start
     )
     page = Paginator(ordered, 50).get_page(request.GET.get("page"))
     costs = billing_selectors.session_costs(tenant, [s.session_id for s in page])

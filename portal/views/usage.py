@@ -1,29 +1,93 @@
-"""The usage page (a filtered, grouped table with cost) and its CSV export (hourly rows, streamed)."""
+"""The usage page (grouped totals with their cost) and its CSV export (the same rows, streamed).
+
+Both show one row per group — per meter, (provider, model), agent, session or day — with its quantity of each
+meter and its cost, from ``billing.selectors.usage_by_groups``, the function the read API's GET /usage uses:
+the page, the CSV and the API cannot disagree.
+"""
 
 from __future__ import annotations
 
 import csv
 import html
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import date, timedelta
 from decimal import Decimal
-from zoneinfo import ZoneInfo
 
 from django.http import HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils.safestring import mark_safe
 
-from billing import periods
 from billing import selectors as billing_selectors
 from billing.money import format_money, format_quantity
 from portal.access import activate_tenant_timezone, tenant_view
 from portal.forms import UsageFilterForm
 from tenants.models import Agent
-from usage import rollups
+from usage.models import Meter
 
 USAGE_TABLE_ROWS = 2000
-# The first column of the usage table, by grouping (meter and model rows need none: they are the table).
-USAGE_HEADS = {"agent": "Agent", "session": "Session", "day": "Day"}
+# What a row is, by grouping: the keys of billing.selectors.usage_by_groups, each with its page heading and
+# CSV column. Grouped by model the provider comes too: the same model name can come from two providers.
+GROUP_COLUMNS: dict[str, list[tuple[str, str, str]]] = {
+    "meter": [("meter", "Meter", "meter")],
+    "model": [("provider", "Provider", "provider"), ("model", "Model", "model")],
+    "agent": [("agent", "Agent", "agent")],
+    "session": [("session", "Session", "session_id")],
+    "day": [("day", "Day", "day")],
+}
+
+
+@dataclass
+class UsageReport:
+    """The rows of the page and the CSV: ``meters`` are the quantity columns (grouped by meter, one
+    "quantity" column holds each row's own meter), ``rows`` are (group values, usage) sorted by group."""
+
+    group_by: str
+    meters: list[str]
+    rows: list[tuple[tuple, billing_selectors.GroupUsage]]
+    agents: dict[int, str]
+
+    @property
+    def columns(self) -> list[tuple[str, str, str]]:
+        return GROUP_COLUMNS[self.group_by]
+
+    def quantities(self, key: tuple, usage: billing_selectors.GroupUsage) -> list[Decimal | None]:
+        if self.group_by == "meter":
+            return [usage.quantity.get(key[0])]
+        return [usage.quantity.get(meter) for meter in self.meters]
+
+    def total_quantities(self) -> list[Decimal]:
+        totals = [Decimal(0)] * (1 if self.group_by == "meter" else len(self.meters))
+        for key, usage in self.rows:
+            totals = [t + (q or 0) for t, q in zip(totals, self.quantities(key, usage), strict=True)]
+        return totals
+
+    @property
+    def total_cost(self) -> Decimal:
+        return sum((usage.cost for _, usage in self.rows), Decimal(0))
+
+    def label(self, name: str, value) -> str:
+        """A group value as text (agents by name, days as ISO dates)."""
+        if name == "agent":
+            return self.agents.get(value, str(value))
+        if isinstance(value, date):
+            return value.isoformat()
+        return value
+
+
+def usage_report(tenant, start: date, end: date, group_by: str, filters: dict) -> UsageReport:
+    keys = [name for name, _, _ in GROUP_COLUMNS[group_by]]
+    groups = billing_selectors.usage_by_groups(tenant, start, end, keys, filters)
+    agents = dict(Agent.objects.for_tenant(tenant).values_list("pk", "name"))
+    used = {meter for usage in groups.values() for meter in usage.quantity}
+    meters = [code for code in Meter.objects.values_list("code", flat=True) if code in used]
+    meters += sorted(used - set(meters))  # a meter since removed from the catalogue still shows
+    report = UsageReport(group_by, meters, [], agents)
+    report.rows = sorted(
+        groups.items(),
+        key=lambda item: tuple(str(report.label(k, v)) for k, v in zip(keys, item[0], strict=True)),
+    )
+    return report
 
 
 def _usage_form(request):
@@ -45,58 +109,82 @@ def usage(request):
     activate_tenant_timezone(request)
     tenant = request.access.tenant
     form = _usage_form(request)
-    rows, totals, table = [], {}, ""
+    report = None
     if form.is_valid():
         data = form.cleaned_data
-        group_by = data["group_by"]
-        rows = billing_selectors.usage_lines(
-            tenant, data["start"], data["end_exclusive"], group_by, form.filters()
-        )
-        totals = {"cost": sum((r["cost"] for r in rows), Decimal(0))}
-        table = _usage_table(tenant, group_by, rows[:USAGE_TABLE_ROWS])
-    query = request.GET.copy()
+        report = usage_report(tenant, data["start"], data["end_exclusive"], data["group_by"], form.filters())
     return render(
         request,
         "portal/usage.html",
         {
             "form": form,
-            "head": USAGE_HEADS.get(form.cleaned_data.get("group_by")) if form.is_valid() else None,
-            "rows": bool(rows),
-            "table": table,
-            "truncated": len(rows) > USAGE_TABLE_ROWS,
-            "totals": totals,
-            "query": query.urlencode(),
+            "rows": bool(report and report.rows),
+            "table": _usage_table(tenant, report) if report and report.rows else "",
+            "truncated": bool(report) and len(report.rows) > USAGE_TABLE_ROWS,
+            "query": request.GET.urlencode(),
         },
     )
 
 
-def _usage_table(tenant, group_by: str, rows: list[dict]) -> str:
-    """The table body's HTML, every cell escaped here. A month by day is ~320 rows, and rendering them through
-    the template engine (a lookup and an escape per cell) was most of that page's time."""
-    agents = dict(Agent.objects.for_tenant(tenant).values_list("pk", "name")) if group_by == "agent" else {}
-    currency, with_head = tenant.currency, group_by in USAGE_HEADS
+def _usage_table(tenant, report: UsageReport) -> str:
+    """The whole table's HTML, every cell escaped here: a month by session is thousands of rows, and
+    rendering them through the template engine (a lookup and an escape per cell) was most of the page's time."""
     escape = html.escape  # plain str cells: the standard library's, six times faster than Django's wrapper
+    currency = tenant.currency
+    quantity_heads = (
+        ["Quantity"]
+        if report.group_by == "meter"
+        else [f"<code>{escape(meter).replace('_', '_<wbr>')}</code>" for meter in report.meters]
+    )
+    head = (
+        "".join(f"<th>{title}</th>" for _, title, _ in report.columns)
+        + "".join(
+            f'<th class="num{"" if report.group_by == "meter" else " meter"}">{t}</th>'
+            for t in quantity_heads
+        )
+        + '<th class="num">Cost</th>'
+    )
     lines = []
-    for row in rows:
-        key = row.get(group_by)
-        if group_by == "session" and key:
-            head = f'<a href="{escape(reverse("portal:session", args=[key]))}">{escape(key)}</a>'
-        elif group_by == "agent":
-            head = escape(agents.get(key, "—"))
-        elif group_by == "day":
-            head = f"{key:%a} {key.day} {key:%b}"  # as the date filter's "D j M"
-        else:
-            head = escape(key or "—")
+    for key, group in report.rows[:USAGE_TABLE_ROWS]:
         cells = [
-            f"<td>{head}</td>" if with_head else "",
-            f"<td><code>{escape(row['meter'])}</code></td>",
-            f"<td>{escape(row['provider'] or '—')}</td><td>{escape(row['model'] or '—')}</td>",
-            f'<td class="num">{escape(format_quantity(row["quantity"]))}</td>',
-            f'<td class="num">{escape(format_quantity(row["events"]))}</td>',
-            f'<td class="num">{escape(format_money(row["cost"], currency))}</td>',
+            _group_cell(report, name, value) for (name, _, _), value in zip(report.columns, key, strict=True)
         ]
+        cells += [
+            f'<td class="num">{escape(format_quantity(q)) if q is not None else ""}</td>'
+            for q in report.quantities(key, group)
+        ]
+        cells.append(f'<td class="num">{escape(format_money(group.cost, currency))}</td>')
         lines.append(f"<tr>{''.join(cells)}</tr>")
-    return mark_safe("\n".join(lines))  # noqa: S308 - every cell is escaped above
+    # Grouped by meter, the rows hold different units: their quantities do not add up.
+    totals = "".join(
+        f'<td class="num">{"" if report.group_by == "meter" else escape(format_quantity(q))}</td>'
+        for q in report.total_quantities()
+    )
+    foot = (
+        f'<tr class="total"><td colspan="{len(report.columns)}">Total</td>{totals}'
+        f'<td class="num" data-testid="usage-total">{escape(format_money(report.total_cost, currency))}</td></tr>'
+    )
+    body = "\n".join(lines)
+    return mark_safe(  # noqa: S308 - every cell is escaped above
+        f'<div class="table-scroll"><table data-testid="usage-table"><thead><tr>{head}</tr></thead>\n'
+        f"<tbody>\n{body}\n</tbody><tfoot>{foot}</tfoot></table></div>"
+    )
+
+
+def _group_cell(report: UsageReport, name: str, value) -> str:
+    escape = html.escape
+    if name == "session" and value:
+        return f'<td><a href="{escape(reverse("portal:session", args=[value]))}">{escape(value)}</a></td>'
+    if name == "day":
+        return f'<td class="day">{value:%a} {value.day} {value:%b}</td>'  # as the date filter's "D j M"
+    if name == "meter":
+        return f"<td><code>{escape(value)}</code></td>"
+    return f"<td>{escape(report.label(name, value) or '—')}</td>"
+
+
+# Costs as the read API gives them: allocations are fractions of a cent, and rounding each row to the cent
+# would make the column add up to something else than the total.
+CSV_COST_PLACES = Decimal("0.000001")
 
 
 class _Echo:
@@ -121,37 +209,24 @@ def usage_csv(request):
             content_type="text/plain",
         )
     data = form.cleaned_data
-    tz = ZoneInfo(tenant.timezone)
-    agents = dict(Agent.objects.for_tenant(tenant).values_list("pk", "name"))
+    report = usage_report(tenant, data["start"], data["end_exclusive"], data["group_by"], form.filters())
     writer = csv.writer(_Echo())
-    rows = rollups.iter_usage_rows(
-        tenant.pk,
-        periods.local_midnight(data["start"], tenant.timezone),
-        periods.local_midnight(data["end_exclusive"], tenant.timezone),
-        form.filters(),
-    )
 
     def stream():
+        quantity_columns = ["quantity"] if report.group_by == "meter" else report.meters
         yield writer.writerow(
-            ["hour_start", "agent", "session_id", "meter", "provider", "model", "quantity", "events"]
+            [column for _, _, column in report.columns] + quantity_columns + ["cost", "currency"]
         )
-        for hour, agent_id, session_id, meter, provider, model, quantity, events in rows:
-            yield writer.writerow(
-                [
-                    _csv_cell(v)
-                    for v in (
-                        hour.astimezone(tz).isoformat(),
-                        agents.get(agent_id, agent_id),
-                        session_id,
-                        meter,
-                        provider,
-                        model,
-                        format(quantity.normalize(), "f"),
-                        events,
-                    )
-                ]
-            )
+        for key, group in report.rows:
+            values = [
+                report.label(name, value) for (name, _, _), value in zip(report.columns, key, strict=True)
+            ]
+            values += ["" if q is None else format(q.normalize(), "f") for q in report.quantities(key, group)]
+            values += [format(group.cost.quantize(CSV_COST_PLACES), "f"), tenant.currency]
+            yield writer.writerow([_csv_cell(v) for v in values])
 
     response = StreamingHttpResponse(stream(), content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="usage-{tenant.slug}-{data["start"]}.csv"'
+    response["Content-Disposition"] = (
+        f'attachment; filename="usage-{tenant.slug}-{data["start"]}-by-{data["group_by"]}.csv"'
+    )
     return response

@@ -3,12 +3,15 @@
 from decimal import Decimal as D
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from billing.money import (
     format_margin_percent,
     format_money,
     format_money_with_code,
     format_quantity,
+    format_unit_price,
     format_unit_price_with_code,
     plain_decimal,
 )
@@ -149,3 +152,42 @@ def test_an_average_rate_shows_at_most_four_significant_digits_and_at_least_the_
 )
 def test_a_stored_decimal_reads_as_it_was_entered(value, min_places, text):
     assert plain_decimal(value, min_places) == text
+
+
+@pytest.mark.parametrize(
+    ("amount", "size", "unit", "currency", "text"),
+    [
+        (D("0.012"), D(60), "second", "USD", "$0.012 per minute"),
+        (D("0"), D(60), "second", "USD", "included"),
+        (D("0.3"), D(1_000_000), "token", "USD", "$0.30 per 1M tokens"),
+        (D("0.08"), D(1000), "character", "EUR", "€0.08 per 1K characters"),
+        (D("0.0000003"), D(1), "token", "USD", "$0.0000003 per token"),
+        (D("2"), D(90), "second", "USD", "$2.00 per 90 s"),
+        (D("0.5"), D(3600), "second", "JPY", "¥0.5 per hour"),
+        (D("49"), D(1), "month", "USD", "$49.00 per month"),
+        (D("10"), D(1), "agent", "GBP", "£10.00 per agent"),
+        (D("1.5"), D(2500), "token", "USD", "$1.50 per 2,500 tokens"),
+        (D("0.06568706193879535913959602678"), D(1000), "character", "USD", "≈ $0.0656871 per 1K characters"),
+        (D("3"), D(1), "", "USD", "$3.00"),
+        (None, D(1), "token", "USD", "—"),
+    ],
+)
+def test_tenants_read_unit_prices_per_a_unit_they_know(amount, size, unit, currency, text):
+    assert format_unit_price(amount, size, unit, currency) == text
+
+
+@given(
+    st.decimals(min_value=D("0.000001"), max_value=D(1000), places=6),
+    st.sampled_from([D(1), D(60), D(1000), D(1_000_000), D(7)]),
+    st.sampled_from(["second", "token", "character", "agent", ""]),
+)
+def test_a_unit_price_of_few_digits_reads_exactly_as_entered(amount, size, unit):
+    text = format_unit_price(amount, size, unit, "USD")
+    shown = text.removeprefix("≈ ").removeprefix("$").split(" ")[0].replace(",", "")
+    if len(amount.normalize().as_tuple().digits) <= 6:
+        assert not text.startswith("≈") and D(shown) == amount
+    else:
+        assert text.startswith("≈ ") and abs(D(shown) - amount) <= amount * D(
+            "0.000005"
+        )  # half the 6th digit
+    assert ("per" in text) == (unit != "" or size != 1)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections import defaultdict
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import httpx
@@ -61,49 +60,37 @@ def test_journey_dashboard_usage_csv_keys_invoice(demo, page, live_server, scree
     expect(by_agent).to_contain_text("skyway-voice")
     expect(page.get_by_text(invoice_number)).to_be_visible()  # last invoice card
 
-    # Usage: the default view, then one meter grouped by agent; the CSV carries the same filters.
+    # Usage: the default view (totals per meter), then one meter grouped by agent; the CSV has the same rows.
     page.get_by_role("link", name="Usage", exact=True).click()
     table = page.get_by_test_id("usage-table")
     expect(table).to_be_visible()
-    expect(table.locator("tfoot")).to_contain_text(re.compile(r"Total\s*\$[\d,]+\.\d\d"))
+    expect(table.locator("tfoot")).to_contain_text(re.compile(r"Total.*\$[\d,]+\.\d\d"))
+    meters = table.locator("tbody tr td:first-child").all_inner_texts()
+    assert len(meters) == len(set(meters)) > 3  # one row per meter
     screenshot(page, "usage")
     page.locator("select[name=group_by]").select_option("agent")
     page.locator("select[name=meter]").select_option(METER)
     page.get_by_role("button", name="Apply").click()
     expect(page).to_have_url(re.compile(rf"\?(?=.*group_by=agent)(?=.*meter={METER})"))
     expect(table.locator("thead th").first).to_have_text("Agent")
-    shown: dict[str, Decimal] = defaultdict(Decimal)
-    for cells in table.locator("tbody tr").evaluate_all(
+    expect(table.locator("thead th")).to_have_text(["Agent", METER, "Cost"])
+    shown: dict[str, tuple[Decimal, str]] = {}
+    for agent, quantity, cost in table.locator("tbody tr").evaluate_all(
         "rows => rows.map(r => [...r.cells].map(c => c.innerText.trim()))"
     ):
-        agent, meter, quantity = cells[0], cells[1], cells[4]
-        assert meter == METER
-        shown[agent] += Decimal(quantity.replace(",", ""))
-    assert set(shown) == {"dental-receptionist", "skyway-voice"}
+        shown[agent] = (Decimal(quantity.replace(",", "")), cost)
+    assert set(shown) == {"dental-receptionist", "skyway-voice"}  # one row per agent
 
     with page.expect_download() as download_info:
         page.get_by_role("link", name="Download CSV").click()
     download = download_info.value
     assert download.suggested_filename.startswith(f"usage-{demo['tenant'].slug}-")
     exported = list(csv.reader(io.StringIO(Path(download.path()).read_text(encoding="utf-8"))))
-    assert exported[0] == [
-        "hour_start",
-        "agent",
-        "session_id",
-        "meter",
-        "provider",
-        "model",
-        "quantity",
-        "events",
-    ]
-    body = exported[1:]
-    assert len(body) > 10
-    assert {r[3] for r in body} == {METER}
-    assert all(Decimal(r[6]) > 0 and int(r[7]) > 0 for r in body)
-    exported_by_agent: dict[str, Decimal] = defaultdict(Decimal)
-    for row in body:
-        exported_by_agent[row[1]] += Decimal(row[6])
-    assert exported_by_agent == shown  # the hourly CSV adds up to the table, agent by agent
+    assert exported[0] == ["agent", METER, "cost", "currency"]
+    assert {
+        agent: (Decimal(quantity), f"${Decimal(cost).quantize(Decimal('0.01'), rounding=ROUND_HALF_UP):,}")
+        for agent, quantity, cost, _ in exported[1:]
+    } == shown  # the CSV holds the page's rows, cost included
 
     # Sessions and one session's cost breakdown.
     page.get_by_role("link", name="Sessions", exact=True).click()
