@@ -77,7 +77,7 @@ WSGI_APPLICATION = "config.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [BASE_DIR / "templates"],
+        "DIRS": [],  # each app ships its own templates/ (package data of the wheel)
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
