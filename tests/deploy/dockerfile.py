@@ -24,6 +24,15 @@ from pathlib import Path
 BASE = Path(__file__).resolve().parents[2]
 DOCKERFILE = BASE / "Dockerfile"
 SYSTEM_STEPS = ("apt-get",)  # RUN steps about the operating system, not the project
+# The test run's own settings stay out of the build, as they would stay out of `docker build`.
+APP_SETTINGS = {
+    "DATABASE_URL",
+    "DEBUG",
+    "SECRET_KEY",
+    "ALLOWED_HOSTS",
+    "STATIC_ROOT",
+    "DJANGO_SETTINGS_MODULE",
+}
 
 
 @dataclass
@@ -88,7 +97,11 @@ class Build:
         return self.venv / "bin" / "python"
 
     def env(self, dockerfile: Dockerfile, **extra: str) -> dict[str, str]:
-        clean = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON", "PIP_"))}
+        clean = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in APP_SETTINGS and not k.startswith(("CELERY_", "STRIPE_", "PYTHON", "VIRTUAL_ENV"))
+        }
         return {
             **clean,
             "PATH": f"{self.venv / 'bin'}:{clean.get('PATH', '/usr/bin:/bin')}",
