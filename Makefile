@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 export DEBUG ?= 1
 
-.PHONY: setup run test test-fast lint format bench bench-ingest bench-invoice bench-portal bench-slow-clients stripe-smoke screenshots lock clean-devdata
+.PHONY: setup run test test-fast lint format bench bench-ingest bench-invoice bench-portal bench-slow-clients soak stripe-smoke screenshots lock clean-devdata
 
 setup:
 	@sh scripts/bootstrap.sh
@@ -41,6 +41,11 @@ bench-portal: setup
 # /healthz latency while 20 clients send headers a line a second to the shipped gunicorn (docs/operations.md).
 bench-slow-clients: setup
 	$(PY) -m bench.slow_clients $(ARGS)
+
+# The whole stack under faults (worker kills, broker and database restarts); proves nothing lost or counted
+# twice and prints a report (docs/reliability.md). Not a test: a script with figures.
+soak: setup
+	$(PY) -m bench.soak $(ARGS)
 
 # The Stripe flow against a real Stripe test account (skipped unless STRIPE_API_KEY=sk_test_... is set).
 stripe-smoke: setup

@@ -14,8 +14,9 @@ def generate_invoice(tenant_id: int, period_start: str) -> int:
 
 
 @shared_task(acks_late=True)
-def finalize_invoice(invoice_id: int) -> str | None:
-    invoice = invoicing.finalize_invoice(invoice_id)
+def finalize_invoice(invoice_id: int, force: bool = False) -> str | None:
+    """``force`` finalizes before the grace period has passed (the admin's "finalize now")."""
+    invoice = invoicing.finalize_invoice(invoice_id, force=force)
     return invoice.number
 
 

@@ -4,6 +4,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import environ
+from csp import constants as csp_constants
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -190,6 +191,13 @@ STRIPE_API_BASE = env("STRIPE_API_BASE", default="")
 STRIPE_NAMESPACE = env("STRIPE_NAMESPACE", default="meterline")
 STRIPE_TIMEOUT_SECONDS = env.float("STRIPE_TIMEOUT_SECONDS", default=30)
 
+# Requests to tenants' URLs (notifications.outbound, docs/decisions/008-outbound-requests.md): public addresses on
+# ports 80/443 only. Local development may allow loopback and private networks (any port); never production.
+OUTBOUND_ALLOW_PRIVATE_NETWORKS = env.bool("OUTBOUND_ALLOW_PRIVATE_NETWORKS", default=False)
+OUTBOUND_ALLOWED_PORTS = env.list("OUTBOUND_ALLOWED_PORTS", cast=int, default=[80, 443])
+# The CA certificates tenants' https endpoints are checked against; empty: certifi's bundle.
+OUTBOUND_CA_BUNDLE = env("OUTBOUND_CA_BUNDLE", default="")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -211,3 +219,36 @@ if not DEBUG:
     SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=True)
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
+
+# Headers and proxies (DESIGN §16, docs/decisions/006-headers-and-proxies.md). A Content-Security-Policy on
+# every response (django-csp): scripts and styles only from our own static files (a per-response nonce for
+# the few <style> blocks of third-party templates), nothing framed, forms posted only to us.
+INSTALLED_APPS += ["csp"]
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1, "csp.middleware.CSPMiddleware"
+)
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.contrib.auth.middleware.AuthenticationMiddleware") + 1,
+    "config.private_pages.PrivatePagesMiddleware",  # Cache-Control: private, no-store for logged-in people
+)
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'", csp_constants.NONCE],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
+# Swagger UI's initialisation script as a file of its own (SpectacularSwaggerSplitView), and no validator
+# badge: that would load an image from validator.swagger.io and tell it our schema's address.
+SPECTACULAR_SETTINGS["SWAGGER_UI_SETTINGS"] = {"deepLinking": True, "validatorUrl": None}
+# How many proxies (load balancer, nginx) in front of the app append to X-Forwarded-For. 0 (the default):
+# the header is ignored and the login lockout and API throttle key on the connecting address.
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+AXES_CLIENT_IP_CALLABLE = "tenants.authentication.client_address"

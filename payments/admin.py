@@ -15,6 +15,7 @@ from django.utils.html import format_html
 from billing.admin.invoices import InvoiceAdmin
 from billing.models import Invoice
 from payments import stripe_sync, tasks
+from payments.models import StripeEvent
 
 
 @admin.action(description="Retry Stripe sync")
@@ -64,3 +65,35 @@ class StripeInvoiceAdmin(InvoiceAdmin):
 
 admin.site.unregister(Invoice)
 admin.site.register(Invoice, StripeInvoiceAdmin)
+
+
+class ReviewFilter(admin.SimpleListFilter):
+    """Events that named one of our invoices but were not a copy of it: a person decides what they were."""
+
+    title = "review"
+    parameter_name = "review"
+
+    def lookups(self, request, model_admin):
+        return [("held", "Held for review")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "held":
+            return queryset.filter(outcome__startswith=stripe_sync.HELD_FOR_REVIEW)
+        return queryset
+
+
+@admin.register(StripeEvent)
+class StripeEventAdmin(admin.ModelAdmin):
+    """Stripe's webhook events as received: read only (they are Stripe's record, and our invoices' audit)."""
+
+    list_display = ["received_at", "event_id", "type", "invoice", "outcome"]
+    list_filter = [ReviewFilter, "type"]
+    search_fields = ["event_id", "invoice__number"]
+    list_select_related = ["invoice"]
+    readonly_fields = ["event_id", "type", "invoice", "outcome", "received_at", "processed_at", "payload"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

@@ -10,7 +10,9 @@ customer and by invoice for invoices and items, search for the customer).
 
 Back (:func:`apply_stripe_status`): forward only, along the database trigger's graph (migration 0002):
 open → paid | void | uncollectible, uncollectible → paid | void. Webhook events (:func:`process_event`) are
-stored by id in the same transaction as their effect, so a redelivery changes nothing.
+stored by id in the same transaction as their effect, so a redelivery changes nothing. An event moves an invoice
+only if Stripe's invoice in it is a copy of ours (the tenant's customer, our currency, our total); one that only
+names ours is stored "held for review".
 
 Decisions, with the reasoning in docs/stripe.md: ``collection_method=send_invoice`` with 30 days to pay;
 drafts are created with ``auto_advance=false`` (Stripe never finalizes a half-built draft) and finalized with
@@ -72,6 +74,10 @@ EVENT_STATUS = {
     "invoice.voided": "void",
     "invoice.marked_uncollectible": "uncollectible",
 }
+
+
+# The outcome of an event that names one of our invoices but is not a copy of it (the admin filters on it).
+HELD_FOR_REVIEW = "held for review"
 
 
 class SyncMismatch(Exception):
@@ -369,7 +375,41 @@ def _apply_event(event: dict[str, Any]) -> tuple[str, Invoice | None]:
     invoice = _our_invoice(stripe_invoice) if isinstance(stripe_invoice, dict) else None
     if invoice is None:
         return "ignored: not one of our invoices", None
+    if mismatch := _mismatch(invoice, stripe_invoice):
+        logger.warning(
+            "Stripe event %s names invoice %s but does not match it, held for review: %s",
+            event["id"],
+            invoice.number,
+            mismatch,
+        )
+        return f"{HELD_FOR_REVIEW}: {mismatch}", invoice
     return _move_forward(invoice, stripe_status, timezone.now()), invoice
+
+
+def _mismatch(invoice: Invoice, stripe_invoice: dict[str, Any]) -> str | None:
+    """Why Stripe's invoice in a signed event is not a copy of ``invoice``, or None when it is: the tenant's
+    Stripe customer, our currency and our total. Our metadata alone proves nothing (anyone with access to the
+    account can write it on any invoice), so an event that names an invoice but fails this moves nothing.
+
+    ``total`` is compared, not ``amount_due``: a customer's credit balance (a negative earlier invoice) lowers
+    what is due without changing what was billed. Without a customer id on record (the sync has not stored it
+    yet) nothing can be vouched for; the sync's own check and reconcile bring a genuine status later."""
+    customer = stripe_invoice.get("customer")
+    if isinstance(customer, dict):  # expanded
+        customer = customer.get("id")
+    theirs = str(customer)[:40]
+    expected_customer = invoice.tenant.stripe_customer_id
+    if not expected_customer:
+        return f"the tenant has no Stripe customer on record (the event's is {theirs})"
+    if customer != expected_customer:
+        return f"Stripe customer {theirs} is not the tenant's {expected_customer}"
+    currency, ours = stripe_invoice.get("currency"), invoice.currency.lower()
+    if not isinstance(currency, str) or currency.lower() != ours:
+        return f"currency {str(currency)[:10]} is not ours ({ours})"
+    total, expected = stripe_invoice.get("total"), to_minor_units(invoice.total, invoice.currency)
+    if type(total) is not int or total != expected:
+        return f"Stripe total {str(total)[:20]} is not ours ({expected} minor units)"
+    return None
 
 
 def _our_invoice(stripe_invoice: dict[str, Any]) -> Invoice | None:

@@ -3,7 +3,8 @@
 Each (tenant, period, threshold) alert is a row under a unique constraint, inserted before anything is sent
 and together with its ``budget.threshold_crossed`` outbox event: whichever process inserts it sends it, so an
 alert goes out once however often the check runs. The e-mail goes out at once; the webhook when the event is
-dispatched (spend.tasks subscribes to it). The webhook is signed like Stripe's: ``Meterline-Signature: t=<unix>,v1=<HMAC-SHA256(secret, "<t>.<body>")>``.
+dispatched (spend.tasks subscribes to it), through notifications.outbound (public addresses only). The webhook
+is signed like Stripe's: ``Meterline-Signature: t=<unix>,v1=<HMAC-SHA256(secret, "<t>.<body>")>``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import hmac
 import json
 import secrets
 import time
-import urllib.request
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -23,13 +23,12 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from billing import selectors
-from notifications import outbox
+from notifications import outbound, outbox
 from spend.models import Budget, BudgetAlert
 from tenants.models import Tenant
 
 DEFAULT_THRESHOLDS = [50, 80, 100]
 THRESHOLD_CROSSED = "budget.threshold_crossed"
-WEBHOOK_TIMEOUT_SECONDS = 5
 
 
 @dataclass(frozen=True)
@@ -148,20 +147,14 @@ def deliver_webhook(alert_id: int) -> None:
     budget = alert.tenant.budget
     status = budget_status(alert.tenant)
     body = json.dumps(_payload(alert, status), separators=(",", ":")).encode()
-    request = urllib.request.Request(  # noqa: S310 - the URL is the tenant's own https/http webhook
-        budget.webhook_url,
-        data=body,
-        method="POST",
-        headers={
-            "Content-Type": "application/json",
-            "Meterline-Signature": sign(budget.webhook_secret, body, int(time.time())),
-        },
-    )
+    headers = {
+        "Content-Type": "application/json",
+        "Meterline-Signature": sign(budget.webhook_secret, body, int(time.time())),
+    }
     try:
-        with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT_SECONDS) as response:  # noqa: S310
-            if response.status >= 300:
-                raise OSError(f"webhook answered {response.status}")
-    except OSError as exc:
-        BudgetAlert.objects.filter(pk=alert.pk).update(webhook_error=str(exc)[:300])
+        outbound.post(budget.webhook_url, body, headers).raise_for_status()
+    except outbound.DeliveryFailed as failure:
+        # str(failure) is "HTTP <status>" or "could not connect": the tenant sees no more about the target.
+        BudgetAlert.objects.filter(pk=alert.pk).update(webhook_error=str(failure))
         raise
     BudgetAlert.objects.filter(pk=alert.pk).update(webhook_delivered_at=timezone.now(), webhook_error="")

@@ -1,4 +1,5 @@
 import json
+import socket
 
 import pytest
 from rest_framework.test import APIClient
@@ -7,6 +8,7 @@ from billing import invoicing
 from tests import livekit_samples as samples
 from tests.billing.builders import make_plan, subscribe
 from tests.factories import AgentFactory, MembershipFactory, TenantFactory, api_key_for
+from tests.notifications.receiver import FakeDNS, Receiver
 
 
 @pytest.fixture
@@ -182,3 +184,19 @@ def eager_tasks():
     app.conf.task_always_eager = True
     yield
     app.conf.task_always_eager = False
+
+
+@pytest.fixture
+def receiver():
+    """A real HTTP server on loopback that records what it receives (tests/notifications/receiver.py)."""
+    server = Receiver()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def fake_dns(monkeypatch):
+    """Names the test makes up resolve to the addresses it gives (``fake_dns.names["x.test"] = [...]``)."""
+    dns = FakeDNS(socket.getaddrinfo)
+    monkeypatch.setattr(socket, "getaddrinfo", dns)
+    return dns

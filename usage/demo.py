@@ -30,6 +30,14 @@ AGENTS = {
     "skyway-voice": ["realtime_openai_gpt_realtime", "realtime_gemini_live"],
 }
 
+DEMO_TENANT_SLUG = "acme-voice"
+DEMO_TENANT = {
+    "name": "Acme Voice Co.",
+    "currency": "USD",
+    "timezone": "America/New_York",
+    "billing_email": "billing@acme-voice.example",
+}
+
 
 def _load_sample(name: str) -> dict:
     return json.loads((SAMPLES_DIR / f"{name}.json").read_text())
@@ -39,15 +47,7 @@ def load_demo(days: int = 30, seed: int = 7, now: datetime | None = None) -> dic
     """Create the demo tenant and its usage once; later calls report what exists and change nothing."""
     now = now or timezone.now()
     with transaction.atomic():
-        tenant, _ = Tenant.objects.get_or_create(
-            slug="acme-voice",
-            defaults={
-                "name": "Acme Voice Co.",
-                "currency": "USD",
-                "timezone": "America/New_York",
-                "billing_email": "billing@acme-voice.example",
-            },
-        )
+        tenant, _ = Tenant.objects.get_or_create(slug=DEMO_TENANT_SLUG, defaults=DEMO_TENANT)
         user_model = get_user_model()
         user = user_model.objects.filter(username=DEMO_USERNAME).first()
         if user is None:

@@ -149,13 +149,16 @@ def _provider_model(obj: Mapping[str, Any]) -> tuple[str, str]:
     metadata = obj.get("metadata")
     if not isinstance(metadata, Mapping):
         return "", ""
-    provider = metadata.get("model_provider") or ""
-    model = metadata.get("model_name") or ""
-    if not isinstance(provider, str):
-        raise MetricError("metadata/model_provider", "must be a string or null")
-    if not isinstance(model, str):
-        raise MetricError("metadata/model_name", "must be a string or null")
-    return provider, model
+    return _texts(metadata, ("model_provider", "model_name"), "metadata/", "must be a string or null")
+
+
+def _texts(source: Mapping[str, Any], keys: tuple[str, str], pointer: str, detail: str) -> tuple[str, str]:
+    """The two optional strings at ``keys`` ("" when missing or null); anything else is a MetricError."""
+    first, second = (source.get(key) or "" for key in keys)
+    for key, value in zip(keys, (first, second), strict=True):
+        if not isinstance(value, str):
+            raise MetricError(pointer + key, detail)
+    return first, second
 
 
 def map_livekit_metric(metric: Mapping[str, Any]) -> MappedUsage | None:
@@ -223,12 +226,7 @@ def map_livekit_metric(metric: Mapping[str, Any]) -> MappedUsage | None:
 def map_livekit_model_usage(entry: Mapping[str, Any]) -> MappedUsage | None:
     """Meter quantities for one ``AgentSession.usage`` entry (``LLMModelUsage``, ``STTModelUsage``, …)."""
     kind = entry.get("type")
-    provider = entry.get("provider") or ""
-    model = entry.get("model") or ""
-    if not isinstance(provider, str):
-        raise MetricError("provider", "must be a string")
-    if not isinstance(model, str):
-        raise MetricError("model", "must be a string")
+    provider, model = _texts(entry, ("provider", "model"), "", "must be a string")
     n = lambda key: _number(entry, key)  # noqa: E731
     if kind == "llm_usage":
         usage, flags = _token_split(

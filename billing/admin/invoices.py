@@ -244,7 +244,7 @@ class InvoiceAdmin(admin.ModelAdmin):
     def unmatched_count(self, invoice: Invoice) -> str:
         if not invoice.unmatched:
             return "—"
-        return format_html('<strong style="color: var(--error-fg)">⚠ {}</strong>', len(invoice.unmatched))
+        return format_html('<strong class="unmatched">⚠ {}</strong>', len(invoice.unmatched))
 
     @admin.display(description="unmatched usage")
     def unmatched_usage(self, invoice: Invoice) -> str:

@@ -111,6 +111,47 @@ def event_for(double, stripe_invoice_id: str, event_type: str) -> dict:
     )
 
 
+def interrupted_at_finalize(double, plan, fault: str, error: type[Exception]) -> Invoice:
+    """An invoice whose sync stopped at Stripe's finalize: ``fault`` answers it every time (the SDK's retries
+    included), so the draft (or, with ``crash_after``, the finalized copy) is on Stripe and its id stored."""
+    invoice = finalized(billed_tenant(plan), typical_usage())
+    double.inject(r"/v1/invoices/in_\w+/finalize", "POST", fault, times=3)
+    with pytest.raises(error):
+        stripe_sync.sync_invoice(invoice.pk)
+    invoice.refresh_from_db()
+    return invoice
+
+
+def paid_stripe_invoice_naming(
+    double, invoice: Invoice, *, customer: str, amount: int, currency: str
+) -> dict:
+    """The signed ``invoice.paid`` of a Stripe invoice that someone else made and paid in our account, with our
+    metadata naming ``invoice``: for ``customer``, of one item of ``amount`` minor units of ``currency``."""
+    api = double.client()
+    metadata = {
+        "meterline_namespace": stripe_sync.namespace(),
+        "meterline_invoice_id": str(invoice.pk),
+        "meterline_invoice_number": invoice.number,
+        "meterline_tenant_id": str(invoice.tenant_id),
+    }
+    created = api.v1.invoices.create(
+        {
+            "customer": customer,
+            "currency": currency,
+            "collection_method": "send_invoice",
+            "days_until_due": 30,
+            "auto_advance": False,
+            "metadata": metadata,
+        }
+    )
+    api.v1.invoice_items.create(
+        {"customer": customer, "invoice": created.id, "amount": amount, "currency": currency}
+    )
+    api.v1.invoices.finalize_invoice(created.id)
+    double.transition(created.id, "pay")
+    return event_for(double, created.id, "invoice.paid")
+
+
 def synced(double, plan, **tenant_fields) -> Invoice:
     invoice = finalized(billed_tenant(plan, **tenant_fields), typical_usage())
     assert stripe_sync.sync_invoice(invoice.pk) == SyncState.SYNCED

@@ -33,6 +33,7 @@ from tests.payments.stripe_world import (
     deliver,
     event_for,
     finalized,
+    interrupted_at_finalize,
     stripe_copies,
     synced,
     typical_usage,
@@ -317,11 +318,7 @@ def test_retry_sync_in_the_admin_explains_what_it_skipped(double, plan, settings
 
 @pytest.mark.django_db
 def test_a_stripe_draft_that_differs_from_ours_is_not_finalized(double, plan):
-    invoice = finalized(billed_tenant(plan), typical_usage())
-    double.inject(r"/v1/invoices/in_\w+/finalize", "POST", "500", times=3)
-    with pytest.raises(stripe.APIError):
-        stripe_sync.sync_invoice(invoice.pk)
-    invoice.refresh_from_db()
+    invoice = interrupted_at_finalize(double, plan, "500", stripe.APIError)
     # someone adds a charge to the draft in Stripe's dashboard
     double.client().v1.invoice_items.create(
         {

@@ -12,8 +12,10 @@ from django.db import connection
 from django.test import Client
 
 from billing.models import Invoice
+from billing.pricing import to_minor_units
 from payments import stripe_sync
 from payments.models import StripeEvent
+from tenants.models import Tenant
 from tests.payments.stripe_world import (
     SECRET,
     Status,
@@ -21,7 +23,9 @@ from tests.payments.stripe_world import (
     deliver,
     event_for,
     finalized,
+    interrupted_at_finalize,
     paid_event,
+    paid_stripe_invoice_naming,
     snapshot,
     stripe_copies,
     typical_usage,
@@ -204,10 +208,7 @@ def test_a_paid_invoice_never_returns_to_open_or_moves_to_void(double, open_invo
 
 @pytest.mark.django_db
 def test_an_event_that_overtakes_the_sync_finds_the_invoice_by_our_metadata(double, plan):
-    invoice = finalized(billed_tenant(plan), typical_usage())
-    double.inject(r"/v1/invoices/in_\w+/finalize", "POST", "crash_after", times=3)
-    with pytest.raises(stripe.APIConnectionError):
-        stripe_sync.sync_invoice(invoice.pk)
+    invoice = interrupted_at_finalize(double, plan, "crash_after", stripe.APIConnectionError)
     (copy,) = stripe_copies(double, invoice)
     Invoice.objects.filter(pk=invoice.pk).update(stripe_invoice_id="")  # as if we never recorded its id
     double.transition(copy["id"], "pay")
@@ -259,3 +260,64 @@ def test_event_types_we_do_not_act_on_are_acknowledged(double, open_invoice):
 @pytest.mark.django_db
 def test_the_webhook_answers_only_post(double):
     assert Client().get("/stripe/webhook").status_code == 405
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("whose", "held_because"),
+    [
+        ("another customer's", "is not the tenant's"),
+        ("a different amount", "Stripe total"),
+        ("another currency", "currency eur is not ours"),
+        ("a tenant without a Stripe customer yet", "no Stripe customer on record"),
+        ("the tenant's, for our total", None),
+    ],
+)
+def test_an_event_that_only_names_our_invoice_moves_it_only_when_customer_currency_and_total_are_ours(
+    double, plan, caplog, whose, held_because
+):
+    invoice = finalized(billed_tenant(plan), typical_usage())
+    ours = to_minor_units(invoice.total, invoice.currency)
+    api = double.client()
+    customer = stripe_sync.ensure_customer(stripe_sync.client(), invoice.tenant)
+    amount, currency = ours, "usd"
+    if whose == "another customer's":
+        customer = api.v1.customers.create({"name": invoice.tenant.name}).id
+    elif whose == "a different amount":
+        amount = ours - 1
+    elif whose == "another currency":
+        currency = "eur"
+    elif whose == "a tenant without a Stripe customer yet":
+        Tenant.objects.filter(pk=invoice.tenant_id).update(stripe_customer_id="")
+    event = paid_stripe_invoice_naming(double, invoice, customer=customer, amount=amount, currency=currency)
+    before = snapshot(invoice)
+
+    response = deliver(event)
+
+    assert response.status_code == 200
+    stored = StripeEvent.objects.get(event_id=event["id"])
+    assert (stored.outcome, stored.invoice) == (response.json()["outcome"], invoice)
+    if held_because is None:
+        assert stored.outcome == "moved open → paid"
+        invoice.refresh_from_db()
+        assert (invoice.status, invoice.stripe_status) == (Status.PAID, "paid")
+        return
+    assert stored.outcome.startswith("held for review: ") and held_because in stored.outcome
+    assert snapshot(invoice)[:3] == before[:3]  # status, when it changed, Stripe status: untouched
+    assert any(r.levelname == "WARNING" and "held for review" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.django_db
+def test_the_admin_lists_the_events_held_for_review(double, plan, admin_client):
+    invoice = finalized(billed_tenant(plan), typical_usage())
+    customer = stripe_sync.ensure_customer(stripe_sync.client(), invoice.tenant)
+    ours = to_minor_units(invoice.total, invoice.currency)
+    held = paid_stripe_invoice_naming(double, invoice, customer=customer, amount=ours + 100, currency="usd")
+    deliver(held)
+    (ignored,) = double.events("customer.created")
+    deliver(ignored)
+
+    page = admin_client.get("/admin/payments/stripeevent/", {"review": "held"}).content.decode()
+
+    assert held["id"] in page and ignored["id"] not in page
+    assert ignored["id"] in admin_client.get("/admin/payments/stripeevent/").content.decode()

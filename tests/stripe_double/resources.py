@@ -13,7 +13,7 @@ import fnmatch
 import random
 import re
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -132,15 +132,10 @@ class Store:
 
     def delete_customer(self, customer_id: str, ctx: RequestContext) -> dict[str, Any]:
         record = self._customer(customer_id)
-        rendered = objects.customer(record)
-        record["deleted"] = True
-        self.emit("customer.deleted", rendered, ctx)
-        return objects.deleted("customer", customer_id)
+        return self._delete("customer", record, objects.customer(record), ctx)
 
     def list_customers(self, filters: dict[str, Any]) -> dict[str, Any]:
-        records = [c for c in self.customers.values() if not c["deleted"]]
-        if "email" in filters:
-            records = [c for c in records if c["email"] == filters["email"]]
+        records = _matching(self.customers.values(), filters, ("email",))
         return self._page("/v1/customers", "customer", records, filters, objects.customer)
 
     # Invoice items
@@ -224,17 +219,10 @@ class Store:
         record = self._item(item_id)
         if record["invoice"]:
             _require_draft(self.invoices[record["invoice"]], param="invoice")
-        rendered = objects.invoice_item(record)
-        record["deleted"] = True
-        self.emit("invoiceitem.deleted", rendered, ctx)
-        return objects.deleted("invoiceitem", item_id)
+        return self._delete("invoiceitem", record, objects.invoice_item(record), ctx)
 
     def list_invoice_items(self, filters: dict[str, Any]) -> dict[str, Any]:
-        records = [i for i in self.items.values() if not i["deleted"]]
-        if "customer" in filters:
-            records = [i for i in records if i["customer"] == filters["customer"]]
-        if "invoice" in filters:
-            records = [i for i in records if i["invoice"] == filters["invoice"]]
+        records = _matching(self.items.values(), filters, ("customer", "invoice"))
         if "pending" in filters:
             records = [i for i in records if (i["invoice"] is None) == filters["pending"]]
         return self._page("/v1/invoiceitems", "invoiceitem", records, filters, objects.invoice_item)
@@ -327,17 +315,12 @@ class Store:
         if record["status"] != "draft":
             raise invalid("You can only delete draft invoices.", code="invoice_not_editable")
         rendered = self.render_invoice(record)
-        record["deleted"] = True
         for item in self.items_on(invoice_id):
             item["deleted"] = True
-        self.emit("invoice.deleted", rendered, ctx)
-        return objects.deleted("invoice", invoice_id)
+        return self._delete("invoice", record, rendered, ctx)
 
     def list_invoices(self, filters: dict[str, Any]) -> dict[str, Any]:
-        records = [i for i in self.invoices.values() if not i["deleted"]]
-        for key in ("customer", "status", "collection_method"):
-            if key in filters:
-                records = [i for i in records if i[key] == filters[key]]
+        records = _matching(self.invoices.values(), filters, ("customer", "status", "collection_method"))
         return self._page("/v1/invoices", "invoice", records, filters, self.render_invoice)
 
     def list_invoice_lines(self, invoice_id: str, filters: dict[str, Any]) -> dict[str, Any]:
@@ -445,6 +428,14 @@ class Store:
 
     # Lists and search
 
+    def _delete(
+        self, resource: str, record: dict[str, Any], rendered: dict[str, Any], ctx: RequestContext
+    ) -> dict[str, Any]:
+        """Mark ``record`` deleted and emit ``<resource>.deleted`` with how it looked before."""
+        record["deleted"] = True
+        self.emit(f"{resource}.deleted", rendered, ctx)
+        return objects.deleted(resource, record["id"])
+
     def _page(
         self,
         url: str,
@@ -509,6 +500,13 @@ class Store:
             "next_page": f"page_{offset + limit}" if has_more else None,
             "url": url,
         }
+
+
+def _matching(
+    records: Iterable[dict[str, Any]], filters: dict[str, Any], keys: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    """The records not deleted whose ``keys`` equal the list filters given for them."""
+    return [r for r in records if not r["deleted"] and all(r[k] == filters[k] for k in keys if k in filters)]
 
 
 def _page_offset(page: str | None) -> int:

@@ -43,7 +43,41 @@ class Entry:
     request: PreparedRequest
 
 
-class MemorySpool:
+class _Spool:
+    """What both spools share: a refused request is recorded with the reason, then leaves the queue."""
+
+    def reject(
+        self,
+        name: str,
+        request: PreparedRequest,
+        status: int | None,
+        problem: Any,
+        *,
+        items: list[Any] | None = None,
+        keep_original: bool = False,
+    ) -> None:
+        """Record that the server refused ``request`` (or only ``items`` of it) for good; unless
+        ``keep_original``, the spooled request is removed."""
+        record = {
+            "request": request.to_record(),
+            "status": status,
+            "problem": problem,
+            "rejected_at": time.time(),
+        }
+        if items is not None:
+            record["items"] = items
+        self._keep_rejected(name, record)
+        if not keep_original:
+            self.remove(name)
+
+    def _keep_rejected(self, name: str, record: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def remove(self, name: str) -> None:
+        raise NotImplementedError
+
+
+class MemorySpool(_Spool):
     """A non-durable stand-in (``spool_dir=False``): same ordering and resend behaviour, lost on exit."""
 
     durable = False
@@ -75,24 +109,11 @@ class MemorySpool:
         with self._lock:
             self._items.pop(name, None)
 
-    def reject(
-        self,
-        name: str,
-        request: PreparedRequest,
-        status: int | None,
-        problem: Any,
-        *,
-        items: list[Any] | None = None,
-        keep_original: bool = False,
-    ) -> None:
-        self.rejected.append(
-            {"request": request.to_record(), "status": status, "problem": problem, "items": items}
-        )
-        if not keep_original:
-            self.remove(name)
+    def _keep_rejected(self, name: str, record: dict[str, Any]) -> None:
+        self.rejected.append(record)
 
 
-class FileSpool:
+class FileSpool(_Spool):
     """Spool files under ``root`` (created 0700). Refused requests go to ``root/rejected/`` with the reason."""
 
     durable = True
@@ -174,29 +195,10 @@ class FileSpool:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.root / name)
 
-    def reject(
-        self,
-        name: str,
-        request: PreparedRequest,
-        status: int | None,
-        problem: Any,
-        *,
-        items: list[Any] | None = None,
-        keep_original: bool = False,
-    ) -> None:
-        record = {
-            "request": request.to_record(),
-            "status": status,
-            "problem": problem,
-            "rejected_at": time.time(),
-        }
-        if items is not None:
-            record["items"] = items
+    def _keep_rejected(self, name: str, record: dict[str, Any]) -> None:
         base = name[: -len(_SUFFIX)] if name.endswith(_SUFFIX) else name
-        suffix = f"-{int(time.time() * 1000)}" if items is not None else ""
+        suffix = f"-{int(time.time() * 1000)}" if "items" in record else ""
         self._write_file(self.rejected_dir, f"{base}{suffix}{_SUFFIX}", dumps(record))
-        if not keep_original:
-            self.remove(name)
 
 
 def _fsync_dir(directory: Path) -> None:
