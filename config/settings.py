@@ -49,6 +49,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "config.path_guard.RefuseNulInPath",  # a path with NUL names nothing: 404 before any query
+    # Serves /static/ from STATIC_ROOT in every process that serves the app (DESIGN §16): no separate web server.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -81,7 +83,7 @@ WSGI_APPLICATION = "config.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [BASE_DIR / "templates"],
+        "DIRS": [],  # each app ships its own templates/ (package data of the wheel)
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -121,7 +123,18 @@ AUTH_PASSWORD_VALIDATORS = [
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = []
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = Path(env("STATIC_ROOT", default=str(BASE_DIR / "staticfiles")))
+# With DEBUG off, pages link hashed, compressed copies that ``collectstatic`` writes (the image and .ci/run
+# build them) and WhiteNoise serves them with far-future caching. With DEBUG on (``make run``, the tests)
+# the files are served from the apps as they are, so nothing has to be collected first.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
 
 # The ingestion API reads request bodies itself, bounded by this limit (DESIGN §4: body ≤ 1 MiB).
 INGEST_MAX_BODY_BYTES = 1024 * 1024

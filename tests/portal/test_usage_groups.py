@@ -141,7 +141,9 @@ def test_each_group_is_one_row_with_its_quantities_and_cost_and_the_csv_holds_th
         client.force_login(MembershipFactory(tenant=tenant).user)
         sent = []
         for n, (agent, session_name, day, hour, model, quantities) in enumerate(sent_spec):
-            session = f"{session_name}-a{agent}"  # a session belongs to the agent that reports it (DESIGN §11)
+            session = (
+                f"{session_name}-a{agent}"  # a session belongs to the agent that reports it (DESIGN §11)
+            )
             when = datetime.combine(date(2026, 3, day), time(hour, 7), ZoneInfo(tz))
             usage = dict(zip(MODELS[model], quantities, strict=False))
             store(agents[agent], when, usage, f"e-{n}", provider=model[0], model=model[1], session_id=session)
