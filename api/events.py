@@ -17,6 +17,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from api.problems import PROBLEM, problem_response
+from observability import metrics
 from usage import ingest, validation
 
 _METER_CACHE_SECONDS = 10.0
@@ -101,6 +102,9 @@ class IngestView(APIView):
                 [{"pointer": "/session_id", "detail": f"already reported as {other}"}],
                 code="session-report-mode",
             )
+        metrics.record_ingest(
+            request.resolver_match.view_name, result.accepted, result.duplicates, len(result.conflicts)
+        )
         return Response(result.as_dict(), status=status.HTTP_200_OK)
 
 

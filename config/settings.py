@@ -41,9 +41,12 @@ INSTALLED_APPS = [
     "api",
     "portal",
     "axes",
+    "observability",
 ]
 
 MIDDLEWARE = [
+    # First: the request id, the access-log line and the HTTP metrics see every request and its final status.
+    "observability.middleware.RequestObservabilityMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -102,7 +105,9 @@ if not DATABASE_URL:
 DATABASES = {"default": env.db_url_config(DATABASE_URL)}
 # A Unix-socket directory travels percent-encoded in the host part of the URL; libpq wants it decoded.
 DATABASES["default"]["HOST"] = unquote(DATABASES["default"]["HOST"])
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
+# Persistent connections pay off in production (one per gunicorn worker thread). In development runserver
+# starts a thread per request, and each kept its own connection for a minute: dozens of idle ones.
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=0 if DEBUG else 60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -177,14 +182,6 @@ STRIPE_API_BASE = env("STRIPE_API_BASE", default="")
 STRIPE_NAMESPACE = env("STRIPE_NAMESPACE", default="meterline")
 STRIPE_TIMEOUT_SECONDS = env.float("STRIPE_TIMEOUT_SECONDS", default=30)
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
-    "loggers": {"stripe": {"level": "WARNING"}},  # the SDK logs every request at INFO
-}
-
 # Production hardening (``manage.py check --deploy`` is clean with DEBUG off). TLS ends at the load balancer,
 # which sets X-Forwarded-Proto; SECURE_SSL_REDIRECT is for deployments where Django itself must redirect.
 if not DEBUG:
@@ -198,3 +195,38 @@ if not DEBUG:
     SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=True)
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
+
+# Observability (docs/decisions/009-observability.md): Prometheus metrics and structured logs.
+# GET /metrics exists only with a token; the Celery worker serves its pool's metrics on a port of its own.
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
+METRICS_WORKER_PORT = env.int("METRICS_WORKER_PORT", default=0)
+METRICS_WORKER_ADDRESS = env("METRICS_WORKER_ADDRESS", default="127.0.0.1")
+if not DEBUG:
+    SECURE_REDIRECT_EXEMPT = [*SECURE_REDIRECT_EXEMPT, r"^metrics$"]  # scraped on the internal network
+# JSON lines in production; readable lines in development unless LOG_FORMAT=json. One access-log line per
+# request comes from the middleware, so django.request keeps only 5xx and runserver's own line is dropped.
+LOG_FORMAT = env("LOG_FORMAT", default="plain" if DEBUG else "json")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {
+        "context": {"()": "observability.logs.Context"},
+        "server_errors_only": {"()": "observability.logs.ServerErrorsOnly"},
+    },
+    "formatters": {
+        "json": {"()": "observability.logs.Json"},
+        "plain": {"()": "observability.logs.Plain"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"]},
+    },
+    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
+    "loggers": {
+        "stripe": {"level": "WARNING"},  # the SDK logs every request at INFO
+        # Django's default config gives "django" a console handler of its own (in DEBUG): lines twice.
+        "django": {"handlers": [], "level": "INFO"},
+        "django.request": {"filters": ["server_errors_only"]},
+        "django.server": {"handlers": [], "propagate": False},
+    },
+}
+AXES_VERBOSE = False  # axes printed its banner once per process (five per `make run`)

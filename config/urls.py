@@ -3,11 +3,13 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from config.health import healthz
+from observability.views import metrics_view
 from payments.webhooks import stripe_webhook
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
+    path("metrics", metrics_view, name="metrics"),
     path("stripe/webhook", stripe_webhook, name="stripe-webhook"),
     path("api/v1/", include("api.urls")),
     path(
