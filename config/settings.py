@@ -223,6 +223,7 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     "loggers": {
         "stripe": {"level": "WARNING"},  # the SDK logs every request at INFO
+        "axes": {"level": "WARNING"},  # three INFO lines of bookkeeping per failed login
         # Django's default config gives "django" a console handler of its own (in DEBUG): lines twice.
         "django": {"handlers": [], "level": "INFO"},
         "django.request": {"filters": ["server_errors_only"]},
