@@ -2,7 +2,7 @@
 
 The shipped gunicorn configuration imports these by name, e.g.::
 
-    from observability.gunicorn import child_exit, on_exit, on_starting  # noqa: F401
+    from observability.gunicorn import child_exit, logconfig_dict, on_exit, on_starting  # noqa: F401
 
 Importing this module also gives ``PROMETHEUS_MULTIPROC_DIR`` a default (a fresh folder per master) when the
 environment has none: with several workers and no shared folder each worker would export only its own counts
@@ -20,6 +20,21 @@ from pathlib import Path
 _made_here = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 if _made_here:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="meterline-metrics-")
+
+# Gunicorn's own lines (boot, worker exits, timeouts) in the same JSON lines as the app's. Its access log stays
+# off: the app's middleware writes one access line per request, with the request id.
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "observability.logs.Json"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+    },
+    "loggers": {
+        "gunicorn.error": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "gunicorn.access": {"handlers": [], "propagate": False},
+    },
+}
 
 
 def on_starting(server) -> None:

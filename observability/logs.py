@@ -69,8 +69,8 @@ class Json(JsonFormatter):
     """JSON lines with the fields every line has first (time, level, logger, message), then the extras."""
 
     def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("fmt", ["asctime", "levelname", "name", "message"])
-        kwargs.setdefault("rename_fields", {"asctime": "time", "levelname": "level", "name": "logger"})
+        kwargs.setdefault("fmt", ["asctime", "levelname", "name", "message", "process"])
+        kwargs.setdefault("rename_fields", {"asctime": "time", "levelname": "level", "name": "logger", "process": "pid"})
         kwargs.setdefault("json_ensure_ascii", False)
         super().__init__(*args, **kwargs)
 
