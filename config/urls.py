@@ -1,5 +1,8 @@
 from django.contrib import admin
+from django.templatetags.static import static
 from django.urls import include, path
+from django.utils.functional import lazy
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from config.health import healthz
@@ -10,6 +13,9 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
     path("metrics", metrics_view, name="metrics"),
+    # Browsers ask for /favicon.ico on pages that link no icon (the admin's); resolved per request so that it
+    # follows the static storage's hashed name.
+    path("favicon.ico", RedirectView.as_view(url=lazy(static, str)("portal/favicon.ico")), name="favicon"),
     path("stripe/webhook", stripe_webhook, name="stripe-webhook"),
     path("api/v1/", include("api.urls")),
     path(
