@@ -219,6 +219,7 @@ LOGGING = {
     },
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"]},
+        "discard": {"class": "logging.NullHandler"},  # without any handler, logging's last resort prints it
     },
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     "loggers": {
@@ -227,7 +228,7 @@ LOGGING = {
         # Django's default config gives "django" a console handler of its own (in DEBUG): lines twice.
         "django": {"handlers": [], "level": "INFO"},
         "django.request": {"filters": ["server_errors_only"]},
-        "django.server": {"handlers": [], "propagate": False},
+        "django.server": {"handlers": ["discard"], "propagate": False},
     },
 }
 AXES_VERBOSE = False  # axes printed its banner once per process (five per `make run`)

@@ -70,7 +70,9 @@ class Json(JsonFormatter):
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("fmt", ["asctime", "levelname", "name", "message", "process"])
-        kwargs.setdefault("rename_fields", {"asctime": "time", "levelname": "level", "name": "logger", "process": "pid"})
+        kwargs.setdefault(
+            "rename_fields", {"asctime": "time", "levelname": "level", "name": "logger", "process": "pid"}
+        )
         kwargs.setdefault("json_ensure_ascii", False)
         super().__init__(*args, **kwargs)
 
