@@ -28,11 +28,12 @@ logconfig_dict = {
     "disable_existing_loggers": False,
     "formatters": {"json": {"()": "observability.logs.Json"}},
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+        "console": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"},
+        "discard": {"class": "logging.NullHandler"},
     },
     "loggers": {
         "gunicorn.error": {"handlers": ["console"], "level": "INFO", "propagate": False},
-        "gunicorn.access": {"handlers": [], "propagate": False},
+        "gunicorn.access": {"handlers": ["discard"], "propagate": False},  # even with --access-logfile
     },
 }
 

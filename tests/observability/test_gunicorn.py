@@ -48,11 +48,12 @@ def gunicorn(tmp_path, free_tcp_port):
             [
                 *(sys.executable, "-m", "gunicorn", "config.wsgi", "-c", "python:observability.gunicorn"),
                 *("--workers", "2", "--bind", f"127.0.0.1:{free_tcp_port}"),
+                *("--access-logfile", "-"),  # as the Dockerfile had it: must not add a second access line
             ],
             cwd=settings.BASE_DIR,
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
+            stdout=stderr,
+            stderr=subprocess.STDOUT,
         )
     base = f"http://127.0.0.1:{free_tcp_port}"
     deadline = time.monotonic() + 60
@@ -109,13 +110,16 @@ def test_counts_from_every_worker_add_up_in_every_scrape_and_survive_a_worker_ki
     for _ in range(6):  # whichever worker answers
         assert counts(scrape(base)) == (accepted, duplicates, 12)
 
-    lines = [json.loads(line) for line in log.read_text().splitlines()]  # every line is JSON
+    lines = [
+        json.loads(line) for line in log.read_text().splitlines()
+    ]  # every line of stdout and stderr is JSON
     access = [
         line for line in lines if line["logger"] == "meterline.access" and line["path"] == "/api/v1/events"
     ]
     assert sorted(line["request_id"] for line in access) == sorted(sent_ids)
     assert len({line["pid"] for line in access}) == 2, "both workers should have served batches"
     assert [line["status"] for line in lines if line.get("request_id") == "probe-404"] == [404]
+    assert sum("/no-such-page/" in json.dumps(line) for line in lines) == 1
 
     victim = workers_of(proc)[0]
     os.kill(victim, signal.SIGKILL)
