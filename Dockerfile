@@ -19,6 +19,7 @@ COPY spend ./spend
 COPY payments ./payments
 COPY api ./api
 COPY portal ./portal
+COPY observability ./observability
 RUN pip install -c requirements.lock . && rm -rf build meterline.egg-info
 # The LiveKit captures the demo data replays (`manage.py load_demo`).
 COPY tests/data/livekit ./tests/data/livekit

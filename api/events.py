@@ -26,6 +26,7 @@ from api.fields import (
     label_schema,
 )
 from api.problems import error_responses, problem_response
+from observability import metrics
 from usage import ingest, validation
 
 _METER_CACHE_SECONDS = 10.0
@@ -170,6 +171,9 @@ class IngestView(APIView):
                 [{"pointer": "/session_id", "detail": f"already reported as {other}"}],
                 code="session-report-mode",
             )
+        metrics.record_ingest(
+            request.resolver_match.view_name, result.accepted, result.duplicates, len(result.conflicts)
+        )
         return Response(result.as_dict(), status=status.HTTP_200_OK)
 
 

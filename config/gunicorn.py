@@ -16,6 +16,10 @@ Each thread that serves a request keeps its own PostgreSQL connection for ``DB_C
 
 import os
 
+# prometheus_client's multiprocess mode: the workers' metrics summed on every scrape, a dead worker's files
+# cleaned up, gunicorn's own lines in the app's JSON format (observability/gunicorn.py).
+from observability.gunicorn import child_exit, logconfig_dict, on_exit, on_starting  # noqa: F401
+
 bind = [f"0.0.0.0:{os.environ.get('PORT', '8000')}"]
 workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
 worker_class = "gthread"
@@ -28,4 +32,5 @@ keepalive = 0
 # replaced after this many seconds.
 timeout = 30
 graceful_timeout = 30
-accesslog = "-"
+# The app writes one access line per request (observability.middleware), with its request id.
+accesslog = None

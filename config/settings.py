@@ -44,9 +44,12 @@ INSTALLED_APPS = [
     "api",
     "portal",
     "axes",
+    "observability",
 ]
 
 MIDDLEWARE = [
+    # First: the request id, the access-log line and the HTTP metrics see every request and its final status.
+    "observability.middleware.RequestObservabilityMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "config.path_guard.RefuseNulInPath",  # a path with NUL names nothing: 404 before any query
     # Serves /static/ from STATIC_ROOT in every process that serves the app (DESIGN §16): no separate web server.
@@ -108,7 +111,9 @@ if not DATABASE_URL:
 DATABASES = {"default": env.db_url_config(DATABASE_URL)}
 # A Unix-socket directory travels percent-encoded in the host part of the URL; libpq wants it decoded.
 DATABASES["default"]["HOST"] = unquote(DATABASES["default"]["HOST"])
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
+# Persistent connections pay off in production (one per gunicorn worker thread). In development runserver
+# starts a thread per request, and each kept its own connection for a minute: dozens of idle ones.
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=0 if DEBUG else 60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -205,14 +210,6 @@ OUTBOUND_ALLOWED_PORTS = env.list("OUTBOUND_ALLOWED_PORTS", cast=int, default=[8
 # The CA certificates tenants' https endpoints are checked against; empty: certifi's bundle.
 OUTBOUND_CA_BUNDLE = env("OUTBOUND_CA_BUNDLE", default="")
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
-    "loggers": {"stripe": {"level": "WARNING"}},  # the SDK logs every request at INFO
-}
-
 # Production hardening (``manage.py check --deploy`` is clean with DEBUG off). TLS ends at the load balancer,
 # which sets X-Forwarded-Proto; SECURE_SSL_REDIRECT is for deployments where Django itself must redirect.
 if not DEBUG:
@@ -259,3 +256,39 @@ SPECTACULAR_SETTINGS["SWAGGER_UI_SETTINGS"] = {"deepLinking": True, "validatorUr
 # the header is ignored and the login lockout and API throttle key on the connecting address.
 TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
 AXES_CLIENT_IP_CALLABLE = "tenants.authentication.client_address"
+# Observability (docs/decisions/009-observability.md): Prometheus metrics and structured logs.
+# GET /metrics exists only with a token; the Celery worker serves its pool's metrics on a port of its own.
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
+METRICS_WORKER_PORT = env.int("METRICS_WORKER_PORT", default=0)
+METRICS_WORKER_ADDRESS = env("METRICS_WORKER_ADDRESS", default="127.0.0.1")
+if not DEBUG:
+    SECURE_REDIRECT_EXEMPT = [*SECURE_REDIRECT_EXEMPT, r"^metrics$"]  # scraped on the internal network
+# JSON lines in production; readable lines in development unless LOG_FORMAT=json. One access-log line per
+# request comes from the middleware, so django.request keeps only 5xx and runserver's own line is dropped.
+LOG_FORMAT = env("LOG_FORMAT", default="plain" if DEBUG else "json")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {
+        "context": {"()": "observability.logs.Context"},
+        "server_errors_only": {"()": "observability.logs.ServerErrorsOnly"},
+    },
+    "formatters": {
+        "json": {"()": "observability.logs.Json"},
+        "plain": {"()": "observability.logs.Plain"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"]},
+        "discard": {"class": "logging.NullHandler"},  # without any handler, logging's last resort prints it
+    },
+    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
+    "loggers": {
+        "stripe": {"level": "WARNING"},  # the SDK logs every request at INFO
+        "axes": {"level": "WARNING"},  # three INFO lines of bookkeeping per failed login
+        # Django's default config gives "django" a console handler of its own (in DEBUG): lines twice.
+        "django": {"handlers": [], "level": "INFO"},
+        "django.request": {"filters": ["server_errors_only"]},
+        "django.server": {"handlers": ["discard"], "propagate": False},
+    },
+}
+AXES_VERBOSE = False  # axes printed its banner once per process (five per `make run`)

@@ -1,8 +1,12 @@
 from django.contrib import admin
+from django.templatetags.static import static
 from django.urls import include, path
+from django.utils.functional import lazy
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from config.health import healthz
+from observability.views import metrics_view
 from payments.webhooks import stripe_webhook
 
 admin.site.site_header = "Meterline admin"
@@ -14,6 +18,10 @@ admin.site.enable_nav_sidebar = False
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
+    path("metrics", metrics_view, name="metrics"),
+    # Browsers ask for /favicon.ico on pages that link no icon (the admin's); resolved per request so that it
+    # follows the static storage's hashed name.
+    path("favicon.ico", RedirectView.as_view(url=lazy(static, str)("portal/favicon.ico")), name="favicon"),
     path("stripe/webhook", stripe_webhook, name="stripe-webhook"),
     path("api/v1/", include("api.urls")),
     path(

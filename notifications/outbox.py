@@ -67,6 +67,11 @@ def dispatch(event_id: int) -> bool:
     return True
 
 
+def pending_count() -> int:
+    """Events not yet dispatched: a backlog that keeps growing means a subscriber keeps failing."""
+    return Event.objects.filter(dispatched_at=None).count()
+
+
 def dispatch_pending(now: datetime | None = None, limit: int = 500) -> int:
     """Dispatch events whose on-commit dispatch did not happen (the process died, or a subscriber failed)."""
     cutoff = (now or timezone.now()) - DISPATCH_GRACE

@@ -39,6 +39,7 @@ from django.utils import timezone
 from billing import periods
 from billing.models import PAYMENT_TERMS, Invoice, InvoiceLine
 from billing.pricing import to_minor_units
+from observability import metrics
 from payments.models import StripeEvent
 from tenants.models import Tenant
 
@@ -157,10 +158,12 @@ def sync_invoice(invoice_id: int) -> str:
         stripe_invoice = _push(client(), invoice)
     except TRANSIENT_ERRORS as error:
         _record(invoice_id, sync_error=f"{_describe(error)} (will retry)"[:ERROR_MAX_CHARS])
+        metrics.record_stripe_sync_failure("transient")
         raise
     except (stripe.StripeError, SyncMismatch) as error:
         logger.warning("Stripe sync of invoice %s failed: %s", invoice_id, _describe(error))
         _record(invoice_id, sync_state=SyncState.FAILED, sync_error=_describe(error)[:ERROR_MAX_CHARS])
+        metrics.record_stripe_sync_failure("permanent")
         return SyncState.FAILED
     _record(
         invoice_id,

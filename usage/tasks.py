@@ -2,6 +2,7 @@
 
 from celery import shared_task
 
+from observability import metrics
 from tenants.models import Tenant
 from usage import rollups
 
@@ -12,10 +13,13 @@ def verify_rollups(tenant_id: int) -> list[dict]:
     (usage.rollups.rollup_drift).
 
     An empty list is the expected answer; anything else means a bug and is worth an alert. The drift is only
-    returned: it lands in the result backend (and in the worker's "succeeded" log line); nothing alerts on
-    it or repairs it here — rebuilding a rollup is an operator action (docs/operations.md).
+    returned (into the result backend and the worker's "succeeded" log line) and counted in the
+    ``meterline_rollup_drift_groups_total`` metric, which is what to alert on; nothing repairs it here —
+    rebuilding a rollup is an operator action (docs/operations.md).
     """
-    return rollups.rollup_drift(tenant_id)
+    drift = rollups.rollup_drift(tenant_id)
+    metrics.record_rollup_check(drift)
+    return drift
 
 
 @shared_task(acks_late=True)
