@@ -98,13 +98,11 @@ def celery_worker(transactional_db):
     """
     import os
     import subprocess
-    import sys
     import time
     import uuid
 
     from celery.contrib.testing.worker import start_worker
     from django.conf import settings
-    from django.db import connection
 
     from config.celery import app
 
@@ -115,28 +113,9 @@ def celery_worker(transactional_db):
         return
 
     queue = f"test-{uuid.uuid4().hex[:8]}"
-    db = connection.settings_dict
-    host = db["HOST"].replace("/", "%2F")
-    env = dict(
-        os.environ,
-        DATABASE_URL=f"postgresql://{db['USER']}@{host}:{db['PORT'] or 5432}/{db['NAME']}",
-        DEBUG="1",
-    )
+    env = dict(os.environ, DATABASE_URL=process_database_url(), DEBUG="1")
     worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "--pool=solo",
-            "-Q",
-            queue,
-            "--loglevel=WARNING",
-            "-n",
-            f"{queue}@%h",
-        ],
+        celery_worker_command(queue, "--pool=solo", "--loglevel=WARNING"),
         env=env,
         cwd=settings.BASE_DIR,
     )
@@ -200,3 +179,30 @@ def fake_dns(monkeypatch):
     dns = FakeDNS(socket.getaddrinfo)
     monkeypatch.setattr(socket, "getaddrinfo", dns)
     return dns
+
+
+def process_database_url() -> str:
+    """The test database as a DATABASE_URL, for processes the tests start (workers, servers)."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    return f"postgresql://{db['USER']}@{db['HOST'].replace('/', '%2F')}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def celery_worker_command(queue: str, *options: str) -> list[str]:
+    """A Celery worker of this project that consumes only ``queue`` (a name of the test's own)."""
+    import sys
+
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "config",
+        "worker",
+        *options,
+        "-Q",
+        queue,
+        "-n",
+        f"{queue}@%h",
+    ]

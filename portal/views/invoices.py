@@ -25,26 +25,21 @@ def _invoice(request, pk: int) -> Invoice:
     )
 
 
-@tenant_view()
-def invoice_detail(request, pk: int):
+def _invoice_page(request, pk: int, template: str):
     activate_tenant_timezone(request)
     invoice = _invoice(request, pk)
-    return render(
-        request,
-        "portal/invoice_detail.html",
-        {"invoice": invoice, "lines": billing_selectors.invoice_lines(invoice)},
-    )
+    return render(request, template, {"invoice": invoice, "lines": billing_selectors.invoice_lines(invoice)})
+
+
+@tenant_view()
+def invoice_detail(request, pk: int):
+    return _invoice_page(request, pk, "portal/invoice_detail.html")
 
 
 @tenant_view()
 def invoice_print(request, pk: int):
-    activate_tenant_timezone(request)
-    invoice = _invoice(request, pk)
-    return render(
-        request,
-        "portal/invoice_print.html",
-        {"invoice": invoice, "lines": billing_selectors.invoice_lines(invoice)},
-    )
+    """The invoice laid out for the browser's print dialog."""
+    return _invoice_page(request, pk, "portal/invoice_print.html")
 
 
 @tenant_view()

@@ -40,6 +40,9 @@ def gunicorn(tmp_path, free_tcp_port):
         ALLOWED_HOSTS="127.0.0.1",
         METRICS_TOKEN=TOKEN,
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+        STATIC_ROOT=str(
+            tmp_path
+        ),  # exists: WhiteNoise would warn (a line that is not JSON) about a missing one
     )
     env.pop("LOG_FORMAT", None)
     log = tmp_path / "stderr.log"

@@ -124,7 +124,7 @@ def test_a_hostile_incoming_id_is_replaced_and_never_logged(log_lines, hostile):
 
 @pytest.mark.parametrize(
     ("path", "status"),
-    [("/no-such-page/", 404), ("/api/v1/usage", 401), ("/api/v1/sessions/x%00y", 401), ("/metrics", 404)],
+    [("/no-such-page/", 404), ("/api/v1/usage", 401), ("/api/v1/sessions/x%00y", 404), ("/metrics", 404)],
 )
 def test_a_4xx_is_logged_once(log_lines, path, status):
     response = Client().get(path)

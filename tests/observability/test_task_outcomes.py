@@ -7,17 +7,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
 
 import httpx
 import pytest
 from django.conf import settings
-from django.db import connection
 
 from config.celery import app
 from payments import tasks as payment_tasks
+from tests.conftest import celery_worker_command, process_database_url
 from tests.factories import TenantFactory
 from tests.observability.conftest import TOKEN, value
 from usage import tasks as usage_tasks
@@ -32,10 +31,9 @@ def prefork_worker(tmp_path, free_tcp_port):
     metrics_dir = tmp_path / "prometheus"
     metrics_dir.mkdir()
     queue = f"test-{uuid.uuid4().hex[:8]}"
-    db = connection.settings_dict
     env = dict(
         os.environ,
-        DATABASE_URL=f"postgresql://{db['USER']}@{db['HOST'].replace('/', '%2F')}:{db['PORT'] or 5432}/{db['NAME']}",
+        DATABASE_URL=process_database_url(),
         DEBUG="1",
         LOG_FORMAT="json",
         METRICS_TOKEN=TOKEN,
@@ -45,21 +43,7 @@ def prefork_worker(tmp_path, free_tcp_port):
     log = tmp_path / "worker.log"
     with log.open("wb") as output:
         worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "worker",
-                "--pool=prefork",
-                "--concurrency=2",
-                "-Q",
-                queue,
-                "-n",
-                f"{queue}@%h",
-                "--loglevel=INFO",
-            ],
+            celery_worker_command(queue, "--pool=prefork", "--concurrency=2", "--loglevel=INFO"),
             env=env,
             cwd=settings.BASE_DIR,
             stdout=output,
