@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path, reverse_lazy
 
-from portal.views import agents, budget, dashboard, invoices, sessions, team, usage
+from portal.views import agents, budget, dashboard, invoices, sessions, team, usage, webhooks
 
 app_name = "portal"
 
@@ -20,6 +20,19 @@ urlpatterns = [
     path("keys/new/", agents.key_create, name="key-create"),
     path("keys/<int:pk>/revoke/", agents.key_revoke, name="key-revoke"),
     path("budget/", budget.budget, name="budget"),
+    path("webhooks/", webhooks.webhooks_page, name="webhooks"),
+    path("webhooks/new/", webhooks.endpoint_create, name="webhook-create"),
+    path("webhooks/<int:pk>/", webhooks.endpoint_detail, name="webhook"),
+    path("webhooks/<int:pk>/enable/", webhooks.endpoint_enable, name="webhook-enable"),
+    path("webhooks/<int:pk>/disable/", webhooks.endpoint_disable, name="webhook-disable"),
+    path("webhooks/<int:pk>/delete/", webhooks.endpoint_delete, name="webhook-delete"),
+    path("webhooks/<int:pk>/roll-secret/", webhooks.endpoint_roll_secret, name="webhook-roll"),
+    path("webhooks/<int:pk>/ping/", webhooks.endpoint_ping, name="webhook-ping"),
+    path(
+        "webhooks/<int:pk>/deliveries/<int:delivery_pk>/resend/",
+        webhooks.delivery_resend,
+        name="webhook-resend",
+    ),
     path("team/", team.team, name="team"),
     path("team/add/", team.member_add, name="member-add"),
     path("team/<int:pk>/role/", team.member_role, name="member-role"),
