@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 export DEBUG ?= 1
 
-.PHONY: setup run test test-fast lint format bench bench-ingest bench-invoice bench-portal soak stripe-smoke screenshots lock clean-devdata
+.PHONY: setup run test test-fast lint format bench bench-ingest bench-invoice bench-portal bench-webhooks soak stripe-smoke screenshots lock clean-devdata
 
 setup:
 	@sh scripts/bootstrap.sh
@@ -37,6 +37,9 @@ bench-invoice: setup
 
 bench-portal: setup
 	$(PY) -m bench.portal $(ARGS)
+
+bench-webhooks: setup
+	$(PY) -m bench.webhooks $(ARGS)
 
 # The whole stack under faults (worker kills, broker and database restarts); proves nothing lost or counted
 # twice and prints a report (docs/reliability.md). Not a test: a script with figures.
