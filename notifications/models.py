@@ -12,7 +12,7 @@ from tenants.models import Tenant, TenantScopedQuerySet
 
 class Event(models.Model):
     """Something a tenant's systems (and our own higher layers) may want to act on: ``invoice.finalized``,
-    ``budget.threshold_crossed``, ... . It commits with the change it reports, so a rollback leaves no event
+    ``budget.threshold_reached``, ... . It commits with the change it reports, so a rollback leaves no event
     and a crash after the commit leaves one that is still dispatched (``dispatched_at`` stays empty until
     every subscriber has taken it)."""
 

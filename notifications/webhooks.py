@@ -217,13 +217,16 @@ def send_ping(endpoint: WebhookEndpoint) -> int:
 
 
 def resend(delivery: WebhookDelivery) -> bool:
-    """Send a delivery again (same event, same ``webhook-id``) at once; refused while the endpoint is disabled."""
+    """Send a delivery again (same event, same ``webhook-id``) at once. Refused while the endpoint is disabled,
+    and for a delivery still pending (its retries are under way; clearing its lease could send it twice)."""
     if not delivery.endpoint.is_enabled:
         return False
-    WebhookDelivery.objects.filter(pk=delivery.pk).update(
-        status=WebhookDelivery.Status.PENDING, next_attempt_at=timezone.now(), sending_since=None
+    finished = WebhookDelivery.objects.filter(pk=delivery.pk).exclude(status=WebhookDelivery.Status.PENDING)
+    return bool(
+        finished.update(
+            status=WebhookDelivery.Status.PENDING, next_attempt_at=timezone.now(), sending_since=None
+        )
     )
-    return True
 
 
 @dataclass(frozen=True)

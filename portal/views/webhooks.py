@@ -158,5 +158,5 @@ def delivery_resend(request, pk: int, delivery_pk: int):
         tasks.queue([delivery.pk])
         messages.success(request, f"Delivery of {delivery.event.type} queued again (same webhook-id).")
     else:
-        messages.error(request, "Enable the endpoint before resending to it.")
+        messages.error(request, "Only a finished delivery of an enabled endpoint can be resent.")
     return redirect("portal:webhook", pk=pk)
