@@ -2,6 +2,7 @@
 # embedded PostgreSQL (and broker) in .devdata/; with DATABASE_URL set they use that server.
 PY := .venv/bin/python
 export DEBUG ?= 1
+PORT ?= 8000
 
 .PHONY: setup run test test-fast lint format bench bench-ingest bench-invoice bench-portal bench-webhooks soak stripe-smoke screenshots lock clean-devdata
 
@@ -9,7 +10,7 @@ setup:
 	@sh scripts/bootstrap.sh
 
 run: setup
-	$(PY) scripts/dev.py run
+	$(PY) scripts/dev.py run $(PORT)
 
 test: setup
 	$(PY) -m pytest $(ARGS)

@@ -1,8 +1,8 @@
 """POST /api/v1/events, and the ingestion flow the LiveKit endpoints share (DESIGN §4).
 
-Thin: parse, call usage.ingest, render. The ``…Doc`` serializers describe the batch contract for
-``/api/schema/`` (usage.ingest validates it by hand) and are exercised by a test that posts the schema's
-example.
+Thin: parse, call usage.ingest, render. The serializers here only describe the batch for
+``/api/schema/`` (usage.validation checks it by hand); tests post the schema's examples and fuzz the schema
+against the server.
 """
 
 from __future__ import annotations
@@ -10,13 +10,22 @@ from __future__ import annotations
 import time
 
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from api.problems import PROBLEM, problem_response
+from api.fields import (
+    ClosedSerializer,
+    IdentifierDoc,
+    MetadataDoc,
+    TimestampDoc,
+    described,
+    identifier_schema,
+    label_schema,
+)
+from api.problems import error_responses, problem_response
 from usage import ingest, validation
 
 _METER_CACHE_SECONDS = 10.0
@@ -33,37 +42,83 @@ def meter_codes() -> frozenset[str]:
     return codes
 
 
-class EventDoc(serializers.Serializer):
-    id = serializers.RegexField(
-        r"^[A-Za-z0-9._:-]{1,128}$", help_text="Client-chosen id, deduplicated forever per tenant."
+QUANTITIES_SCHEMA = {
+    "type": "object",
+    "minProperties": 1,
+    "propertyNames": {"type": "string", "pattern": "^[-a-zA-Z0-9_]+$", "maxLength": 64},
+    "additionalProperties": {
+        "anyOf": [
+            {"type": "number", "minimum": 0, "exclusiveMaximum": 1e15},
+            {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"},
+        ]
+    },
+    "description": "Meter code → quantity, at least one. A quantity is a JSON number or a plain decimal string "
+    '("12.5": no sign, exponent or spaces), ≥ 0, with at most 15 digits of which at most 6 decimals. Unknown '
+    "or inactive meter codes are refused.",
+    "example": {"llm_input_text_tokens": 1200, "llm_output_text_tokens": 85},
+}
+
+
+class EventSerializer(ClosedSerializer):
+    id = IdentifierDoc(
+        help_text="Your id for this event, unique in your tenant forever: resending it with the same payload "
+        "counts as a duplicate, with a different payload as a conflict (never stored)."
     )
-    timestamp = serializers.DateTimeField(
-        help_text="RFC 3339 with offset; within the last 35 days, ≤ 5 min ahead."
+    timestamp = TimestampDoc(
+        help_text="When the usage happened: RFC 3339 with an offset, within the last 35 days and at most "
+        "5 minutes ahead of the server's clock."
     )
-    session_id = serializers.CharField(required=False, max_length=128)
-    provider = serializers.CharField(required=False, max_length=128)
-    model = serializers.CharField(required=False, max_length=128)
-    usage = serializers.DictField(
-        child=serializers.DecimalField(max_digits=15, decimal_places=6, min_value=0),
-        help_text="Meter code → quantity (JSON number or decimal string, ≥ 0, ≤ 15 significant digits, ≤ 6 places).",
+    session_id = described(identifier_schema(blank=True))(
+        required=False,
+        allow_null=True,
+        help_text="The conversation this usage belongs to. Its first event creates the session for your "
+        "agent; only that agent may write to it.",
     )
-    metadata = serializers.DictField(
-        required=False, help_text="Flat object: ≤ 50 keys of ≤ 40 chars, values ≤ 500 chars."
+    provider = described(label_schema(128))(
+        required=False, allow_null=True, help_text="Who served the usage, e.g. api.openai.com."
+    )
+    model = described(label_schema(128))(required=False, allow_null=True, help_text="e.g. gpt-4o-mini.")
+    usage = described(QUANTITIES_SCHEMA, "Quantities")()
+    metadata = MetadataDoc(required=False, allow_null=True)
+
+
+class EventBatchSerializer(ClosedSerializer):
+    events = serializers.ListField(
+        child=EventSerializer(),
+        min_length=1,
+        max_length=validation.MAX_EVENTS_PER_BATCH,
+        help_text="1–1000 events. The batch is atomic: if any event is invalid, none is stored.",
     )
 
 
-class EventBatchDoc(serializers.Serializer):
-    events = EventDoc(many=True, help_text="1–1000 events; the batch is atomic.")
+class ConflictingEventSerializer(serializers.Serializer):
+    index = serializers.IntegerField(help_text="Position of the event in the list you sent.")
+    id = serializers.CharField(help_text="Its id.")
 
 
-class IngestResultDoc(serializers.Serializer):
-    accepted = serializers.IntegerField()
-    duplicates = serializers.IntegerField()
-    conflicts = serializers.IntegerField()
-    conflicting_events = serializers.ListField(child=serializers.DictField(), help_text="[{index, id}]")
+class IngestResultSerializer(serializers.Serializer):
+    accepted = serializers.IntegerField(help_text="Events stored by this request.")
+    duplicates = serializers.IntegerField(
+        help_text="Events already stored with the same payload (not counted again)."
+    )
+    conflicts = serializers.IntegerField(
+        help_text="Events whose id is already stored with a different payload: not stored, the stored one "
+        "is unchanged. Send new usage under new ids."
+    )
+    conflicting_events = ConflictingEventSerializer(many=True)
     ignored = serializers.IntegerField(
-        required=False, help_text="LiveKit objects that carry no billable usage."
+        required=False, help_text="LiveKit objects that bill nothing (e.g. VAD and end-of-utterance metrics)."
     )
+
+
+OTHER_AGENTS_SESSION = (
+    "The session was created by another agent of your tenant; only that agent may write to it. Nothing was "
+    "stored. Use a session id of your own (a hand-off to another agent is a new session)."
+)
+INGEST_RESPONSES = {
+    200: IngestResultSerializer,
+    **error_responses(400, 401, 409, 413, 415, 422, 429, e409=OTHER_AGENTS_SESSION),
+}
 
 
 def _invalid(exc: validation.IngestError) -> Response:
@@ -91,6 +146,20 @@ class IngestView(APIView):
             )
         except validation.IngestError as exc:
             return _invalid(exc)
+        except ingest.SessionOfAnotherAgent as exc:
+            if batch.session_id:
+                pointers = ["/session_id"]
+            else:
+                pointers = [
+                    f"/events/{r.index}/session_id" for r in batch.records if r.session_id in exc.session_ids
+                ]
+            return problem_response(
+                status.HTTP_409_CONFLICT,
+                "Session of another agent",
+                OTHER_AGENTS_SESSION,
+                [{"pointer": p, "detail": "belongs to another agent"} for p in pointers],
+                code="session-of-another-agent",
+            )
         except ingest.SessionModeConflict as exc:
             other = "per-model usage" if str(exc) == "usage" else "per-request metrics"
             return problem_response(
@@ -104,12 +173,17 @@ class IngestView(APIView):
         return Response(result.as_dict(), status=status.HTTP_200_OK)
 
 
-class EventsView(IngestView):
-    @extend_schema(
+@extend_schema_view(
+    post=extend_schema(
         operation_id="events_create",
-        request=EventBatchDoc,
-        responses={200: IngestResultDoc, 400: PROBLEM, 413: PROBLEM, 422: PROBLEM, 429: PROBLEM},
-        summary="Submit usage events (1–1000, atomic, deduplicated by id)",
+        request=EventBatchSerializer,
+        responses=INGEST_RESPONSES,
+        summary="Submit usage events",
+        description="Send 1–1000 usage events. The batch is all or nothing: if any event is invalid, the "
+        "answer is 422 with every offending field and nothing is stored. Events are deduplicated by id "
+        "forever: resending an accepted batch is safe (its events count as duplicates). A 200 is sent only "
+        "once the events are stored.",
     )
-    def post(self, request: Request) -> Response:
-        return super().post(request)
+)
+class EventsView(IngestView):
+    pass

@@ -2,18 +2,74 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from django.http import HttpRequest, HttpResponse
 from drf_spectacular.utils import OpenApiResponse
-from rest_framework import exceptions, status
+from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://meterline.dev/problems/"
 
-# How the OpenAPI schema documents an error response.
-PROBLEM = OpenApiResponse(description="application/problem+json with errors [{pointer, detail}]")
+
+class FieldErrorSerializer(serializers.Serializer):
+    pointer = serializers.CharField(
+        help_text='JSON pointer (RFC 6901) to the offending field, e.g. "/events/3/usage/tts_characters"; '
+        '"" for the body as a whole.'
+    )
+    detail = serializers.CharField(help_text="What is wrong with it.")
+
+
+class ProblemSerializer(serializers.Serializer):
+    type = serializers.CharField(help_text="A URI naming the kind of problem.")
+    title = serializers.CharField()
+    status = serializers.IntegerField()
+    detail = serializers.CharField(help_text="What happened and what to do.")
+    errors = FieldErrorSerializer(
+        many=True, help_text="One entry per offending field (empty when none applies)."
+    )
+
+
+# What each error status means, for the OpenAPI schema; an operation may say more for its own case.
+ERROR_MEANINGS = {
+    400: "The body is not JSON or not a JSON object, or a field or query parameter is invalid. "
+    "`errors` names each offending field. Nothing was changed.",
+    401: "The API key is missing, malformed, unknown, revoked or expired, or its agent or tenant is disabled. "
+    "Send `Authorization: Bearer mlk_live_…`.",
+    404: "Not found in your tenant.",
+    409: "The request conflicts with what is stored. Nothing was stored.",
+    413: "The body is larger than 1 MiB. Send smaller batches.",
+    415: "The body must be sent as `Content-Type: application/json`.",
+    422: "The batch is invalid: nothing was stored. `errors` holds a JSON pointer and a reason for every "
+    "offending field; fix them and resend the whole batch.",
+    429: "Too many requests for this key. Wait for the number of seconds in the `Retry-After` header.",
+}
+
+
+def error_responses(*codes: int, **meanings: str) -> dict:
+    """The ``responses`` entries of ``extend_schema`` for these error statuses: problem+json bodies with
+    ``ERROR_MEANINGS``' text, or an operation's own (``meanings``, keyed ``e409=…``)."""
+    return {
+        (code, PROBLEM_CONTENT_TYPE): OpenApiResponse(
+            ProblemSerializer, description=meanings.get(f"e{code}", ERROR_MEANINGS[code])
+        )
+        for code in codes
+    }
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """A 404 in the API's own form for paths under /api/ that no route (or no valid path) names."""
+    body = {
+        "type": PROBLEM_TYPE_BASE + "not_found",
+        "title": "Not found",
+        "status": 404,
+        "detail": "No resource has this path.",
+        "errors": [],
+    }
+    return HttpResponse(json.dumps(body), status=404, content_type=PROBLEM_CONTENT_TYPE)
 
 
 def problem_response(

@@ -7,43 +7,114 @@ from decimal import Decimal
 from django.db import transaction
 from django.http import Http404
 from django.utils import timezone
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from api.fields import FlatMetadataField, RFC3339Field, StorableCharField, decimal_text
-from api.problems import PROBLEM, problem_response
+from api.events import OTHER_AGENTS_SESSION
+from api.fields import (
+    ClosedSerializer,
+    DecimalTextField,
+    FlatMetadataField,
+    IdentifierField,
+    LabelField,
+    RFC3339Field,
+    described,
+    identifier_schema,
+)
+from api.problems import error_responses, problem_response
 from billing import selectors as billing_selectors
 from usage import validation
 from usage.models import Session
 
 
-class SessionUpsertSerializer(serializers.Serializer):
-    started_at = RFC3339Field(required=False, allow_null=True)
-    ended_at = RFC3339Field(required=False, allow_null=True)
-    end_user_id = StorableCharField(required=False, allow_blank=True, max_length=128)
-    conversation_type = StorableCharField(required=False, allow_blank=True, max_length=64)
-    metadata = FlatMetadataField(required=False)
-
-    def validate(self, attrs):
-        unknown = set(self.initial_data) - set(self.fields) if isinstance(self.initial_data, dict) else set()
-        if unknown:
-            raise serializers.ValidationError({name: ["Unknown field."] for name in sorted(unknown)})
-        return attrs
+class SessionUpsertSerializer(ClosedSerializer):
+    started_at = RFC3339Field(
+        required=False,
+        allow_null=True,
+        within_window=True,
+        help_text="When the conversation started (within the last 35 days); null clears it.",
+    )
+    ended_at = RFC3339Field(
+        required=False,
+        allow_null=True,
+        within_window=True,
+        help_text="When it ended; not before started_at. Null clears it.",
+    )
+    end_user_id = IdentifierField(
+        required=False, help_text="Your id of the person the agent talked to (e.g. +14155550123)."
+    )
+    conversation_type = LabelField(required=False, max_length=64, help_text="e.g. inbound_call.")
+    metadata = FlatMetadataField(required=False, help_text="Replaces the session's metadata.")
 
 
 class SessionSerializer(serializers.Serializer):
     session_id = serializers.CharField()
-    agent = serializers.CharField(source="agent.name")
-    started_at = RFC3339Field()
-    ended_at = RFC3339Field()
+    agent = serializers.CharField(source="agent.name", help_text="The agent that created the session.")
+    started_at = RFC3339Field(allow_null=True)
+    ended_at = RFC3339Field(allow_null=True)
     end_user_id = serializers.CharField()
     conversation_type = serializers.CharField()
-    metadata = serializers.JSONField()
-    livekit_report_mode = serializers.CharField()
+    metadata = FlatMetadataField()
+    livekit_report_mode = described(
+        {"type": "string", "enum": [mode.value for mode in Session.ReportMode]}, base=serializers.CharField
+    )(
+        help_text='How its LiveKit usage was reported: "metrics" (per request), "usage" (per model, at the '
+        'end) or "" (not yet).'
+    )
+
+
+class SessionUsageLineSerializer(serializers.Serializer):
+    meter = serializers.CharField()
+    provider = serializers.CharField()
+    model = serializers.CharField()
+    quantity = DecimalTextField()
+    cost = DecimalTextField(help_text="In the tenant's currency, at the period's average unit prices.")
+
+
+class SessionUsageSerializer(serializers.Serializer):
+    session_id = serializers.CharField()
+    agent = serializers.CharField()
+    started_at = RFC3339Field(allow_null=True)
+    ended_at = RFC3339Field(allow_null=True)
+    end_user_id = serializers.CharField()
+    currency = serializers.CharField()
+    usage = SessionUsageLineSerializer(many=True)
+    cost = DecimalTextField(help_text="The whole conversation, in the tenant's currency.")
+
+
+# Writes address a session by an id in the identifier alphabet; reads take any id that was ever stored
+# (sessions stored before the alphabet was enforced keep theirs), percent-encoded in the path.
+_WRITE_ID = OpenApiParameter(
+    "session_id",
+    {**identifier_schema(), "example": "AJ_v3jYMGPJFx59"},
+    OpenApiParameter.PATH,
+    required=True,
+    description="Your id of the conversation (e.g. the LiveKit job id).",
+)
+_READ_ID = OpenApiParameter(
+    "session_id",
+    {"type": "string", "minLength": 1, "maxLength": 128},
+    OpenApiParameter.PATH,
+    required=True,
+    description="The session's id, percent-encoded.",
+)
+
+
+def _refused_id() -> Response:
+    return problem_response(
+        400,
+        "Bad request",
+        "Invalid session id.",
+        [
+            {
+                "pointer": "/session_id",
+                "detail": f"must be 1–{validation.MAX_ID_LENGTH} characters: {validation.IDENTIFIER_RULE}",
+            }
+        ],
+    )
 
 
 class SessionView(APIView):
@@ -51,19 +122,31 @@ class SessionView(APIView):
 
     @extend_schema(
         operation_id="sessions_upsert",
+        parameters=[_WRITE_ID],
         request=SessionUpsertSerializer,
-        responses={200: SessionSerializer, 201: SessionSerializer, 400: PROBLEM},
-        summary="Create or update a session (fields left out are kept)",
+        responses={
+            200: SessionSerializer,
+            201: SessionSerializer,
+            **error_responses(
+                400,
+                401,
+                409,
+                413,
+                415,
+                429,
+                e400="A field or the session id is invalid, or ended_at is before started_at. Nothing was "
+                "changed.",
+                e409=OTHER_AGENTS_SESSION.replace("stored", "changed"),
+            ),
+        },
+        summary="Create or update a session",
+        description="Creates the session (201) or updates it (200). Fields you leave out keep their value. "
+        "Only the agent that created a session may update it.",
     )
     def put(self, request: Request, session_id: str) -> Response:
         principal = request.user
-        if len(session_id) > 128 or validation.UNSTORABLE_RE.search(session_id):
-            return problem_response(
-                400,
-                "Bad request",
-                "Invalid session id.",
-                [{"pointer": "/session_id", "detail": "must be 1–128 storable characters"}],
-            )
+        if not validation.is_identifier(session_id):
+            return _refused_id()
         serializer = SessionUpsertSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         with transaction.atomic():
@@ -74,6 +157,14 @@ class SessionView(APIView):
                     session_id=session_id, defaults={"tenant": principal.tenant, "agent": principal.agent}
                 )
             )
+            if session.agent_id != principal.agent.pk:
+                return problem_response(
+                    409,
+                    "Session of another agent",
+                    OTHER_AGENTS_SESSION.replace("stored", "changed"),
+                    [{"pointer": "/session_id", "detail": "belongs to another agent"}],
+                    code="session-of-another-agent",
+                )
             for name, value in serializer.validated_data.items():
                 setattr(session, name, value)
             if session.started_at and session.ended_at and session.ended_at < session.started_at:
@@ -90,8 +181,13 @@ class SessionView(APIView):
 
     @extend_schema(
         operation_id="sessions_read",
-        responses={200: OpenApiTypes.OBJECT},
+        parameters=[_READ_ID],
+        responses={
+            200: SessionUsageSerializer,
+            **error_responses(401, 404, 429, e404="No session with this id in your tenant."),
+        },
         summary="Usage and cost of one conversation",
+        description="Any agent key of the tenant may read any of its sessions.",
     )
     def get(self, request: Request, session_id: str) -> Response:
         tenant = request.user.tenant
@@ -101,24 +197,14 @@ class SessionView(APIView):
         if session is None:
             raise Http404
         cost = billing_selectors.session_cost(tenant, session_id)
-        return Response(
-            {
-                "session_id": session.session_id,
-                "agent": session.agent.name,
-                "started_at": session.started_at,
-                "ended_at": session.ended_at,
-                "end_user_id": session.end_user_id,
-                "currency": tenant.currency,
-                "usage": [
-                    {
-                        "meter": row["meter"],
-                        "provider": row["provider"],
-                        "model": row["model"],
-                        "quantity": decimal_text(row["quantity"]),
-                        "cost": decimal_text(row["cost"].quantize(Decimal("0.000001"))),
-                    }
-                    for row in cost.rows
-                ],
-                "cost": decimal_text(cost.total.quantize(Decimal("0.000001"))),
-            }
-        )
+        usage = {
+            "session_id": session.session_id,
+            "agent": session.agent.name,
+            "started_at": session.started_at,
+            "ended_at": session.ended_at,
+            "end_user_id": session.end_user_id,
+            "currency": tenant.currency,
+            "usage": [{**row, "cost": row["cost"].quantize(Decimal("0.000001"))} for row in cost.rows],
+            "cost": cost.total.quantize(Decimal("0.000001")),
+        }
+        return Response(SessionUsageSerializer(usage).data)

@@ -1,10 +1,27 @@
-from django.urls import path
+from django.urls import path, re_path, register_converter
 
 from api.budget import BudgetReadView
 from api.events import EventsView
 from api.livekit import LiveKitMetricsView, LiveKitUsageView
+from api.problems import not_found
 from api.sessions import SessionView
 from api.usage import UsageReadView
+
+
+class StoredSessionId:
+    """Any session id that may be stored, newlines included (Django's ``path`` stops at one): sessions stored
+    before the identifier alphabet was enforced stay readable. The view decides what a write may use."""
+
+    regex = r"[\s\S]+"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(StoredSessionId, "api_session_id")
 
 urlpatterns = [
     path("events", EventsView.as_view(), name="api-events"),
@@ -12,5 +29,7 @@ urlpatterns = [
     path("livekit/usage", LiveKitUsageView.as_view(), name="api-livekit-usage"),
     path("usage", UsageReadView.as_view(), name="api-usage"),
     path("budget", BudgetReadView.as_view(), name="api-budget"),
-    path("sessions/<path:session_id>", SessionView.as_view(), name="api-session"),
+    path("sessions/<api_session_id:session_id>", SessionView.as_view(), name="api-session"),
+    # Any other path under /api/v1/ is answered as the API answers, not with the portal's HTML page.
+    re_path(r"[\s\S]*", not_found),
 ]

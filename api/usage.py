@@ -9,49 +9,88 @@ from __future__ import annotations
 from datetime import date
 from decimal import Decimal
 
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from api.fields import decimal_text
+from api.fields import DATE_SCHEMA, DecimalTextField, QueryDateField, SentEmptyIsAValue
+from api.problems import error_responses
+from billing import periods
 from billing import selectors as billing_selectors
 
 GROUPS = ("meter", "model", "provider", "agent", "session", "day")
 MAX_DAYS = 400
 
 
+class GroupByField(SentEmptyIsAValue, serializers.CharField):
+    pass
+
+
 class UsageQuery(serializers.Serializer):
-    start = serializers.DateField(
-        required=False, help_text="Tenant-local date; default: start of the current period."
-    )
-    end = serializers.DateField(
-        required=False, help_text="Tenant-local date, exclusive; default: end of the period."
-    )
-    group_by = serializers.CharField(
-        required=False, default="meter", help_text=f"Comma-separated: {', '.join(GROUPS)}."
-    )
+    start = QueryDateField(required=False)
+    end = QueryDateField(required=False)
+    group_by = GroupByField(required=False, default="meter", trim_whitespace=False)
 
     def validate_group_by(self, value: str) -> list[str]:
-        groups = [g.strip() for g in value.split(",") if g.strip()]
-        unknown = [g for g in groups if g not in GROUPS]
-        if unknown or not groups:
-            raise serializers.ValidationError(f"Use any of {', '.join(GROUPS)}.")
+        groups = value.split(",")
+        if not set(groups) <= set(GROUPS) or len(set(groups)) != len(groups):
+            raise serializers.ValidationError(f"Use a comma-separated list of distinct {', '.join(GROUPS)}.")
         return groups
+
+
+class UsageRowSerializer(serializers.Serializer):
+    group = serializers.DictField(
+        child=serializers.CharField(allow_null=True),
+        help_text="The row's value of each grouping (a day as YYYY-MM-DD; the agent's name).",
+    )
+    quantity = serializers.DictField(child=DecimalTextField(), help_text="Meter code → quantity.")
+    cost = DecimalTextField()
+
+
+class UsageSerializer(serializers.Serializer):
+    start = serializers.DateField()
+    end = serializers.DateField(help_text="Exclusive.")
+    currency = serializers.CharField()
+    group_by = serializers.ListField(child=serializers.ChoiceField(choices=GROUPS))
+    results = UsageRowSerializer(many=True)
+    total_cost = DecimalTextField()
+
+
+_DAY = f"A tenant-local date (YYYY-MM-DD) from {periods.FIRST_QUERY_DAY} to {periods.LAST_QUERY_DAY}"
 
 
 class UsageReadView(APIView):
     @extend_schema(
         operation_id="usage_read",
         parameters=[
-            OpenApiParameter("start", OpenApiTypes.DATE),
-            OpenApiParameter("end", OpenApiTypes.DATE),
-            OpenApiParameter("group_by", OpenApiTypes.STR),
+            OpenApiParameter(
+                "start", DATE_SCHEMA, description=f"{_DAY}; default: the current period's start."
+            ),
+            OpenApiParameter(
+                "end",
+                DATE_SCHEMA,
+                description=f"{_DAY}, exclusive, at most {MAX_DAYS} days after start; "
+                "default: the current period's end.",
+            ),
+            OpenApiParameter(
+                "group_by",
+                {
+                    "type": "array",
+                    "items": {"type": "string", "enum": list(GROUPS)},
+                    "minItems": 1,
+                    "uniqueItems": True,
+                },
+                style="form",
+                explode=False,
+                description="Comma-separated, e.g. meter,model; default meter.",
+            ),
         ],
-        responses={200: OpenApiTypes.OBJECT},
-        summary="Usage quantities and priced cost of the key's tenant",
+        responses={200: UsageSerializer, **error_responses(400, 401, 429)},
+        summary="Usage and cost of your tenant",
+        description="Quantities per meter and their cost, grouped as you ask, over a range of days. Any agent "
+        "key of the tenant reads the whole tenant's usage.",
     )
     def get(self, request: Request) -> Response:
         tenant = request.user.tenant
@@ -76,20 +115,14 @@ class UsageReadView(APIView):
                     if name == "agent"
                     else (value.isoformat() if isinstance(value, date) else value)
                 )
-            results.append(
-                {
-                    "group": group,
-                    "quantity": {m: decimal_text(q) for m, q in sorted(slot.quantity.items())},
-                    "cost": decimal_text(slot.cost.quantize(Decimal("0.000001"))),
-                }
-            )
-        return Response(
-            {
-                "start": start.isoformat(),
-                "end": end.isoformat(),
-                "currency": tenant.currency,
-                "group_by": groups,
-                "results": results,
-                "total_cost": decimal_text(sum((Decimal(r["cost"]) for r in results), Decimal(0))),
-            }
-        )
+            cost = slot.cost.quantize(Decimal("0.000001"))
+            results.append({"group": group, "quantity": dict(sorted(slot.quantity.items())), "cost": cost})
+        body = {
+            "start": start,
+            "end": end,
+            "currency": tenant.currency,
+            "group_by": groups,
+            "results": results,
+            "total_cost": sum((r["cost"] for r in results), Decimal(0)),
+        }
+        return Response(UsageSerializer(body).data)

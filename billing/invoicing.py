@@ -137,17 +137,45 @@ def void_invoice(invoice_id: int, *, now: datetime | None = None) -> Invoice:
 def tenants_to_bill(now: datetime) -> list[tuple[int, date]]:
     """(tenant, period) pairs whose draft should exist and be current: this period and, until it is
     finalized, the previous one."""
-    pairs = []
-    for tenant in Tenant.objects.filter(status=Tenant.Status.ACTIVE, subscriptions__isnull=False).distinct():
-        start, _ = current_period(tenant, now)
-        pairs.append((tenant.pk, start))
-        previous = periods.previous_month(start)
-        if (
-            not Invoice.objects.for_tenant(tenant).finalized().filter(period_start=previous).exists()
-            and Subscription.objects.for_tenant(tenant).filter(starts_on__lt=start).exists()
-        ):
-            pairs.append((tenant.pk, previous))
-    return pairs
+    billable = Tenant.objects.filter(status=Tenant.Status.ACTIVE, subscriptions__isnull=False).distinct()
+    return [(tenant.pk, start) for tenant in billable for start in _periods_to_bill(tenant, now)]
+
+
+def _periods_to_bill(tenant: Tenant, now: datetime) -> list[date]:
+    start, _ = current_period(tenant, now)
+    previous = periods.previous_month(start)
+    if (
+        not Invoice.objects.for_tenant(tenant).finalized().filter(period_start=previous).exists()
+        and Subscription.objects.for_tenant(tenant).filter(starts_on__lt=start).exists()
+    ):
+        return [start, previous]
+    return [start]
+
+
+def refresh_drafts_for(tenant_id: int, now: datetime | None = None) -> list[Invoice]:
+    """Bring the tenant's drafts up to date now, after a change to its subscriptions or to a plan it is on,
+    so the draft says what the dashboard says without waiting for the beat refresh: every draft it has,
+    and those the beat would create (a tenant that just got its first subscription). Idempotent."""
+    tenant = Tenant.objects.get(pk=tenant_id)
+    starts = set(
+        Invoice.objects.for_tenant(tenant)
+        .filter(status=Invoice.Status.DRAFT)
+        .values_list("period_start", flat=True)
+    )
+    if tenant.status == Tenant.Status.ACTIVE and tenant.subscriptions.exists():
+        starts.update(_periods_to_bill(tenant, now or timezone.now()))
+    return [generate_invoice(tenant_id, start) for start in sorted(starts)]
+
+
+def tenants_on_plan(plan_id: int) -> list[int]:
+    """The tenants any of whose subscriptions (past, current or future) is to the plan: the drafts a change
+    of the plan may move."""
+    return list(
+        Subscription.objects.filter(plan_id=plan_id)
+        .order_by("tenant_id")
+        .values_list("tenant_id", flat=True)
+        .distinct()
+    )
 
 
 def due_invoice_ids(now: datetime) -> list[int]:

@@ -11,11 +11,11 @@ from __future__ import annotations
 from datetime import date
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from billing.money import format_quantity, plain_decimal
 from billing.pricing import PriceModel
 from tenants.models import Tenant, TenantScopedQuerySet
 
@@ -140,7 +140,9 @@ class PriceTier(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"up to {self.up_to if self.up_to is not None else '∞'}: {self.unit_amount}"
+        bound = "∞" if self.up_to is None else format_quantity(self.up_to)
+        flat = f" + {plain_decimal(self.flat_amount)} flat" if self.flat_amount else ""
+        return f"up to {bound}: {plain_decimal(self.unit_amount)}{flat}"
 
 
 class ProviderRate(models.Model):
@@ -176,7 +178,8 @@ class ProviderRate(models.Model):
 
 
 class Subscription(models.Model):
-    """A tenant is on one plan at a time; a change starts on a date and splits that period."""
+    """A tenant is on one plan at a time; a change starts on a date and splits that period. The admin checks a
+    tenant's subscriptions together, as one set (``billing.admin.subscriptions``)."""
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="subscriptions")
     plan = models.ForeignKey(PricePlan, on_delete=models.PROTECT, related_name="subscriptions")
@@ -197,14 +200,6 @@ class Subscription(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tenant} on {self.plan} from {self.starts_on}"
-
-    def clean(self) -> None:
-        overlapping = Subscription.objects.filter(tenant_id=self.tenant_id).exclude(pk=self.pk)
-        if self.ends_on:
-            overlapping = overlapping.filter(starts_on__lt=self.ends_on)
-        overlapping = overlapping.filter(Q(ends_on__isnull=True) | Q(ends_on__gt=self.starts_on))
-        if self.tenant_id and overlapping.exists():
-            raise ValidationError("This subscription overlaps another one of the same tenant.")
 
 
 class InvoiceQuerySet(TenantScopedQuerySet):

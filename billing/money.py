@@ -43,10 +43,7 @@ def format_quantity(quantity: Decimal | int | None) -> str:
     """``1,000,000`` or ``1,234.5678``: every significant digit, no trailing zeros."""
     if quantity is None:
         return NO_VALUE
-    quantity = Decimal(quantity).normalize()
-    if quantity == quantity.to_integral_value():
-        return f"{int(quantity):,}"
-    return f"{quantity:,f}"
+    return plain_decimal(quantity, grouped=True)
 
 
 def format_money(amount: Decimal | int | str | None, currency: str, *, precise: bool = False) -> str:
@@ -72,17 +69,25 @@ def format_money_with_code(amount: Decimal | int | str | None, currency: str) ->
     return f"{_to_minor_unit(amount, _staff_exponent(currency)):,} {currency}"
 
 
-def format_unit_price_with_code(amount: Decimal | int | str | None, unit_size: Decimal, currency: str) -> str:
-    """For staff: ``0.30 USD per 1,000,000``: the full precision of a rate, at least the currency's minor
-    unit; ``per …`` only when the unit size is not 1."""
+def format_unit_price_with_code(
+    amount: Decimal | int | str | None, unit_size: Decimal, currency: str, *, is_average: bool = False
+) -> str:
+    """For staff: ``0.30 USD per 1,000,000``: a rate with the digits it was entered with (the stored
+    trailing zeros stripped), at least the currency's minor unit; ``per …`` only when the unit size is not 1.
+
+    ``is_average`` marks a rate the engine computed (a tiered line's charge over its quantity), which has no
+    entered precision: it is rounded half-up to four significant digits (shown to at least the minor unit):
+    ``0.06569 USD per 1,000 (average)``.
+    """
     if amount is None:
         return NO_VALUE
-    exponent = _staff_exponent(currency)
-    value = Decimal(amount).normalize()
-    if value.as_tuple().exponent > -exponent:
-        value = _to_minor_unit(value, exponent)  # only adds zeros: the value has fewer places than that
+    value, exponent = Decimal(amount), _staff_exponent(currency)
+    if is_average and value:
+        places = max(exponent, 3 - value.adjusted())
+        value = value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
     per = f" per {format_quantity(unit_size)}" if unit_size != 1 else ""
-    return f"{value:,f} {currency}{per}"
+    average = " (average)" if is_average else ""
+    return f"{plain_decimal(value, exponent, grouped=True)} {currency}{per}{average}"
 
 
 def format_margin_percent(margin: Decimal, total: Decimal) -> str:
@@ -90,3 +95,13 @@ def format_margin_percent(margin: Decimal, total: Decimal) -> str:
     if not total:
         return NO_VALUE
     return f"{(margin * 100 / total).quantize(Decimal('0.1'), rounding=ROUND_HALF_UP)} %"
+
+
+def plain_decimal(value: Decimal | int | str, min_places: int = 0, *, grouped: bool = False) -> str:
+    """``0.3``, ``1000000``, ``49.00`` (``min_places=2``): the digits a person entered, without the trailing
+    zeros a 12-place column adds and never in scientific notation (``0E-12`` is ``0``), so admin inputs and
+    read-only values show what was typed. ``grouped`` adds thousands separators (not for inputs)."""
+    value = Decimal(value).normalize()
+    if value.as_tuple().exponent > -min_places:
+        value = value.quantize(Decimal(1).scaleb(-min_places))  # only adds zeros: it has fewer places
+    return f"{value:,f}" if grouped else f"{value:f}"

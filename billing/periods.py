@@ -9,6 +9,12 @@ from __future__ import annotations
 from datetime import date, datetime, time
 from zoneinfo import ZoneInfo
 
+# The days a query (the read API, the portal's usage page and CSV) may name. Python's calendar runs from
+# 0001-01-01 to 9999-12-31, and a query needs room around its days: the day and the month after its end,
+# and its midnights in UTC for any time zone. No usage is older than the epoch.
+FIRST_QUERY_DAY = date(1970, 1, 1)
+LAST_QUERY_DAY = date(9998, 12, 31)
+
 
 def month_start(day: date) -> date:
     return day.replace(day=1)

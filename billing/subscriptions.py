@@ -29,6 +29,28 @@ class SubscriptionEdit:
     changed: frozenset[str] = frozenset()  # the names of the fields the row changes
 
 
+def replaced_ends(edits: Iterable[SubscriptionEdit]) -> dict[int, date]:
+    """Switching plans is one edit: a new subscription that starts after a stored open-ended one (no end,
+    and its end not edited in the same change) ends that one the day the new one starts. Returns
+    ``{subscription id: its new end}``; the edit then goes through the same checks as one typed in
+    (no overlaps, nothing invoiced changes: ``invoiced_changes``)."""
+    live = [e for e in edits if e.values and not e.is_deleted]
+    new_starts = sorted(
+        e.values["starts_on"] for e in live if e.subscription_id is None and e.values.get("starts_on")
+    )
+    ends = {}
+    for edit in live:
+        start = edit.values.get("starts_on")
+        if edit.subscription_id is None or start is None or edit.values.get("ends_on") is not None:
+            continue
+        if "ends_on" in edit.changed:
+            continue  # the person cleared the end on purpose
+        later = [day for day in new_starts if day > start]
+        if later:
+            ends[edit.subscription_id] = later[0]
+    return ends
+
+
 def first_open_day(tenant: Tenant) -> date | None:
     """The first day the tenant's subscriptions may change: the end of its last finalized period (``None``
     when nothing is finalized yet, or the tenant is not saved)."""

@@ -36,3 +36,19 @@ def finalize_due_invoices() -> int:
     for invoice_id in ids:
         finalize_invoice.delay(invoice_id)
     return len(ids)
+
+
+@shared_task(acks_late=True)
+def refresh_tenant_drafts(tenant_id: int) -> int:
+    """Queued by the admin after a change to the tenant's subscriptions."""
+    return len(invoicing.refresh_drafts_for(tenant_id))
+
+
+@shared_task(acks_late=True)
+def refresh_plan_drafts(plan_id: int) -> int:
+    """Queued by the admin after a change to a plan, its versions, prices or tiers: one task per tenant on
+    the plan."""
+    tenant_ids = invoicing.tenants_on_plan(plan_id)
+    for tenant_id in tenant_ids:
+        refresh_tenant_drafts.delay(tenant_id)
+    return len(tenant_ids)

@@ -4,6 +4,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import environ
+from csp import constants as csp_constants
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -11,10 +12,12 @@ env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env")
 
 DEBUG = env.bool("DEBUG", default=False)
+# Refusals below name the way out for a developer whose clone has no .env yet (docs/decisions/010).
+_DEV_HINT = " For development, run `make run` once: it writes a .env with DEBUG=1 and a generated SECRET_KEY."
 SECRET_KEY = env("SECRET_KEY", default="")
 if not SECRET_KEY:
     if not DEBUG:
-        raise RuntimeError("SECRET_KEY must be set when DEBUG is off")
+        raise RuntimeError(f"SECRET_KEY must be set when DEBUG is off.{_DEV_HINT}")
     SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"  # noqa: S105
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])
 TIME_ZONE = env("TIME_ZONE", default="UTC")
@@ -45,6 +48,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "config.path_guard.RefuseNulInPath",  # a path with NUL names nothing: 404 before any query
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -95,7 +99,7 @@ TEMPLATES = [
 DATABASE_URL = env("DATABASE_URL", default="")
 if not DATABASE_URL:
     if not DEBUG:
-        raise RuntimeError("DATABASE_URL must be set when DEBUG is off")
+        raise RuntimeError(f"DATABASE_URL must be set when DEBUG is off.{_DEV_HINT}")
     from config import devservices
 
     DATABASE_URL = devservices.start_postgres(BASE_DIR / ".devdata" / "pg")
@@ -143,6 +147,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Usage ingestion and read API for voice-AI agents. Authenticate with `Authorization: Bearer <key>`.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # 3.1: full JSON Schema, so the schema can refuse what the API refuses (e.g. metadata key patterns).
+    "OAS_VERSION": "3.1.0",
+    # Request examples with current timestamps and new ids, so that each is accepted as shown.
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "api.examples.add_examples"],
     # Swagger UI's assets come from the drf-spectacular-sidecar package, never from a CDN at run time.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
@@ -204,9 +212,42 @@ if not DEBUG:
     CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=True)
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
-    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # load-balancer probes speak plain HTTP
+    SECURE_REDIRECT_EXEMPT = [r"^healthz\Z"]  # load-balancer probes speak plain HTTP
     SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
     SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=True)
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
+
+# Headers and proxies (DESIGN §16, docs/decisions/006-headers-and-proxies.md). A Content-Security-Policy on
+# every response (django-csp): scripts and styles only from our own static files (a per-response nonce for
+# the few <style> blocks of third-party templates), nothing framed, forms posted only to us.
+INSTALLED_APPS += ["csp"]
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1, "csp.middleware.CSPMiddleware"
+)
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.contrib.auth.middleware.AuthenticationMiddleware") + 1,
+    "config.private_pages.PrivatePagesMiddleware",  # Cache-Control: private, no-store for logged-in people
+)
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'", csp_constants.NONCE],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
+# Swagger UI's initialisation script as a file of its own (SpectacularSwaggerSplitView), and no validator
+# badge: that would load an image from validator.swagger.io and tell it our schema's address.
+SPECTACULAR_SETTINGS["SWAGGER_UI_SETTINGS"] = {"deepLinking": True, "validatorUrl": None}
+# How many proxies (load balancer, nginx) in front of the app append to X-Forwarded-For. 0 (the default):
+# the header is ignored and the login lockout and API throttle key on the connecting address.
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+AXES_CLIENT_IP_CALLABLE = "tenants.authentication.client_address"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from typing import Any
 
@@ -22,6 +23,9 @@ logger = logging.getLogger(__name__)
 
 TOLERANCE_SECONDS = 300  # Stripe's default: older signatures are replays
 FUTURE_SKEW_SECONDS = 30  # the SDK accepts any future timestamp; allow only clock skew
+# Stripe's event ids (evt_…) and types (invoice.paid): checked with fullmatch before either reaches a query.
+_EVENT_ID_RE = re.compile(r"[A-Za-z0-9_]{1,255}")
+_EVENT_TYPE_RE = re.compile(r"[a-z0-9_.]{1,100}")
 
 
 class WebhookRefused(Exception):
@@ -58,12 +62,30 @@ def verified_event(payload: bytes, signature: str, *, now: float | None = None) 
     if not (
         isinstance(event, dict)
         and isinstance(event.get("id"), str)
-        and 0 < len(event["id"]) <= 255
+        and _EVENT_ID_RE.fullmatch(event["id"])
         and isinstance(event.get("type"), str)
-        and 0 < len(event["type"]) <= 100
+        and _EVENT_TYPE_RE.fullmatch(event["type"])
     ):
         raise WebhookRefused("the body is not a Stripe event")
+    if _holds_nul(event):  # PostgreSQL can store no NUL, in text or jsonb; Stripe never sends one
+        raise WebhookRefused("the body holds a NUL character")
     return event
+
+
+def _holds_nul(value: Any) -> bool:
+    """Whether any key or string in the parsed event holds NUL (a loop, not recursion: depth is the sender's)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 def _signed_at(signature: str) -> int:

@@ -6,11 +6,18 @@ from decimal import Decimal
 
 from django import forms
 from django.contrib.auth import get_user_model
+from django.contrib.auth.forms import UserCreationForm
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.utils import timezone
 from django.utils.safestring import mark_safe
 
+from billing import periods
 from notifications import webhooks
 from tenants.models import Agent, Membership
 from usage.models import Meter
+
+# Far enough for any rotation policy, near enough that the date stays representable in every time zone.
+KEY_MAX_LIFETIME = timedelta(days=3653)
 
 GROUP_CHOICES = [
     ("meter", "Meter"),
@@ -37,10 +44,22 @@ class PlainSelect(forms.Select):
         return mark_safe(f"<select{attributes}>{options}</select>")  # noqa: S308 - escaped above
 
 
+# Days far enough from the ends of the calendar that a day or a month later is still a date.
+_QUERYABLE_DAY = [
+    MinValueValidator(periods.FIRST_QUERY_DAY),
+    MaxValueValidator(periods.LAST_QUERY_DAY),
+]
+
+
 class UsageFilterForm(forms.Form):
-    start = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    start = forms.DateField(
+        required=False, widget=forms.DateInput(attrs={"type": "date"}), validators=_QUERYABLE_DAY
+    )
     end = forms.DateField(
-        required=False, widget=forms.DateInput(attrs={"type": "date"}), help_text="inclusive"
+        required=False,
+        widget=forms.DateInput(attrs={"type": "date"}),
+        help_text="inclusive",
+        validators=_QUERYABLE_DAY,
     )
     agent = forms.ModelChoiceField(
         queryset=Agent.objects.none(), required=False, empty_label="All agents", widget=PlainSelect
@@ -90,12 +109,26 @@ class ApiKeyForm(forms.Form):
     agent = forms.ModelChoiceField(queryset=Agent.objects.none())
     label = forms.CharField(max_length=100, required=False)
     expires_at = forms.DateTimeField(
-        required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
+        required=False,
+        label="Expires",
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
+        help_text="In the tenant's time zone; empty: never.",
     )
 
     def __init__(self, *args, tenant, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["agent"].queryset = Agent.objects.for_tenant(tenant).filter(status=Agent.Status.ACTIVE)
+
+    def clean_expires_at(self):
+        expires_at = self.cleaned_data["expires_at"]
+        if expires_at is None:
+            return None
+        now = timezone.now()
+        if expires_at <= now:
+            raise forms.ValidationError("The expiry must be in the future.")
+        if expires_at > now + KEY_MAX_LIFETIME:
+            raise forms.ValidationError("Choose an expiry within 10 years, or none.")
+        return expires_at
 
 
 class AgentForm(forms.ModelForm):
@@ -108,15 +141,29 @@ class AgentForm(forms.ModelForm):
         self.instance.tenant = tenant
 
 
-class MemberForm(forms.Form):
-    email = forms.EmailField()
+class InvitationForm(forms.Form):
+    email = forms.EmailField(label="E-mail")
     role = forms.ChoiceField(choices=Membership.Role.choices, initial=Membership.Role.VIEWER)
 
+    def __init__(self, *args, allowed_roles: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["role"].choices = [c for c in Membership.Role.choices if c[0] in allowed_roles]
+
     def clean_email(self):
-        email = self.cleaned_data["email"].lower()
-        if not get_user_model().objects.filter(email__iexact=email).exists():
-            raise forms.ValidationError("No user with this e-mail address; ask them to sign up first.")
-        return email
+        return self.cleaned_data["email"].strip().lower()
+
+
+class InvitationSignupForm(UserCreationForm):
+    """A new account for an invited address: the address comes from the invitation and is not editable."""
+
+    class Meta(UserCreationForm.Meta):
+        model = get_user_model()
+        fields = ("username", "first_name", "last_name")
+
+    def __init__(self, *args, email: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.instance.email = email  # also lets the password validators refuse one resembling the address
+        self.fields["first_name"].required = True
 
 
 class RoleForm(forms.Form):

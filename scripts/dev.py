@@ -4,6 +4,7 @@ load the demo data, then serve the app with a Celery worker and beat until Ctrl-
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -17,7 +18,32 @@ sys.path.insert(0, str(BASE))
 from config import devservices  # noqa: E402
 
 
+def write_dotenv(path: Path = BASE / ".env") -> None:
+    """Let ``.venv/bin/python manage.py …`` run as the README prints it: the settings read ``.env``, and
+    without DEBUG and SECRET_KEY they refuse to start (production's default). Adds only the keys that are
+    missing and keeps a developer's own lines. No DATABASE_URL: with DEBUG on, every process finds the
+    embedded server in .devdata/pg by itself, whether ``make run`` is up or not (docs/decisions/010)."""
+    text = path.read_text() if path.exists() else ""
+    present = {
+        line.split("=", 1)[0].strip().removeprefix("export ").strip()
+        for line in text.splitlines()
+        if "=" in line and not line.lstrip().startswith("#")
+    }
+    defaults = {"DEBUG": "1", "SECRET_KEY": secrets.token_urlsafe(50)}
+    missing = [f"{key}={value}" for key, value in defaults.items() if key not in present]
+    if not missing:
+        return
+    if not text:
+        text = "# Written by `make run` for local development (gitignored). The settings read it.\n"
+    elif not text.endswith("\n"):
+        text += "\n"
+    path.touch(mode=0o600)
+    path.write_text(text + "\n".join(missing) + "\n")
+    print(f"Wrote {', '.join(line.split('=')[0] for line in missing)} to .env (development settings).")
+
+
 def run(port: str = "8000") -> None:
+    write_dotenv()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill PID` runs the cleanup below too
     env = dict(os.environ, DEBUG=os.environ.get("DEBUG", "1"), PYTHONUNBUFFERED="1")
     owns_db = not env.get("DATABASE_URL")

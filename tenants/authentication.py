@@ -1,11 +1,14 @@
-"""DRF authentication and throttling for agent API keys (``Authorization: Bearer mlk_live_…``)."""
+"""DRF authentication and throttling for agent API keys (``Authorization: Bearer mlk_live_…``), and the
+client address that throttles and the login lockout key on."""
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cache
 
+from django.conf import settings
 from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
@@ -17,6 +20,27 @@ from tenants.models import Agent, APIKey, Tenant
 # last_used_at is refreshed at most this often per key, so a busy agent costs no write per request.
 LAST_USED_RESOLUTION = timedelta(minutes=5)
 INVALID_KEY_MESSAGE = "The API key is missing, malformed, unknown, revoked or expired."
+
+
+def client_address(request) -> str | None:
+    """The address a request came from, as the login lockout (django-axes) and the API throttle key on.
+
+    Behind ``TRUSTED_PROXY_COUNT`` proxies that each append the address they received from to
+    X-Forwarded-For, the client is the entry that many places from the right (the same rule as DRF's
+    ``NUM_PROXIES``): entries further left were written by the client and prove nothing. With no trusted
+    proxy (the default) the header is ignored, so a forged one can neither spread a lockout nor evade it.
+    """
+    remote = request.META.get("REMOTE_ADDR")
+    proxies = settings.TRUSTED_PROXY_COUNT
+    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+    if proxies <= 0 or not forwarded.strip():
+        return remote
+    entries = [entry.strip() for entry in forwarded.split(",")]
+    candidate = entries[-min(proxies, len(entries))]
+    try:
+        return str(ipaddress.ip_address(candidate))
+    except ValueError:
+        return remote  # a proxy that appends something else than an address is misconfigured
 
 
 @dataclass(frozen=True)
@@ -118,7 +142,7 @@ class APIKeyRateThrottle(throttling.SimpleRateThrottle):
         if isinstance(request.user, AgentPrincipal):
             ident = f"key:{request.user.api_key.key_id}"
         else:
-            ident = f"ip:{self.get_ident(request)}"
+            ident = f"ip:{client_address(request)}"
         return self.cache_format % {"scope": self.scope, "ident": ident}
 
 

@@ -21,7 +21,7 @@ from tenants.models import Agent, APIKey
 
 KEY_PREFIX = "mlk_live_"
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_KEY_RE = re.compile(r"^mlk_live_([0-9a-f]{12})_([0-9A-Za-z]{43})$")
+_KEY_RE = re.compile(r"mlk_live_([0-9a-f]{12})_([0-9A-Za-z]{43})")  # fullmatch: "$" would let "\n" in
 
 
 def hash_secret(secret: str) -> str:
@@ -55,7 +55,7 @@ def issue_key(agent: Agent, label: str = "", expires_at: datetime | None = None)
 
 def parse_key(presented: str) -> tuple[str, str] | None:
     """Split a presented key into (key id, secret), or None when it is not shaped like one of ours."""
-    match = _KEY_RE.match(presented)
+    match = _KEY_RE.fullmatch(presented)
     return (match.group(1), match.group(2)) if match else None
 
 

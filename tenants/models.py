@@ -93,7 +93,7 @@ class Agent(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="agents")
     name = models.CharField(
         max_length=100,
-        validators=[RegexValidator(r"^[A-Za-z0-9][A-Za-z0-9._ -]*$", "letters, digits, . _ - space")],
+        validators=[RegexValidator(r"\A[A-Za-z0-9][A-Za-z0-9._ -]*\Z", "letters, digits, . _ - space")],
     )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     metadata = models.JSONField(default=dict, blank=True)
@@ -150,3 +150,50 @@ class APIKey(models.Model):
     def clean(self) -> None:
         if self.agent_id and self.tenant_id and self.agent.tenant_id != self.tenant_id:
             raise ValidationError("The agent belongs to another tenant.")
+
+
+class Invitation(models.Model):
+    """An invitation to join a tenant with a role, sent by e-mail as a one-time link (see tenants.invitations).
+
+    Only a hash of the link's token is stored. An invitation is open until it is accepted, revoked or past
+    ``expires_at``; inviting the same address again revokes the open one, so a tenant has at most one open
+    invitation per address (a partial unique index).
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField()  # stored lower-cased
+    role = models.CharField(max_length=16, choices=Membership.Role.choices)
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    invited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=dj_timezone.now, editable=False)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = TenantScopedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "email"],
+                condition=Q(accepted_at__isnull=True, revoked_at__isnull=True),
+                name="invitation_one_open_per_address",
+            ),
+            models.CheckConstraint(
+                condition=Q(accepted_at__isnull=True) | Q(revoked_at__isnull=True),
+                name="invitation_accepted_or_revoked_not_both",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.email} → {self.tenant} ({self.role})"
+
+    def is_open(self, now=None) -> bool:
+        now = now or dj_timezone.now()
+        return self.accepted_at is None and self.revoked_at is None and self.expires_at > now

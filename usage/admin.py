@@ -17,10 +17,11 @@ class SessionAdmin(admin.ModelAdmin):
     readonly_fields = ["tenant", "agent", "session_id", "livekit_report_mode", "created_at", "updated_at"]
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Usage is evidence: it is never edited by hand (corrections are credits on the invoice)."""
+class ReadOnlyAdmin:
+    """For admins and inlines of evidence, which is never edited by hand: usage (corrections are credits on
+    the invoice) and, above it, what billing records (invoice lines, the audit trail of plan edits)."""
 
-    def has_add_permission(self, request):
+    def has_add_permission(self, request, obj=None):
         return False
 
     def has_change_permission(self, request, obj=None):
@@ -31,7 +32,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 
 @admin.register(UsageEvent)
-class UsageEventAdmin(ReadOnlyAdmin):
+class UsageEventAdmin(ReadOnlyAdmin, admin.ModelAdmin):
     list_display = ["event_id", "tenant", "agent", "timestamp", "provider", "model", "source", "received_at"]
     list_filter = ["tenant", "source"]
     search_fields = ["event_id", "session_id"]
@@ -39,15 +40,23 @@ class UsageEventAdmin(ReadOnlyAdmin):
     show_full_result_count = False
 
 
-@admin.register(UsageRollup)
-class UsageRollupAdmin(ReadOnlyAdmin):
-    list_display = ["hour", "tenant", "agent", "meter", "provider", "model", "quantity", "event_count"]
+class RollupAdmin(ReadOnlyAdmin, admin.ModelAdmin):
+    list_display = ["hour", "tenant", "agent", "meter", "provider", "model", "quantity_text", "event_count"]
     list_filter = ["tenant", "meter"]
     show_full_result_count = False
+    exclude = ["quantity"]
+    readonly_fields = ["quantity_text"]
+
+    @admin.display(description="quantity", ordering="quantity")
+    def quantity_text(self, rollup: UsageRollup | AgentRollup) -> str:
+        return rollup.quantity_text
+
+
+@admin.register(UsageRollup)
+class UsageRollupAdmin(RollupAdmin):
+    pass
 
 
 @admin.register(AgentRollup)
-class AgentRollupAdmin(ReadOnlyAdmin):
-    list_display = ["hour", "tenant", "agent", "meter", "provider", "model", "quantity", "event_count"]
-    list_filter = ["tenant", "meter"]
-    show_full_result_count = False
+class AgentRollupAdmin(RollupAdmin):
+    pass

@@ -33,6 +33,15 @@ class SessionModeConflict(Exception):
     """The session was already reported the other way (per-request metrics vs per-model usage)."""
 
 
+class SessionOfAnotherAgent(Exception):
+    """The batch writes into sessions another agent of the tenant created (DESIGN §11: an agent key writes
+    only its own agent's events and sessions). Nothing was stored."""
+
+    def __init__(self, session_ids: set[str]):
+        super().__init__(", ".join(sorted(session_ids)))
+        self.session_ids = session_ids
+
+
 @dataclass
 class IngestResult:
     accepted: int = 0
@@ -52,18 +61,26 @@ class IngestResult:
         return body
 
 
+# ``sessions`` creates the batch's missing sessions and returns those another agent owns (the caller then
+# rolls back). Its DO UPDATE (a no-op, and only where another agent owns the row) is there because ON
+# CONFLICT DO UPDATE, unlike DO NOTHING, checks the latest committed row even when it was inserted after
+# this statement's snapshot, so a session another agent creates concurrently is still caught. It locks the
+# batch's existing session rows until commit; concurrent batches of one session already wait on each
+# other's per-agent rollup rows (docs/architecture.md), so this adds no new wait in practice.
 _INSERT_SQL = f"""
 WITH incoming AS (
     SELECT e->>0 AS event_id, (e->>1)::timestamptz AS ts, e->>2 AS session_id, e->>3 AS provider, e->>4 AS model,
            e->5 AS usage, e->6 AS metadata
     FROM jsonb_array_elements(%(rows)s::jsonb) AS e
 ),
-new_sessions AS (
+sessions AS (
     INSERT INTO usage_session (tenant_id, agent_id, session_id, end_user_id, conversation_type, metadata,
                                livekit_report_mode, created_at, updated_at)
     SELECT DISTINCT %(tenant)s, %(agent)s, session_id, '', '', '{{}}'::jsonb, %(mode)s, now(), now()
     FROM incoming WHERE session_id <> '' ORDER BY 3
-    ON CONFLICT (tenant_id, session_id) DO NOTHING
+    ON CONFLICT (tenant_id, session_id) DO UPDATE SET agent_id = usage_session.agent_id
+        WHERE usage_session.agent_id <> %(agent)s
+    RETURNING session_id, agent_id
 ),
 inserted AS (
     INSERT INTO usage_usageevent (tenant_id, agent_id, event_id, timestamp, session_id, provider, model, usage,
@@ -74,7 +91,8 @@ inserted AS (
     RETURNING event_id, timestamp, session_id, provider, model, usage
 ),
 {ROLLUP_CTES}
-SELECT event_id FROM inserted
+SELECT event_id, '' FROM inserted
+UNION ALL SELECT '', session_id FROM sessions WHERE agent_id <> %(agent)s
 """  # noqa: S608 - constant SQL fragments only
 
 
@@ -84,7 +102,8 @@ def store_events(
     """Store validated records exactly once and roll them up; returns what happened to each.
 
     A ``session_mode`` ("metrics" or "usage") enforces DESIGN §4's rule that a LiveKit session is reported
-    either per request or per model, never both (raises SessionModeConflict, nothing stored).
+    either per request or per model, never both (raises SessionModeConflict, nothing stored). A session
+    another agent created is never written (raises SessionOfAnotherAgent, nothing stored).
     """
     for attempt in range(attempts):
         try:
@@ -108,6 +127,8 @@ def _claim_session_mode(tenant: Tenant, agent: Agent, session_id: str, mode: str
         tenant=tenant, session_id=session_id, defaults={"agent": agent, "livekit_report_mode": mode}
     )
     session = Session.objects.select_for_update().get(pk=session.pk)
+    if session.agent_id != agent.pk:
+        raise SessionOfAnotherAgent({session_id})
     if session.livekit_report_mode and session.livekit_report_mode != mode:
         raise SessionModeConflict(session.livekit_report_mode)
     if not session.livekit_report_mode:
@@ -151,7 +172,10 @@ def _store(tenant: Tenant, agent: Agent, records: Sequence[EventRecord], session
     }
     with connection.cursor() as cursor:
         cursor.execute(_INSERT_SQL, params)
-        inserted = {row[0] for row in cursor.fetchall()}
+        rows = cursor.fetchall()
+        inserted = {event_id for event_id, _ in rows if event_id}
+        if others := {session_id for _, session_id in rows if session_id}:
+            raise SessionOfAnotherAgent(others)  # the transaction rolls back: nothing is stored
         result = IngestResult(accepted=len(inserted))
         leftovers = [r for r in records if r.event_id not in inserted]
         if leftovers:

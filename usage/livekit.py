@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from usage import meters as meter_catalogue
 from usage.validation import (
+    IDENTIFIER_RULE,
     MAX_ERRORS_REPORTED,
     MAX_EVENTS_PER_BATCH,
+    MAX_ID_LENGTH,
     Batch,
     EventRecord,
     FieldError,
     IngestError,
     check_window,
     dedupe_within_batch,
+    is_identifier,
     parse_timestamp,
     stored_quantity,
     text_field,
@@ -31,11 +34,39 @@ from usage.validation import (
 
 
 def _livekit_session_id(payload: Mapping[str, Any], errors: list[FieldError]) -> str:
+    """The conversation's id, in the identifier alphabet: LiveKit's job ids (``AJ_…``), room sids (``RM_…``)
+    and room names such as ``dental-line-7f3a`` are in it."""
     value = payload.get("session_id")
-    if not isinstance(value, str) or not value:
-        errors.append(FieldError("/session_id", "is required: the conversation's id (≤ 128 characters)"))
+    if not is_identifier(value):
+        errors.append(
+            FieldError(
+                "/session_id", f"is required: the conversation's id, 1–{MAX_ID_LENGTH} {IDENTIFIER_RULE}"
+            )
+        )
         return ""
-    return text_field(value, "/session_id", 128, errors)
+    return value
+
+
+def _billable(
+    obj: Any,
+    pointer: str,
+    noun: str,
+    mapper: Callable[[Mapping[str, Any]], meter_catalogue.MappedUsage | None],
+    errors: list[FieldError],
+) -> tuple[meter_catalogue.MappedUsage | None, bool]:
+    """(the usage one LiveKit object bills, whether it bills nothing): (None, True) for an object that bills
+    nothing (VAD/EOU metrics, zero-usage reports); an invalid object appends its error and gives (None, False)."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+        errors.append(FieldError(pointer, f'must be a LiveKit {noun} object with a "type"'))
+        return None, False
+    try:
+        mapped = mapper(obj)
+    except meter_catalogue.MetricError as exc:
+        errors.append(FieldError(f"{pointer}/{exc.field}", exc.detail))
+        return None, False
+    if mapped is None or not mapped.usage:
+        return None, True
+    return mapped, False
 
 
 def _metric_event_id(session_id: str, metric: Mapping[str, Any]) -> str:
@@ -106,16 +137,11 @@ def validate_livekit_metrics(payload: Any, meter_codes: frozenset[str], now: dat
         pointer = f"/metrics/{index}"
         if isinstance(metric, dict) and metric.get("type") == "metrics_collected":
             metric = metric.get("metrics")  # the envelope as LiveKit emits it
-        if not isinstance(metric, dict) or not isinstance(metric.get("type"), str):
-            errors.append(FieldError(pointer, 'must be a LiveKit metrics object with a "type"'))
-            continue
-        try:
-            mapped = meter_catalogue.map_livekit_metric(metric)
-        except meter_catalogue.MetricError as exc:
-            errors.append(FieldError(f"{pointer}/{exc.field}", exc.detail))
-            continue
-        if mapped is None or not mapped.usage:
-            ignored += 1  # vad/eou metrics, or a zero-usage report (e.g. a connection report): not billed
+        mapped, bills_nothing = _billable(
+            metric, pointer, "metrics", meter_catalogue.map_livekit_metric, errors
+        )
+        if mapped is None:
+            ignored += bills_nothing
             continue
         try:
             timestamp = _unix_timestamp(metric.get("timestamp"))
@@ -187,16 +213,11 @@ def validate_livekit_usage(payload: Any, meter_codes: frozenset[str], now: datet
     ignored = 0
     for index, entry in enumerate(entries):
         pointer = f"/usage/{index}"
-        if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
-            errors.append(FieldError(pointer, 'must be a LiveKit ModelUsage object with a "type"'))
-            continue
-        try:
-            mapped = meter_catalogue.map_livekit_model_usage(entry)
-        except meter_catalogue.MetricError as exc:
-            errors.append(FieldError(f"{pointer}/{exc.field}", exc.detail))
-            continue
-        if mapped is None or not mapped.usage:
-            ignored += 1
+        mapped, bills_nothing = _billable(
+            entry, pointer, "ModelUsage", meter_catalogue.map_livekit_model_usage, errors
+        )
+        if mapped is None:
+            ignored += bills_nothing
             continue
         provider = text_field(mapped.provider, f"{pointer}/provider", 128, errors)
         model = text_field(mapped.model, f"{pointer}/model", 128, errors)

@@ -5,6 +5,8 @@ payload is told from an identical one by comparing it with the stored event (usa
 inserts them (usage.ingest), so each accepted event is counted exactly once.
 """
 
+from decimal import Decimal
+
 from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
@@ -131,7 +133,12 @@ class Rollup(models.Model):
         abstract = True
 
     def __str__(self) -> str:
-        return f"{self.meter} {self.quantity} @ {self.hour:%Y-%m-%d %H:%M}"
+        return f"{self.meter} {self.quantity_text} @ {self.hour:%Y-%m-%d %H:%M}"
+
+    @property
+    def quantity_text(self) -> str:
+        """Every significant digit, without the six places the column stores (``2.6``, not ``2.600000``)."""
+        return f"{Decimal(self.quantity).normalize():,f}"
 
 
 class UsageRollup(Rollup):

@@ -32,16 +32,23 @@ METADATA_NUMBER_LIMIT = Decimal(10) ** 15
 EVENT_FIELDS = frozenset({"id", "timestamp", "session_id", "provider", "model", "usage", "metadata"})
 # NUL cannot be stored by PostgreSQL; lone surrogates cannot be encoded as UTF-8. Refuse both up front.
 UNSTORABLE_RE = re.compile("[\x00\ud800-\udfff]")
-_EVENT_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_RFC3339_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
-_DECIMAL_STRING_RE = re.compile(r"^[0-9]+(\.[0-9]+)?$")
+# The one alphabet of every identifier a client sends: event, session and end-user ids and metadata keys
+# (docs/decisions/007-identifiers-and-write-isolation.md): ASCII letters, digits and . _ : @ + - (E.164
+# numbers, SIP and e-mail-like ids, LiveKit's AJ_/RM_ ids pass), but not "." or "..", which a URL path
+# cannot address. Always used with fullmatch: "$" would accept a trailing newline.
+IDENTIFIER_CHARACTERS = "A-Za-z0-9._:@+-"
+IDENTIFIER_RE = re.compile(rf"(?!\.\.?\Z)[{IDENTIFIER_CHARACTERS}]+")
+IDENTIFIER_RULE = 'letters, digits and . _ : @ + - (not "." or "..")'
+MAX_ID_LENGTH = 128
+_RFC3339_RE = re.compile(r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
+_DECIMAL_STRING_RE = re.compile(r"[0-9]+(\.[0-9]+)?")
 # Fast paths of the validation loop (a 1000-event batch runs it 1000 times): a plain int below these limits
 # passes the full checks unchanged, so it skips them. Anything else takes the full checks.
 _INT_QUANTITY_LIMIT = 10**MAX_SIGNIFICANT_DIGITS
 # A quantity whose text is already canonical (what quantity_text(canonical_quantity(q)) returns) and within
 # the limits: 1–9 integer digits and 1–6 decimals not ending in 0, or a positive integer of ≤ 15 digits. A
 # JSON number parsed as Decimal keeps the literal's digits, so str() of it is tested the same way.
-_CANONICAL_QUANTITY_RE = re.compile(r"(?:0|[1-9][0-9]{0,8})\.[0-9]{0,5}[1-9]\Z|[1-9][0-9]{0,14}\Z")
+_CANONICAL_QUANTITY_RE = re.compile(r"(?:0|[1-9][0-9]{0,8})\.[0-9]{0,5}[1-9]|[1-9][0-9]{0,14}")
 _METADATA_INT_LIMIT = int(METADATA_NUMBER_LIMIT)
 
 
@@ -139,7 +146,7 @@ def canonical_quantity(value: Any) -> Decimal:
     if isinstance(value, bool) or value is None:
         raise ValueError("must be a number or a decimal string")
     if isinstance(value, str):
-        if not _DECIMAL_STRING_RE.match(value):
+        if not _DECIMAL_STRING_RE.fullmatch(value):
             raise ValueError('must be a plain decimal string such as "12.5" (no sign, exponent or spaces)')
         quantity = Decimal(value)
     elif isinstance(value, int | Decimal):
@@ -177,7 +184,7 @@ def stored_quantity(value: Any) -> str:
     """
     if type(value) is int and 0 <= value < _INT_QUANTITY_LIMIT:
         return str(value)
-    if type(value) in (Decimal, str, float) and _CANONICAL_QUANTITY_RE.match(text := str(value)):
+    if type(value) in (Decimal, str, float) and _CANONICAL_QUANTITY_RE.fullmatch(text := str(value)):
         return text
     return quantity_text(canonical_quantity(value))
 
@@ -185,7 +192,7 @@ def stored_quantity(value: Any) -> str:
 def parse_timestamp(value: Any) -> datetime:
     if not isinstance(value, str):
         raise ValueError("must be an RFC 3339 string with a UTC offset, e.g. 2026-11-20T10:00:00Z")
-    match = _RFC3339_RE.match(value)
+    match = _RFC3339_RE.fullmatch(value)
     if match and value[-1] == "Z" and value[10] == "T" and len(value) <= 27:
         # fast path, UTC with at most microseconds (as most clients send it): Python reads it as it is
         try:
@@ -201,7 +208,10 @@ def parse_timestamp(value: Any) -> datetime:
         parsed = datetime.fromisoformat(f"{day}T{clock}{fraction}{offset}")
     except ValueError:
         raise ValueError("is not a valid calendar date and time") from None
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-23:59 is in the year 10000 in UTC
+        raise ValueError("is outside the representable range (years 0001–9999 in UTC)") from None
 
 
 def check_window(timestamp: datetime, now: datetime) -> str | None:
@@ -212,8 +222,32 @@ def check_window(timestamp: datetime, now: datetime) -> str | None:
     return None
 
 
-def text_field(value: Any, pointer: str, max_length: int, errors: list[FieldError]) -> str:
-    """A storable string of at most ``max_length`` characters; None is "". Appends an error otherwise."""
+def is_identifier(value: Any, max_length: int = MAX_ID_LENGTH) -> bool:
+    """Whether ``value`` is an identifier a client may send (1–``max_length`` characters of the alphabet)."""
+    return isinstance(value, str) and len(value) <= max_length and IDENTIFIER_RE.fullmatch(value) is not None
+
+
+def identifier_field(
+    value: Any, pointer: str, errors: list[FieldError], max_length: int = MAX_ID_LENGTH
+) -> str:
+    """An optional identifier (a session or end-user id); None and "" are "" (none). Appends an error
+    otherwise."""
+    if value is None or value == "":
+        return ""
+    if not is_identifier(value, max_length):
+        errors.append(FieldError(pointer, f"must be 1–{max_length} characters: {IDENTIFIER_RULE}"))
+        return ""
+    return value
+
+
+def text_field(
+    value: Any, pointer: str, max_length: int, errors: list[FieldError], *, printable: bool = True
+) -> str:
+    """A string of at most ``max_length`` characters; None is "". Appends an error otherwise.
+
+    Labels (provider, model, conversation type) must be printable: no control characters, line or paragraph
+    separators, NUL or unpaired surrogates, since they are shown and grouped by on every page. Free text
+    (``printable=False``: metadata values) only has to be storable."""
     if value is None:
         return ""
     if not isinstance(value, str):
@@ -221,6 +255,10 @@ def text_field(value: Any, pointer: str, max_length: int, errors: list[FieldErro
         return ""
     if len(value) > max_length:
         errors.append(FieldError(pointer, f"must be at most {max_length} characters"))
+    elif printable and not value.isprintable():
+        errors.append(
+            FieldError(pointer, "must not contain control characters, line breaks or unpaired surrogates")
+        )
     elif UNSTORABLE_RE.search(value):
         errors.append(FieldError(pointer, "must not contain NUL characters or unpaired surrogates"))
     return value
@@ -239,11 +277,11 @@ def clean_metadata(value: Any, pointer: str, errors: list[FieldError]) -> dict[s
         return {}
     clean: dict[str, Any] = {}
     for key, item in value.items():
-        if len(key) > MAX_METADATA_KEY_LENGTH or UNSTORABLE_RE.search(key):
+        if not is_identifier(key, MAX_METADATA_KEY_LENGTH):
             errors.append(
                 FieldError(
-                    f"{pointer}/{escape_pointer(key)}",
-                    f"keys must be at most {MAX_METADATA_KEY_LENGTH} storable characters",
+                    f"{pointer}/{escape_pointer(str(key))}",
+                    f"keys must be 1–{MAX_METADATA_KEY_LENGTH} characters: {IDENTIFIER_RULE}",
                 )
             )
             continue
@@ -256,7 +294,7 @@ def clean_metadata(value: Any, pointer: str, errors: list[FieldError]) -> dict[s
             continue
         item_pointer = f"{pointer}/{escape_pointer(key)}"
         if isinstance(item, str):
-            text_field(item, item_pointer, MAX_METADATA_VALUE_LENGTH, errors)
+            text_field(item, item_pointer, MAX_METADATA_VALUE_LENGTH, errors, printable=False)
             clean[key] = item
         elif item is None or isinstance(item, bool):
             clean[key] = item
@@ -295,8 +333,9 @@ def validate_event_batch(payload: Any, meter_codes: frozenset[str], now: datetim
         )
     records = []
     earliest, latest = now - MAX_PAST, now + MAX_FUTURE
+    known: set[str] = set()
     for index, event in enumerate(events):
-        record = plain_event(event, index, meter_codes, earliest, latest)
+        record = plain_event(event, index, meter_codes, earliest, latest, known)
         if record is None:
             record = validate_event(event, f"/events/{index}", index, meter_codes, now, errors)
         if record is not None:
@@ -309,22 +348,31 @@ def validate_event_batch(payload: Any, meter_codes: frozenset[str], now: datetim
 
 
 def _plain(text: Any, limit: int) -> bool:
-    """A short ASCII string without NUL: storable as it is (isascii is O(1) in CPython)."""
-    return type(text) is str and len(text) <= limit and text.isascii() and "\x00" not in text
+    """A short printable ASCII string: a valid label or metadata value as it is (isascii is O(1) in
+    CPython, isprintable one pass in C)."""
+    return type(text) is str and len(text) <= limit and text.isascii() and text.isprintable()
 
 
 def plain_event(
-    event: Any, index: int, meter_codes: frozenset[str], earliest: datetime, latest: datetime
+    event: Any,
+    index: int,
+    meter_codes: frozenset[str],
+    earliest: datetime,
+    latest: datetime,
+    known: set[str] | None = None,
 ) -> EventRecord | None:
     """The record of an event that is valid in the common way — ASCII text, a valid timestamp, integer or
     canonical quantities, string or integer metadata — as ``validate_event`` would build it, or None to
     let ``validate_event`` decide (and report errors). Straight-line checks with no error pointers and no
     calls per field: a 1000-event batch runs this 1000 times (the quantity check is ``stored_quantity``'s
-    shortcut, inlined)."""
+    shortcut, inlined). ``known`` holds the session ids and metadata keys of the batch already matched
+    against the identifier alphabet: a batch repeats them, so each is matched once."""
     if type(event) is not dict or not EVENT_FIELDS.issuperset(event):
         return None
+    if known is None:
+        known = set()
     event_id, stamp = event.get("id"), event.get("timestamp")
-    if type(event_id) is not str or not _EVENT_ID_RE.match(event_id):
+    if type(event_id) is not str or len(event_id) > MAX_ID_LENGTH or not IDENTIFIER_RE.fullmatch(event_id):
         return None
     try:
         timestamp = parse_timestamp(stamp)  # its own fast path reads the usual "…Z" form directly
@@ -337,16 +385,24 @@ def plain_event(
         event.get("provider", ""),
         event.get("model", ""),
     )
-    if not (_plain(session_id, 128) and _plain(provider, 128) and _plain(model, 128)):
+    if type(session_id) is not str or not (_plain(provider, 128) and _plain(model, 128)):
         return None
+    if session_id and session_id not in known:
+        if len(session_id) > MAX_ID_LENGTH or not IDENTIFIER_RE.fullmatch(session_id):
+            return None
+        known.add(session_id)
     metadata = event.get("metadata")
     if metadata is None:
         metadata = {}
     elif type(metadata) is not dict or len(metadata) > MAX_METADATA_KEYS:
         return None
     for key, item in metadata.items():
-        if not _plain(key, MAX_METADATA_KEY_LENGTH):
+        if len(key) > MAX_METADATA_KEY_LENGTH:
             return None
+        if key not in known:
+            if not IDENTIFIER_RE.fullmatch(key):
+                return None
+            known.add(key)
         if not (
             _plain(item, MAX_METADATA_VALUE_LENGTH) or (type(item) is int and abs(item) < _METADATA_INT_LIMIT)
         ):
@@ -360,7 +416,7 @@ def plain_event(
             return None
         if type(value) is int and 0 <= value < _INT_QUANTITY_LIMIT:
             usage[code] = str(value)
-        elif type(value) in (float, Decimal, str) and _CANONICAL_QUANTITY_RE.match(text := str(value)):
+        elif type(value) in (float, Decimal, str) and _CANONICAL_QUANTITY_RE.fullmatch(text := str(value)):
             usage[code] = text
         else:
             return None
@@ -383,8 +439,10 @@ def validate_event(
     for key in event.keys() - EVENT_FIELDS:
         errors.append(FieldError(f"{pointer}/{escape_pointer(key)}", "unknown field"))
     event_id = event.get("id")
-    if not isinstance(event_id, str) or not _EVENT_ID_RE.match(event_id):
-        errors.append(FieldError(f"{pointer}/id", "is required: 1–128 characters of A-Z a-z 0-9 . _ : -"))
+    if not is_identifier(event_id):
+        errors.append(
+            FieldError(f"{pointer}/id", f"is required: 1–{MAX_ID_LENGTH} characters: {IDENTIFIER_RULE}")
+        )
     timestamp = None
     try:
         timestamp = parse_timestamp(event.get("timestamp"))
@@ -393,7 +451,7 @@ def validate_event(
     else:
         if problem := check_window(timestamp, now):
             errors.append(FieldError(f"{pointer}/timestamp", problem))
-    session_id = text_field(event.get("session_id"), f"{pointer}/session_id", 128, errors)
+    session_id = identifier_field(event.get("session_id"), f"{pointer}/session_id", errors)
     provider = text_field(event.get("provider"), f"{pointer}/provider", 128, errors)
     model = text_field(event.get("model"), f"{pointer}/model", 128, errors)
     metadata = clean_metadata(event.get("metadata"), f"{pointer}/metadata", errors)

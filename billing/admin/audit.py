@@ -10,6 +10,7 @@ from django.db import transaction
 
 from billing import audit
 from billing.models import PlanAuditEntry, PlanVersion, Price, PricePlan, PriceTier
+from usage.admin import ReadOnlyAdmin
 
 
 def changes_text(changes: Mapping[str, list]) -> str:
@@ -71,7 +72,7 @@ class PlanAuditMixin:
 
 
 @admin.register(PlanAuditEntry)
-class PlanAuditEntryAdmin(admin.ModelAdmin):
+class PlanAuditEntryAdmin(ReadOnlyAdmin, admin.ModelAdmin):
     """The trail is evidence: read only."""
 
     list_display = ["at", "plan", "user", "action", "object_repr", "changes_text"]
@@ -85,12 +86,3 @@ class PlanAuditEntryAdmin(admin.ModelAdmin):
     @admin.display(description="changes (before → after)")
     def changes_text(self, entry: PlanAuditEntry) -> str:
         return changes_text(entry.changes)
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

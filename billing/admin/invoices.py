@@ -28,6 +28,7 @@ from billing.money import (
     format_unit_price_with_code,
 )
 from tenants.models import Tenant
+from usage.admin import ReadOnlyAdmin
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,12 @@ def _void(invoice: Invoice) -> str:
     return f"Voided {invoice}."
 
 
+def unit_price_text(line: InvoiceLine | period_pricing.LineDraft, currency: str) -> str:
+    """A line's unit price; a tiered price's line shows its average price, marked as such."""
+    is_average = line.price_snapshot.get("price_model") in ("graduated", "volume")
+    return format_unit_price_with_code(line.unit_price, line.unit_size, currency, is_average=is_average)
+
+
 # name → (label, operation, statuses it applies to)
 INVOICE_OPERATIONS: dict[str, tuple[str, Callable[[Invoice], str], set[str]]] = {
     "refresh": ("Refresh draft", _refresh, {Invoice.Status.DRAFT}),
@@ -59,7 +66,7 @@ INVOICE_OPERATIONS: dict[str, tuple[str, Callable[[Invoice], str], set[str]]] = 
 }
 
 
-class InvoiceLineInline(admin.TabularInline):
+class InvoiceLineInline(ReadOnlyAdmin, admin.TabularInline):
     """Lines are generated, so they are always read only."""
 
     model = InvoiceLine
@@ -83,15 +90,6 @@ class InvoiceLineInline(admin.TabularInline):
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("invoice")
 
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
     @admin.display(description="dates")
     def segment(self, line: InvoiceLine) -> str:
         text = f"{line.segment_start} – {line.segment_end}"
@@ -113,7 +111,7 @@ class InvoiceLineInline(admin.TabularInline):
 
     @admin.display(description="unit price")
     def unit_price_text(self, line: InvoiceLine) -> str:
-        return format_unit_price_with_code(line.unit_price, line.unit_size, line.invoice.currency)
+        return unit_price_text(line, line.invoice.currency)
 
     @admin.display(description="amount")
     def amount_text(self, line: InvoiceLine) -> str:
@@ -244,7 +242,7 @@ class InvoiceAdmin(admin.ModelAdmin):
     def unmatched_count(self, invoice: Invoice) -> str:
         if not invoice.unmatched:
             return "—"
-        return format_html('<strong style="color: var(--error-fg)">⚠ {}</strong>', len(invoice.unmatched))
+        return format_html('<strong class="unmatched">⚠ {}</strong>', len(invoice.unmatched))
 
     @admin.display(description="unmatched usage")
     def unmatched_usage(self, invoice: Invoice) -> str:
@@ -371,7 +369,7 @@ def invoice_preview(tenant: Tenant, plan: PricePlan | None, start: date, end: da
             "quantity": format_quantity(line.quantity),
             "allowance": format_quantity(line.allowance),
             "billable": format_quantity(line.billable_quantity),
-            "unit_price": format_unit_price_with_code(line.unit_price, line.unit_size, currency),
+            "unit_price": unit_price_text(line, currency),
             "amount": format_money_with_code(line.amount, currency),
             "platform_cost": format_money_with_code(line.platform_cost, currency),
             "margin": "—"

@@ -3,6 +3,9 @@ only (DESIGN §5)."""
 
 from __future__ import annotations
 
+from django.contrib.admin.utils import flatten_fieldsets
+
+from billing.admin.fields import read_only_fieldsets
 from billing.models import PlanVersion, Price
 
 
@@ -14,7 +17,12 @@ def _is_locked(obj: PlanVersion | Price | None) -> bool:
 
 class LockedVersionMixin:
     """A locked version (a finalized invoice used it) and its prices are read only: viewable, never changed
-    or deleted — not even by a bulk delete, which Django checks against the model, not each object."""
+    or deleted — not even by a bulk delete, which Django checks against the model, not each object. Its
+    decimals read as entered (``billing.admin.fields.read_only_fieldsets``)."""
+
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = super().get_fieldsets(request, obj)
+        return read_only_fieldsets(self.model, fieldsets) if _is_locked(obj) else fieldsets
 
     def has_change_permission(self, request, obj=None):
         return not _is_locked(obj) and super().has_change_permission(request, obj)
@@ -29,7 +37,19 @@ class LockedVersionMixin:
 
 
 class LockedVersionInlineMixin:
-    """Inlines under a locked version or a price of one (``obj`` is the parent) are read only."""
+    """Inlines under a locked version or a price of one (``obj`` is the parent) are read only, their decimals
+    as entered."""
+
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = super().get_fieldsets(request, obj)
+        return read_only_fieldsets(self.model, fieldsets) if _is_locked(obj) else fieldsets
+
+    def get_readonly_fields(self, request, obj=None):
+        readonly = super().get_readonly_fields(request, obj)
+        if not _is_locked(obj):
+            return readonly
+        # no inputs for them (the inline names its fields, so this does not ask the form for them)
+        return [*readonly, *flatten_fieldsets(self.get_fieldsets(request, obj))]
 
     def has_add_permission(self, request, obj=None):
         return not _is_locked(obj) and super().has_add_permission(request, obj)

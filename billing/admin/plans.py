@@ -17,7 +17,9 @@ from django.utils.html import format_html, format_html_join
 
 from billing import audit, periods, plan_versions, pricing
 from billing.admin.audit import PlanAuditMixin, changes_text
-from billing.admin.locked_versions import LockedVersionMixin
+from billing.admin.drafts import PlanEditRefreshesDrafts, refresh_plan_drafts_after_commit
+from billing.admin.fields import EnteredDecimalsMixin, show_amounts_in
+from billing.admin.plan_parts import PlanPartAdmin
 from billing.admin.prices import PriceInline
 from billing.models import PlanVersion, PricePlan
 from billing.money import format_money_with_code
@@ -47,6 +49,7 @@ class PlanVersionForm(forms.ModelForm):
         if "version" in self.fields:
             self.fields["version"].required = False
             self.fields["version"].help_text = "Empty: the next number."
+        show_amounts_in(self, self.instance.plan.currency if self.instance.plan_id else None)
 
     def _plan(self) -> PricePlan | None:
         plan = self.cleaned_data.get("plan")
@@ -110,7 +113,7 @@ class PlanVersionFormSet(BaseInlineFormSet):
             form.cleaned_data["version"] = form.instance.version = last
 
 
-class PlanVersionInline(admin.TabularInline):
+class PlanVersionInline(EnteredDecimalsMixin, admin.TabularInline):
     model = PlanVersion
     form = PlanVersionForm
     formset = PlanVersionFormSet
@@ -121,7 +124,7 @@ class PlanVersionInline(admin.TabularInline):
 
 
 @admin.register(PricePlan)
-class PricePlanAdmin(PlanAuditMixin, admin.ModelAdmin):
+class PricePlanAdmin(PlanEditRefreshesDrafts, PlanAuditMixin, admin.ModelAdmin):
     form = PricePlanForm
     list_display = ["name", "slug", "currency", "current_version", "version_count"]
     search_fields = ["name", "slug"]
@@ -185,7 +188,7 @@ class NewVersionForm(forms.Form):
 
 
 @admin.register(PlanVersion)
-class PlanVersionAdmin(LockedVersionMixin, PlanAuditMixin, admin.ModelAdmin):
+class PlanVersionAdmin(PlanPartAdmin):
     form = PlanVersionForm
     list_display = [
         "__str__",
@@ -267,6 +270,7 @@ class PlanVersionAdmin(LockedVersionMixin, PlanAuditMixin, admin.ModelAdmin):
                         "effective_from": [None, version.effective_from.isoformat()],
                     },
                 )
+                refresh_plan_drafts_after_commit(version.plan_id)
                 self.message_user(
                     request, f"Created {version} with the prices of v{source.version}.", messages.SUCCESS
                 )

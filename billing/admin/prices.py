@@ -11,8 +11,15 @@ from django.core.exceptions import ValidationError
 from django.forms.models import BaseInlineFormSet
 
 from billing import period_pricing, pricing
-from billing.admin.audit import PlanAuditMixin
-from billing.admin.locked_versions import LockedVersionInlineMixin, LockedVersionMixin
+from billing.admin.fields import (
+    EnteredDecimalsMixin,
+    TiersField,
+    parse_tiers,
+    show_amounts_in,
+    tiers_text,
+)
+from billing.admin.locked_versions import LockedVersionInlineMixin
+from billing.admin.plan_parts import PlanPartAdmin
 from billing.models import PlanVersion, Price, PriceTier
 from billing.money import format_money_with_code, format_quantity, format_unit_price_with_code
 
@@ -52,14 +59,23 @@ def check_version_prices(currency: str, prices: Iterable[pricing.Price]) -> None
 
 
 class PriceForm(forms.ModelForm):
-    """A price as the engine will read it. Where tiers are not edited alongside (a version's page), the
-    check uses the stored tiers."""
+    """A price as the engine will read it. On a version's page its tiers are text lines in the same row
+    (``tiers``), so a graduated or volume price is added in one save; on the price's own page
+    (``StandalonePriceForm``) they are a formset, which checks them."""
 
-    is_standalone = False  # the price's own page: tiers come in a formset, sibling prices from the database
+    tiers = TiersField()
+    is_standalone = False
 
     class Meta:
         model = Price
         fields = ["version", *PRICE_FIELDS]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        stored = self.instance.pk is not None
+        if "tiers" in self.fields and stored:
+            self.initial.setdefault("tiers", tiers_text(self.instance.tiers.all()))
+        show_amounts_in(self, self.instance.version.plan.currency if stored else None)
 
     def clean(self):
         cleaned = super().clean()
@@ -71,28 +87,38 @@ class PriceForm(forms.ModelForm):
         if self.is_standalone:
             tiers = [pricing.Tier(None)] if model in TIERED else []  # the tier formset checks the real ones
         else:
-            tiers = self._stored_tiers()
-            if model in TIERED and not tiers:
-                raise ValidationError(
-                    f"{model} prices need tiers, which are edited on the price's own page: add or change "
-                    "this price there."
-                )
+            tiers = parse_tiers(cleaned.get("tiers", ""))
         try:
             self.pricing_price = as_pricing_price(meter, values, tiers)
         except ValueError as error:
-            hint = (
-                " (its tiers are edited on the price's own page)" if tiers and not self.is_standalone else ""
-            )
-            raise ValidationError(f"{error}{hint}") from error
+            raise ValidationError(f"{error}{self._tiers_hint(model, tiers)}") from error
         version = cleaned.get("version") or (self.instance.version if self.instance.version_id else None)
         if self.is_standalone and version is not None:
             check_version_prices(version.plan.currency, [*self._stored_siblings(version), self.pricing_price])
         return cleaned
 
-    def _stored_tiers(self) -> list[pricing.Tier]:
-        if self.instance.pk is None:
-            return []
-        return [pricing.Tier(t.up_to, t.unit_amount, t.flat_amount) for t in self.instance.tiers.all()]
+    def _tiers_hint(self, model: pricing.PriceModel, tiers: list) -> str:
+        if self.is_standalone:
+            return ""
+        if model in TIERED and not tiers:
+            return f" ({model} prices need them: enter one a line in the tiers column, the last one *:amount)"
+        if model not in TIERED and tiers:
+            return " (clear the tiers column)"
+        return ""
+
+    def _save_m2m(self):
+        """Write the tiers entered beside the price (also when the admin saves the form with commit=False and
+        calls save_m2m later): they replace the stored ones."""
+        super()._save_m2m()
+        if "tiers" not in self.fields or "tiers" not in self.changed_data:
+            return
+        self.instance.tiers.all().delete()
+        PriceTier.objects.bulk_create(
+            PriceTier(
+                price=self.instance, up_to=t.up_to, unit_amount=t.unit_amount, flat_amount=t.flat_amount
+            )
+            for t in self.pricing_price.tiers
+        )
 
     def _stored_siblings(self, version: PlanVersion) -> list[pricing.Price]:
         siblings = []
@@ -105,48 +131,78 @@ class PriceForm(forms.ModelForm):
 
 
 class StandalonePriceForm(PriceForm):
+    tiers = None  # the price's own page edits them in the tier formset
     is_standalone = True
 
 
-class PriceFormSet(BaseInlineFormSet):
-    """A version's prices together must form one plan the engine accepts."""
+class RowsCheckedTogether(BaseInlineFormSet):
+    """Inline rows that the engine must accept together: once every row is valid on its own, the objects the
+    rows built (``row_attribute`` of each form that stays) go to ``check_together``."""
+
+    row_attribute = ""
 
     def clean(self):
         super().clean()
         if any(self.errors):
             return
-        prices = [
-            form.pricing_price
-            for form in self.forms
-            if hasattr(form, "pricing_price") and not self._should_delete_form(form)
-        ]
+        self.check_together(
+            [
+                getattr(form, self.row_attribute)
+                for form in self.forms
+                if hasattr(form, self.row_attribute) and not self._should_delete_form(form)
+            ]
+        )
+
+    def check_together(self, rows: list) -> None:
+        raise NotImplementedError
+
+
+class PriceFormSet(RowsCheckedTogether):
+    """A version's prices together must form one plan the engine accepts."""
+
+    row_attribute = "pricing_price"
+
+    def check_together(self, rows: list[pricing.Price]) -> None:
         currency = self.instance.plan.currency if self.instance.plan_id else "USD"
-        check_version_prices(currency, prices)
+        check_version_prices(currency, rows)
 
 
-class PriceInline(LockedVersionInlineMixin, admin.TabularInline):
+class PriceInline(EnteredDecimalsMixin, LockedVersionInlineMixin, admin.TabularInline):
     model = Price
     form = PriceForm
     formset = PriceFormSet
-    fields = [*PRICE_FIELDS, "tier_summary"]
-    readonly_fields = ["tier_summary"]
+    fields = [*PRICE_FIELDS[:4], "tiers", *PRICE_FIELDS[4:]]
     extra = 0
     show_change_link = True
 
+    class Media:
+        css = {"all": ["billing/inline-tables.css"]}
+
     def get_queryset(self, request):
-        return super().get_queryset(request).prefetch_related("tiers")
+        return super().get_queryset(request).select_related("version__plan").prefetch_related("tiers")
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        formfield = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if db_field.name == "meter":  # the catalogue is not edited from a price row: no add/change icons
+            formfield.widget.can_add_related = formfield.widget.can_change_related = False
+            formfield.widget.can_delete_related = formfield.widget.can_view_related = False
+        return formfield
 
     @admin.display(description="tiers")
-    def tier_summary(self, price: Price) -> str:
-        if price.pk is None:
-            return "—"
-        return "; ".join(str(t) for t in price.tiers.all()) or "—"
+    def tiers(self, price: Price) -> str:
+        """The column of a locked version, which shows the tiers rather than an input."""
+        return tiers_text(price.tiers.all()).replace("\n", "; ") or "—"
 
 
 class PriceTierForm(forms.ModelForm):
     class Meta:
         model = PriceTier
         fields = ["up_to", "unit_amount", "flat_amount"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is not None:
+            show_amounts_in(self, self.instance.price.version.plan.currency)
 
     def clean(self):
         cleaned = super().clean()
@@ -158,36 +214,33 @@ class PriceTierForm(forms.ModelForm):
         return cleaned
 
 
-class PriceTierFormSet(BaseInlineFormSet):
+class PriceTierFormSet(RowsCheckedTogether):
     """The tiers of one price, checked together with its price model as the engine will read them."""
 
-    def clean(self):
-        super().clean()
-        if any(self.errors):
-            return
-        tiers = [
-            form.tier for form in self.forms if hasattr(form, "tier") and not self._should_delete_form(form)
-        ]
+    row_attribute = "tier"
+
+    def check_together(self, rows: list[pricing.Tier]) -> None:
         # The engine reads tiers in the model's order: by bound, the unbounded one last.
-        tiers.sort(key=lambda t: (t.up_to is None, t.up_to or 0))
+        rows.sort(key=lambda t: (t.up_to is None, t.up_to or 0))
         price = self.instance
         if price.price_model not in set(pricing.PriceModel):
             return  # the price's own form reports it
         try:
-            pricing.Price(meter=price.meter_id or "", price_model=price.price_model, tiers=tuple(tiers))
+            pricing.Price(meter=price.meter_id or "", price_model=price.price_model, tiers=tuple(rows))
         except ValueError as error:
             raise ValidationError(str(error)) from error
 
 
-class PriceTierInline(LockedVersionInlineMixin, admin.TabularInline):
+class PriceTierInline(EnteredDecimalsMixin, LockedVersionInlineMixin, admin.TabularInline):
     model = PriceTier
     form = PriceTierForm
     formset = PriceTierFormSet
+    fields = PriceTierForm.Meta.fields
     extra = 0
 
 
 @admin.register(Price)
-class PriceAdmin(LockedVersionMixin, PlanAuditMixin, admin.ModelAdmin):
+class PriceAdmin(PlanPartAdmin):
     form = StandalonePriceForm
     list_display = [
         "__str__",

@@ -7,6 +7,7 @@ from django.contrib import admin
 from django.core.exceptions import ValidationError
 
 from billing import pricing
+from billing.admin.fields import EnteredDecimalsMixin
 from billing.models import ProviderRate
 from billing.money import format_unit_price_with_code
 
@@ -47,7 +48,7 @@ class ProviderRateForm(forms.ModelForm):
 
 
 @admin.register(ProviderRate)
-class ProviderRateAdmin(admin.ModelAdmin):
+class ProviderRateAdmin(EnteredDecimalsMixin, admin.ModelAdmin):
     form = ProviderRateForm
     list_display = ["provider", "model_pattern", "meter", "cost_text", "effective_from", "source"]
     list_filter = ["provider", "meter", "currency", "effective_from"]

@@ -175,9 +175,9 @@ def test_event_ids_are_deduplicated_per_tenant(agent_client, tenant):
 
 
 def test_another_agent_of_the_same_tenant_reusing_an_id_is_a_conflict(agent_client, tenant):
-    agent_client.post(URL, {"events": [event("a")]})
+    agent_client.post(URL, {"events": [event("a", session_id=None)]})
     sibling = AgentClient(api_key_for(AgentFactory(tenant=tenant)))
-    response = sibling.post(URL, {"events": [event("a")]})
+    response = sibling.post(URL, {"events": [event("a", session_id=None)]})
     assert response.json()["conflicts"] == 1
 
 

@@ -13,7 +13,7 @@ from decimal import Decimal
 import pytest
 
 from tests import livekit_samples as samples
-from tests.usage.builders import event, totals
+from tests.usage.builders import totals
 from usage.models import Session, UsageEvent
 
 pytestmark = pytest.mark.django_db
@@ -268,10 +268,3 @@ def test_a_resend_with_numbers_written_differently_is_still_a_duplicate(agent_cl
     assert rewritten != body
     response = agent_client.post(METRICS_URL, rewritten).json()
     assert (response["accepted"], response["duplicates"]) == (0, 3)
-
-
-def test_session_ids_with_slashes_can_be_addressed(agent_client, tenant):
-    agent_client.post("/api/v1/events", {"events": [event("e-slash", session_id="room/42")]})
-    response = agent_client.put("/api/v1/sessions/room/42", {"end_user_id": "caller"})
-    assert response.status_code == 200
-    assert agent_client.get("/api/v1/sessions/room/42").json()["end_user_id"] == "caller"

@@ -108,18 +108,44 @@ def browser():
             instance.close()
 
 
+def is_csp_violation(message) -> bool:
+    """Chromium reports what the Content-Security-Policy refused as a console error naming the policy."""
+    return message.type == "error" and "Content Security Policy" in message.text
+
+
 @pytest.fixture
-def page(browser, live_server):
-    context = browser.new_context(
-        viewport=VIEWPORT, locale="en-US", timezone_id="America/New_York", accept_downloads=True
-    )
-    context.set_default_timeout(15_000)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield page
-    context.close()
+def csp_violations() -> list[str]:
+    """What the policy refused on any page of the test; the page fixture fails the test unless it is empty."""
+    return []
+
+
+@pytest.fixture
+def open_browser_window(browser, live_server, csp_violations):
+    """``open_browser_window()`` → a page in a browser context of its own (its own cookies: another person),
+    watched for JavaScript errors and CSP violations, which fail the test."""
+    contexts, errors = [], []
+
+    def open_window():
+        context = browser.new_context(
+            viewport=VIEWPORT, locale="en-US", timezone_id="America/New_York", accept_downloads=True
+        )
+        context.set_default_timeout(15_000)
+        contexts.append(context)
+        page = context.new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("console", lambda m: csp_violations.append(m.text) if is_csp_violation(m) else None)
+        return page
+
+    yield open_window
+    for context in contexts:
+        context.close()
     assert errors == [], f"JavaScript errors on the page: {errors}"
+    assert csp_violations == [], f"the Content-Security-Policy refused: {csp_violations}"
+
+
+@pytest.fixture
+def page(open_browser_window):
+    return open_browser_window()
 
 
 @pytest.fixture

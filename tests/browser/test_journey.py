@@ -155,7 +155,10 @@ def test_journey_dashboard_usage_csv_keys_invoice(demo, page, live_server, scree
     row = page.locator(f'tr[data-key-id="{key_id}"]')
     expect(row).to_contain_text("browser-test")
     expect(row.locator(".badge")).to_have_text("active")
-    row.get_by_role("button", name="Revoke").click()
+    row.get_by_role("link", name="Revoke…").click()
+    page.get_by_role(
+        "button", name="Revoke key"
+    ).click()  # the confirmation page (tests/browser/test_keys.py)
     expect(page.locator(".messages")).to_contain_text(f"Key {key_id} revoked")
     expect(row.locator(".badge")).to_have_text("revoked")
     refused = post_event(base, key, "browser-2")

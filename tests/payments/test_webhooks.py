@@ -83,6 +83,32 @@ def test_a_delivery_without_a_valid_signature_is_refused_with_400_and_changes_no
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(
+    "where",
+    ["event id", "event id, trailing", "event type", "invoice metadata value", "a key deep in the payload"],
+)
+def test_a_signed_event_holding_nul_is_refused_with_400_not_a_500(double, open_invoice, where):
+    """PostgreSQL stores no NUL (text or jsonb); a signed event holding one is not Stripe's."""
+    event = paid_event(double, open_invoice)
+    before = snapshot(open_invoice)
+    if where == "event id":
+        event["id"] = "evt_\x00"
+    elif where == "event id, trailing":
+        event["id"] += "\x00"
+    elif where == "event type":
+        event["type"] = "invoice.paid\x00"
+    elif where == "invoice metadata value":
+        event["data"]["object"]["metadata"] = {"note": "a\x00b"}
+    else:
+        event["data"]["object"]["lines"] = {"nested": [{"k\x00": 1}]}
+
+    response = deliver(event)
+
+    assert response.status_code == 400 and "error" in response.json()
+    assert snapshot(open_invoice) == before
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
     ("age_seconds", "accepted"),
     [(301, False), (3600, False), (-3600, False), (-120, False), (290, True), (-10, True), (0, True)],
 )

@@ -9,7 +9,8 @@ from django.urls import URLPattern, URLResolver, get_resolver
 
 from notifications import outbox, webhooks
 from notifications.models import WebhookDelivery, WebhookEndpoint
-from tenants.models import APIKey, Membership
+from tenants import invitations
+from tenants.models import APIKey, Invitation, Membership
 from tests.conftest import AgentClient
 from tests.factories import MembershipFactory
 
@@ -27,6 +28,13 @@ MATRIX = {
         "POST",
         "portal",
         lambda w, i: {"pk": Membership.objects.get(user=w.users[i]).pk},
+    ),
+    "portal:invitation-revoke": (
+        "POST",
+        "portal",
+        lambda w, i: {
+            "pk": invitations.invite(w.tenants[i], f"new{i}@example.com", "viewer", None).invitation.pk
+        },
     ),
     "api-session": ("GET", "api", lambda w, i: {"session_id": f"call-{i}"}),
 }
@@ -62,7 +70,8 @@ for _name in (
         lambda w, i: {"pk": endpoint_of(w, i).pk},
     )
 MATRIX["portal:webhook-resend"] = ("POST", "portal", delivery_of)
-NOT_TENANT_OBJECTS = {"portal:password-reset-confirm"}  # uid/token of the password-reset flow, not an object
+# Tokens, not objects: the password-reset flow's uid/token and an invitation link (tests/portal/test_team.py).
+NOT_TENANT_OBJECTS = {"portal:password-reset-confirm", "portal:invitation"}
 
 
 def routes_with_parameters(resolver=None, prefix=""):
@@ -95,6 +104,7 @@ def test_another_tenants_object_is_a_404_like_a_missing_one_and_unchanged(world,
     missing = reverse(route, kwargs=missing_kwargs)
     keys_before = list(APIKey.objects.order_by("pk").values_list("revoked_at", flat=True))
     roles_before = list(Membership.objects.order_by("pk").values_list("role", flat=True))
+    invitations_before = list(Invitation.objects.order_by("pk").values_list("revoked_at", flat=True))
 
     if kind == "portal":
         client.force_login(world.users[0])
@@ -107,6 +117,7 @@ def test_another_tenants_object_is_a_404_like_a_missing_one_and_unchanged(world,
     assert other_response.status_code == missing_response.status_code == 404
     assert list(APIKey.objects.order_by("pk").values_list("revoked_at", flat=True)) == keys_before
     assert list(Membership.objects.order_by("pk").values_list("role", flat=True)) == roles_before
+    assert list(Invitation.objects.order_by("pk").values_list("revoked_at", flat=True)) == invitations_before
     if method == "GET":
         assert send(own).status_code == 200
 

@@ -150,16 +150,18 @@ def test_client_errors_are_never_retried(tmp_path, status, error, kept):
 def test_request_shape(tmp_path):
     transport, seen = scripted(
         httpx.Response(200, json=OK),
-        httpx.Response(201, json={"session_id": "s 1?x"}),
+        httpx.Response(201, json={"session_id": "sip:+1555@pbx"}),
         httpx.Response(200, json={"period": "2026-11", "spent": "12.50"}),
     )
     client = meterline.Client(KEY, "http://billing.test/api/v1/", transport=transport, spool_dir=tmp_path)
     client.send_livekit_usage(
-        "s/1",
+        "AJ_1",
         [{"type": "tts_usage", "provider": "Cartesia", "model": "sonic-3", "characters_count": 12}],
         timestamp=1795000000.5,
     )
-    assert client.put_session("s 1?x", end_user_id="u", ended_at=None) == {"session_id": "s 1?x"}
+    assert client.put_session("sip:+1555@pbx", end_user_id="u", ended_at=None) == {
+        "session_id": "sip:+1555@pbx"
+    }
     assert client.get_budget() == {"period": "2026-11", "spent": "12.50"}
     post, put, get = seen
     for request in seen:
@@ -168,11 +170,11 @@ def test_request_shape(tmp_path):
     assert (post.method, post.url.path) == ("POST", "/api/v1/livekit/usage")
     assert post.headers["content-type"] == "application/json"
     assert json.loads(post.content) == {
-        "session_id": "s/1",
+        "session_id": "AJ_1",
         "timestamp": "2026-11-18T11:06:40.500000Z",
         "usage": [{"type": "tts_usage", "provider": "Cartesia", "model": "sonic-3", "characters_count": 12}],
     }
-    assert (put.method, put.url.raw_path) == ("PUT", b"/api/v1/sessions/s%201%3Fx")
+    assert (put.method, put.url.raw_path) == ("PUT", b"/api/v1/sessions/sip%3A%2B1555%40pbx")
     assert json.loads(put.content) == {"end_user_id": "u", "ended_at": None}
     assert (get.method, str(get.url), get.content) == ("GET", "http://billing.test/api/v1/budget", b"")
 

@@ -75,6 +75,15 @@ def usage_dicts(session) -> list[dict]:
     return [u.model_dump() for u in session.usage.model_usage]
 
 
+async def bill_replayed_call(session: AgentSession, billing, name: str) -> list[dict]:
+    """Replay a captured call into a billed session, close it and wait until everything is delivered;
+    returns LiveKit's own per-model usage, the figure Meterline's totals must equal."""
+    replay(session, metric_objects(name))
+    await session.aclose()
+    assert await billing.aflush(timeout=10)
+    return usage_dicts(session)
+
+
 async def wait_for_stored_events(session_id: str, within: float = 15.0) -> int:
     """Poll the database (from a worker thread: the ORM is synchronous) until the session has events."""
 
@@ -168,10 +177,7 @@ def test_usage_mode_sends_only_livekits_per_model_usage_at_close(server, make_cl
     async def call():
         session = await started_session()
         billing = attach(session, client, session_id=f"usage-{name}", mode="usage")
-        replay(session, metric_objects(name))
-        await session.aclose()
-        assert await billing.aflush(timeout=10)
-        return usage_dicts(session)
+        return await bill_replayed_call(session, billing, name)
 
     livekit_usage = asyncio.run(call())
     assert client.recorder.paths().count("/api/v1/livekit/usage") == 1
@@ -184,7 +190,9 @@ def test_billing_down_or_hung_never_blocks_the_agent_and_nothing_is_lost(
     server, black_hole_url, closed_port_url, make_client, tenant
 ):
     name = "pipeline_deepgram_openai_cartesia"
-    hung = make_client(black_hole_url, timeout=0.3, max_retries=0)  # accepts connections, never answers
+    # Accepts connections, never answers. The timeout is long enough that a client that waited on the network
+    # would stall well above the bounds below, which leave room for a loaded machine.
+    hung = make_client(black_hole_url, timeout=1.0, max_retries=0)
     refused = make_client(closed_port_url, max_retries=0)
 
     async def call(client, session_id):
@@ -200,8 +208,8 @@ def test_billing_down_or_hung_never_blocks_the_agent_and_nothing_is_lost(
 
     for client, session_id in ((hung, "hung-call"), (refused, "refused-call")):
         livekit_usage, slowest, lag, close_time, delivered = asyncio.run(call(client, session_id))
-        # A client that waited on the network would stall ≥ 0.3 s (the timeout) × 3 attempts per request.
-        assert not delivered and slowest < 0.2 and lag < 0.5 and close_time < 3.0
+        # A client that waited on the network would stall ≥ 1 s (the timeout) per request.
+        assert not delivered and slowest < 0.6 and lag < 0.9 and close_time < 3.0
         client.close(timeout=15)
         assert client.pending() > 0  # all of it spooled to disk
     assert UsageEvent.objects.count() == 0
@@ -382,10 +390,7 @@ def test_the_async_client_can_be_attached(server, spool_dir, api_key, tenant):
         async with meterline.AsyncClient(api_key, server, spool_dir=spool_dir) as client:
             session = await started_session()
             billing = attach(session, client, session_id="async-attached")
-            replay(session, metric_objects(name))
-            await session.aclose()
-            assert await billing.aflush(timeout=10)
-            return usage_dicts(session)
+            return await bill_replayed_call(session, billing, name)
 
     livekit_usage = asyncio.run(call())
     assert totals(tenant, session_id="async-attached") == livekit_expected_totals(livekit_usage)
@@ -410,10 +415,7 @@ def test_the_example_agent_bills_a_replayed_call(server, make_client, tenant):
             session, session_id="example-call", end_user_id="+15550199", client=client
         )
         await session.start(agent=example.Receptionist())
-        replay(session, metric_objects(name))
-        await session.aclose()
-        assert await billing.aflush(timeout=10)
-        return usage_dicts(session)
+        return await bill_replayed_call(session, billing, name)
 
     livekit_usage = asyncio.run(call())
     assert totals(tenant, session_id="example-call") == livekit_expected_totals(livekit_usage)

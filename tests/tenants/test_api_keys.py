@@ -39,6 +39,14 @@ def test_issue_api_key_creates_what_is_missing_and_prints_only_the_key():
     assert Tenant.objects.filter(slug="acme").count() == 1
 
 
+@pytest.mark.parametrize("ending", ["\n", "\r\n", "\t", "\u2028"])  # (a command line cannot hold NUL)
+def test_agent_names_are_matched_in_full(ending):
+    """A pattern anchored with "$" lets a trailing newline through; an agent's name does not."""
+    with pytest.raises(CommandError, match="letters, digits"):
+        run_issue_api_key("--tenant", "acme", "--agent", "front-desk" + ending, "--create")
+    assert not Agent.objects.exists()
+
+
 def test_issue_api_key_refuses_missing_tenant_or_agent_without_create():
     with pytest.raises(CommandError, match="No tenant"):
         run_issue_api_key("--tenant", "nobody", "--agent", "x")

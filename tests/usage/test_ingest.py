@@ -10,7 +10,7 @@ from django.db import connection
 from tests.conftest import AgentClient
 from tests.factories import AgentFactory, api_key_for
 from tests.usage.builders import event, recent, totals
-from usage.models import UsageEvent, UsageRollup
+from usage.models import Session, UsageEvent, UsageRollup
 from usage.rollups import rollup_drift
 
 URL = "/api/v1/events"
@@ -21,13 +21,13 @@ def test_overlapping_batches_from_many_threads_end_with_exact_totals(tenant):
     agents = [AgentFactory(tenant=tenant) for _ in range(2)]
     keys = [api_key_for(a) for a in agents]
     when = recent()
-    # 300 distinct events per agent, each in one of 3 sessions and 2 models, with quantities 1..300
+    # 300 distinct events per agent, each in one of its 3 sessions and 2 models, with quantities 1..300
     universe = {
         key: [
             event(
                 f"{n}-{i}",
                 timestamp=when,
-                session_id=f"s{i % 3}",
+                session_id=f"s{n}-{i % 3}",
                 model=f"m{i % 2}",
                 usage={"tts_characters": i + 1, "stt_audio_seconds": f"{i}.25"},
             )
@@ -110,3 +110,35 @@ def test_concurrent_conflicting_writes_keep_exactly_one_version(tenant, agent):
     assert len(winners) == 1 and sum(c for _, _, c in results) == 5
     assert UsageEvent.objects.get(event_id="contested").usage == {"tts_characters": str(winners[0])}
     assert sum(totals(tenant).values()) == winners[0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_agents_racing_for_one_new_session_leave_it_to_exactly_one_of_them(tenant):
+    """The session check sees a session another agent created after this statement began (DESIGN §11)."""
+    keys = [api_key_for(AgentFactory(tenant=tenant)) for _ in range(6)]
+    barrier = threading.Barrier(len(keys))
+    results = []
+
+    def send(n, key):
+        client = AgentClient(key)
+        barrier.wait()
+        batch = [
+            event(f"{n}-{i}", timestamp=when, session_id="contested", usage={"tts_characters": 1})
+            for i in range(50)
+        ]
+        try:
+            results.append((key, client.post(URL, {"events": batch}).status_code))
+        finally:
+            connection.close()
+
+    when = recent()
+    threads = [threading.Thread(target=send, args=(n, key)) for n, key in enumerate(keys)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert sorted(status for _, status in results) == [200] + [409] * 5
+    owner = Session.objects.get(tenant=tenant, session_id="contested").agent
+    assert set(UsageEvent.objects.filter(tenant=tenant).values_list("agent", flat=True)) == {owner.pk}
+    assert UsageEvent.objects.filter(tenant=tenant).count() == 50 == sum(totals(tenant).values())

@@ -1,3 +1,7 @@
+import sys
+from pathlib import Path
+
+from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from billing.demo import load_demo_billing
@@ -23,5 +27,15 @@ class Command(BaseCommand):
         if not summary["keys"]:
             self.stdout.write(
                 "Agent API keys were shown when they were created; issue another with: "
-                "python manage.py issue_api_key --tenant acme-voice --agent skyway-voice"
+                f"{python_command()} manage.py issue_api_key --tenant {tenant.slug} --agent skyway-voice"
             )
+
+
+def python_command() -> str:
+    """This interpreter as the hint must name it to run as printed from the project root: a bare ``python``
+    is often missing or lacks Django, so ``.venv/bin/python`` under ``make run``, else the full path."""
+    executable = Path(sys.executable)
+    try:
+        return str(executable.relative_to(settings.BASE_DIR))
+    except ValueError:
+        return str(executable)

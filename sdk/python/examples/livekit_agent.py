@@ -7,7 +7,7 @@ spool (``~/.cache/meterline/spool``) until the next delivery.
 
 Run it (needs a LiveKit server and provider keys)::
 
-    pip install "meterline-sdk[livekit]" "livekit-agents[deepgram,openai,cartesia,silero]~=1.8"
+    pip install "./sdk/python[livekit]" "livekit-agents[deepgram,openai,cartesia,silero]~=1.8"  # from a clone
     export LIVEKIT_URL=wss://… LIVEKIT_API_KEY=… LIVEKIT_API_SECRET=…
     export DEEPGRAM_API_KEY=… OPENAI_API_KEY=… CARTESIA_API_KEY=…
     export METERLINE_API_KEY=mlk_live_… METERLINE_BASE_URL=https://billing.example.com

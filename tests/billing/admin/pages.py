@@ -33,5 +33,13 @@ def form_data(response) -> dict:
     return data
 
 
+def add_inline_row(data: dict, prefix: str, values: dict) -> dict:
+    """What a browser posts after "Add another …" on an inline and filling the new row with ``values``."""
+    n = int(data[f"{prefix}-TOTAL_FORMS"])
+    data[f"{prefix}-TOTAL_FORMS"] = str(n + 1)
+    data.update({f"{prefix}-{n}-{name}": value for name, value in values.items()})
+    return data
+
+
 def messages_of(response) -> list[str]:
     return [str(m) for m in response.context["messages"]]

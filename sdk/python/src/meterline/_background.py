@@ -18,7 +18,7 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from meterline import _core
@@ -79,17 +79,27 @@ class BackgroundSender:
             self._start()
         self._queue.put(op)
 
+    # The submit methods check identifiers in the caller's thread, so a bad id raises there (ValueError)
+    # instead of being logged by the sending thread.
+
     def submit_metric(self, session_id: str, metric: Any) -> None:
         """Queue one LiveKit metric (an object or its ``model_dump``) for the session."""
+        _core.check_identifier(session_id, "session_id")
         self._put(("metric", session_id, metric))
 
     def submit_usage(self, session_id: str, usage: Any, timestamp: Any = None) -> None:
+        _core.check_identifier(session_id, "session_id")
         self._put(("usage", session_id, usage, timestamp))
 
     def submit_session(self, session_id: str, fields: dict[str, Any]) -> None:
+        _core.prepare_session(session_id, fields)  # raises here for a bad id or field
         self._put(("session", session_id, fields))
 
     def submit_events(self, events: list[Any]) -> None:
+        for index, event in enumerate(events):
+            body = event.to_dict() if hasattr(event, "to_dict") else event
+            if isinstance(body, Mapping):
+                _core.check_event_identifiers(body, f"events[{index}]")
         self._put(("events", events))
 
     def request_flush(self) -> None:

@@ -17,7 +17,13 @@ from decimal import Decimal
 from typing import Any
 
 API_PREFIX = "/api/v1"
-KEY_RE = re.compile(r"^mlk_live_([0-9a-f]{12})_([0-9A-Za-z]{43})$")
+KEY_RE = re.compile(r"mlk_live_([0-9a-f]{12})_([0-9A-Za-z]{43})")  # fullmatch
+# The server's one alphabet for identifiers (event, session and end-user ids, metadata keys), checked here
+# with a full match so a bad id fails in the caller's code rather than as a refused batch in the spool.
+IDENTIFIER_RE = re.compile(r"(?!\.\.?\Z)[A-Za-z0-9._:@+-]+")
+IDENTIFIER_RULE = 'letters, digits and . _ : @ + - (not "." or "..")'
+MAX_ID_LENGTH = 128
+MAX_METADATA_KEY_LENGTH = 40
 
 # Server limits (DESIGN §4): 1–1000 events per batch, body ≤ 1 MiB. A margin is kept for the envelope.
 MAX_ITEMS_PER_REQUEST = 1000
@@ -35,7 +41,7 @@ KEEP_STATUSES = frozenset({401, 403, 404, 405, 406, 407, 415})
 STOP_STATUSES = frozenset({401, 403, 407})
 # Retried with backoff (408 and 429 are the two 4xx where a retry is the right answer).
 RETRY_4XX = frozenset({408, 429})
-_POINTER_INDEX_RE = re.compile(r"^/(events|metrics|usage)/(\d+)(?:/|$)")
+_POINTER_INDEX_RE = re.compile(r"/(events|metrics|usage)/(\d+)(?:/|\Z)")
 
 
 def classify(status: int) -> str:
@@ -50,7 +56,7 @@ def classify(status: int) -> str:
 
 def parse_key(api_key: str) -> str:
     """The public key id of a well-formed key; ValueError otherwise (never echoes the secret)."""
-    match = KEY_RE.match(api_key or "")
+    match = KEY_RE.fullmatch(api_key or "")
     if not match:
         raise ValueError("api_key must look like mlk_live_<12 hex>_<43 letters/digits>")
     return match.group(1)
@@ -247,11 +253,30 @@ def new_event_id() -> str:
     return f"ml-{uuid.uuid4().hex}"
 
 
-def prepare_event(event: Any) -> dict[str, Any]:
+def check_identifier(value: Any, name: str, max_length: int = MAX_ID_LENGTH) -> None:
+    """ValueError naming ``name`` unless ``value`` is an identifier the API accepts."""
+    if not (isinstance(value, str) and len(value) <= max_length and IDENTIFIER_RE.fullmatch(value)):
+        raise ValueError(f"{name} {value!r} is not a valid identifier: 1–{max_length} {IDENTIFIER_RULE}")
+
+
+def check_event_identifiers(event: Mapping[str, Any], name: str = "event") -> None:
+    """The identifiers of one event (id, session id, metadata keys), as the API will check them."""
+    if event.get("id") is not None:
+        check_identifier(event["id"], f"{name} id")
+    if event.get("session_id"):
+        check_identifier(event["session_id"], f"{name} session_id")
+    metadata = event.get("metadata")
+    if isinstance(metadata, Mapping):
+        for key in metadata:
+            check_identifier(key, f"{name} metadata key", MAX_METADATA_KEY_LENGTH)
+
+
+def prepare_event(event: Any, name: str = "event") -> dict[str, Any]:
     if hasattr(event, "to_dict"):
         event = event.to_dict()
     if not isinstance(event, Mapping):
         raise TypeError("events must be mappings (or meterline.Event)")
+    check_event_identifiers(event, name)
     body = {k: v for k, v in event.items() if v is not None}
     body.setdefault("id", new_event_id())
     if "timestamp" not in body:
@@ -270,7 +295,7 @@ def _quantity(value: Any) -> Any:
 
 
 def prepare_events(events: Iterable[Any], *, split_invalid: bool = False) -> list[PreparedRequest]:
-    bodies = [prepare_event(e) for e in events]
+    bodies = [prepare_event(e, f"events[{index}]") for index, e in enumerate(events)]
     if not bodies:
         raise ValueError("send at least one event")
     encoded = [dumps(b) for b in bodies]
@@ -370,15 +395,17 @@ SESSION_FIELDS = ("started_at", "ended_at", "end_user_id", "conversation_type", 
 
 def prepare_session(session_id: str, fields: Mapping[str, Any]) -> PreparedRequest:
     _check_session_id(session_id)
-    if "/" in session_id or session_id in (".", ".."):
-        # The route /api/v1/sessions/{id} cannot address such ids (the server decodes %2F before routing).
-        raise ValueError("session ids reported with put_session cannot contain '/' or be '.' or '..'")
     body: dict[str, Any] = {}
     for name, value in fields.items():
         if name not in SESSION_FIELDS:
             raise TypeError(f"unknown session field {name!r}")
         if name in ("started_at", "ended_at") and value is not None:
             value = rfc3339(value)
+        if name == "end_user_id" and value != "":
+            check_identifier(value, "end_user_id")
+        if name == "metadata" and isinstance(value, Mapping):
+            for key in value:
+                check_identifier(key, "metadata key", MAX_METADATA_KEY_LENGTH)
         body[name] = value
     from urllib.parse import quote
 
@@ -392,8 +419,7 @@ def prepare_budget() -> PreparedRequest:
 
 
 def _check_session_id(session_id: Any) -> None:
-    if not isinstance(session_id, str) or not session_id or len(session_id) > 128:
-        raise ValueError("session_id must be a non-empty string of at most 128 characters")
+    check_identifier(session_id, "session_id")
 
 
 def split_out_invalid(
