@@ -9,7 +9,7 @@ from __future__ import annotations
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods, require_POST
 
 from notifications import tasks, webhooks
 from notifications.models import WebhookDelivery, WebhookEndpoint
@@ -119,10 +119,13 @@ def endpoint_disable(request, pk: int):
     return redirect("portal:webhook", pk=pk)
 
 
-@require_POST
+@require_http_methods(["GET", "POST"])
 @tenant_view(manage=True)
 def endpoint_delete(request, pk: int):
+    """GET asks (a page of its own: the CSP allows no inline ``confirm()``); POST deletes."""
     endpoint = _endpoint(request, pk)
+    if request.method == "GET":
+        return render(request, "portal/webhook_delete.html", {"endpoint": endpoint})
     endpoint.delete()
     messages.success(request, f"Endpoint {endpoint.url} deleted.")
     return redirect("portal:webhooks")
