@@ -4,7 +4,7 @@ PY := .venv/bin/python
 export DEBUG ?= 1
 PORT ?= 8000
 
-.PHONY: setup run test test-fast lint format bench bench-ingest bench-invoice bench-portal bench-slow-clients soak stripe-smoke screenshots lock clean-devdata
+.PHONY: setup run test test-fast lint format bench bench-ingest bench-invoice bench-portal bench-slow-clients bench-webhooks soak stripe-smoke screenshots lock clean-devdata
 
 setup:
 	@sh scripts/bootstrap.sh
@@ -42,6 +42,9 @@ bench-portal: setup
 # /healthz latency while 20 clients send headers a line a second to the shipped gunicorn (docs/operations.md).
 bench-slow-clients: setup
 	$(PY) -m bench.slow_clients $(ARGS)
+
+bench-webhooks: setup
+	$(PY) -m bench.webhooks $(ARGS)
 
 # The whole stack under faults (worker kills, broker and database restarts); proves nothing lost or counted
 # twice and prints a report (docs/reliability.md). Not a test: a script with figures.

@@ -150,7 +150,7 @@ def set_up_billing(specs: list[TenantSpec], now: datetime) -> float:
         load_demo_billing(tenant, now=now)
         draft = Invoice.objects.for_tenant(tenant).filter(status=Invoice.Status.DRAFT).first()
         amount = Decimal(max(int((draft.total if draft else 0) * 2 / 100) * 100, 100))
-        budgets.save_budget(tenant, amount, [50, 80, 100], f"alerts@{spec.slug}.example", "")
+        budgets.save_budget(tenant, amount, [50, 80, 100], f"alerts@{spec.slug}.example")
     return time.perf_counter() - began
 
 

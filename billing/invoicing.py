@@ -2,8 +2,9 @@
 
 A draft holds the period as billing.period_pricing prices it plus billing.late_usage's adjustments. Every entry
 point is idempotent and runs in one transaction under a row lock on the invoice, so running it twice, or again
-after a worker died half-way, gives the same invoice. Finalization records ``invoice.finalized`` in the outbox in
-the same transaction; what follows (the Stripe sync) subscribes to it.
+after a worker died half-way, gives the same invoice. Creating, finalizing and voiding record ``invoice.created``,
+``invoice.finalized`` and ``invoice.voided`` in the outbox in the same transaction (billing.invoice_events);
+what follows (the Stripe sync, tenant webhooks) subscribes to them.
 """
 
 from __future__ import annotations
@@ -16,17 +17,16 @@ from decimal import Decimal
 from django.db import transaction
 from django.utils import timezone
 
-from billing import periods
+from billing import invoice_events, periods
 from billing.late_usage import adjustment_lines
 from billing.models import Invoice, InvoiceLine, InvoiceNumberSequence, PlanVersion, Subscription
 from billing.period_pricing import LineDraft, price_period
-from notifications import outbox
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
 
 GRACE_PERIOD = timedelta(hours=24)
-INVOICE_FINALIZED = "invoice.finalized"
+INVOICE_FINALIZED = invoice_events.INVOICE_FINALIZED
 # The draft's fields that InvoiceLine stores under the same name.
 STORED_FIELDS = sorted(
     {f.name for f in dataclasses.fields(LineDraft)}
@@ -43,7 +43,7 @@ def generate_invoice(tenant_id: int, period_start: date) -> Invoice:
     with transaction.atomic():
         tenant = Tenant.objects.get(pk=tenant_id)
         start = periods.month_start(period_start)
-        invoice, _ = Invoice.objects.get_or_create(
+        invoice, created = Invoice.objects.get_or_create(
             tenant=tenant,
             period_start=start,
             defaults={"period_end": periods.next_month(start), "currency": tenant.currency},
@@ -52,6 +52,8 @@ def generate_invoice(tenant_id: int, period_start: date) -> Invoice:
         if invoice.is_finalized:
             return invoice
         _write_lines(invoice, tenant)
+        if created:
+            invoice_events.record(invoice, invoice_events.INVOICE_CREATED)
         return invoice
 
 
@@ -102,7 +104,7 @@ def finalize_invoice(invoice_id: int, *, now: datetime | None = None, force: boo
         invoice.finalized_at = now
         invoice.status_changed_at = now
         invoice.save(update_fields=["number", "status", "finalized_at", "status_changed_at"])
-        outbox.record(invoice.tenant_id, INVOICE_FINALIZED, _finalized_data(invoice))
+        invoice_events.record(invoice, INVOICE_FINALIZED)
         PlanVersion.objects.filter(
             pk__in=invoice.lines.exclude(plan_version=None).values("plan_version")
         ).update(is_locked=True)
@@ -110,16 +112,6 @@ def finalize_invoice(invoice_id: int, *, now: datetime | None = None, force: boo
         "finalized %s for %s: %s %s", invoice.number, invoice.tenant.slug, invoice.total, invoice.currency
     )
     return invoice
-
-
-def _finalized_data(invoice: Invoice) -> dict:
-    return {
-        "invoice_id": invoice.pk,
-        "number": invoice.number,
-        "period_start": invoice.period_start.isoformat(),
-        "currency": invoice.currency,
-        "total": str(invoice.total),
-    }
 
 
 def _next_number(year: int) -> str:
@@ -138,6 +130,7 @@ def void_invoice(invoice_id: int, *, now: datetime | None = None) -> Invoice:
         invoice.status = Invoice.Status.VOID
         invoice.status_changed_at = now or timezone.now()
         invoice.save(update_fields=["status", "status_changed_at"])
+        invoice_events.record(invoice, invoice_events.INVOICE_VOIDED)
     return invoice
 
 

@@ -192,6 +192,7 @@ CELERY_BEAT_SCHEDULE = {
     "check-budgets": {"task": "spend.tasks.check_budgets", "schedule": 10 * 60},
     "reconcile-stripe": {"task": "payments.tasks.reconcile_stripe", "schedule": 15 * 60},
     "dispatch-pending-events": {"task": "notifications.tasks.dispatch_pending_events", "schedule": 60},
+    "sweep-webhook-deliveries": {"task": "notifications.tasks.sweep_webhook_deliveries", "schedule": 60},
     # Daily, not hourly: the check re-reads every raw event a tenant ever sent.
     "verify-rollups": {"task": "usage.tasks.verify_all_rollups", "schedule": 24 * 60 * 60},
 }
@@ -209,6 +210,10 @@ OUTBOUND_ALLOW_PRIVATE_NETWORKS = env.bool("OUTBOUND_ALLOW_PRIVATE_NETWORKS", de
 OUTBOUND_ALLOWED_PORTS = env.list("OUTBOUND_ALLOWED_PORTS", cast=int, default=[80, 443])
 # The CA certificates tenants' https endpoints are checked against; empty: certifi's bundle.
 OUTBOUND_CA_BUNDLE = env("OUTBOUND_CA_BUNDLE", default="")
+# Tenant webhooks (docs/webhooks.md): https only unless this development setting allows http; at most this
+# many deliveries in flight per endpoint, so one slow receiver cannot hold every worker.
+WEBHOOKS_ALLOW_HTTP = env.bool("WEBHOOKS_ALLOW_HTTP", default=False)
+WEBHOOKS_MAX_CONCURRENT_PER_ENDPOINT = env.int("WEBHOOKS_MAX_CONCURRENT_PER_ENDPOINT", default=4)
 
 # Production hardening (``manage.py check --deploy`` is clean with DEBUG off). TLS ends at the load balancer,
 # which sets X-Forwarded-Proto; SECURE_SSL_REDIRECT is for deployments where Django itself must redirect.

@@ -6,7 +6,7 @@ class NotificationsConfig(AppConfig):
     verbose_name = "Notifications"
 
     def ready(self) -> None:
-        from notifications import outbox
+        from notifications import outbox, tasks
         from observability import metrics
 
         metrics.gauge_at_scrape(
@@ -14,3 +14,5 @@ class NotificationsConfig(AppConfig):
             "Outbox events not yet handed to their subscribers.",
             outbox.pending_count,
         )
+
+        outbox.subscribe(outbox.ALL, tasks.queue_deliveries)

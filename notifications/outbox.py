@@ -24,6 +24,8 @@ from notifications.models import Event
 logger = logging.getLogger(__name__)
 
 Subscriber = Callable[[Event], None]
+# Subscribe to this to get every event type (tenant webhooks fan every event out to the tenant's endpoints).
+ALL = "*"
 # Long enough for the on-commit dispatch to have run; the beat sweep takes what is older.
 DISPATCH_GRACE = timedelta(minutes=1)
 
@@ -31,7 +33,9 @@ _subscribers: dict[str, list[Subscriber]] = defaultdict(list)
 
 
 def subscribe(event_type: str, subscriber: Subscriber) -> None:
-    """Call ``subscriber(event)`` for every committed event of ``event_type`` (idempotent to register)."""
+    """Call ``subscriber(event)`` for every committed event of ``event_type`` (:data:`ALL`: of any type);
+    idempotent to register. It runs inside the transaction that marks the event dispatched, so rows it writes
+    commit with that mark or not at all."""
     if subscriber not in _subscribers[event_type]:
         _subscribers[event_type].append(subscriber)
 
@@ -57,7 +61,7 @@ def dispatch(event_id: int) -> bool:
             event = Event.objects.select_for_update(skip_locked=True).filter(pk=event_id).first()
             if event is None or event.dispatched_at is not None:
                 return False
-            for subscriber in _subscribers.get(event.type, ()):
+            for subscriber in [*_subscribers.get(event.type, ()), *_subscribers.get(ALL, ())]:
                 subscriber(event)
             event.dispatched_at = timezone.now()
             event.save(update_fields=["dispatched_at"])

@@ -36,7 +36,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from billing import periods
+from billing import invoice_events, periods
 from billing.models import PAYMENT_TERMS, Invoice, InvoiceLine
 from billing.pricing import to_minor_units
 from observability import metrics
@@ -356,7 +356,10 @@ def _move_forward(invoice: Invoice, stripe_status: str, now: datetime) -> str:
         except IntegrityError as error:  # the trigger refused: our view of the invoice was stale
             return f"refused by the database: {error}"[:200]
     if moves:
-        return f"moved {invoice.status} → {stripe_status}"
+        previous = invoice.status
+        invoice.status, invoice.status_changed_at = stripe_status, now
+        invoice_events.record(invoice, invoice_events.STATUS_EVENTS[stripe_status])
+        return f"moved {previous} → {stripe_status}"
     return f"kept {invoice.status}: Stripe reports {stripe_status}"
 
 
@@ -393,6 +396,9 @@ def _apply_event(event: dict[str, Any]) -> tuple[str, Invoice | None]:
             mismatch,
         )
         return f"{HELD_FOR_REVIEW}: {mismatch}", invoice
+    if event["type"] == invoice_events.INVOICE_PAYMENT_FAILED:
+        # Our status stays open; the tenant hears of the failed attempt (once: the event id is stored).
+        invoice_events.record(invoice, invoice_events.INVOICE_PAYMENT_FAILED)
     return _move_forward(invoice, stripe_status, timezone.now()), invoice
 
 

@@ -12,7 +12,7 @@ from django.utils import timezone
 from django.utils.safestring import mark_safe
 
 from billing import periods
-from notifications import outbound
+from notifications import webhooks
 from tenants.models import Agent, Membership
 from usage.models import Meter
 
@@ -178,17 +178,25 @@ class BudgetForm(forms.Form):
         initial=[50, 80, 100],
     )
     alert_email = forms.EmailField(required=False, help_text="Empty: the tenant's billing e-mail.")
-    webhook_url = forms.URLField(
-        required=False, assume_scheme="https", help_text="Optional; receives signed JSON."
-    )
 
     def clean_thresholds(self):
         return sorted(int(t) for t in self.cleaned_data["thresholds"])
 
-    def clean_webhook_url(self):
-        """Refuse at once what can never be delivered to (another scheme or port, a private address written
-        as the host); a name is resolved and checked again on every delivery, since DNS answers change."""
-        url = self.cleaned_data["webhook_url"]
-        if url and (problem := outbound.url_problem(url)):
+
+class WebhookEndpointForm(forms.Form):
+    url = forms.URLField(max_length=2000, assume_scheme="https", label="URL")
+    description = forms.CharField(max_length=200, required=False)
+    event_types = forms.MultipleChoiceField(
+        choices=[(t, t) for t in webhooks.EVENT_TYPES],
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="None checked: every type, including those added later.",
+    )
+
+    def clean_url(self):
+        """Refuse at once what can never be delivered to (http outside development, another port, a private
+        address written as the host); a name is resolved and checked again on every delivery."""
+        url = self.cleaned_data["url"]
+        if problem := webhooks.url_problem(url):
             raise forms.ValidationError(f"Meterline cannot deliver to this URL: {problem}.")
         return url

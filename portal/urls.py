@@ -2,7 +2,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path, register_converter, reverse_lazy
 
 from portal.converters import SessionIdConverter
-from portal.views import agents, budget, dashboard, invoices, sessions, team, usage
+from portal.views import agents, budget, dashboard, invoices, sessions, team, usage, webhooks
 
 app_name = "portal"
 register_converter(SessionIdConverter, "session_id")
@@ -30,6 +30,19 @@ urlpatterns = [
     path("keys/new/", agents.key_create, name="key-create"),
     path("keys/<int:pk>/revoke/", agents.key_revoke, name="key-revoke"),
     path("budget/", budget.budget, name="budget"),
+    path("webhooks/", webhooks.webhooks_page, name="webhooks"),
+    path("webhooks/new/", webhooks.endpoint_create, name="webhook-create"),
+    path("webhooks/<int:pk>/", webhooks.endpoint_detail, name="webhook"),
+    path("webhooks/<int:pk>/enable/", webhooks.endpoint_enable, name="webhook-enable"),
+    path("webhooks/<int:pk>/disable/", webhooks.endpoint_disable, name="webhook-disable"),
+    path("webhooks/<int:pk>/delete/", webhooks.endpoint_delete, name="webhook-delete"),
+    path("webhooks/<int:pk>/roll-secret/", webhooks.endpoint_roll_secret, name="webhook-roll"),
+    path("webhooks/<int:pk>/ping/", webhooks.endpoint_ping, name="webhook-ping"),
+    path(
+        "webhooks/<int:pk>/deliveries/<int:delivery_pk>/resend/",
+        webhooks.delivery_resend,
+        name="webhook-resend",
+    ),
     path("team/", team.team, name="team"),
     path("team/invitations/", team.invitation_create, name="invitation-create"),
     path("team/invitations/<int:pk>/revoke/", team.invitation_revoke, name="invitation-revoke"),

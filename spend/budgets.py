@@ -1,19 +1,13 @@
 """Budgets: period-to-date spend against the tenant's monthly budget, and alerts at 50/80/100 %.
 
 Each (tenant, period, threshold) alert is a row under a unique constraint, inserted before anything is sent
-and together with its ``budget.threshold_crossed`` outbox event: whichever process inserts it sends it, so an
-alert goes out once however often the check runs. The e-mail goes out at once; the webhook when the event is
-dispatched (spend.tasks subscribes to it), through notifications.outbound (public addresses only). The webhook
-is signed like Stripe's: ``Meterline-Signature: t=<unix>,v1=<HMAC-SHA256(secret, "<t>.<body>")>``.
+and together with its ``budget.threshold_reached`` outbox event: whichever process inserts it sends it, so an
+alert goes out once however often the check runs. The e-mail goes out at once; the tenant's webhook endpoints
+subscribed to the type receive the event like any other (notifications.webhooks, docs/webhooks.md).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
-import secrets
-import time
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -23,12 +17,12 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from billing import selectors
-from notifications import outbound, outbox
+from notifications import outbox
 from spend.models import Budget, BudgetAlert
 from tenants.models import Tenant
 
 DEFAULT_THRESHOLDS = [50, 80, 100]
-THRESHOLD_CROSSED = "budget.threshold_crossed"
+THRESHOLD_REACHED = "budget.threshold_reached"
 
 
 @dataclass(frozen=True)
@@ -61,16 +55,10 @@ def budget_status(tenant: Tenant, spend: selectors.Spend | None = None) -> Budge
     )
 
 
-def save_budget(
-    tenant: Tenant, amount: Decimal, thresholds: list[int], alert_email: str, webhook_url: str
-) -> Budget:
-    budget, _ = Budget.objects.get_or_create(
-        tenant=tenant, defaults={"monthly_amount": amount, "webhook_secret": secrets.token_hex(32)}
-    )
+def save_budget(tenant: Tenant, amount: Decimal, thresholds: list[int], alert_email: str) -> Budget:
+    budget, _ = Budget.objects.get_or_create(tenant=tenant, defaults={"monthly_amount": amount})
     budget.monthly_amount, budget.thresholds = amount, sorted(set(thresholds))
-    budget.alert_email, budget.webhook_url, budget.updated_at = alert_email, webhook_url, timezone.now()
-    if not budget.webhook_secret:
-        budget.webhook_secret = secrets.token_hex(32)
+    budget.alert_email, budget.updated_at = alert_email, timezone.now()
     budget.save()
     return budget
 
@@ -93,8 +81,7 @@ def check_budget(tenant: Tenant) -> list[BudgetAlert]:
                     spend=spend.total,
                     budget_amount=budget.monthly_amount,
                 )
-                alert.payload = _payload(alert, status)
-                outbox.record(tenant.pk, THRESHOLD_CROSSED, {"alert_id": alert.pk, **alert.payload})
+                outbox.record(tenant.pk, THRESHOLD_REACHED, _event_data(alert, status))
         except IntegrityError:
             continue  # this threshold already alerted for this period
         _email(budget, alert, status)
@@ -102,23 +89,17 @@ def check_budget(tenant: Tenant) -> list[BudgetAlert]:
     return sent
 
 
-def _payload(alert: BudgetAlert, status: BudgetStatus) -> dict:
+def _event_data(alert: BudgetAlert, status: BudgetStatus) -> dict:
+    """Version 1 of ``budget.threshold_reached`` (docs/webhooks.md): decimal strings in the tenant's currency."""
     return {
-        "type": THRESHOLD_CROSSED,
-        "tenant": alert.tenant.slug,
+        "alert_id": alert.pk,
         "period_start": alert.period_start.isoformat(),
         "threshold_percent": alert.threshold,
         "spend": str(status.spend),
         "budget": str(status.amount),
         "currency": alert.tenant.currency,
         "forecast": str(status.forecast.quantize(Decimal("0.01"))),
-        "created_at": alert.created_at.isoformat(),
     }
-
-
-def sign(secret: str, body: bytes, timestamp: int) -> str:
-    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={digest}"
 
 
 def _email(budget: Budget, alert: BudgetAlert, status: BudgetStatus) -> None:
@@ -133,28 +114,3 @@ def _email(budget: Budget, alert: BudgetAlert, status: BudgetStatus) -> None:
             [recipient],
         )
         BudgetAlert.objects.filter(pk=alert.pk).update(email_sent_at=timezone.now())
-
-
-def has_webhook(alert_id: int) -> bool:
-    return Budget.objects.filter(tenant__budget_alerts=alert_id).exclude(webhook_url="").exists()
-
-
-def deliver_webhook(alert_id: int) -> None:
-    """POST the signed alert to the tenant's webhook; raises on failure so the task retries with backoff."""
-    alert = BudgetAlert.objects.select_related("tenant__budget").get(pk=alert_id)
-    if alert.webhook_delivered_at:
-        return
-    budget = alert.tenant.budget
-    status = budget_status(alert.tenant)
-    body = json.dumps(_payload(alert, status), separators=(",", ":")).encode()
-    headers = {
-        "Content-Type": "application/json",
-        "Meterline-Signature": sign(budget.webhook_secret, body, int(time.time())),
-    }
-    try:
-        outbound.post(budget.webhook_url, body, headers).raise_for_status()
-    except outbound.DeliveryFailed as failure:
-        # str(failure) is "HTTP <status>" or "could not connect": the tenant sees no more about the target.
-        BudgetAlert.objects.filter(pk=alert.pk).update(webhook_error=str(failure))
-        raise
-    BudgetAlert.objects.filter(pk=alert.pk).update(webhook_delivered_at=timezone.now(), webhook_error="")

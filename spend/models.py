@@ -21,8 +21,6 @@ class Budget(models.Model):
     )
     thresholds = models.JSONField(default=list, help_text="Percentages, e.g. [50, 80, 100].")
     alert_email = models.EmailField(blank=True, help_text="Empty: the tenant's billing e-mail.")
-    webhook_url = models.URLField(blank=True, help_text="Optional: receives a signed JSON POST per alert.")
-    webhook_secret = models.CharField(max_length=64, blank=True, editable=False)
     updated_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -42,8 +40,6 @@ class BudgetAlert(models.Model):
     budget_amount = models.DecimalField(max_digits=18, decimal_places=4)
     created_at = models.DateTimeField(default=timezone.now)
     email_sent_at = models.DateTimeField(null=True, blank=True)
-    webhook_delivered_at = models.DateTimeField(null=True, blank=True)
-    webhook_error = models.CharField(max_length=300, blank=True)
 
     objects = TenantScopedQuerySet.as_manager()
 

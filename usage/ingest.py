@@ -20,12 +20,15 @@ from typing import Any
 import orjson
 from django.db import OperationalError, connection, transaction
 
+from notifications import outbox
 from tenants.models import Agent, Tenant
 from usage.models import Session
 from usage.rollups import ROLLUP_CTES
 from usage.validation import Batch, EventRecord
 
 _RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure
+USAGE_CONFLICT_DETECTED = "usage.conflict_detected"
+CONFLICT_IDS_IN_EVENT = 100  # the event carries the count and at most this many ids
 
 
 class SessionModeConflict(Exception):
@@ -196,4 +199,20 @@ def _store(tenant: Tenant, agent: Agent, records: Sequence[EventRecord], session
                     result.duplicates += 1
                 else:
                     result.conflicts.append({"index": record.index, "id": record.event_id})
+    if result.conflicts:  # rare, so the common batch pays nothing for it
+        _record_conflicts(tenant, agent, result.conflicts)
     return result
+
+
+def _record_conflicts(tenant: Tenant, agent: Agent, conflicts: list[dict[str, Any]]) -> None:
+    """One ``usage.conflict_detected`` per batch, in the ingest transaction (the tenant's webhook hears of
+    resends whose payload differs from what was stored; what was stored is kept)."""
+    outbox.record(
+        tenant.pk,
+        USAGE_CONFLICT_DETECTED,
+        {
+            "agent_id": agent.pk,
+            "conflicts": len(conflicts),
+            "event_ids": [c["id"] for c in conflicts[:CONFLICT_IDS_IN_EVENT]],
+        },
+    )

@@ -23,9 +23,7 @@ def budget(request):
         form = BudgetForm(request.POST)
         if form.is_valid():
             data = form.cleaned_data
-            budgets.save_budget(
-                tenant, data["monthly_amount"], data["thresholds"], data["alert_email"], data["webhook_url"]
-            )
+            budgets.save_budget(tenant, data["monthly_amount"], data["thresholds"], data["alert_email"])
             messages.success(request, "Budget saved.")
             return redirect("portal:budget")
     else:
@@ -35,7 +33,6 @@ def budget(request):
                 "monthly_amount": current.monthly_amount,
                 "thresholds": current.thresholds,
                 "alert_email": current.alert_email,
-                "webhook_url": current.webhook_url,
             }
         form = BudgetForm(initial=initial)
     return render(

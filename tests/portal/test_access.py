@@ -7,6 +7,8 @@ an object URL without proving it is tenant-scoped.
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 
+from notifications import outbox, webhooks
+from notifications.models import WebhookDelivery, WebhookEndpoint
 from tenants import invitations
 from tenants.models import APIKey, Invitation, Membership
 from tests.conftest import AgentClient
@@ -36,6 +38,38 @@ MATRIX = {
     ),
     "api-session": ("GET", "api", lambda w, i: {"session_id": f"call-{i}"}),
 }
+
+
+def endpoint_of(world, i: int) -> WebhookEndpoint:
+    tenant = world.tenants[i]
+    return WebhookEndpoint.objects.filter(tenant=tenant).first() or webhooks.create_endpoint(
+        tenant, "https://hooks.example.com/x"
+    )
+
+
+def delivery_of(world, i: int) -> dict:
+    endpoint = endpoint_of(world, i)
+    delivery = WebhookDelivery.objects.filter(endpoint=endpoint).first()
+    if delivery is None:
+        event = outbox.record(endpoint.tenant_id, "invoice.paid", {"invoice_id": 0})
+        delivery = WebhookDelivery.objects.get(pk=webhooks.fan_out(event)[0])
+    return {"pk": endpoint.pk, "delivery_pk": delivery.pk}
+
+
+for _name in (
+    "webhook",
+    "webhook-enable",
+    "webhook-disable",
+    "webhook-delete",
+    "webhook-roll",
+    "webhook-ping",
+):
+    MATRIX[f"portal:{_name}"] = (
+        "GET" if _name == "webhook" else "POST",
+        "portal",
+        lambda w, i: {"pk": endpoint_of(w, i).pk},
+    )
+MATRIX["portal:webhook-resend"] = ("POST", "portal", delivery_of)
 # Tokens, not objects: the password-reset flow's uid/token and an invitation link (tests/portal/test_team.py).
 NOT_TENANT_OBJECTS = {"portal:password-reset-confirm", "portal:invitation"}
 

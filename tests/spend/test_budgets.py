@@ -1,49 +1,43 @@
-"""Budgets: alerts go out once per threshold and period, by e-mail and by a signed webhook that the outbox
-hands to the delivery task once the alert has committed."""
+"""Budgets: alerts go out once per threshold and period, by e-mail and as ``budget.threshold_reached`` to the
+tenant's webhook endpoints subscribed to it; budget webhooks of before migrate to such an endpoint."""
 
+import base64
 import hashlib
 import hmac
 import json
-import socket
-import time
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
 from django.core import mail
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
+from standardwebhooks import Webhook
 
 from billing import selectors
-from notifications.models import Event
+from notifications import webhooks
+from notifications.models import Event, WebhookDelivery, WebhookEndpoint
 from spend import budgets
 from spend.models import BudgetAlert
-from tests.notifications.receiver import Answer
 
 pytestmark = pytest.mark.django_db
 
 
-def expected_signature(secret: str, header: str, body: bytes) -> str:
-    """The documented scheme, written from its description: ``t=<unix>,v1=<HMAC-SHA256(secret, "<t>.<body>")>``."""
-    timestamp = header.split(",")[0].removeprefix("t=")
-    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={digest}"
-
-
 @pytest.fixture
 def development(settings):
-    """Local development: the receiver on loopback may be reached (docs/decisions/008-outbound-requests.md)."""
+    """Local development: the receiver on loopback may be reached over http (docs/webhooks.md)."""
     settings.OUTBOUND_ALLOW_PRIVATE_NETWORKS = True
+    settings.WEBHOOKS_ALLOW_HTTP = True
 
 
-def test_budget_alerts_go_out_once_per_threshold_with_a_signed_webhook(
+def test_budget_alerts_go_out_once_per_threshold_to_the_subscribed_endpoint(
     world, development, receiver, eager_tasks, django_capture_on_commit_callbacks
 ):
     tenant = world.tenants[0]
+    endpoint = webhooks.create_endpoint(tenant, receiver.url(), event_types=[budgets.THRESHOLD_REACHED])
     spend = selectors.current_spend(tenant).total
     budgets.save_budget(
-        tenant,
-        (spend / Decimal("0.9")).quantize(Decimal("0.01")),
-        [50, 80, 100],
-        "alerts@example.com",
-        receiver.url(),
+        tenant, (spend / Decimal("0.9")).quantize(Decimal("0.01")), [50, 80, 100], "alerts@example.com"
     )
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -53,77 +47,84 @@ def test_budget_alerts_go_out_once_per_threshold_with_a_signed_webhook(
 
     assert sorted(a.threshold for a in sent) == [50, 80] and again == []
     assert len(mail.outbox) == 2 and mail.outbox[0].to == ["alerts@example.com"]
-    events = Event.objects.filter(type="budget.threshold_crossed").order_by("pk")
+    events = Event.objects.filter(type="budget.threshold_reached").order_by("pk")
     assert [e.data["threshold_percent"] for e in events] == [50, 80]
     assert all(e.dispatched_at for e in events)
     assert len(receiver.received) == 2
-    secret = tenant.budget.webhook_secret
     for request in receiver.received:
-        header = request.headers["Meterline-Signature"]
-        assert header == expected_signature(secret, header, request.body)
-        assert abs(int(header.split(",")[0][2:]) - time.time()) < 60
-        assert json.loads(request.body)["tenant"] == tenant.slug
-    assert BudgetAlert.objects.filter(webhook_delivered_at__isnull=False).count() == 2
+        body = Webhook(endpoint.secret).verify(request.body, request.headers)
+        assert body["type"] == "budget.threshold_reached"
+        assert body["data"]["currency"] == tenant.currency
+    assert WebhookDelivery.objects.filter(status="delivered").count() == 2
 
 
-def test_an_alert_without_a_webhook_records_its_event_and_sends_only_mail(
+def test_an_alert_without_an_endpoint_records_its_event_and_sends_only_mail(
     world, eager_tasks, django_capture_on_commit_callbacks
 ):
     tenant = world.tenants[0]
     spend = selectors.current_spend(tenant).total
-    budgets.save_budget(tenant, (spend / 2).quantize(Decimal("0.01")), [50], "", "")
+    budgets.save_budget(tenant, (spend / 2).quantize(Decimal("0.01")), [50], "")
 
     with django_capture_on_commit_callbacks(execute=True):
         sent = budgets.check_budget(tenant)
 
     assert [a.threshold for a in sent] == [50]
-    assert Event.objects.get(type="budget.threshold_crossed").dispatched_at is not None
-    assert BudgetAlert.objects.get().webhook_delivered_at is None
+    assert Event.objects.get(type="budget.threshold_reached").dispatched_at is not None
+    assert not WebhookDelivery.objects.exists()
 
 
-def alert_delivered_to(tenant, url, django_capture_on_commit_callbacks) -> BudgetAlert:
-    """One alert (50 %) checked and handed to the webhook delivery; the task's retries run at once (eager)."""
-    spend = selectors.current_spend(tenant).total
-    budgets.save_budget(tenant, (spend / Decimal("0.6")).quantize(Decimal("0.01")), [50], "", url)
-    with django_capture_on_commit_callbacks(execute=True):
-        budgets.check_budget(tenant)
-    return BudgetAlert.objects.get(tenant=tenant)
-
-
-@pytest.mark.parametrize("answer", [Answer(500, b"upstream redis:6379 refused; nginx/1.25"), Answer(302)])
-def test_a_failed_delivery_stores_only_the_status_for_the_tenant_to_see(
-    world, development, receiver, eager_tasks, django_capture_on_commit_callbacks, answer
-):
-    receiver.answer = answer
-
-    alert = alert_delivered_to(world.tenants[0], receiver.url(), django_capture_on_commit_callbacks)
-
-    assert (alert.webhook_delivered_at, alert.webhook_error) == (None, f"HTTP {answer.status}")
-    assert receiver.received  # it was tried (and retried), and never marked delivered
-
-
-@pytest.mark.parametrize("host", ["127.0.0.1", "[::ffff:127.0.0.1]", "2130706433"])
-def test_without_the_development_setting_a_loopback_webhook_is_refused_and_nothing_is_sent(
-    world, settings, receiver, eager_tasks, django_capture_on_commit_callbacks, host
-):
-    settings.OUTBOUND_ALLOW_PRIVATE_NETWORKS = False
-    settings.OUTBOUND_ALLOWED_PORTS = [80, 443, receiver.port]  # only the address rule stands in the way
-
-    alert = alert_delivered_to(world.tenants[0], receiver.url(host), django_capture_on_commit_callbacks)
-
-    assert (alert.webhook_delivered_at, alert.webhook_error) == (None, "could not connect")
-    assert receiver.received == []
-
-
-def test_a_closed_port_is_stored_as_could_not_connect(
-    world, development, eager_tasks, django_capture_on_commit_callbacks
-):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-
-    alert = alert_delivered_to(
-        world.tenants[0], f"http://127.0.0.1:{port}/", django_capture_on_commit_callbacks
+@pytest.mark.django_db(transaction=True)
+def test_a_budget_webhook_of_before_becomes_an_endpoint_with_the_same_key_and_its_pending_alert(world):
+    """The data migration, run on rows written by the schema of before (spend 0001)."""
+    tenant, other = world.tenants
+    executor = MigrationExecutor(connection)
+    executor.migrate([("spend", "0001_initial")])
+    old = executor.loader.project_state([("spend", "0001_initial"), ("notifications", "0002_webhooks")]).apps
+    OldBudget, OldAlert = old.get_model("spend", "Budget"), old.get_model("spend", "BudgetAlert")
+    OldEvent = old.get_model("notifications", "Event")
+    key = "ab" * 32
+    OldBudget.objects.create(
+        tenant_id=tenant.pk, monthly_amount=10, webhook_url="https://hooks.example.com/b", webhook_secret=key
     )
+    OldBudget.objects.create(tenant_id=other.pk, monthly_amount=10)
+    pending = OldAlert.objects.create(
+        tenant_id=tenant.pk, period_start="2025-01-01", threshold=50, spend=6, budget_amount=10
+    )
+    done = OldAlert.objects.create(
+        tenant_id=tenant.pk,
+        period_start="2025-01-01",
+        threshold=80,
+        spend=8,
+        budget_amount=10,
+        webhook_delivered_at="2025-01-02T00:00Z",
+    )
+    for alert in (pending, done):
+        OldEvent.objects.create(
+            tenant_id=tenant.pk, type="budget.threshold_crossed", data={"alert_id": alert.pk}
+        )
 
-    assert alert.webhook_error == "could not connect"
+    executor = MigrationExecutor(connection)
+    executor.migrate(executor.loader.graph.leaf_nodes())
+
+    endpoint = WebhookEndpoint.objects.get()
+    assert (endpoint.tenant_id, endpoint.url, endpoint.event_types) == (
+        tenant.pk,
+        "https://hooks.example.com/b",
+        ["budget.threshold_reached"],
+    )
+    # The same HMAC key, now in the whsec_ form: a signature made with it is the old key's HMAC.
+    assert base64.b64decode(endpoint.secret.removeprefix("whsec_")) == key.encode()
+    signature = Webhook(endpoint.secret).sign("evt_1", datetime(2025, 1, 1, tzinfo=UTC), "{}")
+    assert (
+        signature.split(",")[1]
+        == base64.b64encode(hmac.new(key.encode(), b"evt_1.1735689600.{}", hashlib.sha256).digest()).decode()
+    )
+    assert not Event.objects.filter(type="budget.threshold_crossed").exists()
+    delivery = WebhookDelivery.objects.get()
+    assert (delivery.endpoint, delivery.event.data["alert_id"], delivery.status) == (
+        endpoint,
+        pending.pk,
+        "pending",
+    )
+    assert BudgetAlert.objects.count() == 2
+    assert json.loads(json.dumps(delivery.event.data)) == {"alert_id": pending.pk}
