@@ -13,7 +13,7 @@ validated before they get here (usage.validation, usage.livekit), so an invalid 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +50,9 @@ class IngestResult:
     duplicates: int = 0
     conflicts: list[dict[str, Any]] = field(default_factory=list)
     ignored: int = 0
+    # What an ``on_stored`` hook adds to the response body (for example billing's ``unpriced`` report).
+    extra: dict[str, Any] = field(default_factory=dict)
+    inserted_ids: set[str] = field(default_factory=set, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -60,7 +63,15 @@ class IngestResult:
         }
         if self.ignored:
             body["ignored"] = self.ignored
+        body.update(self.extra)
         return body
+
+
+# Called inside the ingest transaction with the records this batch actually inserted (duplicates and conflicts
+# excluded), in event-id order (code-point order: the batch's receipt order for whatever depends on order, such
+# as a tier position). A layer above usage (billing) passes one in to keep what it derives from new events exact
+# and read-your-writes; what it returns is added to the response body. It raising rolls the whole batch back.
+OnStored = Callable[[Tenant, Agent, Sequence[EventRecord]], dict[str, Any] | None]
 
 
 # ``sessions`` creates the batch's missing sessions, keeps each session's first and last usage from the events
@@ -110,7 +121,13 @@ UNION ALL SELECT '', session_id FROM sessions WHERE agent_id <> %(agent)s
 
 
 def store_events(
-    tenant: Tenant, agent: Agent, batch: Batch, *, session_mode: str = "", attempts: int = 3
+    tenant: Tenant,
+    agent: Agent,
+    batch: Batch,
+    *,
+    session_mode: str = "",
+    attempts: int = 3,
+    on_stored: OnStored | None = None,
 ) -> IngestResult:
     """Store validated records exactly once and roll them up; returns what happened to each.
 
@@ -124,6 +141,12 @@ def store_events(
                 if session_mode:
                     _claim_session_mode(tenant, agent, batch.session_id, session_mode)
                 result = _store(tenant, agent, batch.records, session_mode)
+                if on_stored is not None and result.accepted:
+                    stored = sorted(
+                        (r for r in batch.records if r.event_id in result.inserted_ids),
+                        key=lambda r: r.event_id,
+                    )
+                    result.extra.update(on_stored(tenant, agent, stored) or {})
             result.duplicates += batch.repeats
             result.ignored = batch.ignored
             return result
@@ -190,6 +213,7 @@ def _store(tenant: Tenant, agent: Agent, records: Sequence[EventRecord], session
         if others := {session_id for _, session_id in rows if session_id}:
             raise SessionOfAnotherAgent(others)  # the transaction rolls back: nothing is stored
         result = IngestResult(accepted=len(inserted))
+        result.inserted_ids = inserted
         leftovers = [r for r in records if r.event_id not in inserted]
         if leftovers:
             cursor.execute(_DUPLICATES_SQL, {**params, "rows": _rows_json(leftovers)})
