@@ -149,7 +149,14 @@ class PriceTier(models.Model):
 
 
 class ProviderRate(models.Model):
-    """A provider's list cost (the platform's own cost): used by cost_plus prices and for margins."""
+    """A provider's list cost (the platform's own cost): used by cost_plus prices and for margins.
+
+    ``origin`` tells rates typed in by staff from those ``manage.py import_provider_rates`` loaded from the
+    public price list (billing.catalogue); an import never overwrites or shadows a manual rate."""
+
+    class Origin(models.TextChoices):
+        MANUAL = "manual", "typed in by staff"
+        CATALOGUE = "catalogue", "imported from the public price list"
 
     provider = models.CharField(max_length=128)
     model_pattern = models.CharField(max_length=128, blank=True)
@@ -163,6 +170,7 @@ class ProviderRate(models.Model):
     source = models.CharField(
         max_length=300, blank=True, help_text="Where the figure comes from (URL, date)."
     )
+    origin = models.CharField(max_length=16, choices=Origin.choices, default=Origin.MANUAL)
 
     class Meta:
         ordering = ["provider", "model_pattern", "meter_id", "-effective_from"]

@@ -8,6 +8,7 @@ from billing.pricing (pure). Nothing here writes; billing.invoicing stores what 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
@@ -146,19 +147,34 @@ def _versions_with_prices(segments: list[Segment]) -> None:
             object.__setattr__(segment, "version", loaded[segment.version.pk])
 
 
-def provider_rates(currency: str) -> list[pricing.ProviderRate]:
-    return [
-        pricing.ProviderRate(
-            r.provider,
-            r.model_pattern,
-            r.meter_id,
-            r.cost_per_unit,
-            r.unit_size,
-            r.effective_from,
-            r.currency,
-        )
-        for r in ProviderRate.objects.filter(currency=currency)
-    ]
+def provider_rates(
+    currency: str, keys: Iterable[tuple[str, str, str]] | None = None
+) -> list[pricing.ProviderRate]:
+    """The provider rates in ``currency``; with ``keys`` (meter, provider, model), only those that can match one
+    of them (same meter, same provider up to case, or any provider). The imported price list holds hundreds of
+    rates (billing.catalogue) and a period uses a few, so a dashboard read builds only those."""
+    rows = ProviderRate.objects.filter(currency=currency)
+    fields = (
+        "provider",
+        "model_pattern",
+        "meter_id",
+        "cost_per_unit",
+        "unit_size",
+        "effective_from",
+        "currency",
+    )
+    if keys is None:
+        wanted = rows.values_list(*fields)
+    else:
+        keys = list(keys)
+        meters = {key[0] for key in keys}
+        providers = {key[1].casefold() for key in keys}
+        wanted = [
+            row
+            for row in rows.filter(meter_id__in=meters).values_list(*fields)
+            if not row[0] or row[0].casefold() in providers
+        ]
+    return [pricing.ProviderRate(*row) for row in wanted]
 
 
 def _snapshot(price: pricing.Price | None) -> dict:
@@ -174,7 +190,6 @@ def price_period(
 ) -> PricedPeriod:
     """Price [start, end) of the tenant's usage under its subscriptions (or under ``plan``, for previews)."""
     currency = plan.currency if plan is not None else tenant.currency
-    rates = provider_rates(currency) if rates is None else rates
     segments = plan_segments(tenant, start, end, plan)
     _versions_with_prices(segments)
     period_days = Decimal(periods.days_between(start, end))
@@ -195,7 +210,7 @@ def price_period(
             plan_dc,
             {pricing.UsageKey(*k): q for k, q in usage.items()},
             active_agents=active_agents,
-            provider_rates=rates,
+            provider_rates=provider_rates(currency, usage) if rates is None else rates,
             on=segment.start,
         )
         prices_by_id = {p.id: p for p in plan_dc.prices}

@@ -50,8 +50,11 @@ class ProviderRateForm(forms.ModelForm):
 @admin.register(ProviderRate)
 class ProviderRateAdmin(EnteredDecimalsMixin, admin.ModelAdmin):
     form = ProviderRateForm
-    list_display = ["provider", "model_pattern", "meter", "cost_text", "effective_from", "source"]
-    list_filter = ["provider", "meter", "currency", "effective_from"]
+    list_display = ["provider", "model_pattern", "meter", "cost_text", "effective_from", "origin", "source"]
+    list_filter = ["origin", "provider", "meter", "currency", "effective_from"]
+    readonly_fields = [
+        "origin"
+    ]  # staff-typed rates are manual; `manage.py import_provider_rates` sets catalogue
     search_fields = ["provider", "model_pattern", "meter__code", "source"]
     date_hierarchy = "effective_from"
 
