@@ -361,15 +361,33 @@ def killed_mid_transaction(worker: Worker, stage: str, fault) -> Iterator[None]:
     with transaction.atomic():
         connection.cursor().execute("LOCK TABLE billing_invoiceline IN SHARE MODE")
         yield
-        wait_for(
-            f"the worker blocked inside {stage}",
-            lambda: _waiting_backends() > 0,
-            240,
-            reconnect=False,
-        )
+        try:
+            # Usually seconds; once in a while the worker is still busy with what the previous stage queued
+            # (outbox dispatches, retries), so the wait is generous and a timeout says what the database saw.
+            wait_for(
+                f"the worker blocked inside {stage}",
+                lambda: _waiting_backends() > 0,
+                480,
+                reconnect=False,
+            )
+        except TimeoutError:
+            _print_activity()
+            raise
         worker.kill()
         fault(f"SIGKILL the Celery worker inside {stage} (its transaction open, waiting on a lock)")
     worker.start()
+
+
+def _print_activity() -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid, state, wait_event_type, wait_event, now() - xact_start, left(query, 100)"
+            " FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND datname = current_database()"
+        )
+        for row in cursor.fetchall():
+            print("  backend:", *row, flush=True)
 
 
 def _waiting_backends() -> int:
