@@ -26,6 +26,7 @@ from api.fields import (
     label_schema,
 )
 from api.problems import error_responses, problem_response
+from billing import unpriced
 from observability import metrics
 from usage import ingest, validation
 
@@ -97,6 +98,18 @@ class ConflictingEventSerializer(serializers.Serializer):
     id = serializers.CharField(help_text="Its id.")
 
 
+class UnpricedUsageSerializer(serializers.Serializer):
+    meter = serializers.CharField()
+    provider = serializers.CharField(help_text="Empty when the event named none.")
+    model = serializers.CharField(help_text="Empty when the event named none.")
+    events = serializers.IntegerField(help_text="Events of this request that carried this usage.")
+    reason = serializers.ChoiceField(
+        choices=["no_plan", "no_price", "no_provider_rate"],
+        help_text="no_plan: no plan version in force that day; no_price: no price matches; no_provider_rate: "
+        "a cost-plus price matches but no provider rate gives the cost.",
+    )
+
+
 class IngestResultSerializer(serializers.Serializer):
     accepted = serializers.IntegerField(help_text="Events stored by this request.")
     duplicates = serializers.IntegerField(
@@ -109,6 +122,13 @@ class IngestResultSerializer(serializers.Serializer):
     conflicting_events = ConflictingEventSerializer(many=True)
     ignored = serializers.IntegerField(
         required=False, help_text="LiveKit objects that bill nothing (e.g. VAD and end-of-utterance metrics)."
+    )
+    unpriced = UnpricedUsageSerializer(
+        many=True,
+        required=False,
+        help_text="Present whenever some usage this request stored matches no price of the tenant's plan: it "
+        "is stored and counted, but not billed until a price covers it (never shown as free). Usage without "
+        "provider and model (LiveKit before 1.2.12) is the usual cause.",
     )
 
 
@@ -143,7 +163,11 @@ class IngestView(APIView):
         try:
             batch = self.validator(request.data, meter_codes(), timezone.now())
             result = ingest.store_events(
-                principal.tenant, principal.agent, batch, session_mode=self.session_mode
+                principal.tenant,
+                principal.agent,
+                batch,
+                session_mode=self.session_mode,
+                on_stored=unpriced.report,
             )
         except validation.IngestError as exc:
             return _invalid(exc)

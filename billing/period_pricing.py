@@ -129,7 +129,8 @@ def plan_for(version: PlanVersion, currency: str, fraction: Decimal = Decimal(1)
     )
 
 
-def _versions_with_prices(segments: list[Segment]) -> None:
+def load_prices(segments: list[Segment]) -> None:
+    """Each segment's plan version with its prices and their tiers, in three queries whatever the count."""
     ids = {s.version.pk for s in segments if s.version}
     if not ids:
         return
@@ -191,7 +192,7 @@ def price_period(
     """Price [start, end) of the tenant's usage under its subscriptions (or under ``plan``, for previews)."""
     currency = plan.currency if plan is not None else tenant.currency
     segments = plan_segments(tenant, start, end, plan)
-    _versions_with_prices(segments)
+    load_prices(segments)
     period_days = Decimal(periods.days_between(start, end))
     lines: list[LineDraft] = []
     unmatched: list[dict] = []

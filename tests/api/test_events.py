@@ -22,7 +22,10 @@ def test_accepted_batch_is_stored_and_rolled_up(agent_client, tenant):
     response = agent_client.post(URL, {"events": [event("a"), event("b", usage={"tts_characters": "12.5"})]})
 
     assert response.status_code == 200
-    assert response.json() == {"accepted": 2, "duplicates": 0, "conflicts": 0, "conflicting_events": []}
+    body = response.json()
+    # this tenant has no plan: its usage is stored and reported as unpriced (tests/api/test_unpriced.py)
+    assert {entry["reason"] for entry in body.pop("unpriced")} == {"no_plan"}
+    assert body == {"accepted": 2, "duplicates": 0, "conflicts": 0, "conflicting_events": []}
     assert totals(tenant) == {
         ("llm_input_text_tokens", "api.openai.com", "gpt-4o-mini"): Decimal(1200),
         ("llm_output_text_tokens", "api.openai.com", "gpt-4o-mini"): Decimal(85),
@@ -53,7 +56,9 @@ def test_same_id_with_different_payload_is_a_conflict_and_the_stored_event_is_un
     response = agent_client.post(URL, {"events": [event("b"), changed]})
 
     assert response.status_code == 200
-    assert response.json() == {
+    body = response.json()
+    assert [entry["events"] for entry in body.pop("unpriced")] == [1, 1]  # "b" only: no plan, so unpriced
+    assert body == {
         "accepted": 1,
         "duplicates": 0,
         "conflicts": 1,

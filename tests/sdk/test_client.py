@@ -66,6 +66,17 @@ def test_large_sends_are_split_to_the_api_limits_and_conflict_indexes_refer_to_t
     batch = events(2500, when=when)
     result = client.send_events(batch)
     assert result.accepted == 2500
+    # this tenant has no plan: the server reports all of it unpriced, and the client adds up the three answers
+    assert sorted(result.unpriced, key=lambda u: u["meter"]) == [
+        {
+            "meter": meter,
+            "provider": "api.openai.com",
+            "model": "gpt-4o-mini",
+            "reason": "no_plan",
+            "events": 2500,
+        }
+        for meter in ("llm_input_text_tokens", "tts_characters")
+    ]
     posts = [body for method, path, body, status in client.recorder.calls if path == "/api/v1/events"]
     assert [len(json.loads(b)["events"]) for b in posts] == [1000, 1000, 500]
     assert all(len(b) <= 1024 * 1024 for b in posts)

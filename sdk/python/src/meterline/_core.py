@@ -134,6 +134,9 @@ class IngestResult:
     conflicts: int = 0
     conflicting_events: list[dict[str, Any]] = field(default_factory=list)
     ignored: int = 0
+    # Usage the server stored but no price of the plan matches (meter, provider, model, events, reason): it is
+    # not billed until a price covers it. One entry per group, events added up over the requests sent.
+    unpriced: list[dict[str, Any]] = field(default_factory=list)
     spooled: int = 0
     rejected: int = 0
 
@@ -154,12 +157,27 @@ class IngestResult:
                         index = index_map[index]
                     index += offset
                 self.conflicting_events.append({**item, "index": index})
+        self._add_unpriced(body.get("unpriced") or [])
+
+    def _add_unpriced(self, items: Any) -> None:
+        if not isinstance(items, list):
+            return
+        for item in items:
+            if not isinstance(item, Mapping):
+                continue
+            group = {k: item.get(k) for k in ("meter", "provider", "model", "reason")}
+            known = next((u for u in self.unpriced if all(u.get(k) == v for k, v in group.items())), None)
+            if known is None:
+                self.unpriced.append({**group, "events": _int(item.get("events"))})
+            else:
+                known["events"] += _int(item.get("events"))
 
     def merge(self, other: IngestResult) -> None:
         self.accepted += other.accepted
         self.duplicates += other.duplicates
         self.conflicts += other.conflicts
         self.conflicting_events.extend(other.conflicting_events)
+        self._add_unpriced(other.unpriced)
         self.ignored += other.ignored
         self.spooled += other.spooled
         self.rejected += other.rejected

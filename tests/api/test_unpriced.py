@@ -1,0 +1,164 @@
+"""Unpriced usage is reported by the ingest response that stored it (issue 17 part 2, DESIGN §15).
+
+The plan here prices gpt-4o-mini text tokens per unit, Deepgram audio, Cartesia characters and marks up
+gpt-4o-transcribe at cost (cost-plus, which needs a provider rate)."""
+
+from collections import Counter
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from billing.models import PlanVersion, Price, ProviderRate
+from tests.billing.builders import make_plan, subscribe
+from tests.livekit_samples import load, shifted_metrics
+from tests.usage.builders import event, iso, recent
+from usage.models import UsageEvent
+
+pytestmark = pytest.mark.django_db
+URL = "/api/v1/events"
+M = Decimal(1_000_000)
+
+
+@pytest.fixture
+def plan(tenant):
+    plan = make_plan()
+    Price.objects.create(
+        version=plan.versions.get(),
+        meter_id="stt_input_tokens",
+        provider="api.openai.com",
+        model_pattern="gpt-4o-transcribe",
+        price_model="cost_plus",
+        markup=Decimal("0.2"),
+    )
+    subscribe(tenant, plan)
+    return plan
+
+
+def unpriced(response) -> list[dict]:
+    assert response.status_code == 200, response.content
+    return response.json().get("unpriced", [])
+
+
+def test_priced_usage_reports_nothing(agent_client, plan):
+    response = agent_client.post(URL, {"events": [event("a"), event("b")]})
+    assert response.json()["accepted"] == 2
+    assert "unpriced" not in response.json()
+
+
+def test_each_unpriced_group_is_reported_with_its_event_count_and_reason(agent_client, plan):
+    batch = [
+        event("priced"),
+        # no provider and model, as LiveKit before 1.2.12 reports: the gpt-4o-mini* prices cannot match
+        event("legacy-1", provider="", model=""),
+        event("legacy-2", provider="", model="", usage={"llm_input_text_tokens": "7"}),
+        # a model the plan has no price for
+        event("other", model="gpt-4.1", usage={"llm_output_text_tokens": 3}),
+        # cost-plus without a provider rate: no cost to mark up
+        event("stt", model="gpt-4o-transcribe", usage={"stt_input_tokens": 40}),
+    ]
+    assert unpriced(agent_client.post(URL, {"events": batch})) == [
+        {"meter": "llm_input_text_tokens", "provider": "", "model": "", "events": 2, "reason": "no_price"},
+        {"meter": "llm_output_text_tokens", "provider": "", "model": "", "events": 1, "reason": "no_price"},
+        {
+            "meter": "llm_output_text_tokens",
+            "provider": "api.openai.com",
+            "model": "gpt-4.1",
+            "events": 1,
+            "reason": "no_price",
+        },
+        {
+            "meter": "stt_input_tokens",
+            "provider": "api.openai.com",
+            "model": "gpt-4o-transcribe",
+            "events": 1,
+            "reason": "no_provider_rate",
+        },
+    ]
+    assert UsageEvent.objects.count() == 5  # reported, and stored: usage is a fact
+
+    # a resend stores nothing new, so it reports nothing
+    again = agent_client.post(URL, {"events": batch}).json()
+    assert again["accepted"] == 0 and again["duplicates"] == 5 and "unpriced" not in again
+
+    # once the provider rate exists, the cost-plus usage is priced
+    ProviderRate.objects.create(
+        provider="api.openai.com",
+        model_pattern="gpt-4o-transcribe",
+        meter_id="stt_input_tokens",
+        cost_per_unit=Decimal(6),
+        unit_size=M,
+        effective_from=date(2026, 1, 1),
+    )
+    stt = event("stt-2", model="gpt-4o-transcribe", usage={"stt_input_tokens": 40})
+    assert unpriced(agent_client.post(URL, {"events": [stt]})) == []
+
+
+def test_usage_on_a_day_without_a_plan_is_unpriced(agent_client, tenant):
+    assert unpriced(agent_client.post(URL, {"events": [event("a")]})) == [
+        {
+            "meter": meter,
+            "provider": "api.openai.com",
+            "model": "gpt-4o-mini",
+            "events": 1,
+            "reason": "no_plan",
+        }
+        for meter in ("llm_input_text_tokens", "llm_output_text_tokens")
+    ]
+
+
+def test_the_plan_version_in_force_on_each_events_day_decides(agent_client, tenant, plan):
+    # a new version from today prices no gpt-4o-mini output: yesterday's event is priced, today's is not
+    today = datetime.now(UTC).date()
+    newer = PlanVersion.objects.create(plan=plan, version=2, effective_from=today)
+    Price.objects.create(
+        version=newer,
+        meter_id="llm_input_text_tokens",
+        model_pattern="gpt-4o-mini*",
+        unit_amount=1,
+        unit_size=M,
+    )
+    yesterday = iso(datetime.combine(today, datetime.min.time(), tzinfo=UTC) - timedelta(hours=1))
+    now = recent(1)
+    if now < iso(datetime.combine(today, datetime.min.time(), tzinfo=UTC)):
+        pytest.skip("run within a minute of midnight UTC")
+    response = agent_client.post(
+        URL, {"events": [event("old", timestamp=yesterday), event("new", timestamp=now)]}
+    )
+    assert unpriced(response) == [
+        {
+            "meter": "llm_output_text_tokens",
+            "provider": "api.openai.com",
+            "model": "gpt-4o-mini",
+            "events": 1,
+            "reason": "no_price",
+        }
+    ]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/livekit/metrics"])
+def test_livekit_metrics_without_model_metadata_are_reported(agent_client, plan, path):
+    sample = load("pipeline_deepgram_openai_cartesia")
+    legacy = [{k: v for k, v in m.items() if k != "metadata"} for m in shifted_metrics(sample)]
+    report = unpriced(agent_client.post(path, {"session_id": "legacy-call", "metrics": legacy}))
+
+    # independently: every stored event names no provider or model, and each meter it carries is reported
+    # with the number of stored events that carry it (no price of this plan matches an empty model)
+    stored = list(UsageEvent.objects.all())
+    assert stored and all(e.provider == "" and e.model == "" for e in stored)
+    carried = Counter(meter for e in stored for meter, q in e.usage.items() if Decimal(q))
+    # Deepgram and Cartesia prices are scoped to their provider, gpt-4o-mini's to its model: none match ""
+    priced_for_anyone = {
+        p.meter_id for p in Price.objects.filter(version__plan=plan, provider="", model_pattern="")
+    }
+    expected = [
+        {"meter": meter, "provider": "", "model": "", "events": count, "reason": "no_price"}
+        for meter, count in sorted(carried.items())
+        if meter not in priced_for_anyone
+    ]
+    assert report == expected and report
+
+    # the same session with its metadata: the plan prices it, except what it has no price for
+    with_metadata = shifted_metrics(sample)
+    report = unpriced(agent_client.post(path, {"session_id": "call-2", "metrics": with_metadata}))
+    assert all(entry["provider"] != "" for entry in report)
