@@ -72,6 +72,10 @@ class SessionUsageLineSerializer(serializers.Serializer):
     model = serializers.CharField()
     quantity = DecimalTextField()
     cost = DecimalTextField(help_text="In the tenant's currency, at the period's average unit prices.")
+    unpriced = serializers.BooleanField(
+        help_text="No price of the plan matches this usage: it is stored, not billed, and its cost is not known "
+        "(0 here). Usage without provider and model (LiveKit before 1.2.12) is the usual cause."
+    )
 
 
 class SessionUsageSerializer(serializers.Serializer):
@@ -82,7 +86,10 @@ class SessionUsageSerializer(serializers.Serializer):
     end_user_id = serializers.CharField()
     currency = serializers.CharField()
     usage = SessionUsageLineSerializer(many=True)
-    cost = DecimalTextField(help_text="The whole conversation, in the tenant's currency.")
+    cost = DecimalTextField(help_text="The whole conversation, in the tenant's currency (its priced usage).")
+    unpriced = serializers.BooleanField(
+        help_text="Some of the conversation's usage has no price (see usage)."
+    )
 
 
 # Writes address a session by an id in the identifier alphabet; reads take any id that was ever stored
@@ -206,5 +213,6 @@ class SessionView(APIView):
             "currency": tenant.currency,
             "usage": [{**row, "cost": row["cost"].quantize(Decimal("0.000001"))} for row in cost.rows],
             "cost": cost.total.quantize(Decimal("0.000001")),
+            "unpriced": any(row["unpriced"] for row in cost.rows),
         }
         return Response(SessionUsageSerializer(usage).data)

@@ -46,7 +46,12 @@ class UsageRowSerializer(serializers.Serializer):
         help_text="The row's value of each grouping (a day as YYYY-MM-DD; the agent's name).",
     )
     quantity = serializers.DictField(child=DecimalTextField(), help_text="Meter code → quantity.")
-    cost = DecimalTextField()
+    cost = DecimalTextField(help_text="Of the priced part of the quantities only.")
+    unpriced = serializers.DictField(
+        child=DecimalTextField(),
+        help_text="Meter code → the part of quantity that no price of your plan matches: stored, not billed "
+        "and not in cost until a price covers it. Empty when everything in the row is priced.",
+    )
 
 
 class UsageSerializer(serializers.Serializer):
@@ -116,7 +121,14 @@ class UsageReadView(APIView):
                     else (value.isoformat() if isinstance(value, date) else value)
                 )
             cost = slot.cost.quantize(Decimal("0.000001"))
-            results.append({"group": group, "quantity": dict(sorted(slot.quantity.items())), "cost": cost})
+            results.append(
+                {
+                    "group": group,
+                    "quantity": dict(sorted(slot.quantity.items())),
+                    "cost": cost,
+                    "unpriced": dict(sorted(slot.unpriced.items())),
+                }
+            )
         body = {
             "start": start,
             "end": end,

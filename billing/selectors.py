@@ -9,7 +9,7 @@ Usage spanning several periods is priced period by period, each at its own avera
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
@@ -33,6 +33,9 @@ class Spend:
     end: date
     priced: period_pricing.PricedPeriod
     rates: dict[GroupKey, Decimal]
+    # Groups the period's pricing could not price (the invoice's unmatched usage): their cost reads 0 only
+    # because nothing is billed for them yet, so every row with such usage says so (never shown as free).
+    unpriced: frozenset[GroupKey] = frozenset()
 
     @property
     def total(self) -> Decimal:
@@ -74,7 +77,8 @@ def spend(tenant: Tenant, start: date, end: date) -> Spend:
             if line.kind == "usage":
                 quantities[(line.meter, line.provider, line.model)] += line.quantity
     rates = {key: amounts[key] / quantities[key] for key in quantities if quantities[key]}
-    return Spend(tenant, start, end, priced, rates)
+    unpriced = frozenset((u["meter"], u["provider"], u["model"]) for u in priced.unmatched)
+    return Spend(tenant, start, end, priced, rates, unpriced)
 
 
 def current_spend(tenant: Tenant, now: datetime | None = None) -> Spend:
@@ -148,7 +152,9 @@ def priced_usage_rows(
         for row in rollups.usage_rows(
             tenant.pk, tz, periods.local_midnight(lo, tz), periods.local_midnight(hi, tz), group_by, filters
         ):
-            row["cost"] = month_spend.cost_of((row["meter"], row["provider"], row["model"]), row["quantity"])
+            key = (row["meter"], row["provider"], row["model"])
+            row["cost"] = month_spend.cost_of(key, row["quantity"])
+            row["unpriced"] = key in month_spend.unpriced
             rows.append(row)
         month = periods.next_month(month)
     return rows
@@ -158,6 +164,7 @@ def priced_usage_rows(
 class GroupUsage:
     quantity: dict[str, Decimal]  # meter code → quantity
     cost: Decimal
+    unpriced: dict[str, Decimal] = field(default_factory=dict)  # meter code → the part of quantity not priced
 
 
 def usage_by_groups(
@@ -172,6 +179,8 @@ def usage_by_groups(
         group = merged.setdefault(tuple(row[g] for g in groups), GroupUsage({}, Decimal(0)))
         group.quantity[row["meter"]] = group.quantity.get(row["meter"], Decimal(0)) + row["quantity"]
         group.cost += row["cost"]
+        if row["unpriced"]:
+            group.unpriced[row["meter"]] = group.unpriced.get(row["meter"], Decimal(0)) + row["quantity"]
     return merged
 
 
@@ -210,7 +219,9 @@ def session_cost(tenant: Tenant, session_id: str) -> SessionCost:
             {"session": session_id},
         )
         for row in rows:
-            row["cost"] = month_spend.cost_of((row["meter"], row["provider"], row["model"]), row["quantity"])
+            key = (row["meter"], row["provider"], row["model"])
+            row["cost"] = month_spend.cost_of(key, row["quantity"])
+            row["unpriced"] = key in month_spend.unpriced
     return SessionCost(
         span["first"], span["last"], span["count"], rows, sum((r["cost"] for r in rows), Decimal(0))
     )

@@ -46,5 +46,6 @@ def session_detail(request, session_id: str):
             "event_count": cost.event_count,
             "rows": cost.rows,
             "cost": cost.total,
+            "unpriced": any(row["unpriced"] for row in cost.rows),
         },
     )

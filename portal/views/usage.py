@@ -153,7 +153,9 @@ def _usage_table(tenant, report: UsageReport) -> str:
             f'<td class="num">{escape(format_quantity(q)) if q is not None else ""}</td>'
             for q in report.quantities(key, group)
         ]
-        cells.append(f'<td class="num">{escape(format_money(group.cost, currency))}</td>')
+        cells.append(
+            f'<td class="num">{escape(format_money(group.cost, currency))}{_unpriced_mark(group)}</td>'
+        )
         lines.append(f"<tr>{''.join(cells)}</tr>")
     # Grouped by meter, the rows hold different units: their quantities do not add up.
     totals = "".join(
@@ -169,6 +171,15 @@ def _usage_table(tenant, report: UsageReport) -> str:
         f'<div class="table-scroll"><table data-testid="usage-table"><thead><tr>{head}</tr></thead>\n'
         f"<tbody>\n{body}\n</tbody><tfoot>{foot}</tfoot></table></div>"
     )
+
+
+def _unpriced_mark(group) -> str:
+    """A visible marker on a row with usage no price matches (its cost covers the priced part only)."""
+    if not group.unpriced:
+        return ""
+    what = "; ".join(f"{meter} {format_quantity(q)}" for meter, q in sorted(group.unpriced.items()))
+    title = html.escape(f"No price in your plan for: {what}. Recorded, not billed yet, not in this cost.")
+    return f' <span class="badge unpriced" data-testid="unpriced" title="{title}">+ unpriced</span>'
 
 
 def _group_cell(report: UsageReport, name: str, value) -> str:
@@ -215,7 +226,7 @@ def usage_csv(request):
     def stream():
         quantity_columns = ["quantity"] if report.group_by == "meter" else report.meters
         yield writer.writerow(
-            [column for _, _, column in report.columns] + quantity_columns + ["cost", "currency"]
+            [column for _, _, column in report.columns] + quantity_columns + ["cost", "currency", "unpriced"]
         )
         for key, group in report.rows:
             values = [
@@ -223,6 +234,10 @@ def usage_csv(request):
             ]
             values += ["" if q is None else format(q.normalize(), "f") for q in report.quantities(key, group)]
             values += [format(group.cost.quantize(CSV_COST_PLACES), "f"), tenant.currency]
+            # meter=quantity for each meter with usage no price matches (not in cost); empty when all priced
+            values.append(
+                ";".join(f"{m}={format(q.normalize(), 'f')}" for m, q in sorted(group.unpriced.items()))
+            )
             yield writer.writerow([_csv_cell(v) for v in values])
 
     response = StreamingHttpResponse(stream(), content_type="text/csv; charset=utf-8")

@@ -162,3 +162,52 @@ def test_livekit_metrics_without_model_metadata_are_reported(agent_client, plan,
     with_metadata = shifted_metrics(sample)
     report = unpriced(agent_client.post(path, {"session_id": "call-2", "metrics": with_metadata}))
     assert all(entry["provider"] != "" for entry in report)
+
+
+def test_the_read_api_and_the_portal_mark_every_row_with_unpriced_usage(agent_client, plan, tenant, client):
+    batch = [
+        event("priced", usage={"llm_input_text_tokens": 1_000_000}),
+        event("legacy-1", provider="", model="", usage={"llm_input_text_tokens": 1200}),
+        event(
+            "legacy-2",
+            provider="",
+            model="",
+            usage={"llm_input_text_tokens": 7, "llm_output_text_tokens": 40},
+        ),
+    ]
+    assert agent_client.post(URL, {"events": batch}).status_code == 200
+    # independently: the plan's gpt-4o-mini* input price is $0.30 per 1M tokens; "" models match no price
+    priced_cost = Decimal(1_000_000) * Decimal("0.30") / M  # a whole number of cents: no rounding here
+
+    by_model = agent_client.get("/api/v1/usage", group_by="model").json()
+    rows = {row["group"]["model"]: row for row in by_model["results"]}
+    assert rows["gpt-4o-mini"]["unpriced"] == {}
+    assert Decimal(rows["gpt-4o-mini"]["cost"]) == priced_cost
+    assert rows[""]["unpriced"] == {"llm_input_text_tokens": "1207", "llm_output_text_tokens": "40"}
+    assert rows[""]["quantity"] == rows[""]["unpriced"] and Decimal(rows[""]["cost"]) == 0
+    # grouped by session, the one row holds both: its cost is the priced part, the rest is marked
+    (session_row,) = agent_client.get("/api/v1/usage", group_by="session").json()["results"]
+    assert session_row["unpriced"] == {"llm_input_text_tokens": "1207", "llm_output_text_tokens": "40"}
+    assert session_row["quantity"]["llm_input_text_tokens"] == "1001207"
+    assert Decimal(session_row["cost"]) == priced_cost
+
+    session = agent_client.get("/api/v1/sessions/call-1").json()
+    assert session["unpriced"] is True and Decimal(session["cost"]) == priced_cost
+    assert {(u["meter"], u["model"], u["unpriced"]) for u in session["usage"]} == {
+        ("llm_input_text_tokens", "gpt-4o-mini", False),
+        ("llm_input_text_tokens", "", True),
+        ("llm_output_text_tokens", "", True),
+    }
+
+    # the portal: the session page, the explorer and its CSV
+    from tests.factories import MembershipFactory
+
+    client.force_login(MembershipFactory(tenant=tenant).user)
+    page = client.get("/sessions/call-1/").content.decode()
+    assert page.count('data-testid="unpriced"') == 2 and 'data-testid="unpriced-notice"' in page
+    explorer = client.get("/usage/?group_by=model").content.decode()
+    assert explorer.count('data-testid="unpriced"') == 1
+    exported = client.get("/usage.csv?group_by=model")
+    lines = b"".join(exported.streaming_content).decode().splitlines()
+    assert lines[0].endswith(",unpriced")
+    assert any(line.endswith(",llm_input_text_tokens=1207;llm_output_text_tokens=40") for line in lines[1:])

@@ -23,7 +23,7 @@ def test_csv_export_streams_rows_and_neutralises_formulas(world, owner_client):
     response = owner_client.get("/usage.csv?group_by=session")
     assert response.status_code == 200 and response.streaming
     rows = list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode())))
-    assert rows[0][0] == "session_id" and rows[0][-2:] == ["cost", "currency"]
+    assert rows[0][0] == "session_id" and rows[0][-3:] == ["cost", "currency", "unpriced"]
     assert {"llm_input_text_tokens", "tts_characters"} <= set(rows[0])
     assert {r[0] for r in rows[1:]} == {"'+15550100", "call-0"}
     by_model = owner_client.get("/usage.csv?group_by=model")

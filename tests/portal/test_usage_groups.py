@@ -155,6 +155,10 @@ def test_each_group_is_one_row_with_its_quantities_and_cost_and_the_csv_holds_th
         exported = csv_rows(client.get(f"/usage.csv?{query}"))
         transaction.set_rollback(True)
 
+    # every group here has a price: the CSV's last column, the unpriced part of each row, is empty
+    assert exported[0][-1] == "unpriced" and all(row[-1] == "" for row in exported[1:])
+    exported = [row[:-1] for row in exported]
+
     width = 2 if group_by == "model" else 1
     meters = ["quantity"] if group_by == "meter" else exported[0][width:-2]
     assert exported[0][-2:] == ["cost", "currency"]
@@ -185,7 +189,7 @@ def test_grouping_a_month_by_day_gives_one_row_per_day_with_usage(world, owner_c
     tenant = world.tenants[0]
     header, rows, footer = page_table(owner_client.get("/usage/?group_by=day").content.decode())
     assert header[0] == "Day" and len(rows) == 1  # all of the world's usage is from today
-    exported = csv_rows(owner_client.get("/usage.csv?group_by=day"))
+    exported = [row[:-1] for row in csv_rows(owner_client.get("/usage.csv?group_by=day"))]
     assert [r[0] for r in exported[1:]] == [exported[1][0]] and exported[0][0] == "day"
     assert cents(footer[-1]) == cents(rows[0][-1])
     assert tenant.currency == exported[1][-1]
@@ -197,5 +201,5 @@ def test_the_csv_follows_the_filters_and_the_grouping(world, owner_client):
     by_meter = csv_rows(owner_client.get("/usage.csv?group_by=meter&meter=tts_characters"))
     assert [r[0] for r in by_meter[1:]] == ["tts_characters"]
     assert csv_rows(owner_client.get("/usage.csv?group_by=session&session=no-such-call")) == [
-        ["session_id", "cost", "currency"]
+        ["session_id", "cost", "currency", "unpriced"]
     ]
