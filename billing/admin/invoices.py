@@ -282,6 +282,9 @@ class InvoiceAdmin(admin.ModelAdmin):
         return [
             path("preview/", self.admin_site.admin_view(self.preview_view), name="billing_invoice_preview"),
             path(
+                "unpriced/", self.admin_site.admin_view(self.unpriced_view), name="billing_invoice_unpriced"
+            ),
+            path(
                 "<path:object_id>/run/<str:operation>/",
                 self.admin_site.admin_view(self.operation_view),
                 name="billing_invoice_operation",
@@ -328,6 +331,30 @@ class InvoiceAdmin(admin.ModelAdmin):
             "preview": preview,
         }
         return TemplateResponse(request, "admin/billing/invoice/preview.html", context)
+
+    def unpriced_view(self, request):
+        """Every tenant's usage that no price matches, from its invoices (drafts are kept current by beat, so the
+        current period is there too; void invoices are left out): what would otherwise go unbilled unseen."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        invoices = (
+            Invoice.objects.exclude(unmatched=[])
+            .exclude(status=Invoice.Status.VOID)
+            .select_related("tenant")
+            .order_by("-period_start", "tenant__name")
+        )
+        rows = [
+            {"invoice": invoice, **entry, "quantity": Decimal(entry["quantity"])}
+            for invoice in invoices[:500]
+            for entry in invoice.unmatched
+        ]
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Unpriced usage of every tenant",
+            "rows": rows,
+        }
+        return TemplateResponse(request, "admin/billing/invoice/unpriced.html", context)
 
 
 class InvoicePreviewForm(forms.Form):

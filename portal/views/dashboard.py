@@ -17,6 +17,27 @@ from portal.access import activate_tenant_timezone, tenant_view
 from spend import budgets
 from tenants.models import Agent
 
+# Why a group has no price, as the dashboard says it (billing.period_pricing's unmatched reasons).
+UNPRICED_REASONS = {
+    "no_price": "no price in your plan matches it",
+    "no_provider_rate": "its price is the provider's cost plus a markup, and that cost is not known",
+    "no_plan_version": "your plan had no version in force yet",
+    "no_subscription": "no plan was in force on those days",
+}
+
+
+def unpriced_groups(unmatched: list[dict]) -> list[dict]:
+    """The period's unpriced usage, one row per (meter, provider, model, reason), quantities added up over the
+    period's plan segments."""
+    groups: dict[tuple, Decimal] = {}
+    for entry in unmatched:
+        key = (entry["meter"], entry["provider"], entry["model"], entry["reason"])
+        groups[key] = groups.get(key, Decimal(0)) + Decimal(entry["quantity"])
+    return [
+        {"meter": m, "provider": p, "model": mo, "quantity": q, "why": UNPRICED_REASONS.get(r, r)}
+        for (m, p, mo, r), q in sorted(groups.items())
+    ]
+
 
 @tenant_view()
 def dashboard(request):
@@ -56,6 +77,6 @@ def dashboard(request):
             title="Spend by agent",
         ),
         "last_invoice": Invoice.objects.for_tenant(tenant).finalized().order_by("-period_start").first(),
-        "unmatched": spend.priced.unmatched,
+        "unpriced": unpriced_groups(spend.priced.unmatched),
     }
     return render(request, "portal/dashboard.html", context)

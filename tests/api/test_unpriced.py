@@ -211,3 +211,37 @@ def test_the_read_api_and_the_portal_mark_every_row_with_unpriced_usage(agent_cl
     lines = b"".join(exported.streaming_content).decode().splitlines()
     assert lines[0].endswith(",unpriced")
     assert any(line.endswith(",llm_input_text_tokens=1207;llm_output_text_tokens=40") for line in lines[1:])
+
+
+def test_the_dashboard_and_the_staff_admin_list_the_periods_unpriced_usage(
+    agent_client, plan, tenant, client
+):
+    from billing import invoicing
+    from tests.conftest import AgentClient
+    from tests.factories import AgentFactory, MembershipFactory, TenantFactory, UserFactory, api_key_for
+
+    legacy = event("legacy", provider="", model="", usage={"llm_input_text_tokens": 1234567})
+    assert agent_client.post(URL, {"events": [event("priced"), legacy]}).status_code == 200
+    # another tenant, on the same plan, whose usage is all priced: it is not listed
+    other = TenantFactory(name="Fully Priced Ltd")
+    subscribe(other, plan)
+    AgentClient(api_key_for(AgentFactory(tenant=other))).post(URL, {"events": [event("p")]})
+
+    member = MembershipFactory(tenant=tenant).user
+    client.force_login(member)
+    page = client.get("/").content.decode()
+    panel = page[page.index('data-testid="unpriced-panel"') :]
+    panel = panel[: panel.index("</div>")]
+    assert "llm_input_text_tokens" in panel and "1,234,567" in panel and "no price in your plan" in panel
+    assert 'data-testid="unpriced-fix"' in panel and "gpt-4o-mini" not in panel
+
+    for each in (tenant, other):
+        start, _ = invoicing.current_period(each)
+        invoicing.generate_invoice(each.pk, start)
+    url = "/admin/billing/invoice/unpriced/"
+    assert client.get(url).status_code == 302  # tenant users are not staff: to the admin login
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+    admin_page = client.get(url).content.decode()
+    table = admin_page[admin_page.index('id="unpriced-usage"') :]
+    assert tenant.name in table and "Fully Priced Ltd" not in table
+    assert "llm_input_text_tokens" in table and "1234567" in table and "no_price" in table
