@@ -7,7 +7,7 @@ from decimal import Decimal
 from django.db import transaction
 from django.http import Http404
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -27,7 +27,56 @@ from api.fields import (
 from api.problems import error_responses, problem_response
 from billing import selectors as billing_selectors
 from usage import validation
+from usage.ingest import DEFAULT_MODEL_KINDS
 from usage.models import Session
+
+_DEFAULT_MODELS_SCHEMA = {
+    "type": "object",
+    "properties": {
+        kind: {
+            "type": "object",
+            "properties": {
+                "provider": {"type": "string", "maxLength": 128},
+                "model": {"type": "string", "maxLength": 128},
+            },
+            "required": ["provider", "model"],
+            "additionalProperties": False,
+        }
+        for kind in DEFAULT_MODEL_KINDS
+    },
+    "additionalProperties": False,
+}
+
+
+@extend_schema_field(_DEFAULT_MODELS_SCHEMA)
+class DefaultModelsField(serializers.Field):
+    """``{"llm": {"provider", "model"}, "stt": …, "tts": …}``: any of the kinds, each with both names."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, dict):
+            raise serializers.ValidationError("Expected an object keyed by llm, stt or tts.")
+        errors: list[validation.FieldError] = []
+        clean = {}
+        for kind, names in data.items():
+            if kind not in DEFAULT_MODEL_KINDS:
+                errors.append(
+                    validation.FieldError(f"/{kind}", f"must be one of {', '.join(DEFAULT_MODEL_KINDS)}")
+                )
+                continue
+            if not isinstance(names, dict) or set(names) != {"provider", "model"}:
+                errors.append(validation.FieldError(f"/{kind}", 'must be {"provider": "…", "model": "…"}'))
+                continue
+            provider = validation.text_field(names["provider"], f"/{kind}/provider", 128, errors)
+            model = validation.text_field(names["model"], f"/{kind}/model", 128, errors)
+            if not errors and not (provider and model):
+                errors.append(validation.FieldError(f"/{kind}", "provider and model must not be empty"))
+            clean[kind] = {"provider": provider, "model": model}
+        if errors:
+            raise serializers.ValidationError([f"{e.pointer}: {e.detail}" for e in errors])
+        return clean
+
+    def to_representation(self, value):
+        return value
 
 
 class SessionUpsertSerializer(ClosedSerializer):
@@ -48,6 +97,12 @@ class SessionUpsertSerializer(ClosedSerializer):
     )
     conversation_type = LabelField(required=False, max_length=64, help_text="e.g. inbound_call.")
     metadata = FlatMetadataField(required=False, help_text="Replaces the session's metadata.")
+    default_models = DefaultModelsField(
+        required=False,
+        help_text="Provider and model per kind of usage (llm, stt, tts) for this session's events that name "
+        "none, as LiveKit before 1.2.12 sends them: applied when such events arrive, so they are priced. "
+        "Replaces the session's defaults; events already stored keep what they were stored with.",
+    )
 
 
 class SessionSerializer(serializers.Serializer):
@@ -58,6 +113,7 @@ class SessionSerializer(serializers.Serializer):
     end_user_id = serializers.CharField()
     conversation_type = serializers.CharField()
     metadata = FlatMetadataField()
+    default_models = DefaultModelsField()
     livekit_report_mode = described(
         {"type": "string", "enum": [mode.value for mode in Session.ReportMode]}, base=serializers.CharField
     )(

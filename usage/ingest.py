@@ -12,6 +12,7 @@ validated before they get here (usage.validation, usage.livekit), so an invalid 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -97,9 +98,10 @@ inserted AS (
 ),
 sessions AS (
     INSERT INTO usage_session (tenant_id, agent_id, session_id, end_user_id, conversation_type, metadata,
-                               livekit_report_mode, first_usage_at, last_usage_at, created_at, updated_at)
-    SELECT %(tenant)s, %(agent)s, named.session_id, '', '', '{{}}'::jsonb, %(mode)s, used.first_at, used.last_at,
-           now(), now()
+                               default_models, livekit_report_mode, first_usage_at, last_usage_at, created_at,
+                               updated_at)
+    SELECT %(tenant)s, %(agent)s, named.session_id, '', '', '{{}}'::jsonb, '{{}}'::jsonb, %(mode)s, used.first_at,
+           used.last_at, now(), now()
     FROM (SELECT DISTINCT session_id FROM incoming WHERE session_id <> '') AS named
     LEFT JOIN (
         SELECT session_id, min(timestamp) AS first_at, max(timestamp) AS last_at FROM inserted GROUP BY session_id
@@ -118,6 +120,41 @@ sessions AS (
 SELECT event_id, '' FROM inserted
 UNION ALL SELECT '', session_id FROM sessions WHERE agent_id <> %(agent)s
 """  # noqa: S608 - constant SQL fragments only
+
+
+# The kinds of usage a session's ``default_models`` can name, and which meters belong to each.
+DEFAULT_MODEL_KINDS = {"llm": ("llm_", "realtime_"), "stt": ("stt_",), "tts": ("tts_",)}
+
+
+def _kind(record: EventRecord) -> str:
+    for kind, prefixes in DEFAULT_MODEL_KINDS.items():
+        if record.usage and all(meter.startswith(prefixes) for meter in record.usage):
+            return kind
+    return ""
+
+
+def with_default_models(tenant: Tenant, records: list[EventRecord]) -> list[EventRecord]:
+    """Records that name no provider and no model get their session's default for their kind of usage
+    (``PUT /api/v1/sessions/{id}`` with ``default_models``), so usage from LiveKit releases that send no model
+    metadata can be priced. A record whose meters span kinds, or a session without a default, is kept as sent.
+    The filled record is what is stored and compared on a resend."""
+    bare = {r.session_id for r in records if not r.provider and not r.model and r.session_id}
+    if not bare:
+        return records
+    defaults = dict(
+        Session.objects.filter(tenant=tenant, session_id__in=bare)
+        .exclude(default_models={})
+        .values_list("session_id", "default_models")
+    )
+    if not defaults:
+        return records
+    filled = []
+    for record in records:
+        chosen = defaults.get(record.session_id, {}).get(_kind(record)) if record.session_id in bare else None
+        if chosen and not record.provider and not record.model:
+            record = dataclasses.replace(record, provider=chosen["provider"], model=chosen["model"])
+        filled.append(record)
+    return filled
 
 
 def store_events(
@@ -140,10 +177,11 @@ def store_events(
             with transaction.atomic():
                 if session_mode:
                     _claim_session_mode(tenant, agent, batch.session_id, session_mode)
-                result = _store(tenant, agent, batch.records, session_mode)
+                records = with_default_models(tenant, batch.records)
+                result = _store(tenant, agent, records, session_mode)
                 if on_stored is not None and result.accepted:
                     stored = sorted(
-                        (r for r in batch.records if r.event_id in result.inserted_ids),
+                        (r for r in records if r.event_id in result.inserted_ids),
                         key=lambda r: r.event_id,
                     )
                     result.extra.update(on_stored(tenant, agent, stored) or {})

@@ -60,6 +60,9 @@ class Session(models.Model):
     conversation_type = models.CharField(max_length=64, blank=True)
     metadata = models.JSONField(default=dict, blank=True)
     livekit_report_mode = models.CharField(max_length=8, choices=ReportMode.choices, default="", blank=True)
+    # Provider and model per kind of usage ("llm", "stt", "tts": usage.ingest.DEFAULT_MODEL_KINDS) for this
+    # session's events that name none (LiveKit before 1.2.12 sends no model metadata), applied at ingest.
+    default_models = models.JSONField(default=dict, blank=True)
     first_usage_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_usage_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(default=timezone.now)

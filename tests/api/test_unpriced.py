@@ -245,3 +245,84 @@ def test_the_dashboard_and_the_staff_admin_list_the_periods_unpriced_usage(
     table = admin_page[admin_page.index('id="unpriced-usage"') :]
     assert tenant.name in table and "Fully Priced Ltd" not in table
     assert "llm_input_text_tokens" in table and "1234567" in table and "no_price" in table
+
+
+def test_a_sessions_default_models_price_usage_that_names_none(agent_client, plan, tenant):
+    legacy = [
+        event("l-1", provider="", model="", usage={"llm_input_text_tokens": 100}),
+        event("l-2", provider="", model="", usage={"stt_audio_seconds": "2.5"}),
+    ]
+    assert {u["meter"] for u in unpriced(agent_client.post(URL, {"events": legacy}))} == {
+        "llm_input_text_tokens",
+        "stt_audio_seconds",
+    }
+    llm = {"provider": "api.openai.com", "model": "gpt-4o-mini"}
+    put = agent_client.put("/api/v1/sessions/call-1", {"default_models": {"llm": llm}})
+    assert put.status_code == 200 and put.json()["default_models"] == {"llm": llm}
+
+    later = [
+        event("l-3", provider="", model="", usage={"llm_input_text_tokens": 100}),
+        event("l-4", provider="", model="", usage={"stt_audio_seconds": "2.5"}),  # no stt default: as sent
+        event("named", provider="api.openai.com", model="gpt-4.1", usage={"llm_output_text_tokens": 1}),
+    ]
+    report = unpriced(agent_client.post(URL, {"events": later}))
+    assert [(u["meter"], u["provider"], u["model"]) for u in report] == [
+        ("llm_output_text_tokens", "api.openai.com", "gpt-4.1"),  # named models are never replaced
+        ("stt_audio_seconds", "", ""),
+    ]
+    stored = {e.event_id: (e.provider, e.model) for e in UsageEvent.objects.all()}
+    assert stored["l-3"] == ("api.openai.com", "gpt-4o-mini")
+    assert stored["l-1"] == ("", "")  # events stored before keep what they were stored with
+    # a resend of the filled event is a duplicate, not a conflict
+    again = agent_client.post(URL, {"events": later[:1]}).json()
+    assert (again["accepted"], again["duplicates"], again["conflicts"]) == (0, 1, 0)
+
+
+def test_livekit_metrics_without_metadata_are_priced_like_the_originals_once_defaults_are_set(
+    agent_client, plan, tenant
+):
+    from tests.usage.builders import totals
+
+    sample = load("pipeline_deepgram_openai_cartesia")
+    originals = shifted_metrics(sample)
+    names = {}  # kind → the (provider, model) the capture's metadata names, read from the capture here
+    for metric in originals:
+        kind = {"llm_metrics": "llm", "stt_metrics": "stt", "tts_metrics": "tts"}.get(metric["type"])
+        if kind and metric.get("metadata"):
+            names[kind] = {
+                "provider": metric["metadata"]["model_provider"],
+                "model": metric["metadata"]["model_name"],
+            }
+    assert set(names) == {"llm", "stt", "tts"}
+    assert agent_client.put("/api/v1/sessions/legacy", {"default_models": names}).status_code == 201
+    stripped = [{k: v for k, v in m.items() if k != "metadata"} for m in originals]
+    legacy_report = unpriced(
+        agent_client.post("/api/v1/livekit/metrics", {"session_id": "legacy", "metrics": stripped})
+    )
+    modern_report = unpriced(
+        agent_client.post("/api/v1/livekit/metrics", {"session_id": "modern", "metrics": originals})
+    )
+    assert legacy_report == modern_report
+    assert totals(tenant, session_id="legacy") == totals(tenant, session_id="modern")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "gpt-4o-mini",
+        ["llm"],
+        {"vision": {"provider": "x", "model": "y"}},
+        {"llm": {"provider": "api.openai.com"}},
+        {"llm": {"provider": "api.openai.com", "model": "gpt-4o-mini", "extra": 1}},
+        {"llm": {"provider": "", "model": ""}},
+        {"llm": {"provider": "api.openai.com", "model": "gpt\n4o"}},
+        {"llm": {"provider": 7, "model": "gpt-4o-mini"}},
+        {"llm": {"provider": "a" * 129, "model": "gpt-4o-mini"}},
+        {"stt": None},
+    ],
+)
+def test_bad_default_models_are_refused_naming_the_field_and_change_nothing(agent_client, bad):
+    response = agent_client.put("/api/v1/sessions/call-9", {"default_models": bad})
+    assert response.status_code == 400, response.content
+    assert "default_models" in response.content.decode()
+    assert agent_client.get("/api/v1/sessions/call-9").status_code == 404  # not even created
