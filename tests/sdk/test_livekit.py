@@ -430,3 +430,36 @@ def test_the_example_agent_is_a_runnable_livekit_cli_app():
     )
     assert result.returncode == 0, result.stderr
     assert "dev" in result.stdout and "start" in result.stdout
+
+
+def test_attach_names_the_sessions_configured_models_for_usage_that_names_none(
+    server, make_client, tenant, monkeypatch
+):
+    # LiveKit Inference plugins, built from "vendor/model" strings, say their provider and model
+    for name in ("LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"):
+        monkeypatch.setenv(name, "test-only-not-a-secret-but-long-enough-for-hmac")
+    monkeypatch.setenv("LIVEKIT_URL", "wss://livekit.invalid")
+    client = make_client(server)
+
+    async def call():
+        session = AgentSession(llm="openai/gpt-4o-mini", stt="deepgram/nova-3", tts="cartesia/sonic-3")
+        expected = {
+            kind: {"provider": getattr(session, kind).provider, "model": getattr(session, kind).model}
+            for kind in ("llm", "stt", "tts")
+        }
+        billing = attach(session, client, session_id="configured")
+        assert await billing.aflush(timeout=10)
+        return expected
+
+    expected = asyncio.run(call())
+    assert expected["llm"] == {"provider": "livekit", "model": "openai/gpt-4o-mini"}
+    assert Session.objects.get(session_id="configured").default_models == expected
+
+    # a legacy LLM metric without metadata in that session is stored under the configured LLM
+    captured = samples.shifted_metrics(samples.load("pipeline_deepgram_openai_cartesia"))
+    legacy = next(dict(m) for m in captured if m["type"] == "llm_metrics" and m["prompt_tokens"])
+    legacy.pop("metadata")
+    result = client.send_livekit_metrics("configured", [legacy])
+    assert result.accepted == 1
+    stored = UsageEvent.objects.get(session_id="configured")
+    assert (stored.provider, stored.model) == ("livekit", "openai/gpt-4o-mini")

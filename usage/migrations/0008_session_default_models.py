@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('usage', '0007_session_start_index'),
+        ("usage", "0007_session_start_index"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='session',
-            name='default_models',
+            model_name="session",
+            name="default_models",
             field=models.JSONField(blank=True, default=dict),
         ),
     ]

@@ -408,7 +408,9 @@ def prepare_livekit_usage(
     )
 
 
-SESSION_FIELDS = ("started_at", "ended_at", "end_user_id", "conversation_type", "metadata")
+SESSION_FIELDS = ("started_at", "ended_at", "end_user_id", "conversation_type", "metadata", "default_models")
+# The kinds of usage a session's default models name (the server applies them to events that name no model).
+DEFAULT_MODEL_KINDS = ("llm", "stt", "tts")
 
 
 def prepare_session(session_id: str, fields: Mapping[str, Any]) -> PreparedRequest:
@@ -421,6 +423,16 @@ def prepare_session(session_id: str, fields: Mapping[str, Any]) -> PreparedReque
             value = rfc3339(value)
         if name == "end_user_id" and value != "":
             check_identifier(value, "end_user_id")
+        if name == "default_models":
+            if (
+                not isinstance(value, Mapping)
+                or not set(value) <= set(DEFAULT_MODEL_KINDS)
+                or not all(isinstance(n, Mapping) and {"provider", "model"} <= set(n) for n in value.values())
+            ):
+                raise ValueError(
+                    f"default_models maps some of {', '.join(DEFAULT_MODEL_KINDS)} to {{'provider', 'model'}}"
+                )
+            value = {kind: {"provider": n["provider"], "model": n["model"]} for kind, n in value.items()}
         if name == "metadata" and isinstance(value, Mapping):
             for key in value:
                 check_identifier(key, "metadata key", MAX_METADATA_KEY_LENGTH)

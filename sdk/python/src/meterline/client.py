@@ -433,9 +433,13 @@ class Client(_BaseClient):
         end_user_id: Any = _UNSET,
         conversation_type: Any = _UNSET,
         metadata: Any = _UNSET,
+        default_models: Any = _UNSET,
     ) -> dict[str, Any] | None:
         """PUT /api/v1/sessions/{id}: upsert the fields given (others are kept). Returns the session as the
-        server stores it, or None when the update was spooled because the server is unreachable."""
+        server stores it, or None when the update was spooled because the server is unreachable.
+
+        ``default_models`` (``{"llm": {"provider": …, "model": …}, "stt": …, "tts": …}``) names the models this
+        session's usage comes from, for events that name none (LiveKit before 1.2.12), so that usage is priced."""
         request = _core.prepare_session(
             session_id,
             _given(
@@ -444,6 +448,7 @@ class Client(_BaseClient):
                 end_user_id=end_user_id,
                 conversation_type=conversation_type,
                 metadata=metadata,
+                default_models=default_models,
             ),
         )
         key = self._spool_write(request)
@@ -568,6 +573,7 @@ class AsyncClient(_BaseClient):
         end_user_id: Any = _UNSET,
         conversation_type: Any = _UNSET,
         metadata: Any = _UNSET,
+        default_models: Any = _UNSET,
     ) -> dict[str, Any] | None:
         request = _core.prepare_session(
             session_id,
@@ -577,6 +583,7 @@ class AsyncClient(_BaseClient):
                 end_user_id=end_user_id,
                 conversation_type=conversation_type,
                 metadata=metadata,
+                default_models=default_models,
             ),
         )
         key = await asyncio.to_thread(self._spool_write, request)

@@ -301,6 +301,8 @@ def attach(
     meta = {**_job_metadata(job), **dict(metadata or {})}
     if meta:
         fields["metadata"] = meta
+    if models := configured_models(session):
+        fields["default_models"] = models
     billing._guard(billing.sender.submit_session, session_id, fields)
 
     if register_shutdown and job is not None:
@@ -313,6 +315,30 @@ def attach(
         except Exception:
             billing._log_error("add_shutdown_callback")
     return billing
+
+
+def configured_models(session: Any) -> dict[str, dict[str, str]]:
+    """The provider and model of the session's configured LLM (or realtime model), STT and TTS, as their
+    plugins name them (``.provider``, ``.model``): the server uses them for this session's usage that names no
+    model, which is what LiveKit before 1.2.12 sends. Kinds whose plugin does not say are left out."""
+    found: dict[str, dict[str, str]] = {}
+    for kind in _core.DEFAULT_MODEL_KINDS:
+        try:
+            plugin = getattr(session, kind, None)
+            if plugin is None or isinstance(plugin, str):
+                continue
+            provider, model = getattr(plugin, "provider", None), getattr(plugin, "model", None)
+        except Exception:  # a plugin property that raises must never break attach
+            logger.debug(
+                "meterline: the session's %s does not say its provider and model", kind, exc_info=True
+            )
+            continue
+        names = (provider, model)
+        if all(
+            isinstance(n, str) and n and n != "unknown" and len(n) <= 128 and n.isprintable() for n in names
+        ):
+            found[kind] = {"provider": provider, "model": model}
+    return found
 
 
 class _DropMetricsDeprecation:
