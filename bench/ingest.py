@@ -48,6 +48,18 @@ TARGET_RATIO = 0.5
 TARGET_SINGLE_P99_MS = 50.0
 
 
+SUBSCRIBE_TO_DEMO_PLAN = """
+import datetime
+from billing.demo import create_demo_plan, create_demo_rates
+from billing.models import Subscription
+from tenants.models import Tenant
+create_demo_rates()
+Subscription.objects.create(
+    tenant=Tenant.objects.get(slug="bench"), plan=create_demo_plan(), starts_on=datetime.date(2020, 1, 1)
+)
+"""
+
+
 def make_events(seed: int, prefix: str, count: int, now: float) -> list[dict[str, Any]]:
     """``count`` events as a LiveKit voice agent reports them (Deepgram + gpt-4o-mini + Cartesia pipeline
     sessions, bench.traffic) within the last day, as the API takes them: quantities as JSON numbers, two
@@ -562,6 +574,9 @@ def main() -> int:
                 ).strip()
                 for i in range(1, max(args.clients, 1) + 1)
             ]
+            # The bench tenant is on the demo plan, as a real tenant is on a plan: ingest then does the work it
+            # does in production (the unpriced report looks the plan's prices up for every batch).
+            scratch.manage(env, "shell", "-c", SUBSCRIBE_TO_DEMO_PLAN)
             import psycopg
 
             with psycopg.connect(bench_url) as conn:
