@@ -26,7 +26,7 @@ from api.fields import (
 )
 from api.problems import error_responses, problem_response
 from billing import selectors as billing_selectors
-from usage import validation
+from usage import gaps, validation
 from usage.ingest import DEFAULT_MODEL_KINDS
 from usage.models import Session
 
@@ -134,6 +134,18 @@ class SessionUsageLineSerializer(serializers.Serializer):
     )
 
 
+class SessionGapSerializer(serializers.Serializer):
+    provider = serializers.CharField()
+    model = serializers.CharField()
+    kind = serializers.CharField(
+        help_text="unclassified_input_tokens (billed as text), unclassified_cached_tokens, "
+        "unclassified_output_tokens, input_details_exceed_total, output_details_exceed_total, "
+        "negative_<meter>, unbilled_output_image_tokens (usage/gaps.py)."
+    )
+    tokens = DecimalTextField()
+    events = serializers.IntegerField()
+
+
 class SessionUsageSerializer(serializers.Serializer):
     session_id = serializers.CharField()
     agent = serializers.CharField()
@@ -145,6 +157,10 @@ class SessionUsageSerializer(serializers.Serializer):
     cost = DecimalTextField(help_text="The whole conversation, in the tenant's currency (its priced usage).")
     unpriced = serializers.BooleanField(
         help_text="Some of the conversation's usage has no price (see usage)."
+    )
+    gaps = SessionGapSerializer(
+        many=True,
+        help_text="Where the provider's token details did not add up to its totals, per model (LiveKit usage).",
     )
 
 
@@ -270,5 +286,6 @@ class SessionView(APIView):
             "usage": [{**row, "cost": row["cost"].quantize(Decimal("0.000001"))} for row in cost.rows],
             "cost": cost.total.quantize(Decimal("0.000001")),
             "unpriced": any(row["unpriced"] for row in cost.rows),
+            "gaps": gaps.session_gaps(tenant.pk, session_id),
         }
         return Response(SessionUsageSerializer(usage).data)

@@ -9,6 +9,7 @@ from django.shortcuts import get_object_or_404, render
 
 from billing import selectors as billing_selectors
 from portal.access import activate_tenant_timezone, tenant_view
+from usage import gaps
 from usage.models import START, Session, UsageEvent
 
 
@@ -47,5 +48,6 @@ def session_detail(request, session_id: str):
             "rows": cost.rows,
             "cost": cost.total,
             "unpriced": any(row["unpriced"] for row in cost.rows),
+            "gaps": gaps.session_gaps(tenant.pk, session_id),
         },
     )

@@ -193,6 +193,7 @@ def test_the_read_api_and_the_portal_mark_every_row_with_unpriced_usage(agent_cl
 
     session = agent_client.get("/api/v1/sessions/call-1").json()
     assert session["unpriced"] is True and Decimal(session["cost"]) == priced_cost
+    assert session["gaps"] == []  # events sent as plain events carry no LiveKit gaps
     assert {(u["meter"], u["model"], u["unpriced"]) for u in session["usage"]} == {
         ("llm_input_text_tokens", "gpt-4o-mini", False),
         ("llm_input_text_tokens", "", True),
@@ -326,3 +327,39 @@ def test_bad_default_models_are_refused_naming_the_field_and_change_nothing(agen
     assert response.status_code == 400, response.content
     assert "default_models" in response.content.decode()
     assert agent_client.get("/api/v1/sessions/call-9").status_code == 404  # not even created
+
+
+def test_a_sessions_token_gaps_are_shown_per_model_in_the_api_and_the_portal(
+    agent_client, plan, tenant, client
+):
+    metrics = shifted_metrics(load("realtime_gemini_live"))
+    realtime = [m for m in metrics if m["type"] == "realtime_model_metrics" and m["input_tokens"]]
+    # two responses whose input details fall 7 and 5 tokens short of their input totals
+    for metric, short in zip(realtime, (7, 5), strict=False):
+        metric["input_token_details"] = {
+            **metric["input_token_details"],
+            "text_tokens": metric["input_token_details"]["text_tokens"] - short,
+        }
+    # and an agent's own metadata that merely looks like a gap is not one
+    agent_client.post(URL, {"events": [event("own", session_id="gemini", metadata={"gap_x": "lots"})]})
+    response = agent_client.post("/api/v1/livekit/metrics", {"session_id": "gemini", "metrics": metrics})
+    assert response.status_code == 200, response.content
+    model = realtime[0]["metadata"]["model_name"]
+    provider = realtime[0]["metadata"]["model_provider"]
+
+    gaps = agent_client.get("/api/v1/sessions/gemini").json()["gaps"]
+    assert gaps == [
+        {
+            "provider": provider,
+            "model": model,
+            "kind": "unclassified_input_tokens",
+            "tokens": "12",
+            "events": 2,
+        }
+    ]
+    from tests.factories import MembershipFactory
+
+    client.force_login(MembershipFactory(tenant=tenant).user)
+    page = client.get("/sessions/gemini/").content.decode()
+    section = page[page.index('data-testid="session-gaps"') :]
+    assert "unclassified_input_tokens" in section and model in section
