@@ -24,6 +24,7 @@ from usage import rollups
 from usage.models import Meter, UsageEvent, UsageRollup
 
 GroupKey = tuple[str, str, str]
+FORECAST_MIN_DAYS = 3  # the forecast waits for this many days of a period (decision 014)
 
 
 @dataclass
@@ -53,6 +54,19 @@ class Spend:
 
     def cost_of(self, key: GroupKey, quantity: Decimal) -> Decimal:
         return quantity * self.rates.get(key, Decimal(0))
+
+    def days_so_far(self, now: datetime | None = None) -> Decimal:
+        """Days of the period elapsed at ``now`` (fractional), what the forecast extrapolates from."""
+        now = now or timezone.now()
+        begin = periods.local_midnight(self.start, self.tenant.timezone)
+        finish = periods.local_midnight(self.end, self.tenant.timezone)
+        elapsed = max(min(now, finish) - begin, timedelta(0))
+        return Decimal(elapsed.total_seconds()) / Decimal(86400)
+
+    def forecast_is_early(self, now: datetime | None = None) -> bool:
+        """Under FORECAST_MIN_DAYS of the period so far, a straight line says more about the hour of the day
+        than about the month: the portal shows no figure then (docs/decisions/014-unpriced-usage.md)."""
+        return self.days_so_far(now) < FORECAST_MIN_DAYS
 
     def forecast(self, now: datetime | None = None) -> Decimal:
         """Fees plus usage so far extrapolated linearly to the end of the period."""

@@ -145,11 +145,14 @@ def _meter_catalogue_survives_flushes(request):
         yield
         return
     request.getfixturevalue("transactional_db")
-    from usage.meters import DEFAULT_METERS
+    from usage.meters import DEFAULT_METERS, METER_NAMES
     from usage.models import Meter
 
     Meter.objects.bulk_create(
-        [Meter(code=c, unit=u, description=d, display_order=i) for i, (c, u, d) in enumerate(DEFAULT_METERS)],
+        [
+            Meter(code=c, unit=u, description=d, display_order=i, name=METER_NAMES.get(c, ""))
+            for i, (c, u, d) in enumerate(DEFAULT_METERS)
+        ],
         ignore_conflicts=True,
     )
     yield

@@ -33,6 +33,28 @@ DEFAULT_METERS: list[tuple[str, str, str]] = [
     ("session_seconds", "second", "conversation length (for per-minute platform pricing)"),
 ]
 
+# What each meter is called wherever a person reads it (the portal, invoices); its code stays in CSVs, the API
+# and on hover. Staff can rename a meter in the admin (Meter.name); these are the catalogue's names.
+METER_NAMES: dict[str, str] = {
+    "llm_input_text_tokens": "LLM text input tokens",
+    "llm_input_cached_text_tokens": "LLM cached text input tokens",
+    "llm_input_cache_write_tokens": "LLM prompt-cache write tokens",
+    "llm_input_audio_tokens": "LLM audio input tokens",
+    "llm_input_cached_audio_tokens": "LLM cached audio input tokens",
+    "llm_input_image_tokens": "LLM image input tokens",
+    "llm_output_text_tokens": "LLM text output tokens",
+    "llm_output_audio_tokens": "LLM audio output tokens",
+    "stt_audio_seconds": "Speech-to-text audio seconds",
+    "stt_input_tokens": "Speech-to-text input tokens",
+    "stt_output_tokens": "Speech-to-text output tokens",
+    "tts_characters": "Text-to-speech characters",
+    "tts_audio_seconds": "Text-to-speech audio seconds",
+    "tts_input_tokens": "Text-to-speech input tokens",
+    "tts_output_tokens": "Text-to-speech output tokens",
+    "realtime_session_seconds": "Realtime model connection seconds",
+    "session_seconds": "Conversation seconds",
+}
+
 BILLABLE_METRIC_TYPES = frozenset({"llm_metrics", "realtime_model_metrics", "stt_metrics", "tts_metrics"})
 
 

@@ -24,6 +24,9 @@ class Meter(models.Model):
     code = models.SlugField(max_length=64, unique=True)
     unit = models.CharField(max_length=32)
     description = models.CharField(max_length=200)
+    name = models.CharField(
+        max_length=100, blank=True, help_text="What people read (portal, invoices); empty: the code."
+    )
     is_active = models.BooleanField(default=True, help_text="Inactive meters are refused at ingestion.")
     display_order = models.PositiveIntegerField(default=0)
 
@@ -32,6 +35,15 @@ class Meter(models.Model):
 
     def __str__(self) -> str:
         return self.code
+
+    @property
+    def label(self) -> str:
+        return self.name or self.code
+
+
+def meter_names() -> dict[str, str]:
+    """Meter code → the name people read (the code itself where a meter has no name)."""
+    return {code: name or code for code, name in Meter.objects.values_list("code", "name")}
 
 
 # A session's start as lists sort by it (Session.start): the reported start, else the first usage.

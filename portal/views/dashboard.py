@@ -16,6 +16,7 @@ from portal import charts
 from portal.access import activate_tenant_timezone, tenant_view
 from spend import budgets
 from tenants.models import Agent
+from usage.models import meter_names
 
 # Why a group has no price, as the dashboard says it (billing.period_pricing's unmatched reasons).
 UNPRICED_REASONS = {
@@ -58,15 +59,20 @@ def dashboard(request):
         by_model[label] = by_model.get(label, Decimal(0)) + spend.cost_of(
             (row["meter"], row["provider"], row["model"]), row["quantity"]
         )
+    names = meter_names()
     context = {
+        "meter_names": names,
         "spend": spend,
-        "forecast": spend.forecast(),
+        "forecast": None if spend.forecast_is_early() else spend.forecast(),
+        "forecast_days": spend.days_so_far(),
+        "forecast_min_days": billing_selectors.FORECAST_MIN_DAYS,
+        "period_days": periods.days_between(spend.start, spend.end),
         "budget": budgets.budget_status(tenant, spend),
         "chart_by_day": charts.bar_chart(
             day_items, fmt, title="Spend by day", label_every=max(len(day_items) // 10, 1)
         ),
         "chart_by_meter": charts.share_chart(
-            [(row["key"], row["cost"]) for row in breakdowns["meter"]],
+            [(names.get(row["key"], row["key"]), row["cost"]) for row in breakdowns["meter"]],
             fmt,
             title="Spend by meter",
         ),

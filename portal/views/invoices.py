@@ -9,6 +9,7 @@ from billing import selectors as billing_selectors
 from billing.models import Invoice
 from portal import pdf
 from portal.access import activate_tenant_timezone, tenant_view
+from usage.models import meter_names
 
 
 @tenant_view()
@@ -28,7 +29,11 @@ def _invoice(request, pk: int) -> Invoice:
 def _invoice_page(request, pk: int, template: str):
     activate_tenant_timezone(request)
     invoice = _invoice(request, pk)
-    return render(request, template, {"invoice": invoice, "lines": billing_selectors.invoice_lines(invoice)})
+    return render(
+        request,
+        template,
+        {"invoice": invoice, "lines": billing_selectors.invoice_lines(invoice), "meter_names": meter_names()},
+    )
 
 
 @tenant_view()

@@ -10,7 +10,7 @@ from django.shortcuts import get_object_or_404, render
 from billing import selectors as billing_selectors
 from portal.access import activate_tenant_timezone, tenant_view
 from usage import gaps
-from usage.models import START, Session, UsageEvent
+from usage.models import START, Session, UsageEvent, meter_names
 
 
 @tenant_view()
@@ -49,5 +49,6 @@ def session_detail(request, session_id: str):
             "cost": cost.total,
             "unpriced": any(row["unpriced"] for row in cost.rows),
             "gaps": gaps.session_gaps(tenant.pk, session_id),
+            "meter_names": meter_names(),
         },
     )

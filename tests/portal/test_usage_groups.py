@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from tests.billing.builders import M, make_plan, store, subscribe
 from tests.factories import AgentFactory, MembershipFactory, TenantFactory
+from usage.meters import METER_NAMES
 
 pytestmark = pytest.mark.django_db
 
@@ -177,11 +178,15 @@ def test_each_group_is_one_row_with_its_quantities_and_cost_and_the_csv_holds_th
         if group_by == "day":
             day = date.fromisoformat(key[0])
             assert page_row[0] == f"{day:%a} {day.day} {day:%b}"
+        elif group_by == "meter":
+            assert tuple(page_row[:width]) == (
+                METER_NAMES[key[0]],
+            )  # the page names it; the CSV has the code
         else:
             assert tuple(page_row[:width]) == key
         assert [number(c) for c in page_row[width:-1]] == list(shown.values())
         assert cents(page_row[-1]) == Decimal(csv_row[-2]).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
-    assert header[width:-1] == (["Quantity"] if group_by == "meter" else meters)
+    assert header[width:-1] == (["Quantity"] if group_by == "meter" else [METER_NAMES[m] for m in meters])
     assert cents(footer[-1]) == billed  # the groups add up to what the invoice charges for usage
 
 

@@ -24,7 +24,13 @@ def ensure_meters() -> None:
     and a flush after an earlier transactional test removes the migration-seeded meters)."""
     for order, (code, unit, description) in enumerate(meter_catalogue.DEFAULT_METERS):
         Meter.objects.update_or_create(
-            code=code, defaults={"unit": unit, "description": description, "display_order": order}
+            code=code,
+            defaults={
+                "unit": unit,
+                "description": description,
+                "display_order": order,
+                "name": meter_catalogue.METER_NAMES.get(code, ""),
+            },
         )
 
 
