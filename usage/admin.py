@@ -5,7 +5,7 @@ from usage.models import AgentRollup, Meter, Session, UsageEvent, UsageRollup
 
 @admin.register(Meter)
 class MeterAdmin(admin.ModelAdmin):
-    list_display = ["code", "unit", "description", "is_active", "display_order"]
+    list_display = ["code", "name", "unit", "description", "is_active", "display_order"]
     list_editable = ["is_active", "display_order"]
 
 
