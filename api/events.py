@@ -26,7 +26,6 @@ from api.fields import (
     label_schema,
 )
 from api.problems import error_responses, problem_response
-from billing import unpriced
 from observability import metrics
 from usage import ingest, validation
 
@@ -167,7 +166,6 @@ class IngestView(APIView):
                 principal.agent,
                 batch,
                 session_mode=self.session_mode,
-                on_stored=unpriced.report,
             )
         except validation.IngestError as exc:
             return _invalid(exc)

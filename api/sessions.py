@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 from django.db import transaction
 from django.http import Http404
 from django.utils import timezone
@@ -26,6 +24,7 @@ from api.fields import (
 )
 from api.problems import error_responses, problem_response
 from billing import selectors as billing_selectors
+from billing.pricing import round_money
 from usage import gaps, validation
 from usage.ingest import DEFAULT_MODEL_KINDS
 from usage.models import Session
@@ -127,7 +126,14 @@ class SessionUsageLineSerializer(serializers.Serializer):
     provider = serializers.CharField()
     model = serializers.CharField()
     quantity = DecimalTextField()
-    cost = DecimalTextField(help_text="In the tenant's currency, at the period's average unit prices.")
+    cost = DecimalTextField(
+        help_text="What this usage cost, rounded to the currency's minor unit for display (cost_precise has "
+        "every digit)."
+    )
+    cost_precise = DecimalTextField(
+        help_text="Priced when it arrived, at the marginal rate then in force (for tiers: the position the "
+        "period had reached, in receipt order); it does not change when other usage arrives."
+    )
     unpriced = serializers.BooleanField(
         help_text="No price of the plan matches this usage: it is stored, not billed, and its cost is not known "
         "(0 here). Usage without provider and model (LiveKit before 1.2.12) is the usual cause."
@@ -154,7 +160,14 @@ class SessionUsageSerializer(serializers.Serializer):
     end_user_id = serializers.CharField()
     currency = serializers.CharField()
     usage = SessionUsageLineSerializer(many=True)
-    cost = DecimalTextField(help_text="The whole conversation, in the tenant's currency (its priced usage).")
+    cost = DecimalTextField(
+        help_text="The whole conversation's per-call cost in the tenant's currency, rounded to its minor unit "
+        "for display. Fees, allowances and minimums belong to the period's invoice, not to a call."
+    )
+    cost_precise = DecimalTextField(
+        help_text="The same at full precision (20 decimal places): the sum of its usage lines' cost_precise, "
+        "fixed when the usage arrived."
+    )
     unpriced = serializers.BooleanField(
         help_text="Some of the conversation's usage has no price (see usage)."
     )
@@ -283,8 +296,12 @@ class SessionView(APIView):
             "ended_at": session.ended_at,
             "end_user_id": session.end_user_id,
             "currency": tenant.currency,
-            "usage": [{**row, "cost": row["cost"].quantize(Decimal("0.000001"))} for row in cost.rows],
-            "cost": cost.total.quantize(Decimal("0.000001")),
+            "usage": [
+                {**row, "cost": round_money(row["cost"], tenant.currency), "cost_precise": row["cost"]}
+                for row in cost.rows
+            ],
+            "cost": round_money(cost.total, tenant.currency),
+            "cost_precise": cost.total,
             "unpriced": any(row["unpriced"] for row in cost.rows),
             "gaps": gaps.session_gaps(tenant.pk, session_id),
         }

@@ -4,3 +4,10 @@ from django.apps import AppConfig
 class BillingConfig(AppConfig):
     name = "billing"
     verbose_name = "Billing"
+
+    def ready(self) -> None:
+        from billing import call_costs
+        from usage import ingest
+
+        # Every batch any path stores is priced per call in its own transaction (billing.call_costs).
+        ingest.register_stored_hook(call_costs.record)

@@ -405,3 +405,62 @@ class PlanAuditEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M} {self.user} {self.action} {self.object_repr}"
+
+
+PRECISE = {"max_digits": 44, "decimal_places": 20}  # per-call costs at full precision (decision 017)
+
+
+class CallCost(models.Model):
+    """A conversation's usage and its per-call cost per (billing period, meter, provider, model): each quantity
+    priced when it was received, at the marginal rate then in force (billing.call_costs, decision 017). Written
+    by the ingest transaction that stored the usage and never by a later one, except ``manage.py
+    rebuild_call_costs``; so a call's cost does not move when other usage arrives. Usage outside any session is
+    kept under the session id ""."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
+    session_id = models.CharField(max_length=128, blank=True, default="")
+    period_start = models.DateField()
+    meter = models.CharField(max_length=64)
+    provider = models.CharField(max_length=128, blank=True, default="")
+    model = models.CharField(max_length=128, blank=True, default="")
+    quantity = models.DecimalField(**QUANTITY)
+    cost = models.DecimalField(**PRECISE)
+    # The part of ``quantity`` no price matched when it arrived (priced at nothing, shown as unpriced).
+    unpriced_quantity = models.DecimalField(**QUANTITY, default=0)
+    # What the providers charge the platform for ``quantity`` minus ``uncosted_quantity`` (no provider rate).
+    provider_cost = models.DecimalField(**PRECISE, default=0)
+    uncosted_quantity = models.DecimalField(**QUANTITY, default=0)
+
+    objects = TenantScopedQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "session_id", "period_start", "meter", "provider", "model"],
+                name="callcost_unique_group",
+            ),
+        ]
+        indexes = [models.Index(fields=["tenant", "period_start"], name="callcost_tenant_period")]
+
+    def __str__(self) -> str:
+        return f"{self.session_id or '(no session)'} {self.meter} {self.cost}"
+
+
+class TierPosition(models.Model):
+    """How much usage a tiered price has pooled so far in a period, in receipt order: where the next quantity
+    it prices falls among its tiers. Taken under a row lock by each ingest transaction (billing.call_costs)."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
+    period_start = models.DateField()
+    price = models.ForeignKey(Price, on_delete=models.CASCADE, related_name="+")
+    quantity = models.DecimalField(**QUANTITY)
+
+    objects = TenantScopedQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "period_start", "price"], name="tierposition_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.price_id} @ {self.quantity}"

@@ -62,6 +62,19 @@ def format_money(amount: Decimal | int | str | None, currency: str, *, precise: 
     return f"{sign}{SYMBOLS.get(currency, currency + ' ')}{text.lstrip('-')}"
 
 
+CALL_COST_EXTRA_PLACES = 2  # a call's cost shows hundredths of a cent ($0.0549): decision 017
+
+
+def format_call_cost(amount: Decimal | int | str | None, currency: str) -> str:
+    """A per-call cost for tenants: two places past the minor unit (``$0.0549``, ``$0.0004``), so a short call
+    never reads as free; the full-precision amount is in the API's ``cost_precise`` and on hover."""
+    if amount is None:
+        return NO_VALUE
+    text = f"{_to_minor_unit(amount, _staff_exponent(currency) + CALL_COST_EXTRA_PLACES):,}"
+    sign = "-" if text.startswith("-") else ""
+    return f"{sign}{SYMBOLS.get(currency, currency + ' ')}{text.lstrip('-')}"
+
+
 def format_money_with_code(amount: Decimal | int | str | None, currency: str) -> str:
     """For staff: ``1,234.56 USD``, rounded to the currency's minor unit (two places for an unknown code)."""
     if amount is None:

@@ -602,3 +602,34 @@ def price_usage(
     )
     lines = _fee_lines(plan, active_agents) + usage_lines + minimum_lines
     return PricedInvoice(currency=currency, lines=tuple(lines), unmatched=tuple(unmatched))
+
+
+@_precise
+def marginal_charge(
+    price: Price, position: Decimal, quantity: Decimal, rate: ProviderRate | None = None
+) -> Decimal:
+    """What ``quantity`` costs at the margin when the price has already pooled ``position`` of the period's
+    usage: a call's own cost (billing.call_costs, decision 017), unrounded, before allowance and minimum.
+
+    Linear prices charge their unit price (package: the package price per unit, pro rata); graduated tiers
+    charge the slices between ``position`` and ``position + quantity`` (never a tier's flat amount); volume
+    tiers charge the whole quantity at the tier ``position + quantity`` lands in. Consecutive quantities of a
+    graduated price therefore add up to exactly :func:`graduated_amount` without flat amounts.
+    """
+    position = _non_negative(position, "position")
+    quantity = _non_negative(quantity, "quantity")
+    match price.price_model:
+        case PriceModel.PER_UNIT | PriceModel.COST_PLUS:
+            return charge_for(price, quantity, rate)
+        case PriceModel.PACKAGE:
+            return quantity * price.package_amount / price.package_size
+        case PriceModel.GRADUATED:
+            flatless = tuple(Tier(t.up_to, t.unit_amount) for t in price.tiers)
+            after = graduated_amount(flatless, price.unit_size, position + quantity)
+            return after - graduated_amount(flatless, price.unit_size, position)
+        case PriceModel.VOLUME:
+            if not quantity:
+                return ZERO
+            reached = position + quantity
+            tier = next(t for t in price.tiers if t.up_to is None or reached <= t.up_to)
+            return quantity * tier.unit_amount / price.unit_size

@@ -17,11 +17,11 @@ from django.db.models import Count, Max, Min, Sum
 from django.utils import timezone
 
 from billing import invoicing, period_pricing, periods
-from billing.models import Invoice, InvoiceLine
+from billing.models import CallCost, Invoice, InvoiceLine
 from billing.money import format_unit_price
 from tenants.models import Tenant
 from usage import rollups
-from usage.models import Meter, UsageEvent, UsageRollup
+from usage.models import Meter, UsageEvent
 
 GroupKey = tuple[str, str, str]
 FORECAST_MIN_DAYS = 3  # the forecast waits for this many days of a period (decision 014)
@@ -200,7 +200,8 @@ def usage_by_groups(
 
 @dataclass(frozen=True)
 class SessionCost:
-    """One session's usage by (meter, provider, model), each row with its ``cost``, and their total."""
+    """One session's usage by (meter, provider, model), each row with its per-call ``cost`` (full precision,
+    billing.call_costs), ``provider_cost`` and ``unpriced``, and their total."""
 
     first_event_at: datetime | None
     last_event_at: datetime | None
@@ -208,61 +209,54 @@ class SessionCost:
     rows: list[dict]
     total: Decimal
 
+    @property
+    def provider_cost(self) -> Decimal:
+        return sum((r["provider_cost"] for r in self.rows), Decimal(0))
+
+    @property
+    def uncosted(self) -> bool:
+        """Some usage has no provider rate: the provider cost (and so the margin) is incomplete."""
+        return any(r["uncosted_quantity"] for r in self.rows)
+
 
 def session_cost(tenant: Tenant, session_id: str) -> SessionCost:
-    """The usage and cost of one conversation, as the portal's session page and GET /sessions/{id} show it.
-
-    The whole session is priced at the average unit prices of the period its first event falls in; its
-    usage is read from the rollup hours around its first and last events.
-    """
+    """The usage and per-call cost of one conversation, as the portal's session page and GET /sessions/{id}
+    show it: each quantity priced when it arrived, at the marginal rate (decision 017), so it does not move
+    when other usage arrives."""
     span = (
         UsageEvent.objects.for_tenant(tenant)
         .filter(session_id=session_id)
         .aggregate(first=Min("timestamp"), last=Max("timestamp"), count=Count("id"))
     )
-    rows: list[dict] = []
-    if span["first"]:
-        month, _ = periods.period_containing(span["first"], tenant.timezone)
-        month_spend = spend(tenant, month, periods.next_month(month))
-        rows = rollups.usage_rows(
-            tenant.pk,
-            tenant.timezone,
-            span["first"] - timedelta(hours=1),
-            span["last"] + timedelta(hours=1),
-            [],
-            {"session": session_id},
+    rows = list(
+        CallCost.objects.for_tenant(tenant)
+        .filter(session_id=session_id)
+        .values("meter", "provider", "model")
+        .annotate(
+            quantity=Sum("quantity"),
+            cost=Sum("cost"),
+            unpriced_quantity=Sum("unpriced_quantity"),
+            provider_cost=Sum("provider_cost"),
+            uncosted_quantity=Sum("uncosted_quantity"),
         )
-        for row in rows:
-            key = (row["meter"], row["provider"], row["model"])
-            row["cost"] = month_spend.cost_of(key, row["quantity"])
-            row["unpriced"] = key in month_spend.unpriced
+        .order_by("meter", "provider", "model")
+    )
+    for row in rows:
+        row["unpriced"] = bool(row["unpriced_quantity"])
     return SessionCost(
         span["first"], span["last"], span["count"], rows, sum((r["cost"] for r in rows), Decimal(0))
     )
 
 
 def session_costs(tenant: Tenant, session_ids: list[str]) -> dict[str, Decimal]:
-    """Cost of each of the given sessions from one query over the per-session rollups (a page of the
-    portal's session list); a session without usage is left out.
-
-    Each (meter, provider, model) of a session is priced at the average unit prices of the period its first
-    rollup hour falls in.
-    """
+    """Per-call cost of each of the given sessions (a page of the portal's session list), from one query; a
+    session without usage is left out."""
     if not session_ids:
         return {}
-    costs: dict[str, Decimal] = {}
-    rollups = (
-        UsageRollup.objects.for_tenant(tenant)
+    return dict(
+        CallCost.objects.for_tenant(tenant)
         .filter(session_id__in=session_ids)
-        .values("session_id", "meter", "provider", "model")
-        .annotate(start=Min("hour"))
+        .values("session_id")
+        .annotate(total=Sum("cost"))
+        .values_list("session_id", "total")
     )
-    spends: dict[date, Spend] = {}
-    for row in rollups.annotate(quantity=Sum("quantity")):
-        month, _ = periods.period_containing(row["start"], tenant.timezone)
-        if month not in spends:
-            spends[month] = spend(tenant, month, periods.next_month(month))
-        costs[row["session_id"]] = costs.get(row["session_id"], Decimal(0)) + spends[month].cost_of(
-            (row["meter"], row["provider"], row["model"]), row["quantity"]
-        )
-    return costs

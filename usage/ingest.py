@@ -74,6 +74,15 @@ class IngestResult:
 # and read-your-writes; what it returns is added to the response body. It raising rolls the whole batch back.
 OnStored = Callable[[Tenant, Agent, Sequence[EventRecord]], dict[str, Any] | None]
 
+# Hooks every store_events call runs (before its own ``on_stored``), registered once by the app that owns them
+# (billing's per-call costs, from its AppConfig.ready), so no path that stores usage can skip them.
+_STORED_HOOKS: list[OnStored] = []
+
+
+def register_stored_hook(hook: OnStored) -> None:
+    if hook not in _STORED_HOOKS:
+        _STORED_HOOKS.append(hook)
+
 
 # ``sessions`` creates the batch's missing sessions, keeps each session's first and last usage from the events
 # this statement inserted (a resend moves nothing), and returns those another agent owns (the caller then
@@ -179,12 +188,14 @@ def store_events(
                     _claim_session_mode(tenant, agent, batch.session_id, session_mode)
                 records = with_default_models(tenant, batch.records)
                 result = _store(tenant, agent, records, session_mode)
-                if on_stored is not None and result.accepted:
+                hooks = [*_STORED_HOOKS, *([on_stored] if on_stored else [])]
+                if hooks and result.accepted:
                     stored = sorted(
                         (r for r in records if r.event_id in result.inserted_ids),
                         key=lambda r: r.event_id,
                     )
-                    result.extra.update(on_stored(tenant, agent, stored) or {})
+                    for hook in hooks:
+                        result.extra.update(hook(tenant, agent, stored) or {})
             result.duplicates += batch.repeats
             result.ignored = batch.ignored
             return result

@@ -8,7 +8,7 @@ from decimal import Decimal
 from django.shortcuts import render
 from django.utils import timezone
 
-from billing import periods
+from billing import call_costs, periods
 from billing import selectors as billing_selectors
 from billing.models import Invoice
 from billing.money import format_money
@@ -84,5 +84,6 @@ def dashboard(request):
         ),
         "last_invoice": Invoice.objects.for_tenant(tenant).finalized().order_by("-period_start").first(),
         "unpriced": unpriced_groups(spend.priced.unmatched),
+        "reconciliation": call_costs.reconcile(tenant, spend.start, spend.priced),
     }
     return render(request, "portal/dashboard.html", context)

@@ -1,0 +1,435 @@
+"""Per-call costs: each conversation's usage priced when it arrives, kept at full precision, never moved by
+later usage (issue 17 part 1; docs/decisions/017-per-call-costs.md has the reasoning).
+
+:func:`record` runs in every ingest transaction (usage.ingest's stored-hooks, registered by billing's app
+config) with the events that batch actually inserted, in receipt order (event-id order within a batch). Each
+quantity is priced by the plan version the invoice will use for its tenant-local day, at the *marginal* rate:
+
+- per unit, cost-plus (provider rate in force × (1 + markup)) and package (pro rata: the package price per
+  unit) are linear;
+- graduated tiers price the slice between the price's position before and after this quantity, volume tiers
+  price the quantity at the tier that position lands in; the position is the usage the price has pooled in
+  the period so far in receipt order (``billing_tierposition``, taken under a row lock, so concurrent batches
+  queue and no two quantities share a slice);
+- allowances, tier flat amounts, the rounding up to whole packages, minimums and fees are *period* amounts,
+  not any call's: they are the "rounding and period fees" between Σ call costs and the invoice
+  (:func:`period_reconciliation`).
+
+The results are added to ``billing_callcost`` per (session, period, meter, provider, model) with the provider
+cost beside them (for staff margins), and the groups no price matched are returned as the ingest response's
+``unpriced`` report (billing.unpriced). ``manage.py rebuild_call_costs`` recomputes a tenant's periods from the
+stored events in receipt order (after a price was added for unpriced usage, or on upgrade).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal, localcontext
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+import orjson
+from django.db import connection, transaction
+from django.db.models import Sum
+
+from billing import period_pricing, periods, pricing
+from billing.models import PRECISE, CallCost, TierPosition
+from billing.unpriced import NO_PLAN, NO_PRICE, NO_PROVIDER_RATE
+from tenants.models import Agent, Tenant
+from usage import rollups
+from usage.models import UsageEvent
+
+ZERO = Decimal(0)
+PLACES = Decimal(1).scaleb(-PRECISE["decimal_places"])  # what a stored precise amount keeps
+TIERED = (pricing.PriceModel.GRADUATED, pricing.PriceModel.VOLUME)
+# An advisory lock per tenant: every ingest transaction takes it shared, a rebuild exclusive, so no batch
+# prices usage while its period is being recomputed (and none waits on another batch for it).
+LOCK_CLASS = 17_001
+
+
+class Usage(Protocol):
+    """What pricing one event needs: an EventRecord at ingest, a stored UsageEvent in a rebuild."""
+
+    timestamp: datetime
+    session_id: str
+    provider: str
+    model: str
+    usage: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How one (segment, meter, provider, model) is priced: the price and the provider rate, or why not."""
+
+    price: pricing.Price | None
+    rate: pricing.ProviderRate | None
+    reason: str  # "" when priced; billing.unpriced's reasons otherwise
+
+
+class Pricer:
+    """The plan versions, prices and provider rates a batch needs, loaded once per period it touches."""
+
+    def __init__(self, tenant: Tenant, keys: Iterable[tuple[str, str, str]] | None):
+        self.tenant = tenant
+        self.currency = tenant.currency
+        self.zone = ZoneInfo(tenant.timezone)
+        self.rates = period_pricing.provider_rates(self.currency, keys)
+        self._segments: dict[date, list[period_pricing.Segment]] = {}
+        self._plans: dict[int, pricing.Plan] = {}
+        self._verdicts: dict[tuple[date, date, tuple[str, str, str]], Verdict] = {}
+
+    def segments(self, period: date) -> list[period_pricing.Segment]:
+        if period not in self._segments:
+            found = period_pricing.plan_segments(self.tenant, period, periods.next_month(period))
+            period_pricing.load_prices(found)
+            self._segments[period] = found
+        return self._segments[period]
+
+    def plan(self, segment: period_pricing.Segment) -> pricing.Plan:
+        assert segment.version is not None
+        if segment.version.pk not in self._plans:
+            self._plans[segment.version.pk] = period_pricing.plan_for(segment.version, self.currency)
+        return self._plans[segment.version.pk]
+
+    def verdict(self, day: date, key: tuple[str, str, str]) -> tuple[date, Verdict]:
+        """The period ``day`` falls in and how ``key`` is priced on that day."""
+        period = periods.month_start(day)
+        segment = next((s for s in self.segments(period) if s.start <= day < s.end), None)
+        start = segment.start if segment else period
+        cached = (period, start, key)
+        if cached not in self._verdicts:
+            usage_key = pricing.UsageKey(*key)
+            rate = pricing.match_rate(self.rates, usage_key, on=start, currency=self.currency)
+            if segment is None or segment.version is None:
+                verdict = Verdict(None, rate, NO_PLAN)
+            else:
+                price = pricing.match_price(self.plan(segment).prices, usage_key)
+                if price is None:
+                    verdict = Verdict(None, rate, NO_PRICE)
+                elif price.price_model is pricing.PriceModel.COST_PLUS and rate is None:
+                    verdict = Verdict(None, None, NO_PROVIDER_RATE)
+                else:
+                    verdict = Verdict(price, rate, "")
+            self._verdicts[cached] = verdict
+        return period, self._verdicts[cached]
+
+    def pooled_so_far(self, period: date, price: pricing.Price) -> Decimal:
+        """Usage the price matched in ``period`` according to the rollups (what a position starts from when the
+        first batch after an upgrade, or of a new period, meets it)."""
+        pooled = ZERO
+        for segment in self.segments(period):
+            if segment.version is None or price not in self.plan(segment).prices:
+                continue
+            usage, _ = rollups.period_usage(
+                self.tenant.pk,
+                periods.local_midnight(segment.start, self.tenant.timezone),
+                periods.local_midnight(segment.end, self.tenant.timezone),
+            )
+            plan = self.plan(segment)
+            for key, quantity in usage.items():
+                matched = pricing.match_price(plan.prices, pricing.UsageKey(*key))
+                if matched is not None and matched.id == price.id:
+                    pooled += quantity
+        return pooled
+
+
+@dataclass
+class Item:
+    """One quantity of one event, with where it is priced."""
+
+    session_id: str
+    key: tuple[str, str, str]
+    quantity: Decimal
+    period: date
+    verdict: Verdict
+
+
+@dataclass
+class Totals:
+    """What a batch (or a rebuild) adds to ``billing_callcost``, and its unpriced report."""
+
+    rows: dict[tuple[str, date, str, str, str], list[Decimal]] = field(
+        default_factory=lambda: defaultdict(lambda: [ZERO] * 5)
+    )
+    unpriced: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
+
+    def add(self, item: Item, cost: Decimal | None) -> None:
+        row = self.rows[(item.session_id, item.period, *item.key)]
+        row[0] += item.quantity
+        if cost is None:
+            row[2] += item.quantity
+        else:
+            row[1] += cost
+        rate = item.verdict.rate
+        if rate is None:
+            row[4] += item.quantity
+        else:
+            row[3] += item.quantity * rate.cost_per_unit / rate.unit_size
+
+
+def items_of(pricer: Pricer, events: Iterable[Usage]) -> list[Item]:
+    """Each non-zero quantity of ``events``, in their order, with the price its tenant-local day uses."""
+    found = []
+    for event in events:
+        day = event.timestamp.astimezone(pricer.zone).date()
+        for meter, raw in event.usage.items():
+            quantity = Decimal(str(raw))
+            if not quantity:
+                continue
+            key = (meter, event.provider, event.model)
+            period, verdict = pricer.verdict(day, key)
+            found.append(Item(event.session_id, key, quantity, period, verdict))
+    return found
+
+
+def price_items(items: Sequence[Item], positions: dict[tuple[date, Any], Decimal], totals: Totals) -> None:
+    """Price ``items`` in order at the marginal rate, moving the tier ``positions`` they pass (decision 017)."""
+    with localcontext(prec=pricing.PRECISION):
+        for item in items:
+            price = item.verdict.price
+            if price is None:
+                totals.add(item, None)
+                totals.unpriced[(*item.key, item.verdict.reason)] += 1
+                continue
+            if price.price_model in TIERED:
+                where = (item.period, price.id)
+                cost = pricing.marginal_charge(price, positions[where], item.quantity, item.verdict.rate)
+                positions[where] += item.quantity
+            else:
+                cost = pricing.marginal_charge(price, ZERO, item.quantity, item.verdict.rate)
+            totals.add(item, cost)
+
+
+def _lock(tenant: Tenant, *, exclusive: bool) -> None:
+    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {function}(%s, %s)", [LOCK_CLASS, tenant.pk])
+
+
+def record(tenant: Tenant, agent: Agent, records: Sequence[Usage]) -> dict[str, Any]:
+    """The ingest hook: price the batch's stored ``records`` (receipt order), add them to the session costs,
+    and return ``{"unpriced": [...]}`` when some quantity has no price (``{}`` otherwise)."""
+    keys = {(meter, r.provider, r.model) for r in records for meter in r.usage}
+    if not keys:
+        return {}
+    _lock(tenant, exclusive=False)
+    pricer = Pricer(tenant, keys)
+    items = items_of(pricer, records)
+    positions = _take_positions(tenant, pricer, items)
+    taken = dict(positions)
+    totals = Totals()
+    price_items(items, positions, totals)
+    _save_positions(tenant, {k: v for k, v in positions.items() if v != taken[k]})
+    _save_totals(tenant, totals)
+    return unpriced_report(totals)
+
+
+def unpriced_report(totals: Totals) -> dict[str, Any]:
+    if not totals.unpriced:
+        return {}
+    return {
+        "unpriced": [
+            {"meter": meter, "provider": provider, "model": model, "events": count, "reason": reason}
+            for (meter, provider, model, reason), count in sorted(totals.unpriced.items())
+        ]
+    }
+
+
+_POSITIONS_SQL = """
+SELECT period_start, price_id, quantity FROM billing_tierposition
+WHERE tenant_id = %(tenant)s AND (period_start, price_id) IN (
+    SELECT x.period_start, x.price_id FROM jsonb_to_recordset(%(keys)s::jsonb) AS x(period_start date, price_id bigint)
+)
+ORDER BY period_start, price_id
+FOR UPDATE
+"""
+
+_NEW_POSITIONS_SQL = """
+INSERT INTO billing_tierposition (tenant_id, period_start, price_id, quantity)
+SELECT %(tenant)s, x.period_start, x.price_id, x.quantity
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS x(period_start date, price_id bigint, quantity numeric)
+ORDER BY x.period_start, x.price_id
+ON CONFLICT (tenant_id, period_start, price_id) DO NOTHING
+RETURNING period_start, price_id
+"""
+
+
+def _take_positions(tenant: Tenant, pricer: Pricer, items: Sequence[Item]) -> dict[tuple[date, Any], Decimal]:
+    """The tier positions the batch moves, locked until it commits (created from the rollups when new)."""
+    prices = {(i.period, i.verdict.price.id): i.verdict.price for i in items if i.verdict.price is not None}
+    wanted = sorted(k for k, price in prices.items() if price.price_model in TIERED)
+    if not wanted:
+        return {}
+    keys = orjson.dumps([{"period_start": p.isoformat(), "price_id": pk} for p, pk in wanted]).decode()
+    params = {"tenant": tenant.pk, "keys": keys}
+    with connection.cursor() as cursor:
+        cursor.execute(_POSITIONS_SQL, params)
+        positions = {(p, pk): q for p, pk, q in cursor.fetchall()}
+        missing = [k for k in wanted if k not in positions]
+        if missing:
+            own: dict[tuple[date, Any], Decimal] = defaultdict(Decimal)
+            for item in items:
+                if item.verdict.price is not None and (item.period, item.verdict.price.id) in missing:
+                    own[(item.period, item.verdict.price.id)] += item.quantity
+            # The rollups already hold this batch (same transaction): the position is what came before it.
+            starts = {k: pricer.pooled_so_far(k[0], prices[k]) - own[k] for k in missing}
+            rows = [
+                {"period_start": p.isoformat(), "price_id": pk, "quantity": str(q)}
+                for (p, pk), q in starts.items()
+            ]
+            cursor.execute(_NEW_POSITIONS_SQL, {"tenant": tenant.pk, "rows": orjson.dumps(rows).decode()})
+            created = {(p, pk) for p, pk in cursor.fetchall()}
+            positions.update({k: starts[k] for k in created})
+            if raced := [k for k in missing if k not in created]:  # created by a batch that just committed
+                raced_keys = [{"period_start": p.isoformat(), "price_id": pk} for p, pk in raced]
+                cursor.execute(_POSITIONS_SQL, {**params, "keys": orjson.dumps(raced_keys).decode()})
+                positions.update({(p, pk): q for p, pk, q in cursor.fetchall()})
+    return positions
+
+
+_SAVE_POSITIONS_SQL = """
+INSERT INTO billing_tierposition (tenant_id, period_start, price_id, quantity)
+SELECT %(tenant)s, x.period_start, x.price_id, x.quantity
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS x(period_start date, price_id bigint, quantity numeric)
+ORDER BY x.period_start, x.price_id
+ON CONFLICT (tenant_id, period_start, price_id) DO UPDATE SET quantity = EXCLUDED.quantity
+"""
+
+_SAVE_TOTALS_SQL = """
+INSERT INTO billing_callcost (tenant_id, session_id, period_start, meter, provider, model, quantity, cost,
+                              unpriced_quantity, provider_cost, uncosted_quantity)
+SELECT %(tenant)s, x.session_id, x.period_start, x.meter, x.provider, x.model, x.quantity, x.cost,
+       x.unpriced_quantity, x.provider_cost, x.uncosted_quantity
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS x(session_id text, period_start date, meter text, provider text,
+     model text, quantity numeric, cost numeric, unpriced_quantity numeric, provider_cost numeric,
+     uncosted_quantity numeric)
+ORDER BY x.session_id, x.period_start, x.meter, x.provider, x.model
+ON CONFLICT (tenant_id, session_id, period_start, meter, provider, model) DO UPDATE
+   SET quantity = billing_callcost.quantity + EXCLUDED.quantity,
+       cost = billing_callcost.cost + EXCLUDED.cost,
+       unpriced_quantity = billing_callcost.unpriced_quantity + EXCLUDED.unpriced_quantity,
+       provider_cost = billing_callcost.provider_cost + EXCLUDED.provider_cost,
+       uncosted_quantity = billing_callcost.uncosted_quantity + EXCLUDED.uncosted_quantity
+"""
+
+
+def _save_positions(tenant: Tenant, positions: dict[tuple[date, Any], Decimal]) -> None:
+    if not positions:
+        return
+    rows = [
+        {"period_start": p.isoformat(), "price_id": pk, "quantity": str(q)}
+        for (p, pk), q in positions.items()
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(_SAVE_POSITIONS_SQL, {"tenant": tenant.pk, "rows": orjson.dumps(rows).decode()})
+
+
+def _save_totals(tenant: Tenant, totals: Totals) -> None:
+    if not totals.rows:
+        return
+    names = ("quantity", "cost", "unpriced_quantity", "provider_cost", "uncosted_quantity")
+    rows = [
+        {
+            "session_id": session_id,
+            "period_start": period.isoformat(),
+            "meter": meter,
+            "provider": provider,
+            "model": model,
+            **{name: str(value.quantize(PLACES)) for name, value in zip(names, values, strict=True)},
+        }
+        for (session_id, period, meter, provider, model), values in totals.rows.items()
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(_SAVE_TOTALS_SQL, {"tenant": tenant.pk, "rows": orjson.dumps(rows).decode()})
+
+
+@dataclass
+class Rebuilt:
+    events: int
+    rows: int
+
+
+REBUILD_CHUNK = 20_000
+
+
+def rebuild(tenant: Tenant, since: date | None = None) -> Rebuilt:
+    """Recompute the tenant's per-call costs from its stored events in receipt order (their ids), for the
+    periods from the one containing ``since`` on (all by default), with today's plans and rates. Ingest of the
+    tenant waits while it runs (an advisory lock), so no batch is priced twice or against a half-built
+    position."""
+    with transaction.atomic():
+        _lock(tenant, exclusive=True)
+        first = periods.month_start(since) if since else date.min
+        CallCost.objects.for_tenant(tenant).filter(period_start__gte=first).delete()
+        TierPosition.objects.for_tenant(tenant).filter(period_start__gte=first).delete()
+        events = UsageEvent.objects.for_tenant(tenant).order_by("id")
+        if since:
+            events = events.filter(
+                timestamp__gte=periods.local_midnight(first, tenant.timezone) - timedelta(days=1)
+            )
+        pricer = Pricer(tenant, None)
+        positions: dict[tuple[date, Any], Decimal] = defaultdict(Decimal)
+        count = 0
+        chunk: list[Usage] = []
+        rows = 0
+        for event in events.only("timestamp", "session_id", "provider", "model", "usage").iterator(2000):
+            chunk.append(event)
+            if len(chunk) == REBUILD_CHUNK:
+                rows += _rebuild_chunk(tenant, pricer, chunk, positions, first)
+                count += len(chunk)
+                chunk = []
+        rows += _rebuild_chunk(tenant, pricer, chunk, positions, first)
+        count += len(chunk)
+        _save_positions(tenant, {k: v for k, v in positions.items() if v})
+    return Rebuilt(count, CallCost.objects.for_tenant(tenant).filter(period_start__gte=first).count())
+
+
+def _rebuild_chunk(tenant, pricer, chunk, positions, first) -> int:
+    items = [i for i in items_of(pricer, chunk) if i.period >= first]
+    totals = Totals()
+    price_items(items, positions, totals)
+    _save_totals(tenant, totals)
+    return len(totals.rows)
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    """Σ call costs of a period against its (draft) invoice: the difference is "rounding and period fees"."""
+
+    calls: Decimal
+    total: Decimal
+    base_fee: Decimal
+    agent_fee: Decimal
+    minimums: Decimal
+
+    @property
+    def period_fees(self) -> Decimal:
+        """Everything the invoice holds beyond the calls' own costs (may be negative: allowances)."""
+        return self.total - self.calls
+
+    @property
+    def adjustments(self) -> Decimal:
+        """Allowances, tier flat amounts, whole packages and rounding: period fees that are not a fee line."""
+        return self.period_fees - self.base_fee - self.agent_fee - self.minimums
+
+
+def period_calls(tenant: Tenant, period: date) -> Decimal:
+    """Σ per-call costs of a period, at full precision."""
+    found = CallCost.objects.for_tenant(tenant).filter(period_start=period).aggregate(c=Sum("cost"))["c"]
+    return found or ZERO
+
+
+def reconcile(tenant: Tenant, period: date, priced: period_pricing.PricedPeriod) -> Reconciliation:
+    by_kind: dict[str, Decimal] = defaultdict(Decimal)
+    for line in priced.lines:
+        by_kind[line.kind] += line.amount
+    return Reconciliation(
+        calls=period_calls(tenant, period),
+        total=priced.total,
+        base_fee=by_kind["base_fee"],
+        agent_fee=by_kind["agent_fee"],
+        minimums=by_kind["minimum"],
+    )
