@@ -27,7 +27,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from decimal import Decimal, localcontext
+from decimal import ROUND_HALF_UP, Decimal, localcontext
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
@@ -338,7 +338,10 @@ def _save_totals(tenant: Tenant, totals: Totals) -> None:
             "meter": meter,
             "provider": provider,
             "model": model,
-            **{name: str(value.quantize(PLACES)) for name, value in zip(names, values, strict=True)},
+            **{
+                name: str(value.quantize(PLACES, rounding=ROUND_HALF_UP))
+                for name, value in zip(names, values, strict=True)
+            },
         }
         for (session_id, period, meter, provider, model), values in totals.rows.items()
     ]

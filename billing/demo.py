@@ -9,7 +9,7 @@ from decimal import Decimal
 from django.db import transaction
 from django.utils import timezone
 
-from billing import catalogue, invoicing, periods
+from billing import call_costs, catalogue, invoicing, periods
 from billing.models import Invoice, PlanVersion, Price, PricePlan, PriceTier, ProviderRate, Subscription
 from tenants.models import Tenant
 
@@ -140,6 +140,7 @@ def load_demo_billing(tenant: Tenant, now=None) -> Invoice | None:
     this_period, _ = periods.period_containing(now, tenant.timezone)
     last_period = periods.previous_month(this_period)
     Subscription.objects.get_or_create(tenant=tenant, starts_on=last_period, defaults={"plan": plan})
+    call_costs.rebuild(tenant)  # the demo's usage was stored before its plan existed: price its calls now
     if Invoice.objects.for_tenant(tenant).filter(period_start=last_period).exclude(status="draft").exists():
         return None
     invoice = invoicing.generate_invoice(tenant.pk, last_period)
