@@ -23,7 +23,7 @@ EVENT_COLUMNS = (
 )
 SESSION_COLUMNS = (
     "tenant_id, agent_id, session_id, started_at, ended_at, end_user_id, conversation_type, metadata, "
-    "livekit_report_mode, first_usage_at, last_usage_at, created_at, updated_at"
+    "default_models, livekit_report_mode, first_usage_at, last_usage_at, created_at, updated_at"
 )
 ROLLUP_COLUMNS = "tenant_id, agent_id, session_id, meter, provider, model, hour, quantity, event_count"
 BULK_TABLES = ["usage_usageevent", "usage_session", "usage_usagerollup", "usage_agentrollup"]
@@ -100,7 +100,7 @@ def copy_text(piece: Piece, sessions: list[str], chunk_rows: int = 4000) -> Iter
         # As ingestion leaves a LiveKit session that no PUT described: times from its first and last usage.
         first, last = clock(talk.events[0][0]), clock(talk.events[-1][0])
         sessions.append(
-            f"{prefix}{session}\t\\N\t\\N\t\t{talk.conversation_type}\t{{}}\tmetrics\t{first}\t{last}\t"
+            f"{prefix}{session}\t\\N\t\\N\t\t{talk.conversation_type}\t{{}}\t{{}}\tmetrics\t{first}\t{last}\t"
             f"{first}\t{last}\n"
         )
         if len(lines) >= chunk_rows:

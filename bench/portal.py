@@ -252,13 +252,14 @@ def fixture() -> Fixture:
 def explain_main_queries(tenant_id: int) -> list[str]:
     """EXPLAIN ANALYZE of the rollup queries behind the pages: the period's totals that every priced page
     needs (billing.selectors.spend → usage.rollups.usage_totals, from usage_agentrollup), and a page of
-    sessions' costs (from usage_usagerollup). They read rollups by index, never usage_usageevent."""
+    sessions' per-call costs (from billing_callcost). They read rollups by index, never usage_usageevent."""
     from django.db import connection
-    from django.db.models import Min, Sum
+    from django.db.models import Sum
 
     from billing import invoicing, periods
+    from billing.models import CallCost
     from tenants.models import Tenant
-    from usage.models import Session, UsageRollup
+    from usage.models import Session
 
     tenant = Tenant.objects.get(pk=tenant_id)
     start, end = invoicing.current_period(tenant)
@@ -277,10 +278,10 @@ def explain_main_queries(tenant_id: int) -> list[str]:
         out += ["  " + row[0] for row in cursor.fetchall() if "Worker" not in row[0]]
         page = list(Session.objects.for_tenant(tenant).values_list("session_id", flat=True)[:50])
         costs = (
-            UsageRollup.objects.for_tenant(tenant)
+            CallCost.objects.for_tenant(tenant)
             .filter(session_id__in=page)
-            .values("session_id", "meter", "provider", "model")
-            .annotate(start=Min("hour"), quantity=Sum("quantity"))
+            .values("session_id")
+            .annotate(total=Sum("cost"))
         )
         sql, sql_params = costs.query.sql_with_params()
         cursor.execute(f"EXPLAIN (ANALYZE, COSTS OFF) {sql}", sql_params)
@@ -565,7 +566,8 @@ def main() -> int:
                 loaded = load_usage(bench_url, recent_traffic(specs, now, args.seed))
                 billing = set_up_billing(specs, now)
                 print(
-                    f"  plan, invoices (previous month finalized, current draft) and budgets in {billing:.1f} s"
+                    f"  plan, per-call costs of every stored event (billing.call_costs.rebuild), invoices (previous month "
+                    f"finalized, current draft) and budgets in {billing:.1f} s"
                 )
                 setup = {
                     **loaded,
@@ -582,11 +584,18 @@ def main() -> int:
             for line in explain_main_queries(fx.tenant_id):
                 print(f"    {line}")
 
+            # The production settings serve hashed static files from STATIC_ROOT (a fresh clone has none).
+            scratch.manage(env, "collectstatic", "--no-input", "-v", "0")
             port = free_port()
             options = ["--workers", str(args.workers), "--timeout", "300"]
             gunicorn = start_gunicorn(env, port, options, Path(workdir) / "gunicorn.log")
             print(f"  gunicorn on 127.0.0.1:{port}; timing {len(fx.targets)} pages …", flush=True)
-            results = measure(port, fx, args.warmup, args.requests, args.budget)
+            try:
+                results = measure(port, fx, args.warmup, args.requests, args.budget)
+            except RuntimeError:
+                log = (Path(workdir) / "gunicorn.log").read_text(errors="replace")
+                print("gunicorn's log, last 60 lines:\n" + "\n".join(log.splitlines()[-60:]), file=sys.stderr)
+                raise
             stop_gunicorn(gunicorn)
             gunicorn = None
             sql = in_process(fx, args.profile)

@@ -149,6 +149,24 @@ def test_get_budget_reads_the_budget_or_reports_a_server_without_the_endpoint(se
     assert [call[:2] for call in client.recorder.calls] == [("GET", "/api/v1/budget")]
 
 
+def test_get_session_reads_the_per_call_cost_the_api_shows(server, make_client, tenant):
+    from tests.billing.builders import make_plan, subscribe
+
+    subscribe(tenant, make_plan())  # gpt-4o-mini text: $0.30 per 1M in, $1.20 out
+    client = make_client(server)
+    client.send_events(events(4, session_id="sdk-call", llm_output_text_tokens=7, tts_characters=0))
+    body = client.get_session("sdk-call")
+    expected = sum(Decimal(i + 1) * Decimal("0.30") + 7 * Decimal("1.20") for i in range(4)) / 1_000_000
+    assert Decimal(body["cost_precise"]) == expected
+    assert body["cost"] == "0"  # $0.0000442 rounds to no cent for display; cost_precise keeps it
+    assert body["unpriced"] is False and {row["meter"] for row in body["usage"]} == {
+        "llm_input_text_tokens",
+        "llm_output_text_tokens",
+    }
+    with pytest.raises(meterline.NotFoundError):
+        client.get_session("no-such-call")
+
+
 @pytest.mark.parametrize("name", samples.SESSIONS)
 def test_livekit_metrics_and_usage_reports_through_the_client(server, make_client, tenant, name):
     sample = samples.load(name)

@@ -448,6 +448,15 @@ def prepare_budget() -> PreparedRequest:
     return PreparedRequest("GET", f"{API_PREFIX}/budget", None, "budget")
 
 
+def prepare_session_read(session_id: str) -> PreparedRequest:
+    """GET /api/v1/sessions/{id}: any id the server stored (percent-encoded), not only the write alphabet."""
+    from urllib.parse import quote
+
+    if not isinstance(session_id, str) or not session_id:
+        raise TypeError("session_id must be a non-empty string")
+    return PreparedRequest("GET", f"{API_PREFIX}/sessions/{quote(session_id, safe='')}", None, "session_read")
+
+
 def _check_session_id(session_id: Any) -> None:
     check_identifier(session_id, "session_id")
 

@@ -460,6 +460,13 @@ class Client(_BaseClient):
         outcome = self._deliver(_core.prepare_budget())
         return _read_result(outcome)
 
+    def get_session(self, session_id: str) -> dict[str, Any]:
+        """GET /api/v1/sessions/{id}: a conversation's usage and its per-call cost, as the portal shows it:
+        ``cost`` rounded to the currency's minor unit, ``cost_precise`` every digit (strings: parse them with
+        ``decimal.Decimal``). The cost is fixed when the usage arrives. Raises NotFoundError for an unknown id."""
+        outcome = self._deliver(_core.prepare_session_read(session_id))
+        return _read_result(outcome)
+
     def flush(self) -> FlushResult:
         """Resend everything in the spool, oldest first; stops at the first batch the server cannot take yet."""
         outcomes = self._drain()
@@ -591,6 +598,10 @@ class AsyncClient(_BaseClient):
 
     async def get_budget(self) -> dict[str, Any]:
         outcome = await self._deliver(_core.prepare_budget())
+        return _read_result(outcome)
+
+    async def get_session(self, session_id: str) -> dict[str, Any]:
+        outcome = await self._deliver(_core.prepare_session_read(session_id))
         return _read_result(outcome)
 
     async def flush(self) -> FlushResult:
