@@ -13,15 +13,17 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
 
-from django.http import HttpResponse, StreamingHttpResponse
+from django.http import HttpResponse, QueryDict, StreamingHttpResponse
 from django.shortcuts import render
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.safestring import mark_safe
 
 from billing import selectors as billing_selectors
 from billing.money import format_money, format_quantity
 from portal.access import activate_tenant_timezone, tenant_view
 from portal.forms import UsageFilterForm
+from portal.windows import windows
 from tenants.models import Agent
 from usage.models import Meter, meter_names
 
@@ -122,8 +124,28 @@ def usage(request):
             "table": _usage_table(tenant, report) if report and report.rows else "",
             "truncated": bool(report) and len(report.rows) > USAGE_TABLE_ROWS,
             "query": request.GET.urlencode(),
+            "ranges": _ranges(request, form),
         },
     )
+
+
+def _ranges(request, form) -> list[dict]:
+    """The dashboard's periods as date ranges of this page (this period, the last 30 days, past periods), each
+    keeping the other filters; ``current`` marks the one the form shows."""
+    params = request.GET.copy() if request.GET else QueryDict(mutable=True)
+    shown = (form.data.get("start"), form.data.get("end"))
+    found = []
+    for window in windows(request.access.tenant, timezone.localdate()):
+        last = (
+            min(window.end, timezone.localdate() + timedelta(days=1)) if window.kind != "past" else window.end
+        )
+        start, end = window.start.isoformat(), (last - timedelta(days=1)).isoformat()
+        if window.kind == "current":
+            end = (window.end - timedelta(days=1)).isoformat()
+        params["start"], params["end"] = start, end
+        params.setdefault("group_by", "meter")
+        found.append({"label": window.label, "query": params.urlencode(), "current": shown == (start, end)})
+    return found
 
 
 def _usage_table(tenant, report: UsageReport) -> str:
