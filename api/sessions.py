@@ -152,6 +152,15 @@ class SessionGapSerializer(serializers.Serializer):
     events = serializers.IntegerField()
 
 
+class AudioCheckSerializer(serializers.Serializer):
+    provider = serializers.CharField()
+    model = serializers.CharField()
+    tokens = DecimalTextField(help_text="The session's output audio tokens of this model.")
+    tokens_per_second = DecimalTextField(help_text="The provider's audio tokens per second of audio.")
+    audio_seconds = DecimalTextField(help_text="The audio those tokens stand for.")
+    session_seconds = DecimalTextField(help_text="The session's length (reported, else first to last usage).")
+
+
 class SessionUsageSerializer(serializers.Serializer):
     session_id = serializers.CharField()
     agent = serializers.CharField()
@@ -174,6 +183,11 @@ class SessionUsageSerializer(serializers.Serializer):
     gaps = SessionGapSerializer(
         many=True,
         help_text="Where the provider's token details did not add up to its totals, per model (LiveKit usage).",
+    )
+    audio_check = AudioCheckSerializer(
+        many=True,
+        help_text="Models whose output audio tokens stand for more than twice the session's length (plus 10 s): "
+        "implausible, worth checking. Empty when all is plausible or the length is unknown.",
     )
 
 
@@ -304,5 +318,6 @@ class SessionView(APIView):
             "cost_precise": cost.total,
             "unpriced": any(row["unpriced"] for row in cost.rows),
             "gaps": gaps.session_gaps(tenant.pk, session_id),
+            "audio_check": gaps.audio_check(tenant.pk, session),
         }
         return Response(SessionUsageSerializer(usage).data)

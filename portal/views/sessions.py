@@ -52,6 +52,7 @@ def session_detail(request, session_id: str):
             "uncosted": cost.uncosted,
             "unpriced": any(row["unpriced"] for row in cost.rows),
             "gaps": gaps.session_gaps(tenant.pk, session_id),
+            "audio_checks": gaps.audio_check(tenant.pk, session),
             "meter_names": meter_names(),
         },
     )

@@ -19,12 +19,14 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.safestring import mark_safe
 
+from billing import periods
 from billing import selectors as billing_selectors
 from billing.money import format_money, format_quantity
 from portal.access import activate_tenant_timezone, tenant_view
 from portal.forms import UsageFilterForm
 from portal.windows import windows
 from tenants.models import Agent
+from usage import gaps
 from usage.models import Meter, meter_names
 
 USAGE_TABLE_ROWS = 2000
@@ -112,9 +114,16 @@ def usage(request):
     tenant = request.access.tenant
     form = _usage_form(request)
     report = None
+    found_gaps: list[dict] = []
     if form.is_valid():
         data = form.cleaned_data
         report = usage_report(tenant, data["start"], data["end_exclusive"], data["group_by"], form.filters())
+        found_gaps = gaps.range_gaps(
+            tenant.pk,
+            periods.local_midnight(data["start"], tenant.timezone),
+            periods.local_midnight(data["end_exclusive"], tenant.timezone),
+            form.filters(),
+        )
     return render(
         request,
         "portal/usage.html",
@@ -125,6 +134,7 @@ def usage(request):
             "truncated": bool(report) and len(report.rows) > USAGE_TABLE_ROWS,
             "query": request.GET.urlencode(),
             "ranges": _ranges(request, form),
+            "gaps": found_gaps,
         },
     )
 

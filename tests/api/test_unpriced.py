@@ -363,3 +363,77 @@ def test_a_sessions_token_gaps_are_shown_per_model_in_the_api_and_the_portal(
     page = client.get("/sessions/gemini/").content.decode()
     section = page[page.index('data-testid="session-gaps"') :]
     assert "unclassified_input_tokens" in section and model in section
+    # the usage explorer lists the range's gaps per model (the same figures), and a filter narrows them
+    explorer = client.get("/usage/", {"group_by": "model"}).content.decode()
+    section = explorer[explorer.index('data-testid="explorer-gaps"') :].split("</table>")[0]
+    assert "unclassified_input_tokens" in section and model in section and ">12<" in section
+    assert "gap_x" not in explorer and "lots" not in explorer
+    other = client.get("/usage/", {"group_by": "model", "session": "no-such-session"}).content.decode()
+    assert 'data-testid="explorer-gaps"' not in other
+
+
+def test_the_gap_query_reads_only_events_that_carry_a_gap(tenant, agent):
+    """The explorer's gaps use the partial index, never a scan of the tenant's events."""
+    from django.db import connection
+
+    from usage import gaps
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO usage_usageevent (tenant_id, agent_id, event_id, timestamp, session_id, provider, model, "
+            "usage, metadata, source, received_at) SELECT %s, %s, 'bulk-' || n, now() - n * interval '1 second', "
+            "'s', 'p', 'm', '{}', '{}', 'livekit_metrics', now() FROM generate_series(1, 5000) AS n",
+            [tenant.pk, agent.pk],
+        )
+        cursor.execute("ANALYZE usage_usageevent")
+        where = "e.tenant_id = %s AND e.timestamp >= now() - interval '1 day' AND " + gaps.GAP_EVENTS
+        sql = "EXPLAIN SELECT 1 FROM usage_usageevent e WHERE " + where  # noqa: S608 - constant text
+        cursor.execute(sql, [tenant.pk])
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "usageevent_gaps" in plan, plan
+
+
+@pytest.mark.parametrize(
+    ("provider", "model", "tokens", "flagged"),
+    [
+        (
+            "api.openai.com",
+            "gpt-realtime",
+            20 * 130,
+            False,
+        ),  # 130 s of audio in a 60 s call: within 2× + 10 s
+        ("api.openai.com", "gpt-realtime", 20 * 131, True),
+        ("Gemini", "gemini-2.5-flash-native-audio", 32 * 200, True),
+        ("Deepgram", "aura-2", 10**6, False),  # no known rate: no verdict
+    ],
+)
+def test_audio_tokens_far_beyond_the_sessions_length_are_flagged(
+    agent_client, plan, tenant, client, provider, model, tokens, flagged
+):
+    from tests.factories import MembershipFactory
+
+    start = recent()
+    started = datetime.fromisoformat(start.replace("Z", "+00:00")) - timedelta(seconds=60)
+    agent_client.put("/api/v1/sessions/talk", {"started_at": iso(started), "ended_at": start})
+    usage = {"llm_output_audio_tokens": tokens}
+    agent_client.post(
+        URL, {"events": [event("a", session_id="talk", provider=provider, model=model, usage=usage)]}
+    )
+    found = agent_client.get("/api/v1/sessions/talk").json()["audio_check"]
+    if not flagged:
+        assert found == []
+        return
+    rate = 20 if "openai" in provider else 32
+    assert found == [
+        {
+            "provider": provider,
+            "model": model,
+            "tokens": str(tokens),
+            "tokens_per_second": str(rate),
+            "audio_seconds": str(Decimal(tokens) / rate),
+            "session_seconds": "60",
+        }
+    ]
+    client.force_login(MembershipFactory(tenant=tenant).user)
+    page = client.get("/sessions/talk/").content.decode()
+    assert 'data-testid="audio-check"' in page and model in page

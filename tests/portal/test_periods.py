@@ -46,7 +46,7 @@ def spend_shown(page: str) -> Decimal:
 def test_the_dashboard_switches_between_this_period_the_last_30_days_and_past_periods(
     client, tenant_with_history
 ):
-    tenant, usage = tenant_with_history
+    _tenant, usage = tenant_with_history
     today = timezone.localdate()
     this_month = periods.month_start(today)
 
