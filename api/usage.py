@@ -46,7 +46,11 @@ class UsageRowSerializer(serializers.Serializer):
         help_text="The row's value of each grouping (a day as YYYY-MM-DD; the agent's name).",
     )
     quantity = serializers.DictField(child=DecimalTextField(), help_text="Meter code → quantity.")
-    cost = DecimalTextField(help_text="Of the priced part of the quantities only.")
+    cost = DecimalTextField(
+        help_text="Of the priced part of the quantities only, to 6 decimal places. Grouped by session: each "
+        "call's own cost (as GET /sessions/{id} gives it, fixed when its usage arrived); otherwise the period's "
+        "invoice allocated at each month's average unit prices."
+    )
     unpriced = serializers.DictField(
         child=DecimalTextField(),
         help_text="Meter code → the part of quantity that no price of your plan matches: stored, not billed "

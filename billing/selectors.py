@@ -162,16 +162,41 @@ def priced_usage_rows(
     month = periods.month_start(start)
     while month < end:
         month_spend = spend(tenant, month, periods.next_month(month))
+        calls = _call_costs(tenant, month, filters) if "session" in group_by else {}
         lo, hi = max(start, month), min(end, periods.next_month(month))
         for row in rollups.usage_rows(
             tenant.pk, tz, periods.local_midnight(lo, tz), periods.local_midnight(hi, tz), group_by, filters
         ):
             key = (row["meter"], row["provider"], row["model"])
-            row["cost"] = month_spend.cost_of(key, row["quantity"])
-            row["unpriced"] = key in month_spend.unpriced
+            call = calls.get((row["session"], *key)) if calls else None
+            if call is not None:
+                # Grouped by session: the calls' own costs (decision 017), the same as the session page; a
+                # session only partly in the range gets its cost in proportion to the quantity in it.
+                quantity, cost, unpriced = call
+                row["cost"] = cost if row["quantity"] == quantity else cost * row["quantity"] / quantity
+                row["unpriced"] = unpriced
+            else:
+                row["cost"] = month_spend.cost_of(key, row["quantity"])
+                row["unpriced"] = key in month_spend.unpriced
             rows.append(row)
         month = periods.next_month(month)
     return rows
+
+
+def _call_costs(
+    tenant: Tenant, period: date, filters: dict | None
+) -> dict[tuple, tuple[Decimal, Decimal, bool]]:
+    """(session, meter, provider, model) → (quantity, per-call cost, unpriced) of one period."""
+    found = CallCost.objects.for_tenant(tenant).filter(period_start=period, quantity__gt=0)
+    for name in ("meter", "provider", "model"):
+        if filters and filters.get(name) is not None:
+            found = found.filter(**{name: filters[name]})
+    if filters and filters.get("session") is not None:
+        found = found.filter(session_id=filters["session"])
+    rows = found.values_list(
+        "session_id", "meter", "provider", "model", "quantity", "cost", "unpriced_quantity"
+    )
+    return {(s, m, p, mo): (q, c, bool(u)) for s, m, p, mo, q, c, u in rows.iterator(chunk_size=10_000)}
 
 
 @dataclass

@@ -410,3 +410,26 @@ def test_version_prices_are_loaded_once_per_batch(
     with django_assert_max_num_queries(20):
         assert agent_client.post("/api/v1/events", {"events": events}).json()["accepted"] == 200
     assert PlanVersion.objects.count() == 1
+
+
+def test_the_usage_explorer_grouped_by_session_shows_each_calls_own_cost(
+    agent_client, tenant, priced, client
+):
+    """The read API, the portal's explorer and its CSV give a session the cost GET /sessions/{id} gives."""
+    from tests.factories import MembershipFactory
+
+    for name in SESSIONS:
+        agent_client.post(
+            "/api/v1/livekit/metrics", {"session_id": name, "metrics": shifted_metrics(load(name))}
+        )
+    expected = expected_costs(tenant)
+    six = Decimal("0.000001")
+    listed = agent_client.get("/api/v1/usage", group_by="session").json()["results"]
+    by_session = {row["group"]["session"]: Decimal(row["cost"]) for row in listed}
+    assert by_session == {name: expected[name].quantize(six) for name in SESSIONS}
+    client.force_login(MembershipFactory(tenant=tenant).user)
+    exported = b"".join(client.get("/usage.csv", {"group_by": "session"}).streaming_content).decode()
+    lines = [line.split(",") for line in exported.splitlines()]
+    header = lines[0]
+    costs = {row[0]: Decimal(row[header.index("cost")]) for row in lines[1:]}
+    assert costs == {name: expected[name].quantize(six) for name in SESSIONS}

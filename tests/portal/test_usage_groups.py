@@ -24,7 +24,8 @@ pytestmark = pytest.mark.django_db
 
 # (provider, model, meter, unit amount, unit size): a plan of per-unit prices, so that the expected cost of a
 # group can be worked out by hand: each (meter, provider, model) is billed once for the month, rounded to the
-# cent, and a group's share is its quantity at that line's average price (docs/decisions/003).
+# cent, and a group's share is its quantity at that line's average price (docs/decisions/003); grouped by
+# session, a group's cost is each call's own (its quantities at the list price, docs/decisions/017).
 PRICES = [
     ("api.openai.com", "gpt-4o-mini", "llm_input_text_tokens", Decimal("0.30"), M),
     ("api.openai.com", "gpt-4o-mini", "llm_output_text_tokens", Decimal("1.20"), M),
@@ -96,8 +97,15 @@ def expected_groups(tenant, agents, sent, group_by):
         per_meter: dict[str, Decimal] = defaultdict(Decimal)
         for (meter, _, _), q in lines.items():
             per_meter[meter] += q
-        cost = sum((q * amounts[line] / line_quantity[line] for line, q in lines.items()), Decimal(0))
+        if group_by == "session":
+            # each call's own cost: its usage at the marginal (here: list) price, unrounded (decision 017)
+            cost = sum((q * rates[line] for line, q in lines.items()), Decimal(0))
+        else:
+            cost = sum((q * amounts[line] / line_quantity[line] for line, q in lines.items()), Decimal(0))
         result[key] = (dict(per_meter), cost)
+    if group_by == "session":
+        calls = sum((cost for _, cost in result.values()), Decimal(0))
+        return result, calls.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
     return result, sum(amounts.values(), Decimal(0))
 
 
@@ -187,7 +195,9 @@ def test_each_group_is_one_row_with_its_quantities_and_cost_and_the_csv_holds_th
         assert [number(c) for c in page_row[width:-1]] == list(shown.values())
         assert cents(page_row[-1]) == Decimal(csv_row[-2]).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
     assert header[width:-1] == (["Quantity"] if group_by == "meter" else [METER_NAMES[m] for m in meters])
-    assert cents(footer[-1]) == billed  # the groups add up to what the invoice charges for usage
+    # the groups add up to what the invoice charges for usage (by session: to the calls' own costs, which differ
+    # from the invoice by its rounding: the dashboard's "rounding and period fees")
+    assert cents(footer[-1]) == billed
 
 
 def test_grouping_a_month_by_day_gives_one_row_per_day_with_usage(world, owner_client):
