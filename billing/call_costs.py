@@ -51,7 +51,7 @@ LOCK_CLASS = 17_001
 
 
 class Usage(Protocol):
-    """What pricing one event needs: an EventRecord at ingest, a stored UsageEvent in a rebuild."""
+    """What record() reads of each stored event (an EventRecord)."""
 
     timestamp: datetime
     session_id: str
@@ -67,6 +67,24 @@ class Verdict:
     price: pricing.Price | None
     rate: pricing.ProviderRate | None
     reason: str  # "" when priced; billing.unpriced's reasons otherwise
+    # A linear price's charge for q is q × numerator / denominator × multiplier: the very operations, in the
+    # same order, of pricing.marginal_charge (so the result is the same to the last digit), without its
+    # per-call checks; a rebuild prices millions of quantities.
+    linear: tuple[Decimal, Decimal, Decimal] | None = None
+
+    @classmethod
+    def priced(cls, price: pricing.Price, rate: pricing.ProviderRate | None) -> Verdict:
+        match price.price_model:
+            case pricing.PriceModel.PER_UNIT:
+                linear = (price.unit_amount, price.unit_size, Decimal(1))
+            case pricing.PriceModel.PACKAGE:
+                linear = (price.package_amount, price.package_size, Decimal(1))
+            case pricing.PriceModel.COST_PLUS:
+                assert rate is not None
+                linear = (rate.cost_per_unit, rate.unit_size, 1 + price.markup)
+            case _:
+                linear = None
+        return cls(price, rate, "", linear)
 
 
 class Pricer:
@@ -112,7 +130,7 @@ class Pricer:
                 elif price.price_model is pricing.PriceModel.COST_PLUS and rate is None:
                     verdict = Verdict(None, None, NO_PROVIDER_RATE)
                 else:
-                    verdict = Verdict(price, rate, "")
+                    verdict = Verdict.priced(price, rate)
             self._verdicts[cached] = verdict
         return period, self._verdicts[cached]
 
@@ -170,18 +188,20 @@ class Totals:
             row[3] += item.quantity * rate.cost_per_unit / rate.unit_size
 
 
-def items_of(pricer: Pricer, events: Iterable[Usage]) -> list[Item]:
-    """Each non-zero quantity of ``events``, in their order, with the price its tenant-local day uses."""
+def items_of(pricer: Pricer, events: Iterable[tuple[datetime, str, str, str, dict[str, Any]]]) -> list[Item]:
+    """Each non-zero quantity of ``events`` — (timestamp, session id, provider, model, usage) — in their order,
+    with the price its tenant-local day uses."""
     found = []
-    for event in events:
-        day = event.timestamp.astimezone(pricer.zone).date()
-        for meter, raw in event.usage.items():
+    zone, verdict_for = pricer.zone, pricer.verdict
+    for timestamp, session_id, provider, model, usage in events:
+        day = timestamp.astimezone(zone).date()
+        for meter, raw in usage.items():
             quantity = Decimal(str(raw))
             if not quantity:
                 continue
-            key = (meter, event.provider, event.model)
-            period, verdict = pricer.verdict(day, key)
-            found.append(Item(event.session_id, key, quantity, period, verdict))
+            key = (meter, provider, model)
+            period, verdict = verdict_for(day, key)
+            found.append(Item(session_id, key, quantity, period, verdict))
     return found
 
 
@@ -189,17 +209,21 @@ def price_items(items: Sequence[Item], positions: dict[tuple[date, Any], Decimal
     """Price ``items`` in order at the marginal rate, moving the tier ``positions`` they pass (decision 017)."""
     with localcontext(prec=pricing.PRECISION):
         for item in items:
-            price = item.verdict.price
+            verdict = item.verdict
+            price = verdict.price
             if price is None:
                 totals.add(item, None)
-                totals.unpriced[(*item.key, item.verdict.reason)] += 1
+                totals.unpriced[(*item.key, verdict.reason)] += 1
                 continue
-            if price.price_model in TIERED:
-                where = (item.period, price.id)
-                cost = pricing.marginal_charge(price, positions[where], item.quantity, item.verdict.rate)
-                positions[where] += item.quantity
+            if verdict.linear is not None:
+                numerator, denominator, multiplier = verdict.linear
+                cost = item.quantity * numerator / denominator
+                if multiplier != 1:
+                    cost *= multiplier
             else:
-                cost = pricing.marginal_charge(price, ZERO, item.quantity, item.verdict.rate)
+                where = (item.period, price.id)
+                cost = pricing.marginal_charge(price, positions[where], item.quantity, verdict.rate)
+                positions[where] += item.quantity
             totals.add(item, cost)
 
 
@@ -217,7 +241,7 @@ def record(tenant: Tenant, agent: Agent, records: Sequence[Usage]) -> dict[str, 
         return {}
     _lock(tenant, exclusive=False)
     pricer = Pricer(tenant, keys)
-    items = items_of(pricer, records)
+    items = items_of(pricer, ((r.timestamp, r.session_id, r.provider, r.model, r.usage) for r in records))
     positions = _take_positions(tenant, pricer, items)
     taken = dict(positions)
     totals = Totals()
@@ -376,15 +400,16 @@ def rebuild(tenant: Tenant, since: date | None = None) -> Rebuilt:
         pricer = Pricer(tenant, None)
         positions: dict[tuple[date, Any], Decimal] = defaultdict(Decimal)
         count = 0
-        chunk: list[Usage] = []
-        rows = 0
-        for event in events.only("timestamp", "session_id", "provider", "model", "usage").iterator(2000):
-            chunk.append(event)
+        chunk: list[tuple] = []
+        rows_written = 0
+        rows = events.values_list("timestamp", "session_id", "provider", "model", "usage")
+        for row in rows.iterator(chunk_size=5000):
+            chunk.append(row)
             if len(chunk) == REBUILD_CHUNK:
-                rows += _rebuild_chunk(tenant, pricer, chunk, positions, first)
+                rows_written += _rebuild_chunk(tenant, pricer, chunk, positions, first)
                 count += len(chunk)
                 chunk = []
-        rows += _rebuild_chunk(tenant, pricer, chunk, positions, first)
+        rows_written += _rebuild_chunk(tenant, pricer, chunk, positions, first)
         count += len(chunk)
         _save_positions(tenant, {k: v for k, v in positions.items() if v})
     return Rebuilt(count, CallCost.objects.for_tenant(tenant).filter(period_start__gte=first).count())

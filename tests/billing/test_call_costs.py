@@ -15,8 +15,10 @@ from zoneinfo import ZoneInfo
 import pytest
 from django.core.management import call_command
 from django.db import connection
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from billing import call_costs, period_pricing, periods
+from billing import call_costs, period_pricing, periods, pricing
 from billing.models import CallCost, PlanVersion, Price, PriceTier, TierPosition
 from tests.billing.builders import make_plan, subscribe
 from tests.conftest import AgentClient
@@ -433,3 +435,58 @@ def test_the_usage_explorer_grouped_by_session_shows_each_calls_own_cost(
     header = lines[0]
     costs = {row[0]: Decimal(row[header.index("cost")]) for row in lines[1:]}
     assert costs == {name: expected[name].quantize(six) for name in SESSIONS}
+
+
+amounts = st.decimals(min_value=0, max_value=1000, places=6, allow_nan=False, allow_infinity=False)
+sizes = st.sampled_from([Decimal(1), Decimal(3), Decimal(60), Decimal(1000), M])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    model=st.sampled_from(["per_unit", "package", "cost_plus"]),
+    amount=amounts,
+    size=sizes,
+    markup=st.decimals(min_value=0, max_value=5, places=3),
+    quantities=st.lists(amounts, min_size=1, max_size=5),
+)
+def test_the_linear_fast_path_is_the_pricing_engines_marginal_charge(model, amount, size, markup, quantities):
+    price = pricing.Price(
+        meter="tts_characters",
+        price_model=model,
+        unit_amount=amount,
+        unit_size=size,
+        package_amount=amount,
+        package_size=size,
+        markup=markup,
+    )
+    rate = pricing.ProviderRate("", "", "tts_characters", amount, size)
+    verdict = call_costs.Verdict.priced(price, rate if model == "cost_plus" else None)
+    totals = call_costs.Totals()
+    items = [
+        call_costs.Item("s", ("tts_characters", "", ""), q, date(2026, 1, 1), verdict) for q in quantities
+    ]
+    call_costs.price_items(items, {}, totals)
+    with localcontext(prec=60):
+        used = rate if model == "cost_plus" else None
+        expected = sum((pricing.marginal_charge(price, Decimal(0), q, used) for q in quantities), Decimal(0))
+        assert totals.rows[("s", date(2026, 1, 1), "tts_characters", "", "")][1] == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(quantities=st.lists(amounts, min_size=1, max_size=8))
+def test_graduated_marginal_charges_add_up_to_the_graduated_amount(quantities):
+    tiers = (
+        pricing.Tier(Decimal(100), Decimal(5), Decimal(7)),
+        pricing.Tier(Decimal(900), Decimal(2)),
+        pricing.Tier(None, Decimal(1)),
+    )
+    price = pricing.Price(
+        meter="tts_characters", price_model="graduated", tiers=tiers, unit_size=Decimal(1000)
+    )
+    position, total = Decimal(0), Decimal(0)
+    with localcontext(prec=60):
+        for q in quantities:
+            total += pricing.marginal_charge(price, position, q)
+            position += q
+    flatless = tuple(pricing.Tier(t.up_to, t.unit_amount) for t in tiers)
+    assert total == pricing.graduated_amount(flatless, Decimal(1000), position)
