@@ -46,7 +46,7 @@ def session_gaps(tenant_id: int, session_id: str) -> list[dict]:
 
 
 # The partial index's predicate (migration 0010), repeated as is so the planner can use the index.
-GAP_EVENTS = "e.source IN ('livekit_metrics', 'livekit_usage') AND (e.metadata)::text LIKE '%%\"gap_%%'"
+GAP_EVENTS = "(e.source)::text LIKE 'livekit%%' AND (e.metadata)::text LIKE '%%\"gap_%%'"
 _RANGE_FILTERS = {
     "agent": "e.agent_id",
     "provider": "e.provider",
