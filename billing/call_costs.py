@@ -23,7 +23,8 @@ stored events in receipt order (after a price was added for unpriced usage, or o
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+import threading
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -44,7 +45,6 @@ from usage.models import UsageEvent
 
 ZERO = Decimal(0)
 PLACES = Decimal(1).scaleb(-PRECISE["decimal_places"])  # what a stored precise amount keeps
-TIERED = (pricing.PriceModel.GRADUATED, pricing.PriceModel.VOLUME)
 # An advisory lock per tenant: every ingest transaction takes it shared, a rebuild exclusive, so no batch
 # prices usage while its period is being recomputed (and none waits on another batch for it).
 LOCK_CLASS = 17_001
@@ -71,6 +71,7 @@ class Verdict:
     # same order, of pricing.marginal_charge (so the result is the same to the last digit), without its
     # per-call checks; a rebuild prices millions of quantities.
     linear: tuple[Decimal, Decimal, Decimal] | None = None
+    bounds: tuple = ()  # a tiered price's tiers for pricing.marginal_tiered
 
     @classmethod
     def priced(cls, price: pricing.Price, rate: pricing.ProviderRate | None) -> Verdict:
@@ -83,21 +84,24 @@ class Verdict:
                 assert rate is not None
                 linear = (rate.cost_per_unit, rate.unit_size, 1 + price.markup)
             case _:
-                linear = None
+                return cls(price, rate, "", None, pricing.tier_bounds(price))
         return cls(price, rate, "", linear)
 
 
 class Pricer:
     """The plan versions, prices and provider rates a batch needs, loaded once per period it touches."""
 
-    def __init__(self, tenant: Tenant, keys: Iterable[tuple[str, str, str]] | None):
+    def __init__(
+        self, tenant: Tenant, keys: Iterable[tuple[str, str, str]] | None, rates: list | None = None
+    ):
         self.tenant = tenant
         self.currency = tenant.currency
         self.zone = ZoneInfo(tenant.timezone)
-        self.rates = period_pricing.provider_rates(self.currency, keys)
+        self.rates = rates if rates is not None else period_pricing.provider_rates(self.currency, keys)
         self._segments: dict[date, list[period_pricing.Segment]] = {}
         self._plans: dict[int, pricing.Plan] = {}
         self._verdicts: dict[tuple[date, date, tuple[str, str, str]], Verdict] = {}
+        self._by_day: dict[tuple[date, tuple[str, str, str]], tuple[date, Verdict]] = {}
 
     def segments(self, period: date) -> list[period_pricing.Segment]:
         if period not in self._segments:
@@ -114,6 +118,12 @@ class Pricer:
 
     def verdict(self, day: date, key: tuple[str, str, str]) -> tuple[date, Verdict]:
         """The period ``day`` falls in and how ``key`` is priced on that day."""
+        found = self._by_day.get((day, key))
+        if found is None:
+            found = self._by_day[(day, key)] = self._verdict(day, key)
+        return found
+
+    def _verdict(self, day: date, key: tuple[str, str, str]) -> tuple[date, Verdict]:
         period = periods.month_start(day)
         segment = next((s for s in self.segments(period) if s.start <= day < s.end), None)
         start = segment.start if segment else period
@@ -156,7 +166,7 @@ class Pricer:
 
 @dataclass
 class Item:
-    """One quantity of one event, with where it is priced."""
+    """One quantity of one event priced by a tiered price: these are priced one by one, in receipt order."""
 
     session_id: str
     key: tuple[str, str, str]
@@ -174,78 +184,138 @@ class Totals:
     )
     unpriced: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
 
-    def add(self, item: Item, cost: Decimal | None) -> None:
-        row = self.rows[(item.session_id, item.period, *item.key)]
-        row[0] += item.quantity
+    def add(self, row_key: tuple, verdict: Verdict, quantity: Decimal, cost: Decimal | None) -> None:
+        row = self.rows[row_key]
+        row[0] += quantity
         if cost is None:
-            row[2] += item.quantity
+            row[2] += quantity
         else:
             row[1] += cost
-        rate = item.verdict.rate
+        rate = verdict.rate
         if rate is None:
-            row[4] += item.quantity
+            row[4] += quantity
         else:
-            row[3] += item.quantity * rate.cost_per_unit / rate.unit_size
+            row[3] += quantity * rate.cost_per_unit / rate.unit_size
 
 
-def items_of(pricer: Pricer, events: Iterable[tuple[datetime, str, str, str, dict[str, Any]]]) -> list[Item]:
-    """Each non-zero quantity of ``events`` — (timestamp, session id, provider, model, usage) — in their order,
-    with the price its tenant-local day uses."""
-    found = []
+@dataclass
+class Sorted:
+    """A batch's quantities as pricing needs them: linear and unpriced ones summed per call and key (their cost
+    does not depend on order), tiered ones one by one in receipt order."""
+
+    summed: dict[tuple, list] = field(
+        default_factory=dict
+    )  # (session, period, key, id(verdict)) → [q, verdict]
+    tiered: list[Item] = field(default_factory=list)
+    unpriced: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
+
+
+def sort_events(pricer: Pricer, events: Iterable[tuple[datetime, str, str, str, dict[str, Any]]]) -> Sorted:
+    """Each non-zero quantity of ``events`` — (timestamp, session id, provider, model, usage), in receipt order
+    — with the price its tenant-local day uses."""
+    found = Sorted()
+    summed, tiered, unpriced = found.summed, found.tiered, found.unpriced
     zone, verdict_for = pricer.zone, pricer.verdict
     for timestamp, session_id, provider, model, usage in events:
         day = timestamp.astimezone(zone).date()
         for meter, raw in usage.items():
-            quantity = Decimal(str(raw))
+            quantity = Decimal(raw) if isinstance(raw, str) else Decimal(str(raw))
             if not quantity:
                 continue
             key = (meter, provider, model)
             period, verdict = verdict_for(day, key)
-            found.append(Item(session_id, key, quantity, period, verdict))
+            if verdict.bounds:
+                tiered.append(Item(session_id, key, quantity, period, verdict))
+                continue
+            if verdict.price is None:
+                unpriced[(*key, verdict.reason)] += 1
+            group = (session_id, period, key, id(verdict))
+            entry = summed.get(group)
+            if entry is None:
+                summed[group] = [quantity, verdict]
+            else:
+                entry[0] += quantity
     return found
 
 
-def price_items(items: Sequence[Item], positions: dict[tuple[date, Any], Decimal], totals: Totals) -> None:
-    """Price ``items`` in order at the marginal rate, moving the tier ``positions`` they pass (decision 017)."""
+def price_sorted(found: Sorted, positions: dict[tuple[date, Any], Decimal], totals: Totals) -> None:
+    """Price a batch at the marginal rate (decision 017): a linear price's summed quantity at its unit price
+    (the operations of pricing.marginal_charge, in its order), tiered quantities one by one from the price's
+    position, which they move."""
     with localcontext(prec=pricing.PRECISION):
-        for item in items:
-            verdict = item.verdict
-            price = verdict.price
-            if price is None:
-                totals.add(item, None)
-                totals.unpriced[(*item.key, verdict.reason)] += 1
-                continue
-            if verdict.linear is not None:
+        for (session_id, period, key, _), (quantity, verdict) in found.summed.items():
+            if verdict.price is None:
+                cost = None
+            else:
                 numerator, denominator, multiplier = verdict.linear
-                cost = item.quantity * numerator / denominator
+                cost = quantity * numerator / denominator
                 if multiplier != 1:
                     cost *= multiplier
-            else:
-                where = (item.period, price.id)
-                cost = pricing.marginal_charge(price, positions[where], item.quantity, verdict.rate)
-                positions[where] += item.quantity
-            totals.add(item, cost)
+            totals.add((session_id, period, *key), verdict, quantity, cost)
+        for item in found.tiered:
+            verdict = item.verdict
+            price = verdict.price
+            where = (item.period, price.id)
+            position = positions[where]
+            cost = pricing.marginal_tiered(
+                verdict.bounds, price.unit_size, price.price_model, position, item.quantity
+            )
+            positions[where] = position + item.quantity
+            totals.add((item.session_id, item.period, *item.key), verdict, item.quantity, cost)
+        totals.unpriced.update(found.unpriced)
 
 
-def _lock(tenant: Tenant, *, exclusive: bool) -> None:
-    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+# Per process: the tenant's Pricer (plan segments, prices, verdicts) and the provider rates, for as long as the
+# catalogue generation (migration billing 0008: a new random token whenever a plan, price, tier, subscription
+# or rate changes) is the one they were loaded under. Checked with the batch's advisory lock, in one query.
+_PRICERS: OrderedDict[tuple, Pricer] = OrderedDict()
+_RATES: dict[tuple[str, str], list] = {}
+_CACHE_LOCK = threading.Lock()
+CACHED_TENANTS = 256
+
+
+def _begin(tenant: Tenant) -> Pricer:
+    """Take the tenant's shared advisory lock and the pricing state for this batch (cached when current)."""
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {function}(%s, %s)", [LOCK_CLASS, tenant.pk])
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock_shared(%s, %s), "
+            "(SELECT token::text FROM billing_cataloguegeneration WHERE id = 1)",
+            [LOCK_CLASS, tenant.pk],
+        )
+        token = cursor.fetchone()[1]
+    if token is None:  # the row was truncated (a test's flush): nothing to trust a cache with
+        return Pricer(tenant, None)
+    key = (tenant.pk, tenant.currency, tenant.timezone, token)
+    with _CACHE_LOCK:
+        pricer = _PRICERS.get(key)
+        if pricer is not None:
+            _PRICERS.move_to_end(key)
+            return pricer
+        rates = _RATES.get((tenant.currency, token))
+    if rates is None:
+        rates = period_pricing.provider_rates(tenant.currency)
+    pricer = Pricer(tenant, None, rates)
+    with _CACHE_LOCK:
+        for stale in [k for k in _RATES if k[1] != token]:
+            del _RATES[stale]
+        _RATES[(tenant.currency, token)] = rates
+        _PRICERS[key] = pricer
+        while len(_PRICERS) > CACHED_TENANTS:
+            _PRICERS.popitem(last=False)
+    return pricer
 
 
 def record(tenant: Tenant, agent: Agent, records: Sequence[Usage]) -> dict[str, Any]:
     """The ingest hook: price the batch's stored ``records`` (receipt order), add them to the session costs,
     and return ``{"unpriced": [...]}`` when some quantity has no price (``{}`` otherwise)."""
-    keys = {(meter, r.provider, r.model) for r in records for meter in r.usage}
-    if not keys:
+    if not records:
         return {}
-    _lock(tenant, exclusive=False)
-    pricer = Pricer(tenant, keys)
-    items = items_of(pricer, ((r.timestamp, r.session_id, r.provider, r.model, r.usage) for r in records))
-    positions = _take_positions(tenant, pricer, items)
+    pricer = _begin(tenant)
+    found = sort_events(pricer, ((r.timestamp, r.session_id, r.provider, r.model, r.usage) for r in records))
+    positions = _take_positions(tenant, pricer, found.tiered)
     taken = dict(positions)
     totals = Totals()
-    price_items(items, positions, totals)
+    price_sorted(found, positions, totals)
     _save_positions(tenant, {k: v for k, v in positions.items() if v != taken[k]})
     _save_totals(tenant, totals)
     return unpriced_report(totals)
@@ -282,9 +352,10 @@ RETURNING period_start, price_id
 
 
 def _take_positions(tenant: Tenant, pricer: Pricer, items: Sequence[Item]) -> dict[tuple[date, Any], Decimal]:
-    """The tier positions the batch moves, locked until it commits (created from the rollups when new)."""
-    prices = {(i.period, i.verdict.price.id): i.verdict.price for i in items if i.verdict.price is not None}
-    wanted = sorted(k for k, price in prices.items() if price.price_model in TIERED)
+    """The tier positions the batch's tiered ``items`` move, locked until it commits (created from the rollups
+    when new)."""
+    prices = {(i.period, i.verdict.price.id): i.verdict.price for i in items}
+    wanted = sorted(prices)
     if not wanted:
         return {}
     keys = orjson.dumps([{"period_start": p.isoformat(), "price_id": pk} for p, pk in wanted]).decode()
@@ -388,7 +459,8 @@ def rebuild(tenant: Tenant, since: date | None = None) -> Rebuilt:
     tenant waits while it runs (an advisory lock), so no batch is priced twice or against a half-built
     position."""
     with transaction.atomic():
-        _lock(tenant, exclusive=True)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [LOCK_CLASS, tenant.pk])
         first = periods.month_start(since) if since else date.min
         CallCost.objects.for_tenant(tenant).filter(period_start__gte=first).delete()
         TierPosition.objects.for_tenant(tenant).filter(period_start__gte=first).delete()
@@ -416,9 +488,11 @@ def rebuild(tenant: Tenant, since: date | None = None) -> Rebuilt:
 
 
 def _rebuild_chunk(tenant, pricer, chunk, positions, first) -> int:
-    items = [i for i in items_of(pricer, chunk) if i.period >= first]
+    found = sort_events(pricer, chunk)
+    found.summed = {k: v for k, v in found.summed.items() if k[1] >= first}
+    found.tiered = [i for i in found.tiered if i.period >= first]
     totals = Totals()
-    price_items(items, positions, totals)
+    price_sorted(found, positions, totals)
     _save_totals(tenant, totals)
     return len(totals.rows)
 

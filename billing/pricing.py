@@ -614,7 +614,7 @@ def marginal_charge(
     Linear prices charge their unit price (package: the package price per unit, pro rata); graduated tiers
     charge the slices between ``position`` and ``position + quantity`` (never a tier's flat amount); volume
     tiers charge the whole quantity at the tier ``position + quantity`` lands in. Consecutive quantities of a
-    graduated price therefore add up to exactly :func:`graduated_amount` without flat amounts.
+    graduated price therefore add up to :func:`graduated_amount` without flat amounts.
     """
     position = _non_negative(position, "position")
     quantity = _non_negative(quantity, "quantity")
@@ -623,13 +623,41 @@ def marginal_charge(
             return charge_for(price, quantity, rate)
         case PriceModel.PACKAGE:
             return quantity * price.package_amount / price.package_size
-        case PriceModel.GRADUATED:
-            flatless = tuple(Tier(t.up_to, t.unit_amount) for t in price.tiers)
-            after = graduated_amount(flatless, price.unit_size, position + quantity)
-            return after - graduated_amount(flatless, price.unit_size, position)
-        case PriceModel.VOLUME:
-            if not quantity:
-                return ZERO
-            reached = position + quantity
-            tier = next(t for t in price.tiers if t.up_to is None or reached <= t.up_to)
-            return quantity * tier.unit_amount / price.unit_size
+        case PriceModel.GRADUATED | PriceModel.VOLUME:
+            return marginal_tiered(tier_bounds(price), price.unit_size, price.price_model, position, quantity)
+
+
+def tier_bounds(price: Price) -> tuple[tuple[Decimal, Decimal | None, Decimal], ...]:
+    """A tiered price's tiers as (lower, upper or None, unit amount), for :func:`marginal_tiered`."""
+    bounds, lower = [], ZERO
+    for tier in price.tiers:
+        bounds.append((lower, tier.up_to, tier.unit_amount))
+        if tier.up_to is not None:
+            lower = tier.up_to
+    return tuple(bounds)
+
+
+def marginal_tiered(
+    bounds: Sequence[tuple[Decimal, Decimal | None, Decimal]],
+    unit_size: Decimal,
+    model: PriceModel,
+    position: Decimal,
+    quantity: Decimal,
+) -> Decimal:
+    """The arithmetic of :func:`marginal_charge` for tiers, without its checks (callers run it in the 60-digit
+    context, on validated prices: billing.call_costs prices every tiered quantity of a batch through it)."""
+    reached = position + quantity
+    if model is PriceModel.VOLUME:
+        if not quantity:
+            return ZERO
+        rate = next(amount for _, upper, amount in bounds if upper is None or reached <= upper)
+        return quantity * rate / unit_size
+    total = ZERO
+    for lower, upper, amount in bounds:
+        if lower >= reached:
+            break
+        start = max(lower, position)
+        end = reached if upper is None else min(reached, upper)
+        if end > start:
+            total += (end - start) * amount
+    return total / unit_size

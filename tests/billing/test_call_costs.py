@@ -6,6 +6,7 @@ order, with its own tier arithmetic (not billing.pricing)."""
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import defaultdict
 from datetime import date
@@ -302,7 +303,7 @@ def test_a_rebuild_reproduces_what_ingest_stored(agent_client, tenant, priced):
     )
 
 
-def test_the_period_reconciles_calls_with_the_invoice(agent_client, tenant):
+def test_the_period_reconciles_calls_with_the_invoice(agent_client, tenant, client):
     """Σ call costs + rounding and period fees = the period's total; fees and minimums are named."""
     plan = make_plan(
         base_fee="49.00",
@@ -345,6 +346,18 @@ def test_the_period_reconciles_calls_with_the_invoice(agent_client, tenant):
     # The allowance is a period amount too: the remainder holds it, and the rounding of each line.
     assert result.adjustments == result.total - calls - 49 - 5 - result.minimums
     assert days > 0
+    # the dashboard shows the same reconciliation: calls + rounding and period fees = the period's spend
+    from tests.factories import MembershipFactory
+
+    client.force_login(MembershipFactory(tenant=tenant).user)
+    page = client.get("/").content.decode()
+    card = page[page.index('data-testid="reconciliation"') :].split("</table>")[0]
+    shown = lambda name: Decimal(  # noqa: E731
+        re.search(rf'data-testid="{name}"[^>]*>\$([\d,.-]+)<', card).group(1).replace(",", "")
+    )
+    assert shown("calls-total") == calls.quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
+    assert shown("period-fees") == (result.total - calls).quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
+    assert "Rounding and period fees" in card and "base fee" in card and "minimum charges" in card
 
 
 @pytest.mark.django_db(transaction=True)
@@ -460,16 +473,19 @@ def test_the_linear_fast_path_is_the_pricing_engines_marginal_charge(model, amou
         markup=markup,
     )
     rate = pricing.ProviderRate("", "", "tts_characters", amount, size)
-    verdict = call_costs.Verdict.priced(price, rate if model == "cost_plus" else None)
+    used = rate if model == "cost_plus" else None
+    verdict = call_costs.Verdict.priced(price, used)
+    # a batch's quantities of one call and key are summed, then charged once
+    found = call_costs.Sorted(
+        summed={("s", date(2026, 1, 1), ("tts_characters", "", ""), 0): [sum(quantities), verdict]}
+    )
     totals = call_costs.Totals()
-    items = [
-        call_costs.Item("s", ("tts_characters", "", ""), q, date(2026, 1, 1), verdict) for q in quantities
-    ]
-    call_costs.price_items(items, {}, totals)
+    call_costs.price_sorted(found, {}, totals)
+    charged = totals.rows[("s", date(2026, 1, 1), "tts_characters", "", "")][1]
     with localcontext(prec=60):
-        used = rate if model == "cost_plus" else None
         expected = sum((pricing.marginal_charge(price, Decimal(0), q, used) for q in quantities), Decimal(0))
-        assert totals.rows[("s", date(2026, 1, 1), "tts_characters", "", "")][1] == expected
+    # the same amount as pricing each quantity on its own, far below the 20 places kept
+    assert abs(charged - expected) < Decimal("1e-40")
 
 
 @settings(max_examples=200, deadline=None)
@@ -490,3 +506,41 @@ def test_graduated_marginal_charges_add_up_to_the_graduated_amount(quantities):
             position += q
     flatless = tuple(pricing.Tier(t.up_to, t.unit_amount) for t in tiers)
     assert total == pricing.graduated_amount(flatless, Decimal(1000), position)
+
+
+def test_a_price_changed_any_way_prices_the_next_batch(agent_client, tenant):
+    """Ingest keeps the plan it loaded per process while the catalogue generation holds; every kind of change
+    (ORM save, queryset update, bulk insert, raw SQL) makes the next batch load it again."""
+    from django.db import connection as db
+
+    from billing.models import ProviderRate
+
+    plan = make_plan(base_fee="0", prices=[{"meter_id": "tts_characters", "unit_amount": Decimal("1")}])
+    subscribe(tenant, plan)
+    price = plan.versions.get().prices.get()
+
+    def cost_of(n: int) -> Decimal:
+        agent_client.post(
+            "/api/v1/events", {"events": [event(f"e{n}", session_id=f"s{n}", usage={"tts_characters": 1})]}
+        )
+        return Decimal(read(agent_client, f"s{n}")["cost_precise"])
+
+    assert cost_of(1) == 1
+    Price.objects.filter(pk=price.pk).update(unit_amount=Decimal("2"))
+    assert cost_of(2) == 2
+    with db.cursor() as cursor:
+        cursor.execute("UPDATE billing_price SET unit_amount = 3 WHERE id = %s", [price.pk])
+    assert cost_of(3) == 3
+    Price.objects.filter(pk=price.pk).update(price_model="cost_plus", markup=Decimal("0.5"))
+    ProviderRate.objects.bulk_create(
+        [
+            ProviderRate(
+                provider="",
+                model_pattern="",
+                meter_id="tts_characters",
+                cost_per_unit=Decimal("4"),
+                effective_from=date(2026, 1, 1),
+            )
+        ]
+    )
+    assert cost_of(4) == 6
