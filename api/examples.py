@@ -136,6 +136,19 @@ def request_examples(now: datetime) -> tuple[dict[str, dict[str, Any]], dict[str
             }
         },
     }
+    bodies["authorizations_create"] = {
+        "hold-by-duration": {
+            "summary": "Hold the cost of a five-minute call before it starts",
+            "value": {"session_id": call, "amount": "0.50", "ttl_seconds": 900},
+        }
+    }
+    bodies["authorizations_extend"] = {
+        "keep-going": {
+            "summary": "The call runs on: keep the hold 15 more minutes",
+            "value": {"ttl_seconds": 900},
+        }
+    }
+    bodies["authorizations_release"] = {"release": {"summary": "The call was not placed", "value": {}}}
     return bodies, {"sessions_upsert": call, "sessions_read": call}
 
 

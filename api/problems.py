@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import OpenApiResponse
 from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
@@ -37,6 +38,8 @@ class ProblemSerializer(serializers.Serializer):
 ERROR_MEANINGS = {
     400: "The body is not JSON or not a JSON object, or a field or query parameter is invalid. "
     "`errors` names each offending field. Nothing was changed.",
+    402: "The tenant's prepaid balance does not cover it under its policy; the body says what is available and "
+    "what is required. Nothing was changed.",
     401: "The API key is missing, malformed, unknown, revoked or expired, or its agent or tenant is disabled. "
     "Send `Authorization: Bearer mlk_live_…`.",
     404: "Not found in your tenant.",
@@ -60,6 +63,7 @@ def error_responses(*codes: int, **meanings: str) -> dict:
     }
 
 
+@csrf_exempt  # an API path no route names answers 404 to a POST too, not the portal's CSRF page
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     """A 404 in the API's own form for paths under /api/ that no route (or no valid path) names."""
     body = {

@@ -25,6 +25,7 @@ from api.fields import (
 from api.problems import error_responses, problem_response
 from billing import selectors as billing_selectors
 from billing.pricing import round_money
+from spend import control
 from usage import gaps, validation
 from usage.ingest import DEFAULT_MODEL_KINDS
 from usage.models import Session
@@ -283,6 +284,8 @@ class SessionView(APIView):
                 )
             session.updated_at = timezone.now()
             session.save()
+            if session.ended_at is not None:  # the call is over: its holds stop counting
+                control.release_session(principal.tenant, session.session_id)
         return Response(SessionSerializer(session).data, status=201 if created else 200)
 
     @extend_schema(

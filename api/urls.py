@@ -1,5 +1,6 @@
 from django.urls import path, re_path, register_converter
 
+from api.balance import AuthorizationExtendView, AuthorizationReleaseView, AuthorizationsView, BalanceView
 from api.budget import BudgetReadView
 from api.events import EventsView
 from api.livekit import LiveKitMetricsView, LiveKitUsageView
@@ -29,6 +30,18 @@ urlpatterns = [
     path("livekit/usage", LiveKitUsageView.as_view(), name="api-livekit-usage"),
     path("usage", UsageReadView.as_view(), name="api-usage"),
     path("budget", BudgetReadView.as_view(), name="api-budget"),
+    path("balance", BalanceView.as_view(), name="api-balance"),
+    path("authorizations", AuthorizationsView.as_view(), name="api-authorizations"),
+    path(
+        "authorizations/<int:hold_id>/extend",
+        AuthorizationExtendView.as_view(),
+        name="api-authorization-extend",
+    ),
+    path(
+        "authorizations/<int:hold_id>/release",
+        AuthorizationReleaseView.as_view(),
+        name="api-authorization-release",
+    ),
     path("sessions/<api_session_id:session_id>", SessionView.as_view(), name="api-session"),
     # Any other path under /api/v1/ is answered as the API answers, not with the portal's HTML page.
     re_path(r"[\s\S]*", not_found),

@@ -34,6 +34,13 @@ class PricePlan(models.Model):
     slug = models.SlugField(max_length=64, unique=True)
     currency = models.CharField(max_length=3, default="USD")
     description = models.TextField(blank=True)
+    expected_cost_per_minute = models.DecimalField(
+        **RATE,
+        null=True,
+        blank=True,
+        help_text="What a minute of a call costs, for pre-call holds asked by duration when the tenant has no "
+        "recent calls to go by (decision 018).",
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
     class Meta:
@@ -282,6 +289,9 @@ class Invoice(models.Model):
                 condition=~Q(stripe_invoice_id=""),
                 name="invoice_unique_stripe_invoice",
             ),
+            # the target of the credit ledger's (tenant, invoice) foreign key: an entry can only name an
+            # invoice of its own tenant (migration 0009)
+            models.UniqueConstraint(fields=["tenant", "id"], name="invoice_tenant_id"),
         ]
 
     def __str__(self) -> str:
@@ -464,3 +474,106 @@ class TierPosition(models.Model):
 
     def __str__(self) -> str:
         return f"{self.price_id} @ {self.quantity}"
+
+
+class CreditGrant(models.Model):
+    """Prepaid credit given to a tenant (DESIGN §13, decision 018): bought, promotional, goodwill or a refund.
+    What it is worth now is the sum of its ledger entries; consumption takes the highest ``priority`` first,
+    then the soonest ``expires_at`` (no expiry last), then the oldest."""
+
+    class Source(models.TextChoices):
+        PURCHASED = "purchased"
+        PROMOTIONAL = "promotional"
+        GOODWILL = "goodwill"
+        REFUND = "refund"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="credit_grants")
+    currency = models.CharField(max_length=3)
+    source = models.CharField(max_length=16, choices=Source.choices)
+    amount = models.DecimalField(**MONEY)
+    priority = models.SmallIntegerField(default=0, help_text="Higher is used first.")
+    effective_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    reason = models.TextField()
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    objects = TenantScopedQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0), name="creditgrant_amount_positive"),
+            models.CheckConstraint(
+                condition=Q(expires_at__isnull=True) | Q(expires_at__gt=models.F("effective_at")),
+                name="creditgrant_expires_after_effective",
+            ),
+            models.UniqueConstraint(fields=["tenant", "id"], name="creditgrant_tenant_id"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_source_display()} {self.amount} {self.currency} for {self.tenant}"
+
+
+class LedgerEntry(models.Model):
+    """One append-only movement of a grant's value; a tenant's ledger balance is their sum (decision 018).
+
+    The database holds: a grant is posted once; a grant pays a given invoice at most once; an entry names only
+    a grant and an invoice of its own tenant ((tenant, grant) and (tenant, invoice) foreign keys, migration
+    0009); and no entry is ever changed or deleted (a trigger)."""
+
+    class Kind(models.TextChoices):
+        GRANT = "grant"  # +: the grant's amount, when it takes effect
+        APPLICATION = "application"  # −: paid (part of) an invoice
+        EXPIRY = "expiry"  # −: what was left when it expired
+        REVERSAL = "reversal"  # −: taken back by staff, with a reason
+        ADJUSTMENT = "adjustment"  # ±: corrected by staff, with a reason
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
+    grant = models.ForeignKey(CreditGrant, on_delete=models.PROTECT, related_name="entries")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    amount = models.DecimalField(**MONEY)
+    invoice = models.ForeignKey("Invoice", on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    reason = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    objects = TenantScopedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["grant"], condition=Q(kind="grant"), name="ledger_grant_posted_once"
+            ),
+            models.UniqueConstraint(
+                fields=["grant", "invoice"],
+                condition=Q(kind="application"),
+                name="ledger_grant_pays_invoice_once",
+            ),
+            models.UniqueConstraint(
+                fields=["grant"], condition=Q(kind="expiry"), name="ledger_grant_expires_once"
+            ),
+            models.CheckConstraint(
+                condition=(Q(kind="grant") & Q(amount__gt=0))
+                | (Q(kind__in=["application", "expiry", "reversal"]) & Q(amount__lt=0))
+                | (Q(kind="adjustment") & ~Q(amount=0)),
+                name="ledger_sign_follows_kind",
+            ),
+            models.CheckConstraint(
+                condition=Q(kind="application", invoice__isnull=False)
+                | (~Q(kind="application") & Q(invoice__isnull=True)),
+                name="ledger_invoice_iff_application",
+            ),
+            models.CheckConstraint(
+                condition=~Q(kind__in=["reversal", "adjustment"]) | ~Q(reason=""),
+                name="ledger_staff_entries_have_a_reason",
+            ),
+        ]
+        indexes = [models.Index(fields=["tenant", "created_at"], name="ledger_tenant_created")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.amount} ({self.grant_id})"

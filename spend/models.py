@@ -53,3 +53,59 @@ class BudgetAlert(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tenant} {self.period_start:%Y-%m} {self.threshold}%"
+
+
+class SpendPolicy(models.Model):
+    """How a tenant pays (DESIGN §13, decision 018): after the month (postpaid, today's behaviour), or from
+    prepaid credit with a soft limit (alerts only) or a hard limit (pre-call authorizations refused once the
+    available balance would fall below −overdraft). Its row is also the lock that serializes a tenant's
+    authorizations."""
+
+    class Policy(models.TextChoices):
+        POSTPAID = "postpaid"
+        PREPAID_SOFT = "prepaid-soft"
+        PREPAID_HARD = "prepaid-hard"
+
+    tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="spend_policy")
+    policy = models.CharField(max_length=16, choices=Policy.choices, default=Policy.POSTPAID)
+    overdraft = models.DecimalField(
+        max_digits=18, decimal_places=4, default=0, help_text="prepaid-hard: how far below zero calls may go."
+    )
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(overdraft__gte=0), name="spendpolicy_overdraft_non_negative")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant}: {self.policy}"
+
+
+class Hold(models.Model):
+    """A pre-call authorization: an expected call cost held against the available balance until the session
+    ends, it is released, or it expires."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    agent = models.ForeignKey("tenants.Agent", on_delete=models.CASCADE, related_name="+")
+    session_id = models.CharField(max_length=128)
+    amount = models.DecimalField(max_digits=18, decimal_places=4)
+    currency = models.CharField(max_length=3)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    released_at = models.DateTimeField(null=True, blank=True)
+    release_reason = models.CharField(max_length=32, blank=True)
+
+    objects = TenantScopedQuerySet.as_manager()
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(amount__gt=0), name="hold_amount_positive")]
+        indexes = [
+            models.Index(
+                fields=["tenant", "expires_at"], condition=Q(released_at__isnull=True), name="hold_active"
+            ),
+            models.Index(fields=["tenant", "session_id"], name="hold_tenant_session"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.amount} {self.currency} for {self.session_id}"

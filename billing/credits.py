@@ -1,0 +1,131 @@
+"""The prepaid credit ledger (DESIGN §13, issue 15, decision 018): grants, reversals and expiries, and the
+ledger balance as the sum of its entries.
+
+Every write takes the tenant's grants ``FOR UPDATE`` first (in id order), so two writers never both spend the
+same remaining value; the database refuses what no code path should do (see billing.models.LedgerEntry).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from django.db import transaction
+from django.db.models import Q, Sum
+from django.utils import timezone
+
+from billing.models import CreditGrant, LedgerEntry
+from billing.pricing import round_money
+from tenants.models import Tenant
+
+ZERO = Decimal(0)
+
+
+class CreditError(ValueError):
+    """A ledger write that would break a rule (more than is left, a bad amount); nothing was written."""
+
+
+def _amount(value: Decimal | str | int, currency: str, name: str = "amount") -> Decimal:
+    amount = Decimal(value)
+    if not amount.is_finite() or amount <= 0:
+        raise CreditError(f"{name} must be a positive amount")
+    if round_money(amount, currency) != amount:
+        raise CreditError(f"{name} has digits below the smallest unit of {currency}")
+    return amount
+
+
+@transaction.atomic
+def grant(
+    tenant: Tenant,
+    amount: Decimal | str | int,
+    *,
+    source: str,
+    reason: str,
+    priority: int = 0,
+    effective_at: datetime | None = None,
+    expires_at: datetime | None = None,
+    by=None,
+) -> CreditGrant:
+    """Give the tenant credit in its currency; posted to the ledger at once (it counts from ``effective_at``)."""
+    amount = _amount(amount, tenant.currency)
+    if source not in CreditGrant.Source.values:
+        raise CreditError(f"source must be one of {', '.join(CreditGrant.Source.values)}")
+    if not reason.strip():
+        raise CreditError("reason is required")
+    effective_at = effective_at or timezone.now()
+    if expires_at is not None and expires_at <= effective_at:
+        raise CreditError("expires_at must be after effective_at")
+    created = CreditGrant.objects.create(
+        tenant=tenant,
+        currency=tenant.currency,
+        source=source,
+        amount=amount,
+        priority=priority,
+        effective_at=effective_at,
+        expires_at=expires_at,
+        reason=reason,
+        created_by=by,
+    )
+    LedgerEntry.objects.create(
+        tenant=tenant, grant=created, kind=LedgerEntry.Kind.GRANT, amount=amount, created_by=by
+    )
+    return created
+
+
+def remaining(grant_: CreditGrant) -> Decimal:
+    return grant_.entries.aggregate(s=Sum("amount"))["s"] or ZERO
+
+
+@transaction.atomic
+def reverse(grant_: CreditGrant, amount: Decimal | str | int | None, *, reason: str, by=None) -> LedgerEntry:
+    """Take back ``amount`` (default: all that is left) of a grant, with a reason."""
+    if not reason.strip():
+        raise CreditError("reason is required")
+    locked = CreditGrant.objects.select_for_update().get(pk=grant_.pk)
+    left = remaining(locked)
+    amount = left if amount is None else _amount(amount, locked.currency)
+    if amount <= 0 or amount > left:
+        raise CreditError(f"only {left} {locked.currency} of this grant is left to reverse")
+    return LedgerEntry.objects.create(
+        tenant_id=locked.tenant_id,
+        grant=locked,
+        kind=LedgerEntry.Kind.REVERSAL,
+        amount=-amount,
+        reason=reason,
+        created_by=by,
+    )
+
+
+def expire_due(tenant: Tenant | None = None, now: datetime | None = None) -> int:
+    """Post an expiry entry for what is left of every grant whose expiry has passed (once per grant: a unique
+    constraint), so expired credit leaves the balance as an entry, never silently. Returns how many."""
+    now = now or timezone.now()
+    due = CreditGrant.objects.filter(expires_at__lte=now).exclude(entries__kind=LedgerEntry.Kind.EXPIRY)
+    if tenant is not None:
+        due = due.filter(tenant=tenant)
+    posted = 0
+    for pk in due.values_list("pk", flat=True):
+        with transaction.atomic():
+            locked = CreditGrant.objects.select_for_update().get(pk=pk)
+            if locked.entries.filter(kind=LedgerEntry.Kind.EXPIRY).exists():
+                continue
+            left = remaining(locked)
+            if left > 0:
+                LedgerEntry.objects.create(
+                    tenant_id=locked.tenant_id, grant=locked, kind=LedgerEntry.Kind.EXPIRY, amount=-left
+                )
+                posted += 1
+    return posted
+
+
+def ledger_balance(tenant: Tenant, now: datetime | None = None) -> Decimal:
+    """Σ the ledger's entries for grants already in effect (expiries due are posted first)."""
+    now = now or timezone.now()
+    expire_due(tenant, now)
+    total = (
+        LedgerEntry.objects.for_tenant(tenant)
+        .filter(grant__effective_at__lte=now)
+        .filter(Q(grant__currency=tenant.currency))
+        .aggregate(s=Sum("amount"))["s"]
+    )
+    return total or ZERO

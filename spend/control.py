@@ -1,0 +1,222 @@
+"""Real-time spend control (DESIGN §13, issue 15, decision 018): the available balance and pre-call holds.
+
+available = ledger balance (billing.credits) − unbilled usage − active holds, where unbilled usage is every
+period not yet finalized priced now exactly as its invoice will price it (billing.period_pricing: tiers,
+allowances, minimums and fees included; it reads the rollups, which the ingest transaction keeps, so a balance
+read after an accepted batch includes it).
+
+An authorization takes the tenant's ``SpendPolicy`` row ``FOR UPDATE`` before it reads the balance and writes its
+hold, so a tenant's authorizations run one at a time and never over-commit; reads and ingest do not wait on it.
+Usage is a fact: nothing here ever refuses an event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.db import transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from billing import credits, invoicing, period_pricing, periods
+from billing.models import CallCost, Invoice, Subscription
+from billing.pricing import round_money
+from spend.models import Hold, SpendPolicy
+from tenants.models import Agent, Tenant
+from usage.models import AgentRollup, Session
+
+ZERO = Decimal(0)
+DEFAULT_TTL = timedelta(minutes=15)
+MAX_TTL = timedelta(hours=24)
+MAX_UNBILLED_PERIODS = 12  # how far back an unfinalized period is still priced into the balance
+RECENT_CALLS = timedelta(days=7)  # the window a tenant's own cost per second of session is taken from
+RECENT_CALLS_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class Balance:
+    currency: str
+    ledger_balance: Decimal
+    unbilled_usage: Decimal
+    held: Decimal
+    policy: str
+
+    @property
+    def available(self) -> Decimal:
+        return self.ledger_balance - self.unbilled_usage - self.held
+
+
+class Refused(Exception):
+    """The tenant's policy refuses the hold (prepaid-hard, not enough available balance)."""
+
+    def __init__(self, available: Decimal, required: Decimal, currency: str):
+        super().__init__(f"{required} {currency} required, {available} available")
+        self.available, self.required, self.currency = available, required, currency
+
+
+class NoRateForDuration(Exception):
+    """A hold asked by duration, but the tenant has no recent calls and its plan no expected cost per minute."""
+
+
+def policy_of(tenant: Tenant) -> SpendPolicy:
+    found = SpendPolicy.objects.filter(tenant=tenant).first()
+    return found or SpendPolicy(tenant=tenant)
+
+
+def unbilled_usage(tenant: Tenant, now: datetime | None = None) -> Decimal:
+    """What the invoices of the periods not yet finalized will charge, priced now (the current period, and
+    earlier ones whose invoice is still a draft or not made yet, at most MAX_UNBILLED_PERIODS back)."""
+    current, _ = invoicing.current_period(tenant, now)
+    finalized = (
+        Invoice.objects.for_tenant(tenant)
+        .exclude(status=Invoice.Status.DRAFT)
+        .order_by("-period_start")
+        .values_list("period_start", flat=True)
+        .first()
+    )
+    if finalized is not None:
+        start = periods.next_month(finalized)
+    else:
+        first_hour = (
+            AgentRollup.objects.for_tenant(tenant).order_by("hour").values_list("hour", flat=True).first()
+        )
+        start = periods.period_containing(first_hour, tenant.timezone)[0] if first_hour else current
+    earliest = current
+    for _ in range(MAX_UNBILLED_PERIODS - 1):
+        earliest = periods.previous_month(earliest)
+    month, total = max(start, earliest), ZERO
+    while month <= current:
+        total += period_pricing.price_period(tenant, month, periods.next_month(month)).total
+        month = periods.next_month(month)
+    return total
+
+
+def held(tenant: Tenant, now: datetime | None = None) -> Decimal:
+    now = now or timezone.now()
+    active = Hold.objects.for_tenant(tenant).filter(released_at__isnull=True, expires_at__gt=now)
+    return active.aggregate(s=Sum("amount"))["s"] or ZERO
+
+
+def balance(tenant: Tenant, now: datetime | None = None) -> Balance:
+    now = now or timezone.now()
+    return Balance(
+        currency=tenant.currency,
+        ledger_balance=credits.ledger_balance(tenant, now),
+        unbilled_usage=unbilled_usage(tenant, now),
+        held=held(tenant, now),
+        policy=policy_of(tenant).policy,
+    )
+
+
+def cost_per_second(tenant: Tenant, now: datetime | None = None) -> Decimal:
+    """The tenant's own recent cost per second of session: Σ per-call costs ÷ Σ lengths of its sessions that
+    ended in the last RECENT_CALLS (the latest RECENT_CALLS_LIMIT); else its plan's expected cost per minute ÷ 60."""
+    now = now or timezone.now()
+    recent = list(
+        Session.objects.for_tenant(tenant)
+        .filter(ended_at__gte=now - RECENT_CALLS, ended_at__lte=now, started_at__isnull=False)
+        .order_by("-ended_at")
+        .values_list("session_id", "started_at", "ended_at")[:RECENT_CALLS_LIMIT]
+    )
+    seconds = sum(((end - start).total_seconds() for _, start, end in recent), 0.0)
+    if recent and seconds > 0:
+        ids = [session_id for session_id, _, _ in recent]
+        cost = CallCost.objects.for_tenant(tenant).filter(session_id__in=ids).aggregate(s=Sum("cost"))["s"]
+        if cost:
+            return cost / Decimal(str(seconds))
+    subscription = (
+        Subscription.objects.for_tenant(tenant)
+        .filter(starts_on__lte=timezone.localdate())
+        .select_related("plan")
+        .order_by("-starts_on")
+        .first()
+    )
+    per_minute = subscription.plan.expected_cost_per_minute if subscription else None
+    if per_minute is None:
+        raise NoRateForDuration(
+            "expected_seconds needs recent calls of this tenant or an expected cost per minute on its plan; "
+            "send amount instead"
+        )
+    return per_minute / 60
+
+
+def amount_for(tenant: Tenant, expected_seconds: Decimal) -> Decimal:
+    return round_money(expected_seconds * cost_per_second(tenant), tenant.currency)
+
+
+def _locked_policy(tenant: Tenant) -> SpendPolicy:
+    SpendPolicy.objects.get_or_create(tenant=tenant)
+    return SpendPolicy.objects.select_for_update().get(tenant=tenant)
+
+
+def _check(policy: SpendPolicy, available: Decimal, required: Decimal, currency: str) -> None:
+    if policy.policy == SpendPolicy.Policy.PREPAID_HARD and available - required < -policy.overdraft:
+        raise Refused(available, required, currency)
+
+
+@transaction.atomic
+def authorize(
+    tenant: Tenant, agent: Agent, session_id: str, amount: Decimal, ttl: timedelta = DEFAULT_TTL
+) -> tuple[Hold, Decimal]:
+    """Hold ``amount`` for a call under the tenant's policy: the hold and the available balance after it, or
+    Refused. Serialized per tenant by the policy row's lock."""
+    policy = _locked_policy(tenant)
+    now = timezone.now()
+    available = balance(tenant, now).available
+    _check(policy, available, amount, tenant.currency)
+    hold = Hold.objects.create(
+        tenant=tenant,
+        agent=agent,
+        session_id=session_id,
+        amount=amount,
+        currency=tenant.currency,
+        created_at=now,
+        expires_at=now + ttl,
+    )
+    return hold, available - amount
+
+
+@transaction.atomic
+def extend(hold: Hold, ttl: timedelta = DEFAULT_TTL, amount: Decimal | None = None) -> tuple[Hold, Decimal]:
+    """Keep an active hold for ``ttl`` from now, optionally raising its amount (checked as a new hold of the
+    difference)."""
+    tenant = hold.tenant
+    policy = _locked_policy(tenant)
+    now = timezone.now()
+    hold = Hold.objects.select_for_update().get(pk=hold.pk)
+    if hold.released_at is not None or hold.expires_at <= now:
+        raise HoldEnded(hold)
+    available = balance(tenant, now).available
+    if amount is not None and amount > hold.amount:
+        _check(policy, available, amount - hold.amount, tenant.currency)
+        available -= amount - hold.amount
+        hold.amount = amount
+    hold.expires_at = now + ttl
+    hold.save(update_fields=["amount", "expires_at"])
+    return hold, available
+
+
+class HoldEnded(Exception):
+    def __init__(self, hold: Hold):
+        super().__init__(f"hold {hold.pk} has ended")
+        self.hold = hold
+
+
+def release(hold: Hold, reason: str = "released") -> Hold:
+    """End a hold (idempotent: releasing an ended hold changes nothing)."""
+    Hold.objects.filter(pk=hold.pk, released_at__isnull=True).update(
+        released_at=timezone.now(), release_reason=reason
+    )
+    hold.refresh_from_db()
+    return hold
+
+
+def release_session(tenant: Tenant, session_id: str) -> int:
+    """The session ended: its holds stop counting."""
+    return (
+        Hold.objects.for_tenant(tenant)
+        .filter(session_id=session_id, released_at__isnull=True)
+        .update(released_at=timezone.now(), release_reason="session_ended")
+    )
