@@ -34,6 +34,34 @@ def _amount(value: Decimal | str | int, currency: str, name: str = "amount") -> 
     return amount
 
 
+def check_grant(tenant: Tenant, amount, source: str, reason: str, effective_at, expires_at) -> Decimal:
+    """The rules a grant must meet (CreditError naming the first it breaks); returns the amount."""
+    amount = _amount(amount, tenant.currency)
+    if source not in CreditGrant.Source.values:
+        raise CreditError(f"source must be one of {', '.join(CreditGrant.Source.values)}")
+    if not (reason or "").strip():
+        raise CreditError("reason is required")
+    if expires_at is not None and expires_at <= (effective_at or timezone.now()):
+        raise CreditError("expires_at must be after effective_at")
+    return amount
+
+
+def check_correction(grant_: CreditGrant, kind: str, amount) -> Decimal:
+    """The rules of a reversal (positive, at most what is left) or an adjustment (signed, never below zero
+    left); returns the signed amount the entry will carry."""
+    left = remaining(grant_)
+    value = Decimal(amount)
+    if not value.is_finite() or value == 0 or round_money(value, grant_.currency) != value:
+        raise CreditError(f"amount must be a non-zero amount in whole units of {grant_.currency}")
+    if kind == LedgerEntry.Kind.REVERSAL:
+        if value < 0 or value > left:
+            raise CreditError(f"a reversal takes back between 0 and the {left} {grant_.currency} left")
+        return -value
+    if left + value < 0:
+        raise CreditError(f"only {left} {grant_.currency} of this grant is left")
+    return value
+
+
 @transaction.atomic
 def grant(
     tenant: Tenant,
@@ -47,14 +75,8 @@ def grant(
     by=None,
 ) -> CreditGrant:
     """Give the tenant credit in its currency; posted to the ledger at once (it counts from ``effective_at``)."""
-    amount = _amount(amount, tenant.currency)
-    if source not in CreditGrant.Source.values:
-        raise CreditError(f"source must be one of {', '.join(CreditGrant.Source.values)}")
-    if not reason.strip():
-        raise CreditError("reason is required")
+    amount = check_grant(tenant, amount, source, reason, effective_at, expires_at)
     effective_at = effective_at or timezone.now()
-    if expires_at is not None and expires_at <= effective_at:
-        raise CreditError("expires_at must be after effective_at")
     created = CreditGrant.objects.create(
         tenant=tenant,
         currency=tenant.currency,
@@ -82,15 +104,14 @@ def reverse(grant_: CreditGrant, amount: Decimal | str | int | None, *, reason: 
     if not reason.strip():
         raise CreditError("reason is required")
     locked = CreditGrant.objects.select_for_update().get(pk=grant_.pk)
-    left = remaining(locked)
-    amount = left if amount is None else _amount(amount, locked.currency)
-    if amount <= 0 or amount > left:
-        raise CreditError(f"only {left} {locked.currency} of this grant is left to reverse")
+    signed = check_correction(
+        locked, LedgerEntry.Kind.REVERSAL, remaining(locked) if amount is None else amount
+    )
     return LedgerEntry.objects.create(
         tenant_id=locked.tenant_id,
         grant=locked,
         kind=LedgerEntry.Kind.REVERSAL,
-        amount=-amount,
+        amount=signed,
         reason=reason,
         created_by=by,
     )
@@ -129,3 +150,20 @@ def ledger_balance(tenant: Tenant, now: datetime | None = None) -> Decimal:
         .aggregate(s=Sum("amount"))["s"]
     )
     return total or ZERO
+
+
+@transaction.atomic
+def adjust(grant_: CreditGrant, amount: Decimal | str | int, *, reason: str, by=None) -> LedgerEntry:
+    """Correct a grant by a signed amount, with a reason (never below what is left of it)."""
+    if not reason.strip():
+        raise CreditError("reason is required")
+    locked = CreditGrant.objects.select_for_update().get(pk=grant_.pk)
+    value = check_correction(locked, LedgerEntry.Kind.ADJUSTMENT, amount)
+    return LedgerEntry.objects.create(
+        tenant_id=locked.tenant_id,
+        grant=locked,
+        kind=LedgerEntry.Kind.ADJUSTMENT,
+        amount=value,
+        reason=reason,
+        created_by=by,
+    )

@@ -13,6 +13,7 @@ Importing the modules registers their admins.
 
 from billing.admin import (
     audit,
+    credits,
     invoices,
     locked_versions,
     plans,
@@ -23,6 +24,7 @@ from billing.admin import (
 
 __all__ = [
     "audit",
+    "credits",
     "invoices",
     "locked_versions",
     "plans",

@@ -268,3 +268,58 @@ def test_fifty_concurrent_authorizations_for_a_balance_that_fits_ten():
 def test_a_post_to_a_path_no_route_names_is_a_problem_404(agent_client, path):
     response = agent_client.post(path, {})
     assert response.status_code == 404 and response["Content-Type"] == "application/problem+json"
+
+
+def test_staff_grant_reverse_and_adjust_credit_in_the_admin(client, tenant):
+    from tests.factories import UserFactory
+
+    staff = UserFactory(is_staff=True, is_superuser=True)
+    client.force_login(staff)
+    added = client.post(
+        "/admin/billing/creditgrant/add/",
+        {
+            "tenant": tenant.pk,
+            "source": "goodwill",
+            "amount": "40.00",
+            "priority": 0,
+            "effective_at_0": "2026-01-01",
+            "effective_at_1": "00:00:00",
+            "reason": "outage on the 3rd",
+            "entries-TOTAL_FORMS": 0,
+            "entries-INITIAL_FORMS": 0,
+        },
+    )
+    assert added.status_code == 302, added.content.decode()[:2000]
+    grant = tenant.credit_grants.get()
+    assert grant.created_by == staff and credits.ledger_balance(tenant) == Decimal(40)
+    # a reversal above what is left is refused by the form, naming the amount
+    refused = client.post(
+        "/admin/billing/ledgerentry/add/",
+        {"grant": grant.pk, "kind": "reversal", "amount": "40.01", "reason": "x"},
+    )
+    assert refused.status_code == 200 and "left" in refused.content.decode()
+    assert (
+        client.post(
+            "/admin/billing/ledgerentry/add/",
+            {"grant": grant.pk, "kind": "reversal", "amount": "15", "reason": "partly billed"},
+        ).status_code
+        == 302
+    )
+    assert (
+        client.post(
+            "/admin/billing/ledgerentry/add/",
+            {"grant": grant.pk, "kind": "adjustment", "amount": "-5", "reason": "typo"},
+        ).status_code
+        == 302
+    )
+    no_reason = client.post(
+        "/admin/billing/ledgerentry/add/",
+        {"grant": grant.pk, "kind": "adjustment", "amount": "1", "reason": " "},
+    )
+    assert no_reason.status_code == 200
+    assert credits.ledger_balance(tenant) == Decimal(20)
+    assert client.get(f"/admin/billing/creditgrant/{grant.pk}/change/").status_code == 200
+    assert (
+        client.get("/admin/spend/hold/").status_code == 200
+        and client.get("/admin/spend/spendpolicy/").status_code == 200
+    )
