@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from django.db import transaction
-from django.db.models import Q, Sum
+from django.db.models import F, Q, Sum
 from django.utils import timezone
 
 from billing.models import CreditGrant, LedgerEntry
@@ -167,3 +167,38 @@ def adjust(grant_: CreditGrant, amount: Decimal | str | int, *, reason: str, by=
         reason=reason,
         created_by=by,
     )
+
+
+def apply_to_invoice(invoice, now: datetime | None = None) -> Decimal:
+    """Pay a finalizing invoice from the tenant's credit, up to its total (never below zero): grants in effect
+    and not expired, highest priority first, then the soonest expiry, then the oldest; one application entry
+    per grant used (the database refuses a second for the same grant and invoice). Returns the amount applied.
+    Runs in the finalization's transaction."""
+    now = now or timezone.now()
+    if invoice.total <= 0:
+        return ZERO
+    expire_due(invoice.tenant, now)
+    grants = (
+        CreditGrant.objects.select_for_update()
+        .filter(tenant_id=invoice.tenant_id, currency=invoice.currency, effective_at__lte=now)
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        .order_by("-priority", F("expires_at").asc(nulls_last=True), "created_at", "id")
+    )
+    due, applied = invoice.total, ZERO
+    for each in grants:
+        left = remaining(each)
+        if left <= 0:
+            continue
+        take = min(left, due)
+        LedgerEntry.objects.create(
+            tenant_id=invoice.tenant_id,
+            grant=each,
+            kind=LedgerEntry.Kind.APPLICATION,
+            amount=-take,
+            invoice=invoice,
+        )
+        due -= take
+        applied += take
+        if due == 0:
+            break
+    return applied

@@ -17,7 +17,7 @@ from decimal import Decimal
 from django.db import transaction
 from django.utils import timezone
 
-from billing import invoice_events, periods
+from billing import credits, invoice_events, periods
 from billing.late_usage import adjustment_lines
 from billing.models import Invoice, InvoiceLine, InvoiceNumberSequence, PlanVersion, Subscription
 from billing.period_pricing import LineDraft, price_period
@@ -99,6 +99,7 @@ def finalize_invoice(invoice_id: int, *, now: datetime | None = None, force: boo
         if not force and not is_due(invoice, now):
             raise ValueError(f"{invoice} is not due before {invoice.period_end} + {GRACE_PERIOD}")
         _write_lines(invoice, invoice.tenant)
+        _apply_credits(invoice, now)
         invoice.number = _next_number(now.year)
         invoice.status = Invoice.Status.OPEN
         invoice.finalized_at = now
@@ -112,6 +113,27 @@ def finalize_invoice(invoice_id: int, *, now: datetime | None = None, force: boo
         "finalized %s for %s: %s %s", invoice.number, invoice.tenant.slug, invoice.total, invoice.currency
     )
     return invoice
+
+
+def _apply_credits(invoice: Invoice, now: datetime) -> None:
+    """Prepaid credit pays the invoice up to its total: a "Prepaid credits applied" line, last, and the total
+    (what Stripe collects) lowered by it (decision 018)."""
+    applied = credits.apply_to_invoice(invoice, now)
+    if not applied:
+        return
+    last = invoice.lines.order_by("-position").values_list("position", flat=True).first() or 0
+    InvoiceLine.objects.create(
+        invoice=invoice,
+        position=last + 1,
+        kind=InvoiceLine.Kind.CREDITS_APPLIED,
+        description="Prepaid credits applied",
+        amount=-applied,
+        unrounded_amount=-applied,
+        segment_start=invoice.period_start,
+        segment_end=invoice.period_end,
+    )
+    invoice.total -= applied
+    invoice.save(update_fields=["total"])
 
 
 def _next_number(year: int) -> str:

@@ -332,6 +332,7 @@ class InvoiceLine(models.Model):
         USAGE = "usage"
         MINIMUM = "minimum"
         ADJUSTMENT = "adjustment"
+        CREDITS_APPLIED = "credits_applied"  # negative: prepaid credit paid this much (decision 018)
 
     invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
     position = models.PositiveIntegerField()

@@ -115,7 +115,9 @@ class LedgerEntryForm(forms.ModelForm):
             try:
                 # the entry as it will be stored (a reversal carries a negative amount), so the model's own
                 # constraints check it too
-                cleaned["amount"] = credits.check_correction(cleaned["grant"], cleaned["kind"], cleaned["amount"])
+                cleaned["amount"] = credits.check_correction(
+                    cleaned["grant"], cleaned["kind"], cleaned["amount"]
+                )
                 self.instance.tenant_id = cleaned["grant"].tenant_id
             except credits.CreditError as error:
                 self.add_error("amount", str(error))
