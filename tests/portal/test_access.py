@@ -70,6 +70,29 @@ for _name in (
         lambda w, i: {"pk": endpoint_of(w, i).pk},
     )
 MATRIX["portal:webhook-resend"] = ("POST", "portal", delivery_of)
+
+
+def hold_of(world, i: int) -> dict:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from spend.models import Hold
+
+    tenant = world.tenants[i]
+    hold = Hold.objects.filter(tenant=tenant).first() or Hold.objects.create(
+        tenant=tenant,
+        agent=world.agents[i],
+        session_id=f"call-{i}",
+        amount=1,
+        currency=tenant.currency,
+        expires_at=timezone.now() + timedelta(hours=1),
+    )
+    return {"hold_id": hold.pk}
+
+
+MATRIX["api-authorization-extend"] = ("POST", "api", hold_of)
+MATRIX["api-authorization-release"] = ("POST", "api", hold_of)
 # Tokens, not objects: the password-reset flow's uid/token and an invitation link (tests/portal/test_team.py).
 NOT_TENANT_OBJECTS = {"portal:password-reset-confirm", "portal:invitation"}
 
@@ -111,13 +134,18 @@ def test_another_tenants_object_is_a_404_like_a_missing_one_and_unchanged(world,
         send = (lambda url: client.post(url, {"role": "viewer"})) if method == "POST" else client.get
     else:
         api = AgentClient(world.keys[0])
-        send = api.get
+        send = (lambda url: api.post(url, {})) if method == "POST" else api.get
 
     other_response, missing_response = send(other), send(missing)
     assert other_response.status_code == missing_response.status_code == 404
     assert list(APIKey.objects.order_by("pk").values_list("revoked_at", flat=True)) == keys_before
     assert list(Membership.objects.order_by("pk").values_list("role", flat=True)) == roles_before
     assert list(Invitation.objects.order_by("pk").values_list("revoked_at", flat=True)) == invitations_before
+    from spend.models import Hold
+
+    assert not Hold.objects.filter(
+        released_at__isnull=False
+    ).exists()  # another tenant's hold was not touched
     if method == "GET":
         assert send(own).status_code == 200
 
