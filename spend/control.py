@@ -161,9 +161,20 @@ def authorize(
     tenant: Tenant, agent: Agent, session_id: str, amount: Decimal, ttl: timedelta = DEFAULT_TTL
 ) -> tuple[Hold, Decimal]:
     """Hold ``amount`` for a call under the tenant's policy: the hold and the available balance after it, or
-    Refused. Serialized per tenant by the policy row's lock."""
+    Refused. Serialized per tenant by the policy row's lock. A call has one hold: asking again for a session
+    whose hold is active renews that hold (and raises it to a higher amount) instead of adding another."""
     policy = _locked_policy(tenant)
     now = timezone.now()
+    current = (
+        Hold.objects.for_tenant(tenant)
+        .filter(session_id=session_id, released_at__isnull=True, expires_at__gt=now)
+        .order_by("-created_at")
+        .first()
+    )
+    if current is not None:
+        # one hold per call: asking again (a retry whose answer was lost, or a new estimate) renews it, and
+        # raises it when more is asked (checked for the difference), never adds a second one
+        return extend(current, ttl, amount if amount > current.amount else None)
     available = balance(tenant, now).available
     _check(policy, available, amount, tenant.currency)
     hold = Hold.objects.create(
@@ -220,3 +231,32 @@ def release_session(tenant: Tenant, session_id: str) -> int:
         .filter(session_id=session_id, released_at__isnull=True)
         .update(released_at=timezone.now(), release_reason="session_ended")
     )
+
+
+@dataclass(frozen=True)
+class Burn:
+    """Spend per hour and per day lately, and how long the available balance lasts at the daily rate."""
+
+    last_hour: Decimal
+    last_day: Decimal
+    available: Decimal
+
+    @property
+    def runway_days(self) -> Decimal | None:
+        if self.last_day <= 0 or self.available <= 0:
+            return None
+        return (self.available / self.last_day).quantize(Decimal("0.1"))
+
+
+def burn(tenant: Tenant, cost_of, available: Decimal, now: datetime | None = None) -> Burn:
+    """Usage of the rollup hours that began in the last hour (the current one, mostly) and the last 24, priced
+    by ``cost_of(key, quantity)`` (the current period's unit prices, as the dashboard prices everything)."""
+    from usage import rollups
+
+    now = now or timezone.now()
+
+    def spent(since: timedelta) -> Decimal:
+        usage = rollups.usage_totals(tenant.pk, now - since, now + timedelta(hours=1))
+        return sum((cost_of(key, quantity) for key, quantity in usage.items()), ZERO)
+
+    return Burn(spent(timedelta(hours=1)), spent(timedelta(days=1)), available)

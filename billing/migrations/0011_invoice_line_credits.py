@@ -4,15 +4,24 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('billing', '0010_priceplan_expected_cost_per_minute'),
+        ("billing", "0010_priceplan_expected_cost_per_minute"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='invoiceline',
-            name='kind',
-            field=models.CharField(choices=[('base_fee', 'Base Fee'), ('agent_fee', 'Agent Fee'), ('usage', 'Usage'), ('minimum', 'Minimum'), ('adjustment', 'Adjustment'), ('credits_applied', 'Credits Applied')], max_length=16),
+            model_name="invoiceline",
+            name="kind",
+            field=models.CharField(
+                choices=[
+                    ("base_fee", "Base Fee"),
+                    ("agent_fee", "Agent Fee"),
+                    ("usage", "Usage"),
+                    ("minimum", "Minimum"),
+                    ("adjustment", "Adjustment"),
+                    ("credits_applied", "Credits Applied"),
+                ],
+                max_length=16,
+            ),
         ),
     ]

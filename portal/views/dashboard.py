@@ -10,12 +10,13 @@ from django.utils import timezone
 
 from billing import call_costs, periods
 from billing import selectors as billing_selectors
-from billing.models import Invoice
+from billing.models import Invoice, LedgerEntry
 from billing.money import format_money
 from portal import charts
 from portal.access import activate_tenant_timezone, tenant_view
 from portal.windows import Window, windows
-from spend import budgets
+from spend import budgets, control
+from spend.models import SpendPolicy
 from tenants.models import Agent
 from usage.models import meter_names
 
@@ -71,6 +72,7 @@ def dashboard(request):
             "unpriced": unpriced_groups(spend.priced.unmatched),
         }
         if window.kind == "current":
+            context["prepaid"] = _prepaid(tenant, spend)
             context.update(
                 forecast=None if spend.forecast_is_early() else spend.forecast(),
                 forecast_days=spend.days_so_far(),
@@ -104,6 +106,15 @@ def dashboard(request):
         last_invoice=Invoice.objects.for_tenant(tenant).finalized().order_by("-period_start").first(),
     )
     return render(request, "portal/dashboard.html", context)
+
+
+def _prepaid(tenant, spend) -> dict | None:
+    """The prepaid balance card: shown once a tenant is prepaid or has credit (decision 018)."""
+    policy = control.policy_of(tenant)
+    if policy.policy == SpendPolicy.Policy.POSTPAID and not LedgerEntry.objects.for_tenant(tenant).exists():
+        return None
+    balance = control.balance(tenant)
+    return {"balance": balance, "burn": control.burn(tenant, spend.cost_of, balance.available)}
 
 
 def _period_charts(spend, window: Window, today: date, agents: dict, names: dict) -> dict:

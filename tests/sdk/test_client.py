@@ -311,3 +311,35 @@ for metric in json.load(open({str(metrics_file)!r})):
     assert up.flush().pending == 0
     expected = livekit_expected_totals(samples.final_model_usage(sample))
     assert totals(tenant, session_id="exited-call") == expected
+
+
+def test_balance_and_authorizations_through_the_client(server, make_client, tenant, api_key):
+    from billing import credits
+    from spend.models import SpendPolicy
+    from tests.billing.builders import make_plan, subscribe
+
+    subscribe(tenant, make_plan(base_fee="0"))
+    credits.grant(tenant, "12.00", source="purchased", reason="top-up")
+    SpendPolicy.objects.create(tenant=tenant, policy="prepaid-hard")
+    client = make_client(server)
+    assert client.balance()["available"] == "12"
+    held = client.authorize("sdk-call", amount=Decimal("10.00"))
+    assert held["amount"] == "10" and held["available"] == "2"
+    with pytest.raises(meterline.InsufficientBalanceError) as refused:
+        client.authorize("sdk-call-2", amount="2.01")
+    assert (refused.value.available, refused.value.required, refused.value.currency) == (
+        Decimal(2),
+        Decimal("2.01"),
+        "USD",
+    )
+    assert client.extend_authorization(held["id"], ttl_seconds=600)["id"] == held["id"]
+    assert client.release_authorization(held["id"])["released_at"]
+    assert client.balance()["held"] == "0"
+
+    async def asynchronous():
+        async with meterline.AsyncClient(api_key, server, spool_dir=False) as up:
+            made = await up.authorize("sdk-call-3", amount=1)
+            assert (await up.balance())["held"] == "1"
+            await up.release_authorization(made["id"])
+
+    asyncio.run(asynchronous())

@@ -323,3 +323,27 @@ def test_staff_grant_reverse_and_adjust_credit_in_the_admin(client, tenant):
         client.get("/admin/spend/hold/").status_code == 200
         and client.get("/admin/spend/spendpolicy/").status_code == 200
     )
+
+
+def test_asking_again_for_a_call_renews_its_one_hold(agent_client, prepaid):
+    first = hold(agent_client, "call-9", amount="4.00", ttl_seconds=120).json()
+    again = hold(agent_client, "call-9", amount="4.00", ttl_seconds=600).json()  # a retry: the same hold
+    assert again["id"] == first["id"] and again["expires_at"] > first["expires_at"]
+    more = hold(agent_client, "call-9", amount="6.00").json()  # a new estimate raises it
+    assert more["id"] == first["id"] and more["amount"] == "6"
+    assert Hold.objects.count() == 1 and balance(agent_client)["held"] == Decimal(6)
+
+
+def test_the_dashboard_shows_balance_burn_and_runway(agent_client, prepaid, client):
+    from tests.factories import MembershipFactory
+
+    agent_client.post("/api/v1/events", {"events": [event("a", usage={"tts_characters": 250})]})
+    client.force_login(MembershipFactory(tenant=prepaid).user)
+    page = client.get("/").content.decode()
+    card = page[page.index('data-testid="prepaid-balance"') :].split("</div></div>")[0]
+    assert 'data-testid="available">$87.50<' in card  # 100 − (10 fee + 2.50 usage)
+    assert "burn $2.50 in the last hour, $2.50 in the last 24 h; about 35.0 days left" in card
+    # a postpaid tenant without credit sees no such card
+    other = TenantFactory()
+    client.force_login(MembershipFactory(tenant=other).user)
+    assert 'data-testid="prepaid-balance"' not in client.get("/").content.decode()

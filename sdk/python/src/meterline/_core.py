@@ -448,6 +448,41 @@ def prepare_budget() -> PreparedRequest:
     return PreparedRequest("GET", f"{API_PREFIX}/budget", None, "budget")
 
 
+def prepare_balance() -> PreparedRequest:
+    return PreparedRequest("GET", f"{API_PREFIX}/balance", None, "balance")
+
+
+def prepare_authorize(
+    session_id: str, amount: Any = None, expected_seconds: Any = None, ttl_seconds: int | None = None
+) -> PreparedRequest:
+    """POST /api/v1/authorizations: a hold of ``amount`` or of ``expected_seconds`` of the tenant's calls."""
+    _check_session_id(session_id)
+    if (amount is None) == (expected_seconds is None):
+        raise TypeError("give either amount or expected_seconds")
+    body: dict[str, Any] = {"session_id": session_id}
+    if amount is not None:
+        body["amount"] = str(Decimal(str(amount)))
+    else:
+        body["expected_seconds"] = str(Decimal(str(expected_seconds)))
+    if ttl_seconds is not None:
+        body["ttl_seconds"] = int(ttl_seconds)
+    return PreparedRequest("POST", f"{API_PREFIX}/authorizations", dumps(body), "authorize")
+
+
+def prepare_hold_action(
+    hold_id: int, action: str, ttl_seconds: int | None = None, amount: Any = None
+) -> PreparedRequest:
+    """POST /api/v1/authorizations/{id}/extend or /release."""
+    if action not in ("extend", "release") or isinstance(hold_id, bool) or not isinstance(hold_id, int):
+        raise TypeError("hold_id must be the int id an authorization answered with")
+    body: dict[str, Any] = {}
+    if ttl_seconds is not None:
+        body["ttl_seconds"] = int(ttl_seconds)
+    if amount is not None:
+        body["amount"] = str(Decimal(str(amount)))
+    return PreparedRequest("POST", f"{API_PREFIX}/authorizations/{hold_id}/{action}", dumps(body), action)
+
+
 def prepare_session_read(session_id: str) -> PreparedRequest:
     """GET /api/v1/sessions/{id}: any id the server stored (percent-encoded), not only the write alphabet."""
     from urllib.parse import quote

@@ -460,6 +460,34 @@ class Client(_BaseClient):
         outcome = self._deliver(_core.prepare_budget())
         return _read_result(outcome)
 
+    def balance(self) -> dict[str, Any]:
+        """GET /api/v1/balance: ``currency``, ``ledger_balance``, ``unbilled_usage``, ``held``, ``available``
+        (decimal strings) and ``policy``."""
+        return _read_result(self._deliver(_core.prepare_balance()))
+
+    def authorize(
+        self,
+        session_id: str,
+        *,
+        amount: Any = None,
+        expected_seconds: Any = None,
+        ttl_seconds: int | None = None,
+    ) -> dict[str, Any]:
+        """Hold the expected cost of a call before it starts (POST /api/v1/authorizations): the hold
+        (``id``, ``amount``, ``expires_at``, ``available``); raises InsufficientBalanceError (402) when the
+        tenant's prepaid-hard policy refuses it. Not spooled: a hold is only worth having now."""
+        return _read_result(
+            self._deliver(_core.prepare_authorize(session_id, amount, expected_seconds, ttl_seconds))
+        )
+
+    def extend_authorization(
+        self, hold_id: int, *, ttl_seconds: int | None = None, amount: Any = None
+    ) -> dict[str, Any]:
+        return _read_result(self._deliver(_core.prepare_hold_action(hold_id, "extend", ttl_seconds, amount)))
+
+    def release_authorization(self, hold_id: int) -> dict[str, Any]:
+        return _read_result(self._deliver(_core.prepare_hold_action(hold_id, "release")))
+
     def get_session(self, session_id: str) -> dict[str, Any]:
         """GET /api/v1/sessions/{id}: a conversation's usage and its per-call cost, as the portal shows it:
         ``cost`` rounded to the currency's minor unit, ``cost_precise`` every digit (strings: parse them with
@@ -599,6 +627,30 @@ class AsyncClient(_BaseClient):
     async def get_budget(self) -> dict[str, Any]:
         outcome = await self._deliver(_core.prepare_budget())
         return _read_result(outcome)
+
+    async def balance(self) -> dict[str, Any]:
+        return _read_result(await self._deliver(_core.prepare_balance()))
+
+    async def authorize(
+        self,
+        session_id: str,
+        *,
+        amount: Any = None,
+        expected_seconds: Any = None,
+        ttl_seconds: int | None = None,
+    ) -> dict[str, Any]:
+        request = _core.prepare_authorize(session_id, amount, expected_seconds, ttl_seconds)
+        return _read_result(await self._deliver(request))
+
+    async def extend_authorization(
+        self, hold_id: int, *, ttl_seconds: int | None = None, amount: Any = None
+    ) -> dict[str, Any]:
+        return _read_result(
+            await self._deliver(_core.prepare_hold_action(hold_id, "extend", ttl_seconds, amount))
+        )
+
+    async def release_authorization(self, hold_id: int) -> dict[str, Any]:
+        return _read_result(await self._deliver(_core.prepare_hold_action(hold_id, "release")))
 
     async def get_session(self, session_id: str) -> dict[str, Any]:
         outcome = await self._deliver(_core.prepare_session_read(session_id))

@@ -49,6 +49,24 @@ class AuthenticationError(APIError):
     """401/403: the API key is missing, malformed, revoked, expired, or not allowed to do this."""
 
 
+class InsufficientBalanceError(APIError):
+    """402: a pre-call hold the tenant's prepaid balance does not cover under its policy (prepaid-hard).
+    ``available`` and ``required`` are the server's amounts (``decimal.Decimal``), in ``currency``."""
+
+    def __init__(self, status: int, problem: dict[str, Any] | None = None, **kwargs: Any):
+        super().__init__(status, problem, **kwargs)
+        from decimal import Decimal, InvalidOperation
+
+        def amount(name: str) -> Decimal | None:
+            try:
+                return Decimal(str(self.problem[name]))
+            except (KeyError, InvalidOperation):
+                return None
+
+        self.available, self.required = amount("available"), amount("required")
+        self.currency: str = str(self.problem.get("currency") or "")
+
+
 class NotFoundError(APIError):
     """404: unknown route or object (also: another tenant's object, and endpoints this server lacks)."""
 
@@ -74,6 +92,8 @@ def error_for(status: int, problem: dict[str, Any] | None, *, method: str = "", 
         cls: type[APIError] = ValidationError
     elif status in (401, 403):
         cls = AuthenticationError
+    elif status == 402:
+        cls = InsufficientBalanceError
     elif status == 404:
         cls = NotFoundError
     elif status == 409:
