@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 
 from api.fields import ClosedSerializer, DecimalTextField, IdentifierField, RFC3339Field, decimal_text
 from api.problems import error_responses, problem_response
-from billing.pricing import round_money
+from billing.pricing import currency_exponent, round_money
 from spend import control
 from spend.models import Hold
 from usage.models import Session
@@ -219,8 +219,8 @@ class AuthorizationsView(APIView):
                 return problem_response(
                     400, "Bad request", str(exc), [{"pointer": "/expected_seconds", "detail": str(exc)}]
                 )
-            if amount <= 0:
-                amount = round_money(Decimal(1).scaleb(-2), tenant.currency)
+            if amount <= 0:  # a call too short to cost a minor unit still holds one
+                amount = Decimal(1).scaleb(-currency_exponent(tenant.currency))
         try:
             hold, available = control.authorize(
                 tenant, agent, data["session_id"], amount, timedelta(seconds=data["ttl_seconds"])

@@ -174,7 +174,10 @@ def authorize(
     if current is not None:
         # one hold per call: asking again (a retry whose answer was lost, or a new estimate) renews it, and
         # raises it when more is asked (checked for the difference), never adds a second one
-        return extend(current, ttl, amount if amount > current.amount else None)
+        try:
+            return extend(current, ttl, amount if amount > current.amount else None)
+        except HoldEnded:
+            pass  # it expired in between: a new hold below
     available = balance(tenant, now).available
     _check(policy, available, amount, tenant.currency)
     hold = Hold.objects.create(

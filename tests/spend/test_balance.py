@@ -347,3 +347,15 @@ def test_the_dashboard_shows_balance_burn_and_runway(agent_client, prepaid, clie
     other = TenantFactory()
     client.force_login(MembershipFactory(tenant=other).user)
     assert 'data-testid="prepaid-balance"' not in client.get("/").content.decode()
+
+
+def test_a_hold_by_duration_in_a_currency_without_minor_units_holds_at_least_one_unit(db):
+    tenant = TenantFactory(currency="JPY")
+    plan = make_plan(base_fee="0", prices=[], currency="JPY")
+    plan.expected_cost_per_minute = Decimal("0.5")  # ¥0.004 for half a second: rounds to nothing
+    plan.save()
+    subscribe(tenant, plan)
+    client = AgentClient(api_key_for(AgentFactory(tenant=tenant)))
+    made = client.post("/api/v1/authorizations", {"session_id": "short", "expected_seconds": 1})
+    assert made.status_code == 201 and made.json()["amount"] == "1" and made.json()["currency"] == "JPY"
+    assert client.post("/api/v1/authorizations", {"session_id": "x", "amount": "1.5"}).status_code == 400
