@@ -226,6 +226,7 @@ class AuthorizationsView(APIView):
                 tenant, agent, data["session_id"], amount, timedelta(seconds=data["ttl_seconds"])
             )
         except control.Refused as exc:
+            control.record_denial(tenant, agent, data["session_id"], exc)
             return _refused(exc)
         return Response(AuthorizationSerializer(_body(hold, available)).data, status=201)
 

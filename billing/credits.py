@@ -16,9 +16,12 @@ from django.utils import timezone
 
 from billing.models import CreditGrant, LedgerEntry
 from billing.pricing import round_money
+from notifications import outbox
 from tenants.models import Tenant
 
 ZERO = Decimal(0)
+CREDIT_GRANTED = "credit.granted"
+CREDIT_EXPIRED = "credit.expired"
 
 
 class CreditError(ValueError):
@@ -91,6 +94,19 @@ def grant(
     LedgerEntry.objects.create(
         tenant=tenant, grant=created, kind=LedgerEntry.Kind.GRANT, amount=amount, created_by=by
     )
+    outbox.record(
+        tenant.pk,
+        CREDIT_GRANTED,
+        {
+            "grant_id": created.pk,
+            "amount": str(amount),
+            "currency": created.currency,
+            "source": source,
+            "priority": priority,
+            "effective_at": effective_at.isoformat(),
+            "expires_at": expires_at.isoformat() if expires_at else None,
+        },
+    )
     return created
 
 
@@ -134,6 +150,16 @@ def expire_due(tenant: Tenant | None = None, now: datetime | None = None) -> int
             if left > 0:
                 LedgerEntry.objects.create(
                     tenant_id=locked.tenant_id, grant=locked, kind=LedgerEntry.Kind.EXPIRY, amount=-left
+                )
+                outbox.record(
+                    locked.tenant_id,
+                    CREDIT_EXPIRED,
+                    {
+                        "grant_id": locked.pk,
+                        "amount": str(left),
+                        "currency": locked.currency,
+                        "expired_at": locked.expires_at.isoformat(),
+                    },
                 )
                 posted += 1
     return posted

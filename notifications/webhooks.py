@@ -56,6 +56,9 @@ EVENT_TYPES = {
     "invoice.payment_failed": "A payment attempt for an invoice failed.",
     "budget.threshold_reached": "Period-to-date spend reached a threshold of the monthly budget.",
     "usage.conflict_detected": "A usage event was resent with the same id but a different payload.",
+    "credit.granted": "Prepaid credit was granted (bought, promotional, goodwill or a refund).",
+    "credit.expired": "What was left of a credit grant expired.",
+    "authorization.denied": "A pre-call hold was refused: the prepaid balance does not cover it.",
 }
 
 # Wait after failed attempt n (1-based) before attempt n + 1; the sum is about three days (71 h 35 min).

@@ -23,6 +23,7 @@ from django.utils import timezone
 from billing import credits, invoicing, period_pricing, periods
 from billing.models import CallCost, Invoice, Subscription
 from billing.pricing import round_money
+from notifications import outbox
 from spend.models import Hold, SpendPolicy
 from tenants.models import Agent, Tenant
 from usage.models import AgentRollup, Session
@@ -216,6 +217,25 @@ class HoldEnded(Exception):
     def __init__(self, hold: Hold):
         super().__init__(f"hold {hold.pk} has ended")
         self.hold = hold
+
+
+AUTHORIZATION_DENIED = "authorization.denied"
+
+
+def record_denial(tenant: Tenant, agent: Agent, session_id: str, refused: Refused) -> None:
+    """Tell the tenant's webhooks a hold was refused (in a transaction of its own: the refused one rolled back)."""
+    with transaction.atomic():
+        outbox.record(
+            tenant.pk,
+            AUTHORIZATION_DENIED,
+            {
+                "agent_id": agent.pk,
+                "session_id": session_id,
+                "required": str(refused.required),
+                "available": str(refused.available),
+                "currency": refused.currency,
+            },
+        )
 
 
 def release(hold: Hold, reason: str = "released") -> Hold:

@@ -210,6 +210,18 @@ def test_every_event_type_reaches_a_real_receiver_once_signed_across_failures_an
     agent = AgentClient(world.keys[0])
     agent.post("/api/v1/events", {"events": [usage_event("dup")]})
     agent.post("/api/v1/events", {"events": [usage_event("dup", usage={"llm_input_text_tokens": 7})]})
+    # credit.granted, credit.expired (an expiry posted once due), authorization.denied (prepaid-hard, no credit)
+    from billing import credits
+    from spend.models import SpendPolicy
+
+    short = credits.grant(
+        tenant, "1.00", source="promotional", reason="trial", expires_at=timezone.now() + timedelta(seconds=1)
+    )
+    credits.expire_due(tenant, short.expires_at + timedelta(seconds=1))
+    SpendPolicy.objects.update_or_create(tenant=tenant, defaults={"policy": "prepaid-hard"})
+    assert (
+        agent.post("/api/v1/authorizations", {"session_id": "denied", "amount": "1000.00"}).status_code == 402
+    )
     # ping, on demand
     tasks.queue([webhooks.send_ping(endpoint)])
     # a change that rolls back records nothing, so nothing is sent for it
