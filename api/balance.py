@@ -138,8 +138,16 @@ def _body(hold: Hold, available: Decimal | None = None) -> dict:
     }
 
 
-def _whole_minor_units(amount: Decimal, currency: str) -> bool:
-    return round_money(amount, currency) == amount
+def _below_minor_unit(amount: Decimal | None, currency: str) -> Response | None:
+    """The 400 for an amount with digits below the currency's smallest unit (None when it has none)."""
+    if amount is None or round_money(amount, currency) == amount:
+        return None
+    return problem_response(
+        400,
+        "Bad request",
+        "The request has invalid fields.",
+        [{"pointer": "/amount", "detail": f"Has digits below the smallest unit of {currency}."}],
+    )
 
 
 def _refused(exc: control.Refused) -> Response:
@@ -200,18 +208,8 @@ class AuthorizationsView(APIView):
             )
         if "amount" in data:
             amount = data["amount"]
-            if not _whole_minor_units(amount, tenant.currency):
-                return problem_response(
-                    400,
-                    "Bad request",
-                    "The request has invalid fields.",
-                    [
-                        {
-                            "pointer": "/amount",
-                            "detail": f"Has digits below the smallest unit of {tenant.currency}.",
-                        }
-                    ],
-                )
+            if refused := _below_minor_unit(amount, tenant.currency):
+                return refused
         else:
             try:
                 amount = control.amount_for(tenant, data["expected_seconds"])
@@ -272,13 +270,8 @@ class AuthorizationExtendView(APIView):
         query.is_valid(raise_exception=True)
         data = query.validated_data
         amount = data.get("amount")
-        if amount is not None and not _whole_minor_units(amount, hold.currency):
-            return problem_response(
-                400,
-                "Bad request",
-                "The request has invalid fields.",
-                [{"pointer": "/amount", "detail": f"Has digits below the smallest unit of {hold.currency}."}],
-            )
+        if refused := _below_minor_unit(amount, hold.currency):
+            return refused
         try:
             hold, available = control.extend(hold, timedelta(seconds=data["ttl_seconds"]), amount)
         except control.HoldEnded:

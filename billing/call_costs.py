@@ -91,13 +91,11 @@ class Verdict:
 class Pricer:
     """The plan versions, prices and provider rates a batch needs, loaded once per period it touches."""
 
-    def __init__(
-        self, tenant: Tenant, keys: Iterable[tuple[str, str, str]] | None, rates: list | None = None
-    ):
+    def __init__(self, tenant: Tenant, rates: list | None = None):
         self.tenant = tenant
         self.currency = tenant.currency
         self.zone = ZoneInfo(tenant.timezone)
-        self.rates = rates if rates is not None else period_pricing.provider_rates(self.currency, keys)
+        self.rates = rates if rates is not None else period_pricing.provider_rates(self.currency)
         self._segments: dict[date, list[period_pricing.Segment]] = {}
         self._plans: dict[int, pricing.Plan] = {}
         self._verdicts: dict[tuple[date, date, tuple[str, str, str]], Verdict] = {}
@@ -284,7 +282,7 @@ def _begin(tenant: Tenant) -> Pricer:
         )
         token = cursor.fetchone()[1]
     if token is None:  # the row was truncated (a test's flush): nothing to trust a cache with
-        return Pricer(tenant, None)
+        return Pricer(tenant)
     key = (tenant.pk, tenant.currency, tenant.timezone, token)
     with _CACHE_LOCK:
         pricer = _PRICERS.get(key)
@@ -294,7 +292,7 @@ def _begin(tenant: Tenant) -> Pricer:
         rates = _RATES.get((tenant.currency, token))
     if rates is None:
         rates = period_pricing.provider_rates(tenant.currency)
-    pricer = Pricer(tenant, None, rates)
+    pricer = Pricer(tenant, rates)
     with _CACHE_LOCK:
         for stale in [k for k in _RATES if k[1] != token]:
             del _RATES[stale]
@@ -351,6 +349,17 @@ RETURNING period_start, price_id
 """
 
 
+def _positions_json(keys: Iterable[tuple[date, Any]], quantities: dict | None = None) -> str:
+    """(period, price id) keys, with their quantities when given, as the JSON the position statements read."""
+    rows = []
+    for period, price_id in keys:
+        row: dict[str, Any] = {"period_start": period.isoformat(), "price_id": price_id}
+        if quantities is not None:
+            row["quantity"] = str(quantities[(period, price_id)])
+        rows.append(row)
+    return orjson.dumps(rows).decode()
+
+
 def _take_positions(tenant: Tenant, pricer: Pricer, items: Sequence[Item]) -> dict[tuple[date, Any], Decimal]:
     """The tier positions the batch's tiered ``items`` move, locked until it commits (created from the rollups
     when new)."""
@@ -358,8 +367,7 @@ def _take_positions(tenant: Tenant, pricer: Pricer, items: Sequence[Item]) -> di
     wanted = sorted(prices)
     if not wanted:
         return {}
-    keys = orjson.dumps([{"period_start": p.isoformat(), "price_id": pk} for p, pk in wanted]).decode()
-    params = {"tenant": tenant.pk, "keys": keys}
+    params = {"tenant": tenant.pk, "keys": _positions_json(wanted)}
     with connection.cursor() as cursor:
         cursor.execute(_POSITIONS_SQL, params)
         positions = {(p, pk): q for p, pk, q in cursor.fetchall()}
@@ -367,20 +375,14 @@ def _take_positions(tenant: Tenant, pricer: Pricer, items: Sequence[Item]) -> di
         if missing:
             own: dict[tuple[date, Any], Decimal] = defaultdict(Decimal)
             for item in items:
-                if item.verdict.price is not None and (item.period, item.verdict.price.id) in missing:
-                    own[(item.period, item.verdict.price.id)] += item.quantity
+                own[(item.period, item.verdict.price.id)] += item.quantity
             # The rollups already hold this batch (same transaction): the position is what came before it.
             starts = {k: pricer.pooled_so_far(k[0], prices[k]) - own[k] for k in missing}
-            rows = [
-                {"period_start": p.isoformat(), "price_id": pk, "quantity": str(q)}
-                for (p, pk), q in starts.items()
-            ]
-            cursor.execute(_NEW_POSITIONS_SQL, {"tenant": tenant.pk, "rows": orjson.dumps(rows).decode()})
+            cursor.execute(_NEW_POSITIONS_SQL, {"tenant": tenant.pk, "rows": _positions_json(starts, starts)})
             created = {(p, pk) for p, pk in cursor.fetchall()}
             positions.update({k: starts[k] for k in created})
             if raced := [k for k in missing if k not in created]:  # created by a batch that just committed
-                raced_keys = [{"period_start": p.isoformat(), "price_id": pk} for p, pk in raced]
-                cursor.execute(_POSITIONS_SQL, {**params, "keys": orjson.dumps(raced_keys).decode()})
+                cursor.execute(_POSITIONS_SQL, {**params, "keys": _positions_json(raced)})
                 positions.update({(p, pk): q for p, pk, q in cursor.fetchall()})
     return positions
 
@@ -414,12 +416,10 @@ ON CONFLICT (tenant_id, session_id, period_start, meter, provider, model) DO UPD
 def _save_positions(tenant: Tenant, positions: dict[tuple[date, Any], Decimal]) -> None:
     if not positions:
         return
-    rows = [
-        {"period_start": p.isoformat(), "price_id": pk, "quantity": str(q)}
-        for (p, pk), q in positions.items()
-    ]
     with connection.cursor() as cursor:
-        cursor.execute(_SAVE_POSITIONS_SQL, {"tenant": tenant.pk, "rows": orjson.dumps(rows).decode()})
+        cursor.execute(
+            _SAVE_POSITIONS_SQL, {"tenant": tenant.pk, "rows": _positions_json(positions, positions)}
+        )
 
 
 def _save_totals(tenant: Tenant, totals: Totals) -> None:
@@ -469,32 +469,30 @@ def rebuild(tenant: Tenant, since: date | None = None) -> Rebuilt:
             events = events.filter(
                 timestamp__gte=periods.local_midnight(first, tenant.timezone) - timedelta(days=1)
             )
-        pricer = Pricer(tenant, None)
+        pricer = Pricer(tenant)
         positions: dict[tuple[date, Any], Decimal] = defaultdict(Decimal)
         count = 0
         chunk: list[tuple] = []
-        rows_written = 0
         rows = events.values_list("timestamp", "session_id", "provider", "model", "usage")
         for row in rows.iterator(chunk_size=5000):
             chunk.append(row)
             if len(chunk) == REBUILD_CHUNK:
-                rows_written += _rebuild_chunk(tenant, pricer, chunk, positions, first)
+                _rebuild_chunk(tenant, pricer, chunk, positions, first)
                 count += len(chunk)
                 chunk = []
-        rows_written += _rebuild_chunk(tenant, pricer, chunk, positions, first)
+        _rebuild_chunk(tenant, pricer, chunk, positions, first)
         count += len(chunk)
         _save_positions(tenant, {k: v for k, v in positions.items() if v})
     return Rebuilt(count, CallCost.objects.for_tenant(tenant).filter(period_start__gte=first).count())
 
 
-def _rebuild_chunk(tenant, pricer, chunk, positions, first) -> int:
+def _rebuild_chunk(tenant, pricer, chunk, positions, first) -> None:
     found = sort_events(pricer, chunk)
     found.summed = {k: v for k, v in found.summed.items() if k[1] >= first}
     found.tiered = [i for i in found.tiered if i.period >= first]
     totals = Totals()
     price_sorted(found, positions, totals)
     _save_totals(tenant, totals)
-    return len(totals.rows)
 
 
 @dataclass(frozen=True)

@@ -114,22 +114,25 @@ def remaining(grant_: CreditGrant) -> Decimal:
     return grant_.entries.aggregate(s=Sum("amount"))["s"] or ZERO
 
 
-@transaction.atomic
 def reverse(grant_: CreditGrant, amount: Decimal | str | int | None, *, reason: str, by=None) -> LedgerEntry:
     """Take back ``amount`` (default: all that is left) of a grant, with a reason."""
+    return _correct(grant_, LedgerEntry.Kind.REVERSAL, amount, reason, by)
+
+
+def adjust(grant_: CreditGrant, amount: Decimal | str | int, *, reason: str, by=None) -> LedgerEntry:
+    """Correct a grant by a signed amount, with a reason (never below what is left of it)."""
+    return _correct(grant_, LedgerEntry.Kind.ADJUSTMENT, amount, reason, by)
+
+
+@transaction.atomic
+def _correct(grant_: CreditGrant, kind: str, amount, reason: str, by) -> LedgerEntry:
+    """A staff entry on a grant, checked by check_correction under the grant's row lock."""
     if not reason.strip():
         raise CreditError("reason is required")
     locked = CreditGrant.objects.select_for_update().get(pk=grant_.pk)
-    signed = check_correction(
-        locked, LedgerEntry.Kind.REVERSAL, remaining(locked) if amount is None else amount
-    )
+    signed = check_correction(locked, kind, remaining(locked) if amount is None else amount)
     return LedgerEntry.objects.create(
-        tenant_id=locked.tenant_id,
-        grant=locked,
-        kind=LedgerEntry.Kind.REVERSAL,
-        amount=signed,
-        reason=reason,
-        created_by=by,
+        tenant_id=locked.tenant_id, grant=locked, kind=kind, amount=signed, reason=reason, created_by=by
     )
 
 
@@ -176,23 +179,6 @@ def ledger_balance(tenant: Tenant, now: datetime | None = None) -> Decimal:
         .aggregate(s=Sum("amount"))["s"]
     )
     return total or ZERO
-
-
-@transaction.atomic
-def adjust(grant_: CreditGrant, amount: Decimal | str | int, *, reason: str, by=None) -> LedgerEntry:
-    """Correct a grant by a signed amount, with a reason (never below what is left of it)."""
-    if not reason.strip():
-        raise CreditError("reason is required")
-    locked = CreditGrant.objects.select_for_update().get(pk=grant_.pk)
-    value = check_correction(locked, LedgerEntry.Kind.ADJUSTMENT, amount)
-    return LedgerEntry.objects.create(
-        tenant_id=locked.tenant_id,
-        grant=locked,
-        kind=LedgerEntry.Kind.ADJUSTMENT,
-        amount=value,
-        reason=reason,
-        created_by=by,
-    )
 
 
 def apply_to_invoice(invoice, now: datetime | None = None) -> Decimal:

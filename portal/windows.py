@@ -4,7 +4,7 @@ period (issue 17 part 5)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 
 from django.utils import timezone
 
@@ -56,9 +56,7 @@ def _first_period(tenant) -> date | None:
         Invoice.objects.for_tenant(tenant).order_by("period_start").values_list("period_start", flat=True)
     )
     first_hour = AgentRollup.objects.for_tenant(tenant).order_by("hour").values_list("hour", flat=True)
-    candidates = [d for d in (invoice.first(), first_hour.first()) if d is not None]
-    days = [
-        c if isinstance(c, date) and not isinstance(c, datetime) else timezone.localtime(c).date()
-        for c in candidates
-    ]
+    days = [day for day in (invoice.first(),) if day is not None]
+    if (hour := first_hour.first()) is not None:
+        days.append(timezone.localtime(hour).date())
     return periods.month_start(min(days)) if days else None

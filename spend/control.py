@@ -66,10 +66,13 @@ def policy_of(tenant: Tenant) -> SpendPolicy:
     return found or SpendPolicy(tenant=tenant)
 
 
-def unbilled_usage(tenant: Tenant, now: datetime | None = None) -> Decimal:
+def unbilled_usage(
+    tenant: Tenant, now: datetime | None = None, current: period_pricing.PricedPeriod | None = None
+) -> Decimal:
     """What the invoices of the periods not yet finalized will charge, priced now (the current period, and
-    earlier ones whose invoice is still a draft or not made yet, at most MAX_UNBILLED_PERIODS back)."""
-    current, _ = invoicing.current_period(tenant, now)
+    earlier ones whose invoice is still a draft or not made yet, at most MAX_UNBILLED_PERIODS back).
+    ``current``: the current period already priced by the caller (the dashboard), not priced again."""
+    this_period, _ = invoicing.current_period(tenant, now)
     finalized = (
         Invoice.objects.for_tenant(tenant)
         .exclude(status=Invoice.Status.DRAFT)
@@ -83,13 +86,16 @@ def unbilled_usage(tenant: Tenant, now: datetime | None = None) -> Decimal:
         first_hour = (
             AgentRollup.objects.for_tenant(tenant).order_by("hour").values_list("hour", flat=True).first()
         )
-        start = periods.period_containing(first_hour, tenant.timezone)[0] if first_hour else current
-    earliest = current
+        start = periods.period_containing(first_hour, tenant.timezone)[0] if first_hour else this_period
+    earliest = this_period
     for _ in range(MAX_UNBILLED_PERIODS - 1):
         earliest = periods.previous_month(earliest)
     month, total = max(start, earliest), ZERO
-    while month <= current:
-        total += period_pricing.price_period(tenant, month, periods.next_month(month)).total
+    while month <= this_period:
+        if month == this_period and current is not None:
+            total += current.total
+        else:
+            total += period_pricing.price_period(tenant, month, periods.next_month(month)).total
         month = periods.next_month(month)
     return total
 
@@ -100,12 +106,14 @@ def held(tenant: Tenant, now: datetime | None = None) -> Decimal:
     return active.aggregate(s=Sum("amount"))["s"] or ZERO
 
 
-def balance(tenant: Tenant, now: datetime | None = None) -> Balance:
+def balance(
+    tenant: Tenant, now: datetime | None = None, current: period_pricing.PricedPeriod | None = None
+) -> Balance:
     now = now or timezone.now()
     return Balance(
         currency=tenant.currency,
         ledger_balance=credits.ledger_balance(tenant, now),
-        unbilled_usage=unbilled_usage(tenant, now),
+        unbilled_usage=unbilled_usage(tenant, now, current),
         held=held(tenant, now),
         policy=policy_of(tenant).policy,
     )

@@ -113,7 +113,7 @@ def _prepaid(tenant, spend) -> dict | None:
     policy = control.policy_of(tenant)
     if policy.policy == SpendPolicy.Policy.POSTPAID and not LedgerEntry.objects.for_tenant(tenant).exists():
         return None
-    balance = control.balance(tenant)
+    balance = control.balance(tenant, current=spend.priced)  # the period the dashboard already priced
     return {"balance": balance, "burn": control.burn(tenant, spend.cost_of, balance.available)}
 
 

@@ -146,12 +146,8 @@ def _ranges(request, form) -> list[dict]:
     shown = (form.data.get("start"), form.data.get("end"))
     found = []
     for window in windows(request.access.tenant, timezone.localdate()):
-        last = (
-            min(window.end, timezone.localdate() + timedelta(days=1)) if window.kind != "past" else window.end
-        )
-        start, end = window.start.isoformat(), (last - timedelta(days=1)).isoformat()
-        if window.kind == "current":
-            end = (window.end - timedelta(days=1)).isoformat()
+        # the form's end day is inclusive (the rolling window ends tomorrow, so today)
+        start, end = window.start.isoformat(), (window.end - timedelta(days=1)).isoformat()
         params["start"], params["end"] = start, end
         params.setdefault("group_by", "meter")
         found.append({"label": window.label, "query": params.urlencode(), "current": shown == (start, end)})
