@@ -17,6 +17,7 @@ from api.fields import ClosedSerializer, DecimalTextField, IdentifierField, RFC3
 from api.problems import error_responses, problem_response
 from billing.pricing import currency_exponent, round_money
 from spend import control
+from spend import tasks as spend_tasks
 from spend.models import Hold
 from usage.models import Session
 
@@ -226,6 +227,7 @@ class AuthorizationsView(APIView):
         except control.Refused as exc:
             control.record_denial(tenant, agent, data["session_id"], exc)
             return _refused(exc)
+        spend_tasks.queue_check(tenant)  # the hold lowered the available balance
         return Response(AuthorizationSerializer(_body(hold, available)).data, status=201)
 
 

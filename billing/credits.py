@@ -76,6 +76,7 @@ def grant(
     effective_at: datetime | None = None,
     expires_at: datetime | None = None,
     by=None,
+    topup=None,
 ) -> CreditGrant:
     """Give the tenant credit in its currency; posted to the ledger at once (it counts from ``effective_at``)."""
     amount = check_grant(tenant, amount, source, reason, effective_at, expires_at)
@@ -90,6 +91,7 @@ def grant(
         expires_at=expires_at,
         reason=reason,
         created_by=by,
+        topup=topup,
     )
     LedgerEntry.objects.create(
         tenant=tenant, grant=created, kind=LedgerEntry.Kind.GRANT, amount=amount, created_by=by

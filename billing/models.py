@@ -477,6 +477,63 @@ class TierPosition(models.Model):
         return f"{self.price_id} @ {self.quantity}"
 
 
+class TopUp(models.Model):
+    """Prepaid credit bought through Stripe (issue 15 part 5, decision 018): a one-off Stripe invoice for the
+    amount, charged to the customer's default payment method or paid on Stripe's hosted page; the credit is
+    granted when Stripe says it is paid, exactly once (``CreditGrant.topup`` is unique). ``automatic``: an
+    auto-recharge; the database holds at most one in flight per tenant."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "requested"  # not at Stripe yet
+        OPEN = "open", "awaiting payment"  # Stripe invoice finalized, not paid yet
+        PAID = "paid", "paid and credited"
+        FAILED = "failed", "payment failed"
+        CANCELED = "canceled", "canceled"
+
+    IN_FLIGHT = (Status.PENDING, Status.OPEN)
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="topups")
+    currency = models.CharField(max_length=3)
+    amount = models.DecimalField(**MONEY)
+    automatic = models.BooleanField(default=False, help_text="An auto-recharge, not a manager's purchase.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    request_key = models.CharField(
+        max_length=64, blank=True, help_text="The form's one-time key: a double submit buys once."
+    )
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    stripe_invoice_id = models.CharField(max_length=255, blank=True)
+    hosted_invoice_url = models.URLField(max_length=2048, blank=True)
+    failure_message = models.CharField(max_length=500, blank=True)
+    attempted_at = models.DateTimeField(null=True, blank=True, help_text="Last push to Stripe.")
+    settled_at = models.DateTimeField(
+        null=True, blank=True, help_text="When it was paid, failed or canceled."
+    )
+
+    objects = TenantScopedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0), name="topup_amount_positive"),
+            models.UniqueConstraint(fields=["tenant", "id"], name="topup_tenant_id"),
+            models.UniqueConstraint(
+                fields=["tenant"],
+                condition=Q(automatic=True, status__in=["pending", "open"]),
+                name="topup_one_auto_recharge_in_flight",
+            ),
+            models.UniqueConstraint(
+                fields=["tenant", "request_key"], condition=~Q(request_key=""), name="topup_request_once"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        kind = "auto-recharge" if self.automatic else "top-up"
+        return f"{kind} {self.amount} {self.currency} for {self.tenant} ({self.get_status_display()})"
+
+
 class CreditGrant(models.Model):
     """Prepaid credit given to a tenant (DESIGN §13, decision 018): bought, promotional, goodwill or a refund.
     What it is worth now is the sum of its ledger entries; consumption takes the highest ``priority`` first,
@@ -500,6 +557,14 @@ class CreditGrant(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
     )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
+    topup = models.OneToOneField(
+        TopUp,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="grant",
+        help_text="The paid top-up this credit was bought with (one grant per top-up).",
+    )
 
     objects = TenantScopedQuerySet.as_manager()
 

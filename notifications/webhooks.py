@@ -59,6 +59,10 @@ EVENT_TYPES = {
     "credit.granted": "Prepaid credit was granted (bought, promotional, goodwill or a refund).",
     "credit.expired": "What was left of a credit grant expired.",
     "authorization.denied": "A pre-call hold was refused: the prepaid balance does not cover it.",
+    "balance.low": "The available prepaid balance fell below the low-balance threshold.",
+    "balance.depleted": "The available prepaid balance reached zero or less.",
+    "balance.recharged": "A top-up or auto-recharge was paid and its credit granted.",
+    "balance.recharge_failed": "A top-up or auto-recharge payment failed (auto-recharge pauses).",
 }
 
 # Wait after failed attempt n (1-based) before attempt n + 1; the sum is about three days (71 h 35 min).

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
@@ -119,21 +119,21 @@ def idempotency_key(*parts: object) -> str:
     return "-".join([namespace(), *(str(part) for part in parts)])
 
 
-def _options(*key_parts: object) -> dict[str, str]:
+def key_options(*key_parts: object) -> dict[str, str]:
     return {"idempotency_key": idempotency_key(*key_parts)}
 
 
-def _metadata(**ids: object) -> dict[str, str]:
+def our_metadata(**ids: object) -> dict[str, str]:
     return {"meterline_namespace": namespace(), **{f"meterline_{k}": str(v) for k, v in ids.items()}}
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """A StripeObject as the dict it holds (in stripe-python 16 it is no longer a dict itself)."""
     return value.to_dict() if isinstance(value, stripe.StripeObject) else value
 
 
-def _is_ours(metadata: Any, name: str, value: object) -> bool:
-    metadata = _plain(metadata)
+def is_ours(metadata: Any, name: str, value: object) -> bool:
+    metadata = plain(metadata)
     return (
         isinstance(metadata, dict)
         and metadata.get("meterline_namespace") == namespace()
@@ -171,7 +171,7 @@ def sync_invoice(invoice_id: int) -> str:
         sync_error="",
         synced_at=timezone.now(),
         stripe_invoice_id=stripe_invoice.id,
-        hosted_invoice_url=_hosted_url(stripe_invoice),
+        hosted_invoice_url=hosted_url(stripe_invoice),
     )
     # A Stripe invoice with nothing to collect is paid on finalization.
     apply_stripe_status(invoice_id, stripe_invoice.status)
@@ -200,7 +200,7 @@ def _push(api: stripe.StripeClient, invoice: Invoice) -> stripe.Invoice:
                 f"{expected}; it was not finalized"
             )
         stripe_invoice = api.v1.invoices.finalize_invoice(
-            stripe_invoice.id, {"auto_advance": True}, _options("finalize", invoice.pk)
+            stripe_invoice.id, {"auto_advance": True}, key_options("finalize", invoice.pk)
         )
     if stripe_invoice.total != expected:
         raise SyncMismatch(
@@ -227,13 +227,13 @@ def ensure_customer(api: stripe.StripeClient, tenant: Tenant) -> str:
         found[0]
         if found
         else api.v1.customers.create(
-            {"metadata": _metadata(tenant_id=tenant.pk)}, _options("customer", tenant.pk)
+            {"metadata": our_metadata(tenant_id=tenant.pk)}, key_options("customer", tenant.pk)
         )
     )
     details = {"name": tenant.name, "email": tenant.billing_email}
     if (customer.name or "", customer.email or "") != (details["name"], details["email"]):
         digest = hashlib.sha256(json.dumps(details, sort_keys=True).encode()).hexdigest()[:16]
-        api.v1.customers.update(customer.id, details, _options("customer", tenant.pk, "details", digest))
+        api.v1.customers.update(customer.id, details, key_options("customer", tenant.pk, "details", digest))
     Tenant.objects.filter(pk=tenant.pk, stripe_customer_id="").update(stripe_customer_id=customer.id)
     tenant.refresh_from_db(fields=["stripe_customer_id"])
     return tenant.stripe_customer_id
@@ -246,7 +246,7 @@ def _find_invoice(api: stripe.StripeClient, invoice: Invoice, customer_id: str) 
         return api.v1.invoices.retrieve(invoice.stripe_invoice_id)
     listed = api.v1.invoices.list({"customer": customer_id, "limit": 100})
     for candidate in listed.auto_paging_iter():
-        if _is_ours(candidate.metadata, "invoice_id", invoice.pk):
+        if is_ours(candidate.metadata, "invoice_id", invoice.pk):
             return candidate
     return None
 
@@ -261,11 +261,11 @@ def _create_invoice(api: stripe.StripeClient, invoice: Invoice, customer_id: str
             "auto_advance": False,
             "pending_invoice_items_behavior": "exclude",
             "description": f"Meterline invoice {invoice.number}, {invoice.period_start:%B %Y}",
-            "metadata": _metadata(
+            "metadata": our_metadata(
                 invoice_id=invoice.pk, invoice_number=invoice.number, tenant_id=invoice.tenant_id
             ),
         },
-        _options("invoice", invoice.pk),
+        key_options("invoice", invoice.pk),
     )
 
 
@@ -273,16 +273,16 @@ def _add_items(api: stripe.StripeClient, invoice: Invoice, stripe_invoice_id: st
     """One invoice item per line of ours, skipping the lines an earlier run already added."""
     listed = api.v1.invoice_items.list({"invoice": stripe_invoice_id, "limit": 100})
     present = {
-        _plain(item.metadata).get("meterline_line_position")
+        plain(item.metadata).get("meterline_line_position")
         for item in listed.auto_paging_iter()
-        if _is_ours(item.metadata, "invoice_id", invoice.pk)
+        if is_ours(item.metadata, "invoice_id", invoice.pk)
     }
     for line in invoice.lines.order_by("position"):
         if str(line.position) in present:
             continue
         api.v1.invoice_items.create(
             _item_params(invoice, line, stripe_invoice_id, customer_id),
-            _options("item", invoice.pk, line.position),
+            key_options("item", invoice.pk, line.position),
         )
 
 
@@ -298,11 +298,11 @@ def _item_params(invoice: Invoice, line: InvoiceLine, stripe_invoice_id: str, cu
             "start": int(periods.local_midnight(line.segment_start, tz).timestamp()),
             "end": int(periods.local_midnight(line.segment_end, tz).timestamp()),
         },
-        "metadata": _metadata(invoice_id=invoice.pk, line_id=line.pk, line_position=line.position),
+        "metadata": our_metadata(invoice_id=invoice.pk, line_id=line.pk, line_position=line.position),
     }
 
 
-def _hosted_url(stripe_invoice: stripe.Invoice) -> str:
+def hosted_url(stripe_invoice: stripe.Invoice) -> str:
     """Stripe's payment page for the invoice (it exists once the invoice is finalized), "" if none or odd."""
     url = getattr(stripe_invoice, "hosted_invoice_url", None)
     return url if isinstance(url, str) and url.startswith("https://") and len(url) <= 2048 else ""
@@ -379,12 +379,26 @@ def process_event(event: dict[str, Any]) -> str:
     return outcome
 
 
+# Handlers for Stripe invoices that are not copies of our invoices (top-ups): called with the event type and
+# Stripe's invoice, each returns what it did, or None when the invoice is not its own. Registered in ready().
+_other_invoice_handlers: list[Callable[[str, dict[str, Any]], str | None]] = []
+
+
+def register_invoice_handler(handler: Callable[[str, dict[str, Any]], str | None]) -> None:
+    if handler not in _other_invoice_handlers:
+        _other_invoice_handlers.append(handler)
+
+
 def _apply_event(event: dict[str, Any]) -> tuple[str, Invoice | None]:
     stripe_status = EVENT_STATUS.get(event["type"])
     if stripe_status is None:
         return "ignored: not an event we act on", None
     data = event.get("data")
     stripe_invoice = data.get("object") if isinstance(data, dict) else None
+    if isinstance(stripe_invoice, dict):
+        for handler in _other_invoice_handlers:
+            if (outcome := handler(event["type"], stripe_invoice)) is not None:
+                return outcome, None
     invoice = _our_invoice(stripe_invoice) if isinstance(stripe_invoice, dict) else None
     if invoice is None:
         return "ignored: not one of our invoices", None
@@ -478,7 +492,7 @@ def refresh_statuses(limit: int = 500) -> int:
         except stripe.StripeError as error:
             logger.warning("reconcile: could not read Stripe invoice %s: %s", stripe_invoice_id, error)
             continue
-        if url := _hosted_url(stripe_invoice):  # invoices synced before the link was kept get it here
+        if url := hosted_url(stripe_invoice):  # invoices synced before the link was kept get it here
             Invoice.objects.filter(pk=invoice_id, hosted_invoice_url="").update(hosted_invoice_url=url)
         if apply_stripe_status(invoice_id, stripe_invoice.status).startswith("moved"):
             moved += 1

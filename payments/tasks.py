@@ -1,10 +1,11 @@
-"""Celery tasks of payments: thin, idempotent wrappers around payments.stripe_sync, called with ids."""
+"""Celery tasks of payments: thin, idempotent wrappers around payments.stripe_sync and payments.topups, called
+with ids."""
 
 from celery import shared_task
 from django.utils import timezone
 
 from notifications.models import Event
-from payments import stripe_sync
+from payments import stripe_sync, topups
 
 
 @shared_task(
@@ -39,3 +40,40 @@ def queue_invoice_sync(event: Event) -> None:
     configured; the reconcile beat catches up once it is)."""
     if stripe_sync.is_configured():
         sync_invoice_to_stripe.delay(event.data["invoice_id"])
+
+
+@shared_task(
+    acks_late=True,
+    autoretry_for=stripe_sync.TRANSIENT_ERRORS,
+    retry_backoff=True,
+    retry_backoff_max=300,
+    retry_jitter=True,
+    max_retries=8,
+)
+def push_topup(topup_id: int) -> str:
+    """Take a top-up to Stripe and charge it (payments.topups.push_topup); transient errors retry with backoff,
+    then the reconcile beat takes it up again."""
+    return topups.push_topup(topup_id)
+
+
+@shared_task(acks_late=True)
+def reconcile_topups() -> dict[str, int]:
+    """Beat: push top-ups the on-commit task did not finish, and read the Stripe status of those awaiting
+    payment (a missed webhook). An error on one does not stop the others."""
+    if not stripe_sync.is_configured():
+        return {"checked": 0, "errors": 0}
+    checked = errors = 0
+    for topup_id in topups.topups_to_reconcile():
+        try:
+            topups.refresh_topup(topup_id)
+            checked += 1
+        except stripe_sync.TRANSIENT_ERRORS:
+            errors += 1
+    return {"checked": checked, "errors": errors}
+
+
+def queue_topup(event: Event) -> None:
+    """Outbox subscriber for ``topup.requested``: take it to Stripe (the reconcile beat catches up if Stripe is
+    configured later or this is lost)."""
+    if stripe_sync.is_configured():
+        push_topup.delay(event.data["topup_id"])

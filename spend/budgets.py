@@ -63,12 +63,13 @@ def save_budget(tenant: Tenant, amount: Decimal, thresholds: list[int], alert_em
     return budget
 
 
-def check_budget(tenant: Tenant) -> list[BudgetAlert]:
-    """Record and send the alerts for thresholds the current period's spend has crossed (each once)."""
+def check_budget(tenant: Tenant, spend: selectors.Spend | None = None) -> list[BudgetAlert]:
+    """Record and send the alerts for thresholds the current period's spend has crossed (each once). Called by
+    spend.control.check, which passes the period it has already priced."""
     budget = Budget.objects.filter(tenant=tenant).first()
     if budget is None:
         return []
-    spend = selectors.current_spend(tenant)
+    spend = spend or selectors.current_spend(tenant)
     status = budget_status(tenant, spend)
     sent = []
     for threshold in status.crossed:

@@ -8,10 +8,16 @@ read after an accepted batch includes it).
 An authorization takes the tenant's ``SpendPolicy`` row ``FOR UPDATE`` before it reads the balance and writes its
 hold, so a tenant's authorizations run one at a time and never over-commit; reads and ingest do not wait on it.
 Usage is a fact: nothing here ever refuses an event.
+
+:func:`check` is the one place spend is watched (the beat every minute, and soon after ingest and
+authorizations): the monthly budget's thresholds (spend.budgets), the prepaid balance's ``balance.low`` and
+``balance.depleted`` (each announced once per fall), and auto-recharge (billing.topups; one in flight, paused
+after a failed payment until the policy is saved again).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -20,13 +26,16 @@ from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from billing import credits, invoicing, period_pricing, periods
+from billing import credits, invoicing, period_pricing, periods, selectors, topups
 from billing.models import CallCost, Invoice, Subscription
 from billing.pricing import round_money
 from notifications import outbox
-from spend.models import Hold, SpendPolicy
+from spend import budgets
+from spend.models import Budget, Hold, SpendPolicy
 from tenants.models import Agent, Tenant
 from usage.models import AgentRollup, Session
+
+logger = logging.getLogger(__name__)
 
 ZERO = Decimal(0)
 DEFAULT_TTL = timedelta(minutes=15)
@@ -280,14 +289,113 @@ class Burn:
 
 
 def burn(tenant: Tenant, cost_of, available: Decimal, now: datetime | None = None) -> Burn:
-    """Usage of the rollup hours that began in the last hour (the current one, mostly) and the last 24, priced
-    by ``cost_of(key, quantity)`` (the current period's unit prices, as the dashboard prices everything)."""
+    """Usage of the rollup hours that overlap the last hour (the current and the previous clock hour) and the
+    last 24, priced by ``cost_of(key, quantity)`` (the current period's unit prices, as the dashboard prices
+    everything). Rollups are hourly, so a window starts at the top of the hour it begins in: a call ten minutes
+    ago always counts, at the price of up to an hour more counted."""
     from usage import rollups
 
     now = now or timezone.now()
 
     def spent(since: timedelta) -> Decimal:
-        usage = rollups.usage_totals(tenant.pk, now - since, now + timedelta(hours=1))
+        start = (now - since).replace(minute=0, second=0, microsecond=0)
+        usage = rollups.usage_totals(tenant.pk, start, now + timedelta(hours=1))
         return sum((cost_of(key, quantity) for key, quantity in usage.items()), ZERO)
 
     return Burn(spent(timedelta(hours=1)), spent(timedelta(days=1)), available)
+
+
+BALANCE_LOW = "balance.low"
+BALANCE_DEPLETED = "balance.depleted"
+ANNOUNCED = {SpendPolicy.BalanceState.LOW: BALANCE_LOW, SpendPolicy.BalanceState.DEPLETED: BALANCE_DEPLETED}
+SEVERITY = {
+    SpendPolicy.BalanceState.OK: 0,
+    SpendPolicy.BalanceState.LOW: 1,
+    SpendPolicy.BalanceState.DEPLETED: 2,
+}
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What one check did: budget alerts sent, the balance state (prepaid only), the auto-recharge asked for."""
+
+    budget_alerts: int
+    balance_state: str | None
+    recharge: str | None
+
+
+def watched(tenant: Tenant) -> bool:
+    """Whether there is anything to check: a budget, or a prepaid policy."""
+    prepaid = SpendPolicy.objects.filter(tenant=tenant).exclude(policy=SpendPolicy.Policy.POSTPAID).exists()
+    return prepaid or Budget.objects.filter(tenant=tenant).exists()
+
+
+def check(tenant: Tenant, now: datetime | None = None) -> Checked:
+    """Budgets, balance alerts and auto-recharge from one pricing of the current period."""
+    now = now or timezone.now()
+    spend = selectors.current_spend(tenant, now)
+    alerts = budgets.check_budget(tenant, spend)
+    policy = policy_of(tenant)
+    if policy.pk is None or policy.policy == SpendPolicy.Policy.POSTPAID:
+        return Checked(len(alerts), None, None)
+    current = balance(tenant, now, current=spend.priced)
+    state = _announce(tenant, current, now)
+    return Checked(len(alerts), state, _recharge(tenant, policy, current))
+
+
+def state_of(policy: SpendPolicy, available: Decimal) -> str:
+    if available <= 0:
+        return SpendPolicy.BalanceState.DEPLETED
+    if policy.low_balance_threshold is not None and available < policy.low_balance_threshold:
+        return SpendPolicy.BalanceState.LOW
+    return SpendPolicy.BalanceState.OK
+
+
+@transaction.atomic
+def _announce(tenant: Tenant, current: Balance, now: datetime) -> str:
+    """Record the balance's state; a fall to low or depleted is announced once (under the policy's row lock,
+    so two checks never both announce it); a rise is recorded silently, so the next fall is announced again."""
+    policy = SpendPolicy.objects.select_for_update().get(tenant=tenant)
+    state = state_of(policy, current.available)
+    previous = policy.balance_state
+    if state != previous:
+        if SEVERITY[state] > SEVERITY[previous]:
+            outbox.record(
+                tenant.pk,
+                ANNOUNCED[state],
+                {
+                    "available": str(current.available),
+                    "ledger_balance": str(current.ledger_balance),
+                    "unbilled_usage": str(current.unbilled_usage),
+                    "held": str(current.held),
+                    "currency": current.currency,
+                    "policy": current.policy,
+                    "low_balance_threshold": None
+                    if policy.low_balance_threshold is None
+                    else str(policy.low_balance_threshold),
+                },
+            )
+        SpendPolicy.objects.filter(pk=policy.pk).update(balance_state=state, balance_checked_at=now)
+    else:
+        SpendPolicy.objects.filter(pk=policy.pk).update(balance_checked_at=now)
+    return state
+
+
+def recharge_paused(tenant: Tenant, policy: SpendPolicy) -> bool:
+    """A failed auto-recharge pauses auto-recharge until the policy is saved again (a person looked)."""
+    failed = topups.last_failed_recharge(tenant)
+    return failed is not None and failed.settled_at is not None and failed.settled_at > policy.updated_at
+
+
+def _recharge(tenant: Tenant, policy: SpendPolicy, current: Balance) -> str | None:
+    threshold = policy.auto_recharge_threshold
+    if threshold is None or current.available >= threshold:
+        return None
+    if recharge_paused(tenant, policy):
+        return "paused"
+    try:
+        topup = topups.request(tenant, policy.auto_recharge_amount, automatic=True)
+    except topups.TopUpError as error:
+        logger.warning("auto-recharge of %s not asked for: %s", tenant, error)
+        return f"refused: {error}"
+    return "in flight" if topup is None else f"requested #{topup.pk}"

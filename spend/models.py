@@ -68,14 +68,51 @@ class SpendPolicy(models.Model):
 
     tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="spend_policy")
     policy = models.CharField(max_length=16, choices=Policy.choices, default=Policy.POSTPAID)
+
+    class BalanceState(models.TextChoices):
+        OK = "ok"
+        LOW = "low"
+        DEPLETED = "depleted"
+
     overdraft = models.DecimalField(
         max_digits=18, decimal_places=4, default=0, help_text="prepaid-hard: how far below zero calls may go."
     )
-    updated_at = models.DateTimeField(default=timezone.now)
+    low_balance_threshold = models.DecimalField(
+        max_digits=18,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        help_text="Prepaid: balance.low is sent when the available balance falls below this. Empty: never.",
+    )
+    auto_recharge_threshold = models.DecimalField(
+        max_digits=18,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        help_text="Prepaid: buy auto_recharge_amount through Stripe when the available balance falls below "
+        "this. Empty: no auto-recharge.",
+    )
+    auto_recharge_amount = models.DecimalField(max_digits=18, decimal_places=4, null=True, blank=True)
+    balance_state = models.CharField(
+        max_length=16,
+        choices=BalanceState.choices,
+        default=BalanceState.OK,
+        help_text="Where the available balance stood at the last check (each change down is announced once).",
+    )
+    balance_checked_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(
+        default=timezone.now,
+        help_text="Saving the policy resumes an auto-recharge paused by a failed payment.",
+    )
 
     class Meta:
         constraints = [
-            models.CheckConstraint(condition=Q(overdraft__gte=0), name="spendpolicy_overdraft_non_negative")
+            models.CheckConstraint(condition=Q(overdraft__gte=0), name="spendpolicy_overdraft_non_negative"),
+            models.CheckConstraint(
+                condition=Q(auto_recharge_threshold__isnull=True)
+                | Q(auto_recharge_amount__isnull=False, auto_recharge_amount__gt=0),
+                name="spendpolicy_auto_recharge_has_an_amount",
+            ),
         ]
 
     def __str__(self) -> str:

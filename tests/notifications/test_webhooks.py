@@ -222,6 +222,22 @@ def test_every_event_type_reaches_a_real_receiver_once_signed_across_failures_an
     assert (
         agent.post("/api/v1/authorizations", {"session_id": "denied", "amount": "1000.00"}).status_code == 402
     )
+    # balance.low then balance.depleted, each once per fall; balance.recharged (its credit is a second
+    # credit.granted) and balance.recharge_failed, from top-ups
+    from billing import topups
+    from spend import control
+
+    SpendPolicy.objects.filter(tenant=tenant).update(low_balance_threshold=Decimal("10.00"))
+    short_of_zero = -control.balance(tenant).available
+    bought = topups.request(tenant, max(short_of_zero + Decimal("1.00"), Decimal("5.00")))
+    topups.credit(bought.pk, "in_topup")
+    control.check(tenant)
+    assert 0 < control.balance(tenant).available < Decimal("10.00")
+    credits.reverse(bought.grant, None, reason="taken back to test balance.depleted")
+    control.check(tenant)
+    control.check(tenant)
+    failed = topups.request(tenant, "5.00", automatic=True)
+    topups.fail(failed.pk, "the payment was declined")
     # ping, on demand
     tasks.queue([webhooks.send_ping(endpoint)])
     # a change that rolls back records nothing, so nothing is sent for it
@@ -241,7 +257,7 @@ def test_every_event_type_reaches_a_real_receiver_once_signed_across_failures_an
 
     received = hooks.by_id()
     bodies = {webhook_id: json.loads(requests[0].body) for webhook_id, requests in received.items()}
-    assert sorted(b["type"] for b in bodies.values()) == sorted([*webhooks.EVENT_TYPES, "ping"])
+    assert sorted(b["type"] for b in bodies.values()) == sorted([*webhooks.EVENT_TYPES, "ping", "credit.granted"])
     endpoint.refresh_from_db()
     for requests in received.values():
         assert len(requests) >= 3, "two failed attempts, then the one that succeeded"

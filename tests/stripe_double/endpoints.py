@@ -80,6 +80,7 @@ CUSTOMER_FIELDS = {
     "phone": Field(text, nullable=True),
     "preferred_locales": Field(array_of(text), nullable=True),
     "tax_exempt": Field(enum("none", "exempt", "reverse"), nullable=True),
+    "invoice_settings": Field(hash_of({"default_payment_method": Field(text, nullable=True)})),
 }
 
 INVOICE_ITEM_CREATE = {

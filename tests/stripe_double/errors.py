@@ -22,8 +22,10 @@ class StripeError(Exception):
         code: str | None = None,
         param: str | None = None,
         headers: dict[str, str] | None = None,
+        decline_code: str | None = None,
     ):
         super().__init__(message)
+        self.decline_code = decline_code
         self.status = status
         self.message = message
         self.type = type
@@ -36,6 +38,8 @@ class StripeError(Exception):
         if self.code:
             error["code"] = self.code
             error["doc_url"] = f"https://stripe.com/docs/error-codes/{self.code.replace('_', '-')}"
+        if self.decline_code:
+            error["decline_code"] = self.decline_code
         if self.param:
             error["param"] = self.param
         error["request_log_url"] = f"https://dashboard.stripe.com/test/logs/{request_id}"
@@ -67,3 +71,11 @@ def no_such(kind: str, object_id: str, *, param: str = "id", status: int = 404) 
 
 def only_one_of(*params: str) -> StripeError:
     return invalid(f"You may only specify one of these parameters: {', '.join(params)}.", param=params[-1])
+
+
+def card_declined(decline_code: str) -> StripeError:
+    """402 ``card_error``: what paying an invoice with a declining card answers (the SDK raises CardError)."""
+    message = {
+        "insufficient_funds": "Your card has insufficient funds.",
+    }.get(decline_code, "Your card was declined.")
+    return StripeError(402, message, type="card_error", code="card_declined", decline_code=decline_code)

@@ -49,6 +49,10 @@ def customer(record: dict[str, Any]) -> dict[str, Any]:
         id=record["id"],
         address=record["address"],
         balance=0,
+        invoice_settings={
+            **example("customer")["invoice_settings"],
+            "default_payment_method": record.get("default_payment_method"),
+        },
         created=record["created"],
         currency=record["currency"],
         default_source=None,
@@ -165,8 +169,8 @@ def invoice(
         amount_paid=record["amount_paid"],
         amount_remaining=max(subtotal - record["amount_paid"], 0),
         amount_shipping=0,
-        attempt_count=0,
-        attempted=False,
+        attempt_count=record.get("attempt_count", 0),
+        attempted=record.get("attempt_count", 0) > 0,
         auto_advance=record["auto_advance"],
         automatic_tax={
             "enabled": False,

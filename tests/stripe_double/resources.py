@@ -19,7 +19,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from . import objects
-from .errors import StripeError, invalid, missing_parameter, no_such
+from .errors import StripeError, card_declined, invalid, missing_parameter, no_such
 from .params import merge_metadata
 
 _ID_ALPHABET = string.ascii_letters + string.digits
@@ -97,8 +97,10 @@ class Store:
             "currency": None,
             "invoice_prefix": "".join(self._random.choices(string.ascii_uppercase + string.digits, k=8)),
             "next_invoice_sequence": 1,
+            "default_payment_method": None,
             "deleted": False,
         }
+        _set_payment_method(record, fields)
         self.customers[record["id"]] = record
         rendered = objects.customer(record)
         self.emit("customer.created", rendered, ctx)
@@ -117,6 +119,7 @@ class Store:
     ) -> dict[str, Any]:
         record = self._customer(customer_id)
         before = objects.customer(record)
+        _set_payment_method(record, fields)  # first: an unknown payment method changes nothing
         for key in ("email", "name", "description", "phone", "tax_exempt"):
             if key in fields:
                 record[key] = fields[key] if key != "tax_exempt" else fields[key] or "none"
@@ -372,9 +375,9 @@ class Store:
         record = self._invoice(invoice_id)
         if record["status"] in ("paid", "void"):
             raise invalid(f"Invoice is already {record['status']}.")
-        if not fields.get("paid_out_of_band"):
-            # The double has no payment methods, so collecting can only fail the way it fails on Stripe for a
-            # customer without one.
+        method = self.customers[record["customer"]]["default_payment_method"]
+        if not fields.get("paid_out_of_band") and method is None:
+            # Collecting needs a payment method; without one it fails as it does on Stripe.
             raise invalid(
                 "This customer has no attached payment source or default payment method. Please consider adding "
                 "a default payment method. For more information, visit "
@@ -382,8 +385,15 @@ class Store:
             )
         if record["status"] == "draft":
             self._finalize(record, ctx)
-        if record["status"] != "paid":
-            self._mark_paid(record, ctx)
+        if record["status"] == "paid":  # a $0 invoice is paid on finalization
+            return self.render_invoice(record)
+        if not fields.get("paid_out_of_band"):
+            record["attempt_count"] = record.get("attempt_count", 0) + 1
+            decline = TEST_PAYMENT_METHODS[method]
+            if decline is not None:
+                self.emit("invoice.payment_failed", self.render_invoice(record), ctx)
+                raise card_declined(decline)
+        self._mark_paid(record, ctx)
         return self.render_invoice(record)
 
     def void_invoice(self, invoice_id: str, ctx: RequestContext) -> dict[str, Any]:
@@ -529,6 +539,31 @@ def _created_matches(created: int, condition: dict[str, int] | None) -> bool:
         "lte": created.__le__,
     }
     return all(checks[op](value) for op, value in condition.items())
+
+
+# Stripe's test PaymentMethods the double charges (docs.stripe.com/testing): None pays, a string is the
+# decline code of the card error paying with it raises. The double takes them directly as a customer's
+# ``invoice_settings.default_payment_method`` (on Stripe they are attached to the customer first).
+TEST_PAYMENT_METHODS: dict[str, str | None] = {
+    "pm_card_visa": None,
+    "pm_card_mastercard": None,
+    "pm_card_chargeDeclined": "generic_decline",
+    "pm_card_chargeDeclinedInsufficientFunds": "insufficient_funds",
+}
+
+
+def _set_payment_method(record: dict[str, Any], fields: dict[str, Any]) -> None:
+    settings = fields.get("invoice_settings")
+    if not isinstance(settings, dict) or "default_payment_method" not in settings:
+        return
+    method = settings["default_payment_method"] or None
+    if method is not None and method not in TEST_PAYMENT_METHODS:
+        raise invalid(
+            f"No such PaymentMethod: '{method}'",
+            param="invoice_settings[default_payment_method]",
+            code="resource_missing",
+        )
+    record["default_payment_method"] = method
 
 
 def _require_draft(invoice: dict[str, Any], *, param: str) -> None:
