@@ -129,7 +129,7 @@ def credit(topup_id: int, stripe_invoice_id: str) -> CreditGrant:
         {
             "topup_id": topup.pk,
             "grant_id": granted.pk,
-            "amount": str(topup.amount),
+            "amount": str(round_money(topup.amount, topup.currency)),
             "currency": topup.currency,
             "automatic": topup.automatic,
         },
@@ -152,7 +152,7 @@ def fail(topup_id: int, message: str) -> bool:
         BALANCE_RECHARGE_FAILED,
         {
             "topup_id": topup.pk,
-            "amount": str(topup.amount),
+            "amount": str(round_money(topup.amount, topup.currency)),
             "currency": topup.currency,
             "automatic": topup.automatic,
             "reason": message[:500],

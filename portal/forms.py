@@ -200,3 +200,64 @@ class WebhookEndpointForm(forms.Form):
         if problem := webhooks.url_problem(url):
             raise forms.ValidationError(f"Meterline cannot deliver to this URL: {problem}.")
         return url
+
+
+class TopUpForm(forms.Form):
+    """Buy prepaid credit: the amount, and the page's one-time key (a double submit buys once)."""
+
+    amount = forms.DecimalField(max_digits=14, decimal_places=3, help_text="In your plan's currency.")
+    request_key = forms.CharField(max_length=64, widget=forms.HiddenInput)
+
+    def __init__(self, *args, tenant=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tenant = tenant
+
+    def clean_amount(self):
+        from billing import topups
+
+        try:
+            return topups.check_amount(self.tenant, self.cleaned_data["amount"])
+        except topups.TopUpError as error:
+            raise forms.ValidationError(str(error)) from None
+
+
+class BalanceAlertsForm(forms.Form):
+    """A prepaid tenant's own settings: when to warn, and when and how much to recharge automatically."""
+
+    low_balance_threshold = forms.DecimalField(
+        required=False,
+        min_value=Decimal("0.01"),
+        max_digits=14,
+        decimal_places=2,
+        help_text="Send balance.low when the available balance falls below this. Empty: never.",
+    )
+    auto_recharge_threshold = forms.DecimalField(
+        required=False,
+        min_value=Decimal("0.00"),
+        max_digits=14,
+        decimal_places=2,
+        help_text="Buy credit when the available balance falls below this. Empty: no auto-recharge.",
+    )
+    auto_recharge_amount = forms.DecimalField(
+        required=False, max_digits=14, decimal_places=3, help_text="How much each auto-recharge buys."
+    )
+
+    def __init__(self, *args, tenant=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tenant = tenant
+
+    def clean(self):
+        from billing import topups
+
+        data = super().clean()
+        threshold, amount = data.get("auto_recharge_threshold"), data.get("auto_recharge_amount")
+        if threshold is not None and amount is None:
+            self.add_error("auto_recharge_amount", "An auto-recharge needs an amount.")
+        elif amount is not None:
+            try:
+                data["auto_recharge_amount"] = topups.check_amount(self.tenant, amount)
+            except topups.TopUpError as error:
+                self.add_error("auto_recharge_amount", str(error))
+            if threshold is None and "auto_recharge_amount" not in self.errors:
+                data["auto_recharge_amount"] = None  # no threshold: no auto-recharge, the amount is not kept
+        return data

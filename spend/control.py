@@ -364,15 +364,15 @@ def _announce(tenant: Tenant, current: Balance, now: datetime) -> str:
                 tenant.pk,
                 ANNOUNCED[state],
                 {
-                    "available": str(current.available),
-                    "ledger_balance": str(current.ledger_balance),
-                    "unbilled_usage": str(current.unbilled_usage),
-                    "held": str(current.held),
+                    **{
+                        name: str(round_money(getattr(current, name), current.currency))
+                        for name in ("available", "ledger_balance", "unbilled_usage", "held")
+                    },
                     "currency": current.currency,
                     "policy": current.policy,
                     "low_balance_threshold": None
                     if policy.low_balance_threshold is None
-                    else str(policy.low_balance_threshold),
+                    else str(round_money(policy.low_balance_threshold, current.currency)),
                 },
             )
         SpendPolicy.objects.filter(pk=policy.pk).update(balance_state=state, balance_checked_at=now)
@@ -399,3 +399,28 @@ def _recharge(tenant: Tenant, policy: SpendPolicy, current: Balance) -> str | No
         logger.warning("auto-recharge of %s not asked for: %s", tenant, error)
         return f"refused: {error}"
     return "in flight" if topup is None else f"requested #{topup.pk}"
+
+
+def save_alerts(
+    tenant: Tenant,
+    *,
+    low_balance_threshold: Decimal | None,
+    auto_recharge_threshold: Decimal | None,
+    auto_recharge_amount: Decimal | None,
+) -> SpendPolicy:
+    """A tenant's own balance settings (the portal). Saving resumes an auto-recharge paused by a failed
+    payment: a person has looked. The policy itself (postpaid/prepaid, overdraft) is the platform's to set."""
+    policy, _ = SpendPolicy.objects.get_or_create(tenant=tenant)
+    policy.low_balance_threshold = low_balance_threshold
+    policy.auto_recharge_threshold = auto_recharge_threshold
+    policy.auto_recharge_amount = auto_recharge_amount if auto_recharge_threshold is not None else None
+    policy.updated_at = timezone.now()
+    policy.save(
+        update_fields=[
+            "low_balance_threshold",
+            "auto_recharge_threshold",
+            "auto_recharge_amount",
+            "updated_at",
+        ]
+    )
+    return policy
