@@ -257,7 +257,9 @@ def test_every_event_type_reaches_a_real_receiver_once_signed_across_failures_an
 
     received = hooks.by_id()
     bodies = {webhook_id: json.loads(requests[0].body) for webhook_id, requests in received.items()}
-    assert sorted(b["type"] for b in bodies.values()) == sorted([*webhooks.EVENT_TYPES, "ping", "credit.granted"])
+    assert sorted(b["type"] for b in bodies.values()) == sorted(
+        [*webhooks.EVENT_TYPES, "ping", "credit.granted"]
+    )
     endpoint.refresh_from_db()
     for requests in received.values():
         assert len(requests) >= 3, "two failed attempts, then the one that succeeded"
