@@ -8,7 +8,7 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 
 from billing import credits
-from billing.models import CreditGrant, LedgerEntry
+from billing.models import CreditGrant, LedgerEntry, TopUp
 
 
 class LedgerEntryInline(admin.TabularInline):
@@ -155,6 +155,25 @@ class LedgerEntryAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return obj is None and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(TopUp)
+class TopUpAdmin(admin.ModelAdmin):
+    """Top-ups and auto-recharges (read only: Stripe and the ledger decide what happens to them)."""
+
+    list_display = ["created_at", "tenant", "amount", "currency", "automatic", "status", "stripe_invoice_id"]
+    list_filter = ["status", "automatic"]
+    search_fields = ["tenant__slug", "stripe_invoice_id"]
+    date_hierarchy = "created_at"
+
+    def get_readonly_fields(self, request, obj=None):
+        return [f.name for f in TopUp._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False

@@ -336,3 +336,30 @@ def test_the_amounts_stripe_collects_equal_the_credit_in_minor_units_for_every_c
         assert stripe_invoice["currency"] == currency.lower()
         assert stripe_invoice["amount_paid"] == to_minor_units(amount, currency)
         assert granted.amount == amount
+
+
+def test_staff_set_auto_recharge_in_the_admin_and_saving_resumes_a_paused_one(prepaid, admin_client):
+    policy = SpendPolicy.objects.get(tenant=prepaid)
+    url = f"/admin/spend/spendpolicy/{policy.pk}/change/"
+    form = {"tenant": prepaid.pk, "policy": "prepaid-hard", "overdraft": "0", "low_balance_threshold": ""}
+    for bad, field in (
+        ({"auto_recharge_threshold": "10", "auto_recharge_amount": ""}, "needs an amount"),
+        ({"auto_recharge_threshold": "10", "auto_recharge_amount": "1"}, "between"),
+        ({"auto_recharge_threshold": "10", "auto_recharge_amount": "20.005"}, "smallest unit"),
+        ({"auto_recharge_threshold": "-1", "auto_recharge_amount": "20"}, "negative"),
+    ):
+        response = admin_client.post(url, {**form, **bad})
+        assert response.status_code == 200 and field in response.content.decode(), bad
+    policy.refresh_from_db()
+    assert policy.auto_recharge_threshold is None
+
+    failed = topups.request(prepaid, "20.00", automatic=True)
+    topups.fail(failed.pk, "declined")
+    SpendPolicy.objects.filter(pk=policy.pk).update(
+        auto_recharge_threshold=Decimal("10"), auto_recharge_amount=Decimal("20")
+    )
+    assert control.check(prepaid).recharge == "paused"
+    saved = admin_client.post(url, {**form, "auto_recharge_threshold": "10", "auto_recharge_amount": "20"})
+    assert saved.status_code == 302
+    assert control.check(prepaid).recharge.startswith("requested")
+    assert admin_client.get("/admin/billing/topup/").status_code == 200
