@@ -167,6 +167,36 @@ def test_invoice_with_items_finalizes_and_is_paid_with_totals_from_its_items(cli
     assert paid.status_transitions.paid_at is not None
 
 
+def test_pay_charges_the_default_payment_method_and_a_declining_card_raises_card_error(stripe_double, client):
+    customer = _customer(client)
+    with pytest.raises(stripe.InvalidRequestError) as unknown:
+        client.v1.customers.update(customer.id, {"invoice_settings": {"default_payment_method": "pm_nope"}})
+    assert unknown.value.param == "invoice_settings[default_payment_method]"
+    assert client.v1.customers.retrieve(customer.id).invoice_settings.default_payment_method is None
+
+    client.v1.customers.update(
+        customer.id, {"invoice_settings": {"default_payment_method": "pm_card_chargeDeclined"}}
+    )
+    invoice = _draft_with_items(client, customer.id, 700)
+    with pytest.raises(stripe.CardError) as declined:
+        client.v1.invoices.pay(invoice.id)
+    assert declined.value.http_status == 402
+    assert (declined.value.code, declined.value.json_body["error"]["decline_code"]) == (
+        "card_declined",
+        "generic_decline",
+    )
+    after = client.v1.invoices.retrieve(invoice.id)
+    assert (after.status, after.attempt_count, after.attempted, after.amount_paid) == ("open", 1, True, 0)
+    assert [e["data"]["object"]["id"] for e in stripe_double.events("invoice.payment_failed")] == [invoice.id]
+
+    updated = client.v1.customers.update(
+        customer.id, {"invoice_settings": {"default_payment_method": "pm_card_visa"}}
+    )
+    assert updated.invoice_settings.default_payment_method == "pm_card_visa"
+    paid = client.v1.invoices.pay(invoice.id)
+    assert (paid.status, paid.amount_paid, paid.attempt_count) == ("paid", 700, 2)
+
+
 def test_invoice_search_by_metadata_and_status(client):
     customer = _customer(client)
     wanted = _draft_with_items(client, customer.id, 100)
