@@ -189,8 +189,9 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
     "refresh-draft-invoices": {"task": "billing.tasks.refresh_drafts", "schedule": 15 * 60},
     "finalize-due-invoices": {"task": "billing.tasks.finalize_due_invoices", "schedule": 60 * 60},
-    # budgets, balance alerts and auto-recharge (ingest also queues a tenant's check, at most every few seconds)
-    "check-spend": {"task": "spend.tasks.check_spend", "schedule": 60},
+    # budgets, balance alerts and auto-recharge; ingest, authorizations and credits queue a tenant's check within
+    # seconds, so this only catches what changes with time alone (spend.tasks)
+    "check-spend": {"task": "spend.tasks.check_spend", "schedule": 5 * 60},
     "reconcile-stripe": {"task": "payments.tasks.reconcile_stripe", "schedule": 15 * 60},
     "reconcile-topups": {"task": "payments.tasks.reconcile_topups", "schedule": 5 * 60},
     "dispatch-pending-events": {"task": "notifications.tasks.dispatch_pending_events", "schedule": 60},
@@ -205,6 +206,9 @@ STRIPE_API_BASE = env("STRIPE_API_BASE", default="")
 # Prefix of our Stripe idempotency keys and metadata: distinct per deployment sharing one Stripe account.
 STRIPE_NAMESPACE = env("STRIPE_NAMESPACE", default="meterline")
 STRIPE_TIMEOUT_SECONDS = env.float("STRIPE_TIMEOUT_SECONDS", default=30)
+# A spend check queued by ingest or an authorization runs this long after it, and at most one per tenant is queued
+# in that window (spend.tasks); 0 checks after every batch (tests).
+SPEND_CHECK_DELAY_SECONDS = env.float("SPEND_CHECK_DELAY_SECONDS", default=2.0)
 # Prepaid top-ups (decision 018): the smallest and largest amount a manager can buy, in the tenant's currency.
 TOPUP_MIN_AMOUNT = env.str("TOPUP_MIN_AMOUNT", default="5")
 TOPUP_MAX_AMOUNT = env.str("TOPUP_MAX_AMOUNT", default="100000")

@@ -1,15 +1,20 @@
 """Celery tasks of spend control: thin wrappers around spend.control and spend.budgets, called with ids.
 
-A tenant's spend is checked (budgets, balance alerts, auto-recharge: spend.control.check) by the beat every
-minute and, sooner, a couple of seconds after an ingest batch or an authorization: :func:`queue_check` sends
-one delayed check per tenant and process at most every CHECK_DELAY, so a burst of batches costs one check,
-which runs after the burst's first CHECK_DELAY and sees everything committed by then; the beat catches the rest.
+A tenant's spend is checked (budgets, balance alerts, auto-recharge: spend.control.check) a couple of seconds
+after an ingest batch, an authorization or a credit, and by the beat every five minutes for whatever changes with
+time alone (credit expiring, a missed trigger). :func:`queue_check` sends at most one delayed check per tenant
+every SPEND_CHECK_DELAY_SECONDS (2) — per process by a dict, across processes by ``cache.add`` when the cache
+is shared (Redis in production) — so a burst of batches costs one check, which runs that long after the burst's
+first and sees everything committed by then; a batch that commits just after it is caught by the next trigger
+or the beat.
 """
 
 import logging
 import time
 
 from celery import shared_task
+from django.conf import settings
+from django.core.cache import cache
 from django.db import transaction
 from django.db.models import Q
 
@@ -19,9 +24,6 @@ from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
 
-CHECK_DELAY = (
-    2.0  # seconds: a check queued by ingest runs this long after it, covering the batches in between
-)
 WATCHED_TTL = 30.0  # seconds a process remembers whether a tenant has a budget or a prepaid policy
 
 _watched: dict[int, tuple[float, bool]] = {}  # tenant id → (until, watched)
@@ -30,7 +32,8 @@ _queued: dict[int, float] = {}  # tenant id → when this process last queued it
 
 @shared_task(acks_late=True)
 def check_spend() -> int:
-    """Beat: queue a check of every active tenant with a budget or a prepaid policy. Returns how many."""
+    """Beat (every five minutes): queue a check of every active tenant with a budget or a prepaid policy.
+    Returns how many."""
     prepaid = Q(spend_policy__isnull=False) & ~Q(spend_policy__policy=SpendPolicy.Policy.POSTPAID)
     ids = list(
         Tenant.objects.filter(status="active")
@@ -62,25 +65,33 @@ check_budgets = shared_task(name="spend.tasks.check_budgets", acks_late=True)(ch
 
 
 def queue_check(tenant: Tenant) -> None:
-    """After this transaction commits, check the tenant's spend CHECK_DELAY seconds later, unless this process
-    queued one within CHECK_DELAY (that one runs after this commit). Cheap when the tenant has nothing to check:
+    """After this transaction commits, check the tenant's spend check_delay() seconds later, unless one was
+    queued within that window (it runs after this commit). Cheap when the tenant has nothing to check:
     the answer is remembered for WATCHED_TTL."""
-    now = time.monotonic()
+    now, delay = time.monotonic(), check_delay()
     until, watched = _watched.get(tenant.pk, (0.0, False))
     if until < now:
         watched = control.watched(tenant)
         _watched[tenant.pk] = (now + WATCHED_TTL, watched)
-    if not watched or now - _queued.get(tenant.pk, -CHECK_DELAY - 1) < CHECK_DELAY:
+    if not watched or (delay > 0 and now - _queued.get(tenant.pk, -delay - 1) < delay):
         return
     _queued[tenant.pk] = now
     tenant_id = tenant.pk
     transaction.on_commit(lambda: _send(tenant_id))
 
 
+def check_delay() -> float:
+    """Seconds a queued check waits (and the debounce window): settings.SPEND_CHECK_DELAY_SECONDS."""
+    return float(settings.SPEND_CHECK_DELAY_SECONDS)
+
+
 def _send(tenant_id: int) -> None:
+    delay = check_delay()
     try:
-        check_tenant_spend.apply_async((tenant_id,), countdown=CHECK_DELAY)
-    except Exception:  # the broker is down: the beat checks within a minute; never fail the request
+        if delay > 0 and not cache.add(f"meterline:spend-check:{tenant_id}", 1, timeout=delay):
+            return  # another process queued this tenant's check within the window
+        check_tenant_spend.apply_async((tenant_id,), countdown=delay)
+    except Exception:  # the broker or cache is down: the beat checks later; never fail the request
         logger.warning("could not queue the spend check of tenant %s", tenant_id, exc_info=True)
 
 
