@@ -67,17 +67,17 @@ def push_topup(topup_id: int) -> str:
             )
         if invoice.total != to_minor_units(topup.amount, topup.currency):
             # never pay (or credit) an amount that is not the top-up's
-            topups.fail(
-                topup.pk, f"Stripe invoice {invoice.id} totals {invoice.total}, not the top-up's amount"
+            _give_up(
+                api, topup, f"Stripe invoice {invoice.id} totals {invoice.total}, not the top-up's amount"
             )
             return TopUp.Status.FAILED
         if invoice.status == "open" and invoice.collection_method == "charge_automatically":
             invoice = _pay(api, topup, invoice)
     except stripe.CardError as error:
-        _declined(api, topup, error)
+        _give_up(api, topup, f"the payment was declined: {error.user_message or error.code or error}")
         return TopUp.Status.FAILED
     except stripe.InvalidRequestError as error:
-        topups.fail(topup.pk, f"Stripe refused the top-up: {error.user_message or error}")
+        _give_up(api, topup, f"Stripe refused the top-up: {error.user_message or error}")
         return TopUp.Status.FAILED
     return apply_invoice(topup.pk, _plain_invoice(invoice))
 
@@ -153,15 +153,15 @@ def _pay(api: stripe.StripeClient, topup: TopUp, invoice: stripe.Invoice) -> str
     return api.v1.invoices.pay(invoice.id, {}, key_options("topup-pay", topup.pk))
 
 
-def _declined(api: stripe.StripeClient, topup: TopUp, error: stripe.CardError) -> None:
-    """Fail it once, and void the Stripe invoice so that nothing collects it later."""
-    message = f"the payment was declined: {error.user_message or error.code or error}"
+def _give_up(api: stripe.StripeClient, topup: TopUp, message: str) -> None:
+    """Fail it once, and void its Stripe invoice (if one is open) so that nothing collects it later."""
     topups.fail(topup.pk, message)
     stripe_id = TopUp.objects.values_list("stripe_invoice_id", flat=True).get(pk=topup.pk)
     if stripe_id:
         try:
-            api.v1.invoices.void_invoice(stripe_id, {}, key_options("topup-void", topup.pk))
-        except stripe.StripeError as void_error:  # the reconcile beat voids it later
+            if api.v1.invoices.retrieve(stripe_id).status == "open":
+                api.v1.invoices.void_invoice(stripe_id, {}, key_options("topup-void", topup.pk))
+        except stripe.StripeError as void_error:  # left open: it can still be paid, and is then credited
             logger.warning("top-up %s: could not void Stripe invoice %s: %s", topup.pk, stripe_id, void_error)
     logger.info("top-up %s failed: %s", topup.pk, message)
 
