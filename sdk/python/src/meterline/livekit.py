@@ -25,20 +25,44 @@ Never blocks or breaks the agent: event callbacks only copy the metric and put i
 and disk work happens on the sender thread; every callback swallows (and logs) its own errors; when the
 server is down, usage goes to the durable spool and is resent later (see ``meterline.Client``).
 The session's start, end and end-user id are reported with ``PUT /api/v1/sessions/{id}``.
+
+Pre-call holds (``authorize=Authorize(amount=… | expected_seconds=…)``, decision 018): a thread of the
+session's own asks the server to hold the call's expected cost when ``attach`` runs, extends the hold every
+``extend_every`` seconds while the call runs, and releases it at close (the server also releases it when the
+session's end arrives, and lets it lapse ``ttl_seconds`` after the last extension if the agent dies). When a
+prepaid-hard policy refuses the hold, ``on_refused(error)`` is called once with the
+``InsufficientBalanceError`` — on the event loop ``attach`` ran on, so it may use the session (a coroutine
+function is scheduled there as a task) — and the hold is not asked for again; without a handler a warning is
+logged. The call always goes on unless the handler ends it: usage is never refused. An unreachable or failing
+server is logged and asked again at the next tick; the handler's own errors are logged and swallowed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
+import math
+import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 from meterline import _core
 from meterline.client import AsyncClient, Client
+from meterline.errors import (
+    ConflictError,
+    InsufficientBalanceError,
+    MeterlineError,
+    NotFoundError,
+    RateLimitError,
+    ServerError,
+    ServiceUnavailableError,
+)
 
 logger = logging.getLogger("meterline")
 
@@ -47,6 +71,72 @@ DEFAULT_EXCLUDED_TYPES = frozenset({"vad_metrics"})  # ~1/s per session, diagnos
 
 _attached: weakref.WeakKeyDictionary[Any, SessionBilling] = weakref.WeakKeyDictionary()
 _DEPRECATION_PREFIX = "metrics_collected is deprecated"
+MIN_TTL_SECONDS, MAX_TTL_SECONDS = 60, 86_400  # what POST /api/v1/authorizations accepts
+MAX_EXPECTED_SECONDS = 86_400
+MAX_EXTEND_EVERY = 30.0  # a failed extension is tried again within this long, well before the hold lapses
+
+
+@dataclass(frozen=True)
+class Authorize:
+    """A pre-call hold for ``attach(..., authorize=Authorize(...))``: asked for when the session starts, kept
+    while it runs, released at close (see the module docstring).
+
+    Exactly one of ``amount`` (in the tenant's currency, whole minor units) or ``expected_seconds`` (the server
+    holds that much of the tenant's recent cost per second of call). ``ttl_seconds`` (60 s – 24 h) is how long
+    the hold outlives the last extension, i.e. an agent that died. ``extend_every`` defaults to half the TTL,
+    at most 30 s. ``on_refused(error)`` receives the ``InsufficientBalanceError`` (``available``,
+    ``required``, ``currency``); it may be a coroutine function. Invalid values raise ValueError here."""
+
+    amount: Decimal | str | int | None = None
+    expected_seconds: Decimal | str | float | None = None
+    ttl_seconds: int = 300
+    on_refused: Callable[[InsufficientBalanceError], Any] | None = None
+    extend_every: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.amount is None) == (self.expected_seconds is None):
+            raise ValueError("Authorize needs exactly one of amount or expected_seconds")
+        if self.amount is not None:
+            object.__setattr__(self, "amount", _positive_decimal(self.amount, "amount"))
+        else:
+            seconds = _positive_decimal(self.expected_seconds, "expected_seconds")
+            if seconds > MAX_EXPECTED_SECONDS:
+                raise ValueError(f"expected_seconds must be at most {MAX_EXPECTED_SECONDS}")
+            object.__setattr__(self, "expected_seconds", seconds)
+        ttl = self.ttl_seconds
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or not MIN_TTL_SECONDS <= ttl <= MAX_TTL_SECONDS:
+            raise ValueError(
+                f"ttl_seconds must be a whole number of seconds, {MIN_TTL_SECONDS}–{MAX_TTL_SECONDS}"
+            )
+        every = self.extend_every
+        if every is not None and (
+            isinstance(every, bool)
+            or not isinstance(every, int | float)
+            or not math.isfinite(every)
+            or not 0 < every < ttl
+        ):
+            raise ValueError("extend_every must be a number of seconds above 0 and below ttl_seconds")
+        if self.on_refused is not None and not callable(self.on_refused):
+            raise ValueError("on_refused must be callable")
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two extensions of the hold."""
+        if self.extend_every is not None:
+            return float(self.extend_every)
+        return min(self.ttl_seconds / 2, MAX_EXTEND_EVERY)
+
+
+def _positive_decimal(value: Any, name: str) -> Decimal:
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a positive number")
+    try:
+        number = Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        raise ValueError(f"{name} must be a positive number") from None
+    if not number.is_finite() or number <= 0:
+        raise ValueError(f"{name} must be a positive number")
+    return number
 
 
 class SessionBilling:
@@ -76,6 +166,9 @@ class SessionBilling:
         self.closed = False
         self._last_usage: Any = None
         self._errors_logged = 0
+        self.hold: dict[str, Any] | None = None  # the server's last answer about this call's hold
+        self.authorization_refused: InsufficientBalanceError | None = None
+        self._hold_keeper: _HoldKeeper | None = None
 
     @property
     def livekit_usage(self) -> list[dict[str, Any]]:
@@ -114,6 +207,8 @@ class SessionBilling:
         if self.closed:
             return
         self.closed = True
+        if self._hold_keeper is not None:
+            self._guard(self._hold_keeper.stop)
         try:
             self._report_final_usage()
         except Exception:
@@ -127,11 +222,17 @@ class SessionBilling:
         self.detach()
 
     async def aclose(self, timeout: float = 5.0) -> bool:
-        """Finalize (if the session did not close yet) and wait up to ``timeout`` for delivery. Registered as
-        a job shutdown callback automatically when ``attach`` runs inside a LiveKit job. Never raises."""
+        """Finalize (if the session did not close yet) and wait up to ``timeout`` for delivery (and for the
+        call's hold to be released). Registered as a job shutdown callback automatically when ``attach`` runs
+        inside a LiveKit job. Never raises."""
         try:
             self.finalize()
-            return await asyncio.wait_for(self.aflush(timeout), timeout + 1.0)
+            keeper = self._hold_keeper
+            released = asyncio.to_thread(keeper.join, timeout) if keeper is not None else asyncio.sleep(0)
+            delivered, _ = await asyncio.wait_for(
+                asyncio.gather(self.aflush(timeout), released), timeout + 1.0
+            )
+            return delivered
         except Exception:
             self._log_error("shutdown flush")
             return False
@@ -241,15 +342,20 @@ def attach(
     batch_size: int = 50,
     flush_interval: float = 1.0,
     register_shutdown: bool = True,
+    authorize: Authorize | None = None,
 ) -> SessionBilling:
     """Report a LiveKit ``AgentSession``'s usage to Meterline. Call it before or after ``session.start()``.
 
     ``session_id`` defaults to the LiveKit job id when called inside a job. ``started_at`` defaults to now.
     ``metadata`` is merged over what is known about the job (room, job id, livekit-agents version).
-    Returns a ``SessionBilling``; ``set_end_user()`` reports the end user when known only later.
+    ``authorize`` holds the call's expected cost while it runs (``Authorize``; none by default).
+    Returns a ``SessionBilling``; ``set_end_user()`` reports the end user when known only later, ``hold``
+    and ``authorization_refused`` say how the hold stands.
     """
     if mode not in ("metrics", "usage"):
         raise ValueError('mode must be "metrics" or "usage"')
+    if authorize is not None and not isinstance(authorize, Authorize):
+        raise TypeError("authorize must be a meterline.livekit.Authorize (or None)")
     if isinstance(client, AsyncClient):
         client = client.sync_client()
     if not isinstance(client, Client):
@@ -314,7 +420,164 @@ def attach(
             job.add_shutdown_callback(_meterline_flush)
         except Exception:
             billing._log_error("add_shutdown_callback")
+
+    if authorize is not None:
+        try:
+            billing._hold_keeper = _HoldKeeper(billing, authorize, _running_loop())
+            billing._hold_keeper.start()
+        except Exception:
+            billing._log_error("authorize")
     return billing
+
+
+class _HoldKeeper:
+    """Asks for a call's hold, extends it and releases it, from a thread of its own: each of these is an HTTP
+    request (retried, possibly against a hung server) that must never run on the agent's event loop, nor hold
+    up the usage the shared sender thread delivers. One per session that asked for a hold."""
+
+    def __init__(self, billing: SessionBilling, authorize: Authorize, loop: asyncio.AbstractEventLoop | None):
+        self.billing = billing
+        self.authorize = authorize
+        self.loop = loop
+        self._stopped = threading.Event()
+        self._tasks: set[asyncio.Future[Any]] = set()  # the handler's task, kept until done
+        self._thread = threading.Thread(
+            target=self._run, name=f"meterline-hold-{billing.session_id}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop extending and release the hold (on the keeper's thread; returns at once)."""
+        self._stopped.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            while not self._stopped.is_set() and self._keep():
+                self._stopped.wait(self.authorize.interval)
+            # Also after a close that came while the hold was being asked for: a hold created after the
+            # session's end reached the server would otherwise count until its TTL.
+            self._release()
+        except Exception:
+            logger.exception("meterline: error keeping the hold of session %s", self.billing.session_id)
+
+    def _keep(self) -> bool:
+        """Ask for the hold, or extend it; False when it is not worth asking again."""
+        billing, client, authorize = self.billing, self.billing.client, self.authorize
+        try:
+            if billing.hold is not None:
+                try:
+                    billing.hold = client.extend_authorization(
+                        billing.hold["id"], ttl_seconds=authorize.ttl_seconds
+                    )
+                    return True
+                except (ConflictError, NotFoundError):
+                    # it lapsed (the server was unreachable longer than its TTL) or was released: ask anew,
+                    # unless the call itself has ended meanwhile (its end releases the hold on the server)
+                    billing.hold = None
+                    if self._stopped.is_set():
+                        return False
+                    logger.info("meterline: the hold of session %s ended; asking again", billing.session_id)
+            billing.hold = client.authorize(
+                billing.session_id,
+                amount=authorize.amount,
+                expected_seconds=authorize.expected_seconds,
+                ttl_seconds=authorize.ttl_seconds,
+            )
+            return True
+        except InsufficientBalanceError as exc:
+            billing.authorization_refused = exc
+            self._refused(exc)
+            return False
+        except (ServiceUnavailableError, ServerError, RateLimitError) as exc:
+            logger.warning(
+                "meterline: could not hold the cost of session %s (%s); trying again in %.0f s",
+                billing.session_id,
+                exc,
+                authorize.interval,
+            )
+            return True
+        except MeterlineError as exc:  # a request the server will never accept (400, 401/403, 409)
+            logger.error("meterline: the hold of session %s was refused: %s", billing.session_id, exc)
+            return False
+        except Exception:
+            logger.exception("meterline: error keeping the hold of session %s", billing.session_id)
+            return False
+
+    def _release(self) -> None:
+        hold = self.billing.hold
+        if hold is None or hold.get("released_at"):
+            return
+        try:
+            self.billing.hold = self.billing.client.release_authorization(hold["id"])
+        except MeterlineError as exc:  # the session's end, or the TTL, releases it on the server anyway
+            logger.info(
+                "meterline: could not release the hold of session %s: %s", self.billing.session_id, exc
+            )
+
+    def _refused(self, error: InsufficientBalanceError) -> None:
+        handler = self.authorize.on_refused
+        if handler is None:
+            logger.warning(
+                "meterline: the balance does not cover the hold of session %s (%s %s required, %s available); "
+                "the call goes on",
+                self.billing.session_id,
+                error.required,
+                error.currency,
+                error.available,
+            )
+            return
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self._call, handler, error)
+                return
+            except RuntimeError:  # the loop closed in between
+                pass
+        self._call(handler, error)
+
+    def _call(self, handler: Callable[[InsufficientBalanceError], Any], error: Exception) -> None:
+        """Run the handler (on the agent's loop when there is one); a coroutine it returns becomes a task of
+        that loop, or is run to completion here without one. Its errors are logged, never raised."""
+        try:
+            result = handler(error)
+            if not inspect.isawaitable(result):
+                return
+            if _running_loop() is None:
+                asyncio.run(_awaited(result))
+                return
+            task = asyncio.ensure_future(result)
+            self._tasks.add(task)
+            task.add_done_callback(self._handler_done)
+        except Exception:
+            logger.exception(
+                "meterline: on_refused raised for session %s; the call goes on", self.billing.session_id
+            )
+
+    def _handler_done(self, task: asyncio.Future[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            error = task.exception()
+            logger.error(
+                "meterline: on_refused raised for session %s; the call goes on",
+                self.billing.session_id,
+                exc_info=(type(error), error, error.__traceback__),
+            )
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def configured_models(session: Any) -> dict[str, dict[str, str]]:
