@@ -183,22 +183,39 @@ def ledger_balance(tenant: Tenant, now: datetime | None = None) -> Decimal:
     return total or ZERO
 
 
-def apply_to_invoice(invoice, now: datetime | None = None) -> Decimal:
-    """Pay a finalizing invoice from the tenant's credit, up to its total (never below zero): grants in effect
-    and not expired, highest priority first, then the soonest expiry, then the oldest; one application entry
-    per grant used (the database refuses a second for the same grant and invoice). Returns the amount applied.
-    Runs in the finalization's transaction."""
-    now = now or timezone.now()
-    if invoice.total <= 0:
-        return ZERO
-    expire_due(invoice.tenant, now)
-    grants = (
+def _spendable_grants(tenant_id: int, currency: str, now: datetime):
+    """Grants that can pay now (in effect, not expired, the currency), locked, in the order they are used:
+    highest priority first, then the soonest expiry, then the oldest."""
+    return (
         CreditGrant.objects.select_for_update()
-        .filter(tenant_id=invoice.tenant_id, currency=invoice.currency, effective_at__lte=now)
+        .filter(tenant_id=tenant_id, currency=currency, effective_at__lte=now)
         .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
         .order_by("-priority", F("expires_at").asc(nulls_last=True), "created_at", "id")
     )
-    due, applied = invoice.total, ZERO
+
+
+def spendable(invoice, now: datetime | None = None) -> Decimal:
+    """What the tenant's credit can pay of ``invoice`` now: Σ what is left of the grants that can pay (their rows
+    locked until the caller's transaction ends, so nothing spends them in between)."""
+    now = now or timezone.now()
+    expire_due(invoice.tenant, now)
+    return sum(
+        (max(remaining(g), ZERO) for g in _spendable_grants(invoice.tenant_id, invoice.currency, now)), ZERO
+    )
+
+
+def apply_to_invoice(invoice, now: datetime | None = None, up_to: Decimal | None = None) -> Decimal:
+    """Pay a finalizing invoice from the tenant's credit, up to ``up_to`` (billing.settlement's credits applied;
+    default: the invoice's total) and never below zero: grants by priority, then the soonest expiry, then the
+    oldest; one application entry per grant used (the database refuses a second for the same grant and
+    invoice). Returns the amount applied. Runs in the finalization's transaction."""
+    now = now or timezone.now()
+    due = invoice.total if up_to is None else min(up_to, invoice.total)
+    if due <= 0:
+        return ZERO
+    expire_due(invoice.tenant, now)
+    grants = _spendable_grants(invoice.tenant_id, invoice.currency, now)
+    applied = ZERO
     for each in grants:
         left = remaining(each)
         if left <= 0:

@@ -17,7 +17,7 @@ from decimal import Decimal
 from django.db import transaction
 from django.utils import timezone
 
-from billing import credits, invoice_events, periods
+from billing import credits, invoice_events, periods, settlement
 from billing.late_usage import adjustment_lines
 from billing.models import Invoice, InvoiceLine, InvoiceNumberSequence, PlanVersion, Subscription
 from billing.period_pricing import LineDraft, price_period
@@ -116,9 +116,11 @@ def finalize_invoice(invoice_id: int, *, now: datetime | None = None, force: boo
 
 
 def _apply_credits(invoice: Invoice, now: datetime) -> None:
-    """Prepaid credit pays the invoice up to its total: a "Prepaid credits applied" line, last, and the total
-    (what Stripe collects) lowered by it (decision 018)."""
-    applied = credits.apply_to_invoice(invoice, now)
+    """Prepaid credit pays the invoice up to its total, in the order of operations of billing.settlement: a
+    "Prepaid credits applied" line, last, and the total (what Stripe collects) lowered by it (decision 018)."""
+    lines = [settlement.Line(line.amount, (line.kind, line.meter)) for line in invoice.lines.all()]
+    settled = settlement.settle(lines, invoice.currency, credit_available=credits.spendable(invoice, now))
+    applied = credits.apply_to_invoice(invoice, now, up_to=settled.credits_applied)
     if not applied:
         return
     last = invoice.lines.order_by("-position").values_list("position", flat=True).first() or 0
