@@ -44,11 +44,20 @@ def adjustment_lines(invoice: Invoice) -> list[LineDraft]:
             )
             .exclude(invoice=invoice)
             .exclude(invoice__status__in=[Invoice.Status.DRAFT, Invoice.Status.VOID])
+            # prepaid credit paid the invoice; it priced nothing, so re-pricing never "credits it back"
+            .exclude(kind=InvoiceLine.Kind.CREDITS_APPLIED)
             .select_related("plan_version")
         )
         examples: dict[tuple, InvoiceLine] = {}
         for line in billed_lines:
-            key = (line.adjusts_kind or line.kind, line.meter, line.provider, line.model, line.segment_start)
+            key = (
+                line.adjusts_kind or line.kind,
+                line.meter,
+                line.provider,
+                line.model,
+                line.segment_start,
+                line.code,
+            )
             billed[key][0] += line.amount
             billed[key][1] += line.quantity
             billed[key][2] += line.platform_cost or 0
@@ -82,6 +91,7 @@ def adjustment_lines(invoice: Invoice) -> list[LineDraft]:
                 meter=example.meter,
                 provider=example.provider,
                 model=example.model,
+                code=example.code,
                 unit_price=example.unit_price,
                 unit_size=example.unit_size,
             )

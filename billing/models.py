@@ -332,6 +332,7 @@ class InvoiceLine(models.Model):
         USAGE = "usage"
         MINIMUM = "minimum"
         ADJUSTMENT = "adjustment"
+        DISCOUNT = "discount"  # negative: a coupon, before tax (decision 019)
         CREDITS_APPLIED = "credits_applied"  # negative: prepaid credit paid this much (decision 018)
 
     invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
@@ -354,6 +355,7 @@ class InvoiceLine(models.Model):
     adjusts_kind = models.CharField(
         max_length=16, blank=True, help_text="Adjustment lines: the kind of line corrected."
     )
+    code = models.CharField(max_length=64, blank=True, help_text="Discount lines: the coupon's code.")
     quantity = models.DecimalField(**QUANTITY, default=0)
     allowance = models.DecimalField(**QUANTITY, default=0)
     billable_quantity = models.DecimalField(**QUANTITY, default=0)
@@ -379,8 +381,9 @@ class InvoiceLine(models.Model):
                     "model",
                     "segment_start",
                     "adjusted_period_start",
+                    "code",
                 ],
-                name="invoiceline_one_per_group",
+                name="invoiceline_one_per_group_and_code",
                 nulls_distinct=False,
             ),
             models.UniqueConstraint(fields=["invoice", "position"], name="invoiceline_unique_position"),
@@ -475,6 +478,82 @@ class TierPosition(models.Model):
 
     def __str__(self) -> str:
         return f"{self.price_id} @ {self.quantity}"
+
+
+class Coupon(models.Model):
+    """A discount made by staff (issue 16 part 3, decision 019): a percentage, or a fixed amount in one currency;
+    for one period, N periods or every period from when it is applied to a tenant; optionally only on some
+    meters or models; with an optional redemption limit and a last day it can be applied."""
+
+    class Duration(models.TextChoices):
+        ONCE = "once"
+        REPEATING = "repeating", "for N periods"
+        FOREVER = "forever"
+
+    code = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=200, help_text="Shown on invoices.")
+    percent_off = models.DecimalField(max_digits=5, decimal_places=2, null=True, blank=True)
+    amount_off = models.DecimalField(**MONEY, null=True, blank=True)
+    currency = models.CharField(max_length=3, blank=True, help_text="Of amount_off.")
+    duration = models.CharField(max_length=16, choices=Duration.choices, default=Duration.ONCE)
+    duration_periods = models.PositiveSmallIntegerField(null=True, blank=True, help_text="For N periods: N.")
+    meters = models.JSONField(default=list, blank=True, help_text="Only these meters (empty: every line).")
+    models_only = models.JSONField(default=list, blank=True, help_text="Only these models (empty: any).")
+    max_redemptions = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Tenants it may be applied to."
+    )
+    redeem_by = models.DateTimeField(null=True, blank=True, help_text="It cannot be applied after this.")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["code"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(percent_off__isnull=False) & Q(amount_off__isnull=True))
+                | (Q(percent_off__isnull=True) & Q(amount_off__isnull=False) & ~Q(currency="")),
+                name="coupon_percent_or_amount_in_a_currency",
+            ),
+            models.CheckConstraint(
+                condition=Q(percent_off__isnull=True) | (Q(percent_off__gt=0) & Q(percent_off__lte=100)),
+                name="coupon_percent_between_0_and_100",
+            ),
+            models.CheckConstraint(
+                condition=Q(amount_off__isnull=True) | Q(amount_off__gt=0), name="coupon_amount_positive"
+            ),
+            models.CheckConstraint(
+                condition=~Q(duration="repeating") | Q(duration_periods__gt=0),
+                name="coupon_repeating_has_periods",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        off = (
+            f"{self.percent_off} %" if self.percent_off is not None else f"{self.amount_off} {self.currency}"
+        )
+        return f"{self.name} ({off} off, {self.get_duration_display()})"
+
+
+class AppliedCoupon(models.Model):
+    """A coupon applied to a tenant's subscription from a period on (the admin); each row is one redemption."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="coupons")
+    coupon = models.ForeignKey(Coupon, on_delete=models.PROTECT, related_name="redemptions")
+    starts_on = models.DateField(help_text="The first period it discounts (the 1st of a month).")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    objects = TenantScopedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["starts_on", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "coupon"], name="appliedcoupon_once_per_tenant")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.coupon.code} for {self.tenant} from {self.starts_on:%Y-%m}"
 
 
 class TopUp(models.Model):

@@ -16,7 +16,7 @@ from typing import Any
 
 from django.db.models import Prefetch, Q
 
-from billing import periods, pricing
+from billing import discounts, periods, pricing, settlement
 from billing.models import PlanVersion, Price, PricePlan, PriceTier, ProviderRate, Subscription
 from tenants.models import Tenant
 from usage import rollups
@@ -41,6 +41,7 @@ class LineDraft(pricing.PricedLine):
     price_snapshot: dict = field(default_factory=dict)
     adjusted_period_start: date | None = None
     adjusts_kind: str = ""
+    code: str = ""  # discount lines: the coupon's code
 
     @classmethod
     def of(cls, line: pricing.PricedLine, **changes: Any) -> LineDraft:
@@ -48,7 +49,14 @@ class LineDraft(pricing.PricedLine):
 
     @property
     def group(self) -> tuple:
-        return (self.adjusts_kind or self.kind, self.meter, self.provider, self.model, self.segment.start)
+        return (
+            self.adjusts_kind or self.kind,
+            self.meter,
+            self.provider,
+            self.model,
+            self.segment.start,
+            self.code,
+        )
 
 
 @dataclass
@@ -237,7 +245,43 @@ def price_period(
         )
         gap = Segment(gap_start, gap_end, None)
         unmatched += [_unmatched(k, q, "no_subscription", gap) for k, q in sorted(usage.items()) if q]
+    if plan is None:
+        lines += discount_lines(tenant, start, end, currency, lines)
     return PricedPeriod(currency, lines, unmatched)
+
+
+def discount_lines(
+    tenant: Tenant, start: date, end: date, currency: str, lines: list[LineDraft]
+) -> list[LineDraft]:
+    """The period's coupons as lines (negative), each taking what billing.settlement's order of operations gives
+    it from the period's own lines (decision 019)."""
+    coupons = [(c, discounts.as_discount(c, currency)) for c in discounts.in_force(tenant, start)]
+    coupons = [(c, d) for c, d in coupons if d is not None]
+    if not coupons:
+        return []
+    settled = settlement.settle(
+        [settlement.Line(line.amount, line.group) for line in lines],
+        currency,
+        discounts=[d for _, d in coupons],
+    )
+    whole = Segment(start, end, None)
+    return [
+        LineDraft(
+            kind=pricing.LineKind.DISCOUNT,
+            description=coupon.name,
+            amount=taken.amount,
+            unrounded_amount=taken.amount,
+            segment=whole,
+            code=coupon.code,
+            price_snapshot={
+                "percent_off": None if coupon.percent_off is None else str(coupon.percent_off),
+                "amount_off": None if coupon.amount_off is None else str(coupon.amount_off),
+                "duration": coupon.duration,
+            },
+        )
+        for (coupon, _), taken in zip(coupons, settled.discounts, strict=True)
+        if taken.amount
+    ]
 
 
 def _unmatched(key, quantity: Decimal, reason: str, segment: Segment) -> dict:

@@ -24,6 +24,11 @@ def next_month(day: date) -> date:
     return date(day.year + day.month // 12, day.month % 12 + 1, 1)
 
 
+def months_between(earlier: date, later: date) -> int:
+    """Whole calendar months from ``earlier``'s month to ``later``'s (0 for the same month)."""
+    return (later.year - earlier.year) * 12 + later.month - earlier.month
+
+
 def previous_month(day: date) -> date:
     first = month_start(day)
     return date(first.year - (first.month == 1), (first.month - 2) % 12 + 1, 1)

@@ -70,6 +70,7 @@ class LineKind(StrEnum):
     AGENT_FEE = "agent_fee"
     USAGE = "usage"
     MINIMUM = "minimum"
+    DISCOUNT = "discount"  # a coupon's line (billing.discounts), negative
 
 
 class UnmatchedReason(StrEnum):

@@ -13,6 +13,7 @@ Importing the modules registers their admins.
 
 from billing.admin import (
     audit,
+    coupons,
     credits,
     invoices,
     locked_versions,
@@ -24,6 +25,7 @@ from billing.admin import (
 
 __all__ = [
     "audit",
+    "coupons",
     "credits",
     "invoices",
     "locked_versions",

@@ -82,3 +82,22 @@ def test_credit_never_takes_an_invoice_below_zero(agent):
     assert invoice.total == 0
     assert invoice.lines.get(kind="credits_applied").amount == Decimal("-49.00")
     assert credits.ledger_balance(tenant) == Decimal("451.00")
+
+
+def test_credit_applied_to_one_invoice_is_never_billed_back_on_the_next(agent):
+    """The next invoice re-prices the finalized period for late usage; the credit line priced nothing, so it
+    must not come back as a +$ adjustment."""
+    tenant = agent.tenant
+    subscribe(tenant, make_plan(), starts_on=date(2026, 1, 1))
+    credits.grant(
+        tenant,
+        "30.00",
+        source="purchased",
+        reason="top-up",
+        effective_at=timezone.now() - timedelta(days=400),
+    )
+    march = invoicing.finalize_invoice(invoicing.generate_invoice(tenant.pk, date(2026, 3, 1)).pk, force=True)
+    assert march.total == Decimal("19.00")  # $49 − $30
+    april = invoicing.generate_invoice(tenant.pk, date(2026, 4, 1))
+    assert not april.lines.filter(kind="adjustment").exists()
+    assert april.total == Decimal("49.00")
