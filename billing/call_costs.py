@@ -504,6 +504,8 @@ class Reconciliation:
     base_fee: Decimal
     agent_fee: Decimal
     minimums: Decimal
+    discounts: Decimal = ZERO  # ≤ 0 (decision 019)
+    tax: Decimal = ZERO  # exclusive tax added
 
     @property
     def period_fees(self) -> Decimal:
@@ -512,8 +514,9 @@ class Reconciliation:
 
     @property
     def adjustments(self) -> Decimal:
-        """Allowances, tier flat amounts, whole packages and rounding: period fees that are not a fee line."""
-        return self.period_fees - self.base_fee - self.agent_fee - self.minimums
+        """Allowances, tier flat amounts, whole packages and rounding: period fees that are not a fee, discount
+        or tax line."""
+        return self.period_fees - self.base_fee - self.agent_fee - self.minimums - self.discounts - self.tax
 
 
 def period_calls(tenant: Tenant, period: date) -> Decimal:
@@ -532,4 +535,6 @@ def reconcile(tenant: Tenant, period: date, priced: period_pricing.PricedPeriod)
         base_fee=by_kind["base_fee"],
         agent_fee=by_kind["agent_fee"],
         minimums=by_kind["minimum"],
+        discounts=by_kind["discount"],
+        tax=by_kind["tax"],
     )

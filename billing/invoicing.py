@@ -17,7 +17,7 @@ from decimal import Decimal
 from django.db import transaction
 from django.utils import timezone
 
-from billing import credits, invoice_events, periods, settlement
+from billing import credits, invoice_events, periods, settlement, taxes
 from billing.late_usage import adjustment_lines
 from billing.models import Invoice, InvoiceLine, InvoiceNumberSequence, PlanVersion, Subscription
 from billing.period_pricing import LineDraft, price_period
@@ -104,7 +104,8 @@ def finalize_invoice(invoice_id: int, *, now: datetime | None = None, force: boo
         invoice.status = Invoice.Status.OPEN
         invoice.finalized_at = now
         invoice.status_changed_at = now
-        invoice.save(update_fields=["number", "status", "finalized_at", "status_changed_at"])
+        invoice.parties = taxes.parties(invoice.tenant)  # what the invoice says, whatever changes later
+        invoice.save(update_fields=["number", "status", "finalized_at", "status_changed_at", "parties"])
         invoice_events.record(invoice, INVOICE_FINALIZED)
         PlanVersion.objects.filter(
             pk__in=invoice.lines.exclude(plan_version=None).values("plan_version")

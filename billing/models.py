@@ -251,6 +251,11 @@ class Invoice(models.Model):
         default=list, blank=True, help_text="Usage no price matched (never billed silently)."
     )
     generated_at = models.DateTimeField(null=True, blank=True)
+    parties = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Seller and buyer as they stood at finalization (name, address, tax id): what the invoice says.",
+    )
     finalized_at = models.DateTimeField(null=True, blank=True)
     status_changed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
@@ -333,6 +338,7 @@ class InvoiceLine(models.Model):
         MINIMUM = "minimum"
         ADJUSTMENT = "adjustment"
         DISCOUNT = "discount"  # negative: a coupon, before tax (decision 019)
+        TAX = "tax"  # on the discounted amount, once per rate (decision 019)
         CREDITS_APPLIED = "credits_applied"  # negative: prepaid credit paid this much (decision 018)
 
     invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
@@ -554,6 +560,57 @@ class AppliedCoupon(models.Model):
 
     def __str__(self) -> str:
         return f"{self.coupon.code} for {self.tenant} from {self.starts_on:%Y-%m}"
+
+
+class BillingProfile(models.Model):
+    """Who the tenant is, as its invoices must say (issue 16 part 4): legal name, address, country, tax id. The
+    tax id is checked with python-stdnum when saved (billing.taxes); only a valid one gives reverse charge."""
+
+    tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="billing_profile")
+    legal_name = models.CharField(max_length=200)
+    address_line1 = models.CharField(max_length=200)
+    address_line2 = models.CharField(max_length=200, blank=True)
+    postal_code = models.CharField(max_length=32, blank=True)
+    city = models.CharField(max_length=100)
+    region = models.CharField(
+        max_length=100, blank=True, help_text="State or province, where tax depends on it."
+    )
+    country = models.CharField(max_length=2, help_text="ISO 3166-1 alpha-2, e.g. DE.")
+    tax_id = models.CharField(max_length=32, blank=True, help_text="VAT or other tax number, compact form.")
+    is_business = models.BooleanField(default=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.legal_name} ({self.country})"
+
+
+class TaxRate(models.Model):
+    """A tax rate staff define per country (and region): exclusive (added to prices) or inclusive (in them),
+    in force from a date (and until one)."""
+
+    name = models.CharField(max_length=100, help_text='Shown on invoices, e.g. "VAT".')
+    country = models.CharField(max_length=2)
+    region = models.CharField(max_length=100, blank=True, help_text="Empty: the whole country.")
+    percent = models.DecimalField(max_digits=6, decimal_places=3)
+    inclusive = models.BooleanField(default=False)
+    effective_from = models.DateField()
+    effective_to = models.DateField(null=True, blank=True, help_text="The first day it no longer applies.")
+
+    class Meta:
+        ordering = ["country", "region", "-effective_from"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(percent__gte=0) & Q(percent__lt=100), name="taxrate_percent_range"
+            ),
+            models.CheckConstraint(
+                condition=Q(effective_to__isnull=True) | Q(effective_to__gt=models.F("effective_from")),
+                name="taxrate_ends_after_it_starts",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        where = f"{self.country}-{self.region}" if self.region else self.country
+        return f"{self.name} {self.percent} % {where} from {self.effective_from}"
 
 
 class TopUp(models.Model):

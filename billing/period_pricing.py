@@ -16,7 +16,7 @@ from typing import Any
 
 from django.db.models import Prefetch, Q
 
-from billing import discounts, periods, pricing, settlement
+from billing import discounts, periods, pricing, settlement, taxes
 from billing.models import PlanVersion, Price, PricePlan, PriceTier, ProviderRate, Subscription
 from tenants.models import Tenant
 from usage import rollups
@@ -246,26 +246,28 @@ def price_period(
         gap = Segment(gap_start, gap_end, None)
         unmatched += [_unmatched(k, q, "no_subscription", gap) for k, q in sorted(usage.items()) if q]
     if plan is None:
-        lines += discount_lines(tenant, start, end, currency, lines)
+        lines += terms_lines(tenant, start, end, currency, lines)
     return PricedPeriod(currency, lines, unmatched)
 
 
-def discount_lines(
+def terms_lines(
     tenant: Tenant, start: date, end: date, currency: str, lines: list[LineDraft]
 ) -> list[LineDraft]:
-    """The period's coupons as lines (negative), each taking what billing.settlement's order of operations gives
-    it from the period's own lines (decision 019)."""
+    """The period's coupons (negative lines) and tax (one line) from billing.settlement's order of operations
+    over the period's own lines (decision 019)."""
     coupons = [(c, discounts.as_discount(c, currency)) for c in discounts.in_force(tenant, start)]
     coupons = [(c, d) for c, d in coupons if d is not None]
-    if not coupons:
+    tax = taxes.tax_for(tenant, start)
+    if not coupons and tax is None:
         return []
     settled = settlement.settle(
         [settlement.Line(line.amount, line.group) for line in lines],
         currency,
         discounts=[d for _, d in coupons],
+        tax=tax,
     )
     whole = Segment(start, end, None)
-    return [
+    made = [
         LineDraft(
             kind=pricing.LineKind.DISCOUNT,
             description=coupon.name,
@@ -282,6 +284,33 @@ def discount_lines(
         for (coupon, _), taken in zip(coupons, settled.discounts, strict=True)
         if taken.amount
     ]
+    for line in settled.taxes:
+        added = not line.inclusive and not line.reverse_charge
+        description = line.name
+        if line.inclusive:
+            description = f"{line.name}: {line.amount} {currency} of the amounts above"
+        made.append(
+            LineDraft(
+                kind=pricing.LineKind.TAX,
+                description=description,
+                amount=line.amount if added else Decimal(0),
+                unrounded_amount=line.amount if added else Decimal(0),
+                quantity=line.base,  # the taxed amount
+                unit_price=line.rate * 100,  # the rate, in percent
+                segment=whole,
+                code="reverse-charge"
+                if line.reverse_charge
+                else ("inclusive" if line.inclusive else "exclusive"),
+                price_snapshot={
+                    "rate": str(line.rate),
+                    "base": str(line.base),
+                    "tax": str(line.amount),
+                    "inclusive": line.inclusive,
+                    "reverse_charge": line.reverse_charge,
+                },
+            )
+        )
+    return made
 
 
 def _unmatched(key, quantity: Decimal, reason: str, segment: Segment) -> dict:

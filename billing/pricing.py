@@ -71,6 +71,7 @@ class LineKind(StrEnum):
     USAGE = "usage"
     MINIMUM = "minimum"
     DISCOUNT = "discount"  # a coupon's line (billing.discounts), negative
+    TAX = "tax"  # a tax rate's line (billing.taxes): added, contained (inclusive) or reverse-charged
 
 
 class UnmatchedReason(StrEnum):

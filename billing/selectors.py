@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
-from django.db.models import Count, Max, Min, Sum
+from django.db.models import Count, Max, Min, Q, Sum
 from django.utils import timezone
 
-from billing import invoicing, period_pricing, periods
+from billing import invoicing, period_pricing, periods, taxes
 from billing.models import CallCost, Invoice, InvoiceLine
 from billing.money import format_unit_price
 from tenants.models import Tenant
@@ -285,3 +285,27 @@ def session_costs(tenant: Tenant, session_ids: list[str]) -> dict[str, Decimal]:
         .annotate(total=Sum("cost"))
         .values_list("session_id", "total")
     )
+
+
+def invoice_parties(invoice: Invoice) -> dict:
+    """Seller and buyer: as frozen at finalization, or as they stand now on a draft."""
+    return invoice.parties or taxes.parties(invoice.tenant)
+
+
+def tax_breakdown(invoice: Invoice) -> list[dict]:
+    """Per rate: the name, rate (%), the amount it was computed on, the tax, and how (exclusive, inclusive,
+    reverse charge), from the invoice's tax lines."""
+    rows = []
+    for line in invoice.lines.filter(Q(kind="tax") | Q(adjusts_kind="tax")).order_by("position"):
+        snapshot = line.price_snapshot or {}
+        late = line.kind == InvoiceLine.Kind.ADJUSTMENT  # the change in an earlier period's tax
+        rows.append(
+            {
+                "name": line.description,
+                "percent": line.unit_price,
+                "base": None if late else Decimal(snapshot.get("base", "0")),
+                "tax": line.amount if late else Decimal(snapshot.get("tax", "0")),
+                "how": line.code,
+            }
+        )
+    return rows

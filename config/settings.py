@@ -209,6 +209,12 @@ STRIPE_TIMEOUT_SECONDS = env.float("STRIPE_TIMEOUT_SECONDS", default=30)
 # A spend check queued by ingest or an authorization runs this long after it, and at most one per tenant is queued
 # in that window (spend.tasks); 0 checks after every batch (tests).
 SPEND_CHECK_DELAY_SECONDS = env.float("SPEND_CHECK_DELAY_SECONDS", default=2.0)
+# The seller, as invoices must name it (issue 16, decision 019); SELLER_COUNTRY (ISO 3166-1 alpha-2) also decides
+# EU reverse charge (billing.taxes).
+SELLER_NAME = env("SELLER_NAME", default="Meterline")
+SELLER_ADDRESS = env("SELLER_ADDRESS", default="")
+SELLER_COUNTRY = env("SELLER_COUNTRY", default="")
+SELLER_TAX_ID = env("SELLER_TAX_ID", default="")
 # Prepaid top-ups (decision 018): the smallest and largest amount a manager can buy, in the tenant's currency.
 TOPUP_MIN_AMOUNT = env.str("TOPUP_MIN_AMOUNT", default="5")
 TOPUP_MAX_AMOUNT = env.str("TOPUP_MAX_AMOUNT", default="100000")

@@ -69,6 +69,7 @@ def render_invoice(invoice: Invoice) -> bytes:
         author="Meterline",
     )
     tenant, currency = invoice.tenant, invoice.currency
+    parties = billing_selectors.invoice_parties(invoice)
     if invoice.issued_on:
         dates = f"Issued: {invoice.issued_on:%d %b %Y} · Due: {invoice.due_on:%d %b %Y}"
     else:
@@ -79,11 +80,8 @@ def render_invoice(invoice: Invoice) -> bytes:
             f"Invoice {escape(invoice.number or '(draft)')} — {invoice.get_status_display()}",
             styles["Heading2"],
         ),
-        Paragraph(
-            f"Billed to: {escape(tenant.name)}"
-            + (f" &lt;{escape(tenant.billing_email)}&gt;" if tenant.billing_email else ""),
-            styles["Normal"],
-        ),
+        Paragraph("From: " + _party(parties["seller"]), styles["Normal"]),
+        Paragraph("Billed to: " + _party(parties["buyer"]), styles["Normal"]),
         Paragraph(
             f"Period: {invoice.period_start:%d %b %Y} – {invoice.last_day:%d %b %Y} ({escape(tenant.timezone)} time)",
             styles["Normal"],
@@ -124,6 +122,18 @@ def render_invoice(invoice: Invoice) -> bytes:
         )
     )
     story.append(table)
+    taxes = billing_selectors.tax_breakdown(invoice)
+    if taxes:
+        story.append(Spacer(1, 4 * mm))
+        story.append(Paragraph("Tax", styles["Heading4"]))
+        for row in taxes:
+            base = f" on {format_money(row['base'], currency)}" if row["base"] is not None else ""
+            story.append(
+                Paragraph(
+                    wrapped(f"{row['name']}: {format_money(row['tax'], currency)}{base}", 170 * mm),
+                    styles["BodyText"],
+                )
+            )
     if invoice.unmatched:
         story += [
             Spacer(1, 5 * mm),
@@ -135,3 +145,16 @@ def render_invoice(invoice: Invoice) -> bytes:
             story.append(Paragraph(wrapped(text, width), styles["BodyText"]))
     doc.build(story)
     return buffer.getvalue()
+
+
+def _party(party: dict) -> str:
+    """A seller or buyer on one line: name, address, country, tax id, e-mail (escaped)."""
+    parts = [party.get("legal_name") or party.get("name") or "", *party.get("address", [])]
+    if party.get("country"):
+        parts.append(party["country"])
+    if party.get("tax_id"):
+        parts.append(f"tax id {party['tax_id']}")
+    text = ", ".join(escape(str(p)) for p in parts if p)
+    if party.get("email"):
+        text += f" &lt;{escape(party['email'])}&gt;"
+    return text

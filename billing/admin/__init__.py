@@ -21,6 +21,7 @@ from billing.admin import (
     prices,
     rates,
     subscriptions,
+    taxes,
 )
 
 __all__ = [
@@ -33,4 +34,5 @@ __all__ = [
     "prices",
     "rates",
     "subscriptions",
+    "taxes",
 ]

@@ -32,7 +32,13 @@ def _invoice_page(request, pk: int, template: str):
     return render(
         request,
         template,
-        {"invoice": invoice, "lines": billing_selectors.invoice_lines(invoice), "meter_names": meter_names()},
+        {
+            "invoice": invoice,
+            "lines": billing_selectors.invoice_lines(invoice),
+            "meter_names": meter_names(),
+            "parties": billing_selectors.invoice_parties(invoice),
+            "taxes": billing_selectors.tax_breakdown(invoice),
+        },
     )
 
 
