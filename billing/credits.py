@@ -62,6 +62,9 @@ def check_correction(grant_: CreditGrant, kind: str, amount) -> Decimal:
         return -value
     if left + value < 0:
         raise CreditError(f"only {left} {grant_.currency} of this grant is left")
+    if value > 0 and grant_.expires_at is not None and grant_.expires_at <= timezone.now():
+        # an expired grant pays nothing and expires once: credit added to it could never be used
+        raise CreditError("this grant has expired: grant new credit instead")
     return value
 
 

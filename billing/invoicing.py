@@ -163,10 +163,11 @@ def tenants_to_bill(now: datetime) -> list[tuple[int, date]]:
     """(tenant, period) pairs whose draft should exist and be current: this period and, until it is
     finalized, the previous one."""
     billable = Tenant.objects.filter(status=Tenant.Status.ACTIVE, subscriptions__isnull=False).distinct()
-    return [(tenant.pk, start) for tenant in billable for start in _periods_to_bill(tenant, now)]
+    return [(tenant.pk, start) for tenant in billable for start in periods_to_bill(tenant, now)]
 
 
-def _periods_to_bill(tenant: Tenant, now: datetime) -> list[date]:
+def periods_to_bill(tenant: Tenant, now: datetime) -> list[date]:
+    """The periods the beat keeps a draft of now: this one and, until it is finalized, the previous one."""
     start, _ = current_period(tenant, now)
     previous = periods.previous_month(start)
     if (
@@ -188,7 +189,7 @@ def refresh_drafts_for(tenant_id: int, now: datetime | None = None) -> list[Invo
         .values_list("period_start", flat=True)
     )
     if tenant.status == Tenant.Status.ACTIVE and tenant.subscriptions.exists():
-        starts.update(_periods_to_bill(tenant, now or timezone.now()))
+        starts.update(periods_to_bill(tenant, now or timezone.now()))
     return [generate_invoice(tenant_id, start) for start in sorted(starts)]
 
 

@@ -19,7 +19,8 @@ LATE_USAGE_PERIODS = 2
 
 
 def adjustment_lines(invoice: Invoice) -> list[LineDraft]:
-    """Late usage of recent finalized periods, as adjustment lines for ``invoice`` (a draft).
+    """Late usage of recent finalized periods, as adjustment lines for ``invoice`` (a draft, or an unsaved
+    Invoice of the tenant and period when spend control prices what the next invoice will carry).
 
     Each earlier period is re-priced with the usage that exists now, under the plan versions it was billed
     with, and compared per group with what was already billed for it (its own lines plus adjustments on
@@ -42,7 +43,7 @@ def adjustment_lines(invoice: Invoice) -> list[LineDraft]:
                 Q(invoice=past, adjusted_period_start=None)
                 | Q(adjusted_period_start=past.period_start, invoice__tenant=invoice.tenant)
             )
-            .exclude(invoice=invoice)
+            .exclude(invoice_id=invoice.pk)  # none when ``invoice`` is not saved (the balance asking)
             .exclude(invoice__status__in=[Invoice.Status.DRAFT, Invoice.Status.VOID])
             # prepaid credit paid the invoice; it priced nothing, so re-pricing never "credits it back"
             .exclude(kind=InvoiceLine.Kind.CREDITS_APPLIED)

@@ -26,21 +26,20 @@ from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from billing import credits, invoicing, period_pricing, periods, selectors, topups
+from billing import credits, invoicing, late_usage, period_pricing, periods, selectors, topups
 from billing.models import CallCost, Invoice, Subscription
 from billing.pricing import round_money
 from notifications import outbox
 from spend import budgets
 from spend.models import Budget, Hold, SpendPolicy
 from tenants.models import Agent, Tenant
-from usage.models import AgentRollup, Session
+from usage.models import Session
 
 logger = logging.getLogger(__name__)
 
 ZERO = Decimal(0)
 DEFAULT_TTL = timedelta(minutes=15)
 MAX_TTL = timedelta(hours=24)
-MAX_UNBILLED_PERIODS = 12  # how far back an unfinalized period is still priced into the balance
 RECENT_CALLS = timedelta(days=7)  # the window a tenant's own cost per second of session is taken from
 RECENT_CALLS_LIMIT = 1000
 
@@ -75,37 +74,33 @@ def policy_of(tenant: Tenant) -> SpendPolicy:
     return found or SpendPolicy(tenant=tenant)
 
 
+def unbilled_periods(tenant: Tenant, now: datetime | None = None) -> list:
+    """The periods whose invoices are still to be finalized: every draft, and those the beat keeps a draft of
+    (this period and, until it is finalized, the previous one), oldest first."""
+    drafts = Invoice.objects.for_tenant(tenant).filter(status=Invoice.Status.DRAFT)
+    starts = set(drafts.values_list("period_start", flat=True))
+    starts.update(invoicing.periods_to_bill(tenant, now or timezone.now()))
+    return sorted(starts)
+
+
 def unbilled_usage(
     tenant: Tenant, now: datetime | None = None, current: period_pricing.PricedPeriod | None = None
 ) -> Decimal:
-    """What the invoices of the periods not yet finalized will charge, priced now (the current period, and
-    earlier ones whose invoice is still a draft or not made yet, at most MAX_UNBILLED_PERIODS back).
-    ``current``: the current period already priced by the caller (the dashboard), not priced again."""
+    """What the invoices not yet finalized will charge, priced now exactly as they will be: each such period
+    (:func:`unbilled_periods`) priced (fees, discounts and tax included), and the late usage of finalized
+    periods that the next of them will carry as adjustments (once). ``current``: the current period already
+    priced by the caller (the dashboard), not priced again."""
     this_period, _ = invoicing.current_period(tenant, now)
-    finalized = (
-        Invoice.objects.for_tenant(tenant)
-        .exclude(status=Invoice.Status.DRAFT)
-        .order_by("-period_start")
-        .values_list("period_start", flat=True)
-        .first()
-    )
-    if finalized is not None:
-        start = periods.next_month(finalized)
-    else:
-        first_hour = (
-            AgentRollup.objects.for_tenant(tenant).order_by("hour").values_list("hour", flat=True).first()
-        )
-        start = periods.period_containing(first_hour, tenant.timezone)[0] if first_hour else this_period
-    earliest = this_period
-    for _ in range(MAX_UNBILLED_PERIODS - 1):
-        earliest = periods.previous_month(earliest)
-    month, total = max(start, earliest), ZERO
-    while month <= this_period:
+    months, total = unbilled_periods(tenant, now), ZERO
+    for month in months:
         if month == this_period and current is not None:
             total += current.total
         else:
             total += period_pricing.price_period(tenant, month, periods.next_month(month)).total
-        month = periods.next_month(month)
+    if months:
+        first = months[0]
+        next_invoice = Invoice(tenant=tenant, period_start=first, period_end=periods.next_month(first))
+        total += sum((line.amount for line in late_usage.adjustment_lines(next_invoice)), ZERO)
     return total
 
 

@@ -4,13 +4,11 @@ however the payment's news arrives (the /pay answer, a webhook, a replayed webho
 
 from __future__ import annotations
 
-from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from django.utils import timezone
 
-from billing import credits, topups
+from billing import credits, invoicing, topups
 from billing.models import CreditGrant, LedgerEntry, TopUp
 from billing.pricing import to_minor_units
 from notifications.models import Event
@@ -43,9 +41,7 @@ def prepaid(tenant):
     """A $10 base fee and $0.01 a TTS character; prepaid-hard."""
     tenant.billing_email = "billing@acme.test"
     tenant.save()
-    subscribe(
-        tenant, make_plan(base_fee="10.00", prices=TTS), starts_on=timezone.localdate() - timedelta(days=400)
-    )
+    subscribe(tenant, make_plan(base_fee="10.00", prices=TTS), starts_on=invoicing.current_period(tenant)[0])
     SpendPolicy.objects.create(tenant=tenant, policy="prepaid-hard")
     return tenant
 

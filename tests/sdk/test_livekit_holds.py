@@ -18,7 +18,7 @@ from livekit.agents.voice.events import CloseEvent, CloseReason
 from meterline import InsufficientBalanceError
 from meterline.livekit import Authorize, attach
 
-from billing import credits
+from billing import credits, invoicing
 from spend import control
 from spend.models import Hold, SpendPolicy
 from tests.billing.builders import make_plan, subscribe
@@ -37,7 +37,7 @@ def prepaid(tenant):
     plan = make_plan(base_fee="10.00", prices=PRICES)
     plan.expected_cost_per_minute = Decimal("0.60")
     plan.save()
-    subscribe(tenant, plan, starts_on=timezone.localdate() - timedelta(days=400))
+    subscribe(tenant, plan, starts_on=invoicing.current_period(tenant)[0])
     credits.grant(tenant, "100.00", source="purchased", reason="test")
     return tenant
 

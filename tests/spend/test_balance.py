@@ -27,7 +27,7 @@ def prepaid(tenant):
     subscribe(
         tenant,
         make_plan(base_fee="10.00", prices=PRICES),
-        starts_on=timezone.localdate() - timedelta(days=400),
+        starts_on=invoicing.current_period(tenant)[0],  # subscribed this month: one base fee unbilled
     )
     credits.grant(tenant, "100.00", source="purchased", reason="first top-up")
     return tenant

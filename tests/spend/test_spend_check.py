@@ -3,14 +3,12 @@ themselves, each alert once per fall. Amounts: a $10 base fee and $0.01 a TTS ch
 
 from __future__ import annotations
 
-from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from django.core import mail
-from django.utils import timezone
 
-from billing import credits
+from billing import credits, invoicing
 from notifications.models import Event
 from spend import budgets, control
 from spend.models import BudgetAlert, SpendPolicy
@@ -23,9 +21,7 @@ TTS = [{"meter_id": "tts_characters", "unit_amount": Decimal("0.01"), "unit_size
 
 @pytest.fixture
 def priced(tenant):
-    subscribe(
-        tenant, make_plan(base_fee="10.00", prices=TTS), starts_on=timezone.localdate() - timedelta(days=400)
-    )
+    subscribe(tenant, make_plan(base_fee="10.00", prices=TTS), starts_on=invoicing.current_period(tenant)[0])
     return tenant
 
 
