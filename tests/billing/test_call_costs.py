@@ -357,7 +357,11 @@ def test_the_period_reconciles_calls_with_the_invoice(agent_client, tenant, clie
     )
     assert shown("calls-total") == calls.quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
     assert shown("period-fees") == (result.total - calls).quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
-    assert "Rounding, period fees, discounts and tax" in card and "base fee" in card and "minimum charges" in card
+    assert (
+        "Rounding, period fees, discounts and tax" in card
+        and "base fee" in card
+        and "minimum charges" in card
+    )
 
 
 @pytest.mark.django_db(transaction=True)
