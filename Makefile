@@ -4,7 +4,7 @@ PY := .venv/bin/python
 export DEBUG ?= 1
 PORT ?= 8000
 
-.PHONY: setup run test test-fast lint format bench bench-ingest bench-invoice bench-portal bench-slow-clients bench-webhooks soak stripe-smoke screenshots lock clean-devdata
+.PHONY: setup run test test-fast lint format bench bench-ingest bench-invoice bench-portal bench-balance bench-slow-clients bench-webhooks soak stripe-smoke screenshots lock clean-devdata
 
 setup:
 	@sh scripts/bootstrap.sh
@@ -28,7 +28,7 @@ format: setup
 	.venv/bin/ruff format .
 
 # Benchmarks print figures (docs/performance.md); they are not tests and never fail on a slow machine.
-bench: bench-ingest bench-invoice bench-portal
+bench: bench-ingest bench-invoice bench-portal bench-balance
 
 bench-ingest: setup
 	$(PY) -m bench.ingest $(ARGS)
@@ -38,6 +38,10 @@ bench-invoice: setup
 
 bench-portal: setup
 	$(PY) -m bench.portal $(ARGS)
+
+# GET /api/v1/balance and POST /api/v1/authorizations at 20 clients, 100 req/s, 10 M events (issue 15).
+bench-balance: setup
+	$(PY) -m bench.balance $(ARGS)
 
 # /healthz latency while 20 clients send headers a line a second to the shipped gunicorn (docs/operations.md).
 bench-slow-clients: setup

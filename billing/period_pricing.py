@@ -8,12 +8,16 @@ from billing.pricing (pure). Nothing here writes; billing.invoicing stores what 
 from __future__ import annotations
 
 import dataclasses
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
+from django.db import connection
 from django.db.models import Prefetch, Q
 
 from billing import discounts, periods, pricing, settlement, taxes
@@ -194,10 +198,149 @@ def _snapshot(price: pricing.Price | None) -> dict:
     return {k: (str(v) if isinstance(v, Decimal) else v) for k, v in data.items()}
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    """What pricing a tenant's period reads besides its usage: the segments with their versions' prices loaded,
+    each segment's engine plan, the provider rates of the currency, the coupons and the tax in force."""
+
+    segments: list[Segment]
+    plans: dict[int, pricing.Plan]  # by segment index
+    prices: dict[int, dict]  # by segment index: price id → engine price (the lines' snapshots)
+    rates: list[pricing.ProviderRate]
+    coupons: list
+    tax: settlement.Tax | None
+
+
+# Per process, for as long as the catalogue generation is the one they were loaded under (migrations billing
+# 0008 and 0015: a new random token whenever a plan, version, price, tier, subscription, provider rate, coupon,
+# applied coupon, billing profile or tax rate changes, by statement triggers): the inputs of recent periods.
+_INPUTS: OrderedDict[tuple, _Inputs] = OrderedDict()
+_INPUTS_LOCK = threading.Lock()
+CACHED_PERIODS = 512
+
+
+def catalogue_token() -> str | None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT token::text FROM billing_cataloguegeneration WHERE id = 1")
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def _load_inputs(tenant: Tenant, start: date, end: date, currency: str) -> _Inputs:
+    segments = plan_segments(tenant, start, end)
+    load_prices(segments)
+    period_days = Decimal(periods.days_between(start, end))
+    plans, prices = {}, {}
+    for index, segment in enumerate(segments):
+        if segment.version is None:
+            continue
+        fraction = Decimal(periods.days_between(segment.start, segment.end)) / period_days
+        plans[index] = plan_for(segment.version, currency, fraction)
+        prices[index] = {p.id: p for p in plans[index].prices}
+    coupons = [(c, discounts.as_discount(c, currency)) for c in discounts.in_force(tenant, start)]
+    return _Inputs(
+        segments,
+        plans,
+        prices,
+        provider_rates(currency),
+        [(c, d) for c, d in coupons if d is not None],
+        taxes.tax_for(tenant, start),
+    )
+
+
+def _inputs(tenant: Tenant, start: date, end: date, currency: str) -> _Inputs:
+    token = catalogue_token()
+    if token is None:  # the row was truncated (a test's flush): nothing to trust a cache with
+        return _load_inputs(tenant, start, end, currency)
+    key = (tenant.pk, currency, start, end, settings.SELLER_COUNTRY, token)
+    with _INPUTS_LOCK:
+        found = _INPUTS.get(key)
+        if found is not None:
+            _INPUTS.move_to_end(key)
+            return found
+    loaded = _load_inputs(tenant, start, end, currency)
+    with _INPUTS_LOCK:
+        for stale in [k for k in _INPUTS if k[-1] != token]:
+            del _INPUTS[stale]
+        _INPUTS[key] = loaded
+        while len(_INPUTS) > CACHED_PERIODS:
+            _INPUTS.popitem(last=False)
+    return loaded
+
+
+def _rates_for(rates: list[pricing.ProviderRate], keys) -> list[pricing.ProviderRate]:
+    """Of the currency's rates, those that can match one of the usage keys (same meter; same provider up to
+    case, or any provider): a period uses a few of the hundreds imported."""
+    meters = {key[0] for key in keys}
+    providers = {key[1].casefold() for key in keys}
+    return [r for r in rates if r.meter in meters and (not r.provider or r.provider.casefold() in providers)]
+
+
 def price_period(
     tenant: Tenant, start: date, end: date, *, plan: PricePlan | None = None, rates: list | None = None
 ) -> PricedPeriod:
-    """Price [start, end) of the tenant's usage under its subscriptions (or under ``plan``, for previews)."""
+    """Price [start, end) of the tenant's usage under its subscriptions (or under ``plan``, for previews).
+    Under its subscriptions, what the period reads besides usage is cached per process behind the catalogue
+    generation token (one query checks it), so a balance read or a dashboard prices from memory."""
+    if plan is not None:
+        return _price_period(tenant, start, end, plan, rates)
+    currency = tenant.currency
+    inputs = _inputs(tenant, start, end, currency)
+    lines: list[LineDraft] = []
+    unmatched: list[dict] = []
+    covered: list[tuple[date, date]] = []
+    for index, segment in enumerate(inputs.segments):
+        covered.append((segment.start, segment.end))
+        begin = periods.local_midnight(segment.start, tenant.timezone)
+        finish = periods.local_midnight(segment.end, tenant.timezone)
+        usage, active_agents = rollups.period_usage(tenant.pk, begin, finish)
+        if segment.version is None:
+            unmatched += [_unmatched(k, q, "no_plan_version", segment) for k, q in sorted(usage.items()) if q]
+            continue
+        plan_dc = inputs.plans[index]
+        priced = pricing.price_usage(
+            plan_dc,
+            {pricing.UsageKey(*k): q for k, q in usage.items()},
+            active_agents=active_agents,
+            provider_rates=_rates_for(inputs.rates, usage) if rates is None else rates,
+            on=segment.start,
+        )
+        suffix = (
+            ""
+            if segment.start == start and segment.end == end
+            else f" ({segment.start:%b %-d}–{segment.end - timedelta(days=1):%b %-d})"
+        )
+        lines += [
+            LineDraft.of(
+                line,
+                kind=str(line.kind),
+                description=line.description + suffix,
+                segment=segment,
+                price_snapshot=_snapshot(inputs.prices[index].get(line.price_id)),
+            )
+            for line in priced.lines
+        ]
+        unmatched += [_unmatched(u.key, u.quantity, str(u.reason), segment) for u in priced.unmatched]
+    _unsubscribed(tenant, start, end, covered, unmatched)
+    lines += terms_lines(start, end, currency, lines, inputs.coupons, inputs.tax)
+    return PricedPeriod(currency, lines, unmatched)
+
+
+def _unsubscribed(tenant: Tenant, start: date, end: date, covered, unmatched: list[dict]) -> None:
+    for gap_start, gap_end in _gaps(start, end, covered):
+        usage = rollups.usage_totals(
+            tenant.pk,
+            periods.local_midnight(gap_start, tenant.timezone),
+            periods.local_midnight(gap_end, tenant.timezone),
+        )
+        gap = Segment(gap_start, gap_end, None)
+        unmatched += [_unmatched(k, q, "no_subscription", gap) for k, q in sorted(usage.items()) if q]
+
+
+def _price_period(
+    tenant: Tenant, start: date, end: date, plan: PricePlan, rates: list | None
+) -> PricedPeriod:
+    """Price [start, end) of the tenant's usage under ``plan`` (the admin's preview), loading everything."""
     currency = plan.currency if plan is not None else tenant.currency
     segments = plan_segments(tenant, start, end, plan)
     load_prices(segments)
@@ -237,27 +380,20 @@ def price_period(
             for line in priced.lines
         ]
         unmatched += [_unmatched(u.key, u.quantity, str(u.reason), segment) for u in priced.unmatched]
-    for gap_start, gap_end in _gaps(start, end, covered):
-        usage = rollups.usage_totals(
-            tenant.pk,
-            periods.local_midnight(gap_start, tenant.timezone),
-            periods.local_midnight(gap_end, tenant.timezone),
-        )
-        gap = Segment(gap_start, gap_end, None)
-        unmatched += [_unmatched(k, q, "no_subscription", gap) for k, q in sorted(usage.items()) if q]
-    if plan is None:
-        lines += terms_lines(tenant, start, end, currency, lines)
+    _unsubscribed(tenant, start, end, covered, unmatched)
     return PricedPeriod(currency, lines, unmatched)
 
 
 def terms_lines(
-    tenant: Tenant, start: date, end: date, currency: str, lines: list[LineDraft]
+    start: date,
+    end: date,
+    currency: str,
+    lines: list[LineDraft],
+    coupons: list,
+    tax: settlement.Tax | None,
 ) -> list[LineDraft]:
     """The period's coupons (negative lines) and tax (one line) from billing.settlement's order of operations
-    over the period's own lines (decision 019)."""
-    coupons = [(c, discounts.as_discount(c, currency)) for c in discounts.in_force(tenant, start)]
-    coupons = [(c, d) for c, d in coupons if d is not None]
-    tax = taxes.tax_for(tenant, start)
+    over the period's own lines (decision 019). ``coupons``: (coupon, settlement.Discount) pairs in force."""
     if not coupons and tax is None:
         return []
     settled = settlement.settle(

@@ -261,3 +261,36 @@ class BalanceAlertsForm(forms.Form):
             if threshold is None and "auto_recharge_amount" not in self.errors:
                 data["auto_recharge_amount"] = None  # no threshold: no auto-recharge, the amount is not kept
         return data
+
+
+class BillingProfileForm(forms.Form):
+    """The tenant's own billing profile: what its invoices say about it, and where it is taxed."""
+
+    legal_name = forms.CharField(max_length=200)
+    address_line1 = forms.CharField(max_length=200, label="Address")
+    address_line2 = forms.CharField(max_length=200, required=False, label="Address (line 2)")
+    postal_code = forms.CharField(max_length=32, required=False)
+    city = forms.CharField(max_length=100)
+    region = forms.CharField(max_length=100, required=False, help_text="State or province.")
+    country = forms.CharField(max_length=2, min_length=2, help_text="Two letters, e.g. DE.")
+    tax_id = forms.CharField(
+        max_length=32, required=False, label="Tax id", help_text="VAT number, e.g. DE136695976."
+    )
+    is_business = forms.BooleanField(required=False, initial=True, label="We buy as a business")
+
+    def clean_country(self):
+        country = self.cleaned_data["country"].strip().upper()
+        if not country.isalpha():
+            raise forms.ValidationError("Two letters, ISO 3166-1 alpha-2 (e.g. DE).")
+        return country
+
+    def clean(self):
+        from billing import taxes
+
+        data = super().clean()
+        if data.get("tax_id") and data.get("country"):
+            try:
+                data["tax_id"] = taxes.check_tax_id(data["country"], data["tax_id"])
+            except taxes.TaxIdError as error:
+                self.add_error("tax_id", str(error))
+        return data

@@ -2,7 +2,18 @@ from django.contrib.auth import views as auth_views
 from django.urls import path, register_converter, reverse_lazy
 
 from portal.converters import SessionIdConverter
-from portal.views import agents, budget, credits, dashboard, invoices, sessions, team, usage, webhooks
+from portal.views import (
+    agents,
+    billing_profile,
+    budget,
+    credits,
+    dashboard,
+    invoices,
+    sessions,
+    team,
+    usage,
+    webhooks,
+)
 
 app_name = "portal"
 register_converter(SessionIdConverter, "session_id")
@@ -31,6 +42,7 @@ urlpatterns = [
     path("keys/<int:pk>/revoke/", agents.key_revoke, name="key-revoke"),
     path("budget/", budget.budget, name="budget"),
     path("credits/", credits.credits_page, name="credits"),
+    path("billing-profile/", billing_profile.billing_profile, name="billing-profile"),
     path("webhooks/", webhooks.webhooks_page, name="webhooks"),
     path("webhooks/new/", webhooks.endpoint_create, name="webhook-create"),
     path("webhooks/<int:pk>/", webhooks.endpoint_detail, name="webhook"),

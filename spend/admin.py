@@ -6,6 +6,7 @@ from django.contrib import admin
 from django.utils import timezone
 
 from billing import topups
+from spend import control
 from spend.models import Hold, SpendPolicy
 
 
@@ -67,7 +68,19 @@ class SpendPolicyAdmin(admin.ModelAdmin):
         "balance_state",
         "balance_checked_at",
     ]
-    readonly_fields = ["balance_state", "balance_checked_at"]
+    readonly_fields = ["balance_state", "balance_checked_at", "balance_now"]
+
+    def get_fields(self, request, obj=None):
+        return [*self.fields, "balance_now"] if obj else self.fields
+
+    @admin.display(description="balance now")
+    def balance_now(self, policy: SpendPolicy) -> str:
+        """The tenant's available balance as GET /api/v1/balance gives it (priced on opening this page)."""
+        b = control.balance(policy.tenant)
+        return (
+            f"{b.available} {b.currency} available = {b.ledger_balance} credit − {b.unbilled_usage} not yet "
+            f"invoiced − {b.held} held"
+        )
 
     def save_model(self, request, obj, form, change) -> None:
         obj.updated_at = timezone.now()  # saving resumes an auto-recharge paused by a failed payment

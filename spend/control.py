@@ -169,60 +169,77 @@ def _check(policy: SpendPolicy, available: Decimal, required: Decimal, currency:
         raise Refused(available, required, currency)
 
 
-@transaction.atomic
 def authorize(
     tenant: Tenant, agent: Agent, session_id: str, amount: Decimal, ttl: timedelta = DEFAULT_TTL
 ) -> tuple[Hold, Decimal]:
     """Hold ``amount`` for a call under the tenant's policy: the hold and the available balance after it, or
-    Refused. Serialized per tenant by the policy row's lock. A call has one hold: asking again for a session
-    whose hold is active renews that hold (and raises it to a higher amount) instead of adding another."""
-    policy = _locked_policy(tenant)
+    Refused. Serialized per tenant by the policy row's lock, held only for the ledger and holds sums and the
+    insert: the unbilled usage (pricing, the slow part) is read before it, as ingest never takes the lock
+    anyway. A call has one hold: asking again for a session whose hold is active renews that hold (and raises it
+    to a higher amount) instead of adding another."""
     now = timezone.now()
-    current = (
-        Hold.objects.for_tenant(tenant)
-        .filter(session_id=session_id, released_at__isnull=True, expires_at__gt=now)
-        .order_by("-created_at")
-        .first()
-    )
-    if current is not None:
-        # one hold per call: asking again (a retry whose answer was lost, or a new estimate) renews it, and
-        # raises it when more is asked (checked for the difference), never adds a second one
-        try:
-            return extend(current, ttl, amount if amount > current.amount else None)
-        except HoldEnded:
-            pass  # it expired in between: a new hold below
-    available = balance(tenant, now).available
-    _check(policy, available, amount, tenant.currency)
-    hold = Hold.objects.create(
-        tenant=tenant,
-        agent=agent,
-        session_id=session_id,
-        amount=amount,
-        currency=tenant.currency,
-        created_at=now,
-        expires_at=now + ttl,
-    )
-    return hold, available - amount
+    unbilled = unbilled_usage(tenant, now)
+    with transaction.atomic():
+        policy = _locked_policy(tenant)
+        current = (
+            Hold.objects.for_tenant(tenant)
+            .filter(session_id=session_id, released_at__isnull=True, expires_at__gt=now)
+            .order_by("-created_at")
+            .first()
+        )
+        if current is not None:
+            # one hold per call: asking again (a retry whose answer was lost, or a new estimate) renews it, and
+            # raises it when more is asked (checked for the difference), never adds a second one
+            try:
+                return extend(current, ttl, amount if amount > current.amount else None, unbilled=unbilled)
+            except HoldEnded:
+                pass  # it expired in between: a new hold below
+        available = _available(tenant, now, unbilled)
+        _check(policy, available, amount, tenant.currency)
+        hold = Hold.objects.create(
+            tenant=tenant,
+            agent=agent,
+            session_id=session_id,
+            amount=amount,
+            currency=tenant.currency,
+            created_at=now,
+            expires_at=now + ttl,
+        )
+        return hold, available - amount
 
 
-@transaction.atomic
-def extend(hold: Hold, ttl: timedelta = DEFAULT_TTL, amount: Decimal | None = None) -> tuple[Hold, Decimal]:
+def _available(tenant: Tenant, now: datetime, unbilled: Decimal) -> Decimal:
+    """The available balance with the unbilled usage already priced: the ledger and holds sums (the part that
+    must be read under the policy's lock)."""
+    return credits.ledger_balance(tenant, now) - unbilled - held(tenant, now)
+
+
+def extend(
+    hold: Hold,
+    ttl: timedelta = DEFAULT_TTL,
+    amount: Decimal | None = None,
+    *,
+    unbilled: Decimal | None = None,
+) -> tuple[Hold, Decimal]:
     """Keep an active hold for ``ttl`` from now, optionally raising its amount (checked as a new hold of the
-    difference)."""
+    difference). ``unbilled``: already priced by the caller."""
     tenant = hold.tenant
-    policy = _locked_policy(tenant)
     now = timezone.now()
-    hold = Hold.objects.select_for_update().get(pk=hold.pk)
-    if hold.released_at is not None or hold.expires_at <= now:
-        raise HoldEnded(hold)
-    available = balance(tenant, now).available
-    if amount is not None and amount > hold.amount:
-        _check(policy, available, amount - hold.amount, tenant.currency)
-        available -= amount - hold.amount
-        hold.amount = amount
-    hold.expires_at = now + ttl
-    hold.save(update_fields=["amount", "expires_at"])
-    return hold, available
+    if unbilled is None:
+        unbilled = unbilled_usage(tenant, now)
+    with transaction.atomic():
+        policy = _locked_policy(tenant)
+        hold = Hold.objects.select_for_update().get(pk=hold.pk)
+        if hold.released_at is not None or hold.expires_at <= now:
+            raise HoldEnded(hold)
+        available = _available(tenant, now, unbilled)
+        if amount is not None and amount > hold.amount:
+            _check(policy, available, amount - hold.amount, tenant.currency)
+            available -= amount - hold.amount
+            hold.amount = amount
+        hold.expires_at = now + ttl
+        hold.save(update_fields=["amount", "expires_at"])
+        return hold, available
 
 
 class HoldEnded(Exception):

@@ -205,3 +205,36 @@ def test_a_valid_tax_id_is_stored_compact_and_overlapping_rates_are_refused(admi
         {"name": "TVA", "country": "FR", "region": "", "percent": "5.5", "effective_from": "2026-01-01"},
     )
     assert overlap.status_code == 200 and "in force then" in overlap.content.decode()
+
+
+def test_a_manager_keeps_the_billing_profile_in_the_portal_and_the_draft_is_taxed_by_it(seller, client):
+    rates()
+    agent = AgentFactory(tenant=TenantFactory(timezone="UTC"))
+    tenant = agent.tenant
+    subscribe(tenant, make_plan(slug="portal-profile"), starts_on=date(2026, 1, 1))
+    viewer = MembershipFactory(tenant=tenant, role="viewer").user
+    manager = MembershipFactory(tenant=tenant, role="admin").user
+    body = {
+        "legal_name": "Kunde GmbH",
+        "address_line1": "Weg 2",
+        "city": "Köln",
+        "country": "de",
+        "is_business": "on",
+    }
+
+    client.force_login(viewer)
+    assert client.post("/billing-profile/", body).status_code == 403
+    client.force_login(manager)
+    bad = client.post("/billing-profile/", {**body, "tax_id": INVALID_DE_VAT})
+    assert bad.status_code == 400 and "not a valid EU VAT number" in bad.content.decode()
+    assert not BillingProfile.objects.filter(tenant=tenant).exists()
+
+    assert client.post("/billing-profile/", body).status_code == 302  # a German consumer price: 19 %
+    start, _ = invoicing.current_period(tenant)
+    assert invoicing.generate_invoice(tenant.pk, start).lines.get(kind="tax").amount == cents(
+        Decimal(49) * Decimal("0.19")
+    )
+    assert client.post("/billing-profile/", {**body, "tax_id": "DE 136 695 976"}).status_code == 302
+    assert BillingProfile.objects.get(tenant=tenant).tax_id == VALID_DE_VAT
+    assert invoicing.generate_invoice(tenant.pk, start).lines.get(kind="tax").amount == 0  # reverse charge
+    assert "Kunde GmbH" in client.get("/billing-profile/").content.decode()

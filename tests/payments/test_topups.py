@@ -359,3 +359,5 @@ def test_staff_set_auto_recharge_in_the_admin_and_saving_resumes_a_paused_one(pr
     assert saved.status_code == 302
     assert control.check(prepaid).recharge.startswith("requested")
     assert admin_client.get("/admin/billing/topup/").status_code == 200
+    page = admin_client.get(url).content.decode()
+    assert "USD available =" in page and "not yet invoiced" in page
