@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
@@ -160,34 +159,13 @@ def load_prices(segments: list[Segment]) -> None:
             object.__setattr__(segment, "version", loaded[segment.version.pk])
 
 
-def provider_rates(
-    currency: str, keys: Iterable[tuple[str, str, str]] | None = None
-) -> list[pricing.ProviderRate]:
-    """The provider rates in ``currency``; with ``keys`` (meter, provider, model), only those that can match one
-    of them (same meter, same provider up to case, or any provider). The imported price list holds hundreds of
-    rates (billing.catalogue) and a period uses a few, so a dashboard read builds only those."""
-    rows = ProviderRate.objects.filter(currency=currency)
-    fields = (
-        "provider",
-        "model_pattern",
-        "meter_id",
-        "cost_per_unit",
-        "unit_size",
-        "effective_from",
-        "currency",
+def provider_rates(currency: str) -> list[pricing.ProviderRate]:
+    """The provider rates in ``currency`` (the imported price list holds hundreds; :func:`_rates_for` keeps
+    those a period's usage can match)."""
+    rows = ProviderRate.objects.filter(currency=currency).values_list(
+        "provider", "model_pattern", "meter_id", "cost_per_unit", "unit_size", "effective_from", "currency"
     )
-    if keys is None:
-        wanted = rows.values_list(*fields)
-    else:
-        keys = list(keys)
-        meters = {key[0] for key in keys}
-        providers = {key[1].casefold() for key in keys}
-        wanted = [
-            row
-            for row in rows.filter(meter_id__in=meters).values_list(*fields)
-            if not row[0] or row[0].casefold() in providers
-        ]
-    return [pricing.ProviderRate(*row) for row in wanted]
+    return [pricing.ProviderRate(*row) for row in rows]
 
 
 def _snapshot(price: pricing.Price | None) -> dict:
@@ -226,8 +204,11 @@ def catalogue_token() -> str | None:
     return row[0] if row else None
 
 
-def _load_inputs(tenant: Tenant, start: date, end: date, currency: str) -> _Inputs:
-    segments = plan_segments(tenant, start, end)
+def _load_inputs(
+    tenant: Tenant, start: date, end: date, currency: str, plan: PricePlan | None = None
+) -> _Inputs:
+    """Read the inputs; under ``plan`` (the admin's preview) the plan alone, without coupons or tax."""
+    segments = plan_segments(tenant, start, end, plan)
     load_prices(segments)
     period_days = Decimal(periods.days_between(start, end))
     plans, prices = {}, {}
@@ -237,14 +218,16 @@ def _load_inputs(tenant: Tenant, start: date, end: date, currency: str) -> _Inpu
         fraction = Decimal(periods.days_between(segment.start, segment.end)) / period_days
         plans[index] = plan_for(segment.version, currency, fraction)
         prices[index] = {p.id: p for p in plans[index].prices}
-    coupons = [(c, discounts.as_discount(c, currency)) for c in discounts.in_force(tenant, start)]
+    coupons = (
+        [] if plan else [(c, discounts.as_discount(c, currency)) for c in discounts.in_force(tenant, start)]
+    )
     return _Inputs(
         segments,
         plans,
         prices,
         provider_rates(currency),
         [(c, d) for c, d in coupons if d is not None],
-        taxes.tax_for(tenant, start),
+        None if plan else taxes.tax_for(tenant, start),
     )
 
 
@@ -283,9 +266,11 @@ def price_period(
     Under its subscriptions, what the period reads besides usage is cached per process behind the catalogue
     generation token (one query checks it), so a balance read or a dashboard prices from memory."""
     if plan is not None:
-        return _price_period(tenant, start, end, plan, rates)
-    currency = tenant.currency
-    inputs = _inputs(tenant, start, end, currency)
+        currency = plan.currency
+        inputs = _load_inputs(tenant, start, end, currency, plan)
+    else:
+        currency = tenant.currency
+        inputs = _inputs(tenant, start, end, currency)
     lines: list[LineDraft] = []
     unmatched: list[dict] = []
     covered: list[tuple[date, date]] = []
@@ -335,53 +320,6 @@ def _unsubscribed(tenant: Tenant, start: date, end: date, covered, unmatched: li
         )
         gap = Segment(gap_start, gap_end, None)
         unmatched += [_unmatched(k, q, "no_subscription", gap) for k, q in sorted(usage.items()) if q]
-
-
-def _price_period(
-    tenant: Tenant, start: date, end: date, plan: PricePlan, rates: list | None
-) -> PricedPeriod:
-    """Price [start, end) of the tenant's usage under ``plan`` (the admin's preview), loading everything."""
-    currency = plan.currency if plan is not None else tenant.currency
-    segments = plan_segments(tenant, start, end, plan)
-    load_prices(segments)
-    period_days = Decimal(periods.days_between(start, end))
-    lines: list[LineDraft] = []
-    unmatched: list[dict] = []
-    covered: list[tuple[date, date]] = []
-    for segment in segments:
-        covered.append((segment.start, segment.end))
-        begin = periods.local_midnight(segment.start, tenant.timezone)
-        finish = periods.local_midnight(segment.end, tenant.timezone)
-        usage, active_agents = rollups.period_usage(tenant.pk, begin, finish)
-        if segment.version is None:
-            unmatched += [_unmatched(k, q, "no_plan_version", segment) for k, q in sorted(usage.items()) if q]
-            continue
-        fraction = Decimal(periods.days_between(segment.start, segment.end)) / period_days
-        plan_dc = plan_for(segment.version, currency, fraction)
-        priced = pricing.price_usage(
-            plan_dc,
-            {pricing.UsageKey(*k): q for k, q in usage.items()},
-            active_agents=active_agents,
-            provider_rates=provider_rates(currency, usage) if rates is None else rates,
-            on=segment.start,
-        )
-        prices_by_id = {p.id: p for p in plan_dc.prices}
-        suffix = (
-            "" if fraction == 1 else f" ({segment.start:%b %-d}–{segment.end - timedelta(days=1):%b %-d})"
-        )
-        lines += [
-            LineDraft.of(
-                line,
-                kind=str(line.kind),
-                description=line.description + suffix,
-                segment=segment,
-                price_snapshot=_snapshot(prices_by_id.get(line.price_id)),
-            )
-            for line in priced.lines
-        ]
-        unmatched += [_unmatched(u.key, u.quantity, str(u.reason), segment) for u in priced.unmatched]
-    _unsubscribed(tenant, start, end, covered, unmatched)
-    return PricedPeriod(currency, lines, unmatched)
 
 
 def terms_lines(
