@@ -68,8 +68,17 @@ def apply(
 ) -> AppliedCoupon:
     """Apply a coupon to a tenant from a period on, under its rules (checked with the coupon's row locked, so
     its redemption limit holds under concurrent admins)."""
-    now = now or timezone.now()
     coupon = Coupon.objects.select_for_update().get(pk=coupon.pk)
+    check(tenant, coupon, now)
+    return AppliedCoupon.objects.create(
+        tenant=tenant, coupon=coupon, starts_on=periods.month_start(starts_on), created_by=by
+    )
+
+
+def check(tenant: Tenant, coupon: Coupon, now: datetime | None = None) -> None:
+    """The rules a coupon must meet to be applied to a tenant (CouponError naming the first it breaks); the
+    admin's form asks first for a clear message, :func:`apply` again under the coupon's lock."""
+    now = now or timezone.now()
     if coupon.redeem_by is not None and now > coupon.redeem_by:
         raise CouponError(f"coupon {coupon.code} could be applied until {coupon.redeem_by:%Y-%m-%d %H:%M}")
     if coupon.max_redemptions is not None and coupon.redemptions.count() >= coupon.max_redemptions:
@@ -80,6 +89,3 @@ def apply(
         )
     if AppliedCoupon.objects.filter(tenant=tenant, coupon=coupon).exists():
         raise CouponError(f"coupon {coupon.code} is already applied to {tenant}")
-    return AppliedCoupon.objects.create(
-        tenant=tenant, coupon=coupon, starts_on=periods.month_start(starts_on), created_by=by
-    )

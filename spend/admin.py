@@ -58,16 +58,7 @@ class SpendPolicyAdmin(admin.ModelAdmin):
     ]
     list_filter = ["policy", "balance_state"]
     search_fields = ["tenant__slug", "tenant__name"]
-    fields = [
-        "tenant",
-        "policy",
-        "overdraft",
-        "low_balance_threshold",
-        "auto_recharge_threshold",
-        "auto_recharge_amount",
-        "balance_state",
-        "balance_checked_at",
-    ]
+    fields = [*SpendPolicyForm.Meta.fields, "balance_state", "balance_checked_at"]
     readonly_fields = ["balance_state", "balance_checked_at", "balance_now"]
 
     def get_fields(self, request, obj=None):

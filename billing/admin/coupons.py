@@ -102,13 +102,10 @@ class AppliedCouponForm(forms.ModelForm):
         if self.errors or self.instance.pk:
             return data
         # the rules, checked now for a clear message; discounts.apply checks them again under the lock
-        coupon, tenant = data["coupon"], data["tenant"]
-        if coupon.amount_off is not None and coupon.currency.upper() != tenant.currency.upper():
-            raise ValidationError(
-                f"{coupon.code} is in {coupon.currency}; {tenant} is billed in {tenant.currency}."
-            )
-        if AppliedCoupon.objects.filter(tenant=tenant, coupon=coupon).exists():
-            raise ValidationError(f"{coupon.code} is already applied to {tenant}.")
+        try:
+            discounts.check(data["tenant"], data["coupon"])
+        except discounts.CouponError as error:
+            raise ValidationError(str(error)) from error
         return data
 
 
