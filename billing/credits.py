@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q, Sum
 from django.utils import timezone
 
@@ -173,16 +173,27 @@ def expire_due(tenant: Tenant | None = None, now: datetime | None = None) -> int
     return posted
 
 
+_LEDGER_BALANCE_SQL = """
+SELECT (SELECT sum(e.amount) FROM billing_ledgerentry AS e JOIN billing_creditgrant AS g ON g.id = e.grant_id
+        WHERE e.tenant_id = %(tenant)s AND g.effective_at <= %(now)s AND g.currency = %(currency)s),
+       EXISTS (SELECT 1 FROM billing_creditgrant AS g WHERE g.tenant_id = %(tenant)s AND g.expires_at <= %(now)s
+               AND NOT EXISTS (SELECT 1 FROM billing_ledgerentry AS x WHERE x.grant_id = g.id AND x.kind = %(expiry)s)
+               AND (SELECT sum(x.amount) FROM billing_ledgerentry AS x WHERE x.grant_id = g.id) > 0)
+"""
+
+
 def ledger_balance(tenant: Tenant, now: datetime | None = None) -> Decimal:
-    """Σ the ledger's entries for grants already in effect (expiries due are posted first)."""
+    """Σ the ledger's entries for grants already in effect (expiries due are posted first). One statement when
+    no expiry is due, i.e. no grant past its expiry has credit left without an expiry entry (every balance read
+    and authorization asks)."""
     now = now or timezone.now()
-    expire_due(tenant, now)
-    total = (
-        LedgerEntry.objects.for_tenant(tenant)
-        .filter(grant__effective_at__lte=now)
-        .filter(Q(grant__currency=tenant.currency))
-        .aggregate(s=Sum("amount"))["s"]
-    )
+    params = {"tenant": tenant.pk, "now": now, "currency": tenant.currency, "expiry": LedgerEntry.Kind.EXPIRY}
+    with connection.cursor() as cursor:
+        cursor.execute(_LEDGER_BALANCE_SQL, params)
+        total, expiry_due = cursor.fetchone()
+        if expiry_due and expire_due(tenant, now):
+            cursor.execute(_LEDGER_BALANCE_SQL, params)
+            total, _ = cursor.fetchone()
     return total or ZERO
 
 

@@ -359,3 +359,46 @@ def test_a_hold_by_duration_in_a_currency_without_minor_units_holds_at_least_one
     made = client.post("/api/v1/authorizations", {"session_id": "short", "expected_seconds": 1})
     assert made.status_code == 201 and made.json()["amount"] == "1" and made.json()["currency"] == "JPY"
     assert client.post("/api/v1/authorizations", {"session_id": "x", "amount": "1.5"}).status_code == 400
+
+
+def test_a_repeated_read_prices_nothing_and_every_change_it_reads_prices_again(agent_client, prepaid):
+    """The unbilled usage is cached per process behind the catalogue token and the tenant's generation: a read
+    with nothing changed reads no rollups, and each kind of change a price depends on (usage, a price, the
+    tenant's invoices) is in the very next read."""
+    from django.db.models import F
+    from django.test.utils import CaptureQueriesContext
+
+    from billing.models import Price
+
+    def read() -> tuple[Decimal, list[str]]:
+        with CaptureQueriesContext(connection) as queries:
+            unbilled = balance(agent_client)["unbilled_usage"]
+        return unbilled, [q["sql"] for q in queries.captured_queries]
+
+    def prices_again(sql: list[str]) -> bool:
+        return any("usage_agentrollup" in statement for statement in sql)
+
+    assert read()[0] == Decimal(10)
+    unbilled, sql = read()
+    assert unbilled == Decimal(10) and not prices_again(sql)
+
+    agent_client.post("/api/v1/events", {"events": [event("a", usage={"tts_characters": 100})]})
+    unbilled, sql = read()
+    assert unbilled == Decimal(11) and prices_again(sql)
+    assert not prices_again(read()[1])
+
+    Price.objects.filter(meter_id="tts_characters").update(unit_amount=F("unit_amount") * 2)
+    unbilled, sql = read()
+    assert unbilled == Decimal(12) and prices_again(sql)
+
+    # this period invoiced and finalized (as at the month's end): nothing of it is unbilled any more
+    start = invoicing.current_period(prepaid)[0]
+    invoice = invoicing.generate_invoice(prepaid.pk, start)
+    invoicing.finalize_invoice(invoice.pk, force=True)
+    unbilled, sql = read()
+    assert unbilled == Decimal(0) and prices_again(sql)
+
+    # usage that arrives for it now is late usage, billed on the next invoice: unbilled again at once
+    agent_client.post("/api/v1/events", {"events": [event("b", usage={"tts_characters": 100})]})
+    unbilled, sql = read()
+    assert unbilled == Decimal(2) and prices_again(sql)
