@@ -204,23 +204,23 @@ def catalogue_token() -> str | None:
     return row[0] if row else None
 
 
-def tenant_state(tenant_id: int) -> tuple[str, int] | None:
+def tenant_state(tenant_id: int) -> tuple[str, tuple[int, ...]] | None:
     """What a tenant's priced periods depend on besides the clock, as one comparable value: the catalogue token
-    and the tenant's own generation (migration billing 0016: a new value whenever its rollups or its invoices
-    change, in the transaction that changes them; 0 before it has any). None without a catalogue token (nothing
-    to trust a cache with). One query."""
+    and the tenant's own generation (migration billing 0016: one of its slots gets a new value whenever its
+    rollups or its invoices change, in the transaction that changes them; empty before it has any). None without
+    a catalogue token (nothing to trust a cache with). One query."""
     with connection.cursor() as cursor:
         cursor.execute(
             """
             SELECT (SELECT token::text FROM billing_cataloguegeneration WHERE id = 1),
-                   (SELECT token FROM billing_tenantgeneration WHERE tenant_id = %s)
+                   ARRAY(SELECT token FROM billing_tenantgeneration WHERE tenant_id = %s ORDER BY slot)
             """,
             [tenant_id],
         )
         catalogue, own = cursor.fetchone()
     if catalogue is None:
         return None
-    return catalogue, own or 0
+    return catalogue, tuple(own)
 
 
 def _load_inputs(

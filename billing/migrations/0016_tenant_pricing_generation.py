@@ -7,6 +7,9 @@
 # Statement-level triggers with transition tables: one upsert per statement and tenant, whatever writes
 # (ingest's one statement, corrections, rebuilds, the admin, raw SQL). A value from a sequence, never reused,
 # even when the transaction that drew it rolls back, so a cached price can never be mistaken for another state.
+# The row a writer upserts stays locked until it commits, so each tenant has eight rows and a writer takes the
+# one of its database backend (pid modulo 8): concurrent ingest of one tenant rarely waits on another, and a
+# reader reads every slot (any commit changes one of them).
 # A tenant without a row has never had usage or an invoice (its token reads as 0). TRUNCATE (tests' flush) drops
 # every row and draws a new catalogue token too, so no state read before it can be mistaken for one after it.
 
@@ -18,17 +21,19 @@ FORWARD = [
     "CREATE SEQUENCE billing_tenantgeneration_seq",
     """
     CREATE TABLE billing_tenantgeneration (
-        tenant_id bigint PRIMARY KEY,  -- no foreign key: Django's flush truncates tenants without this table
-        token bigint NOT NULL
+        tenant_id bigint NOT NULL,  -- no foreign key: Django's flush truncates tenants without this table
+        slot smallint NOT NULL CHECK (slot >= 0 AND slot < 8),
+        token bigint NOT NULL,
+        PRIMARY KEY (tenant_id, slot)
     )
     """,
     """
     CREATE FUNCTION billing_new_tenant_generation() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
-        INSERT INTO billing_tenantgeneration (tenant_id, token)
-        SELECT tenant_id, nextval('billing_tenantgeneration_seq')
+        INSERT INTO billing_tenantgeneration (tenant_id, slot, token)
+        SELECT tenant_id, pg_backend_pid() % 8, nextval('billing_tenantgeneration_seq')
         FROM (SELECT DISTINCT tenant_id FROM changed ORDER BY tenant_id) AS tenants
-        ON CONFLICT (tenant_id) DO UPDATE SET token = EXCLUDED.token;
+        ON CONFLICT (tenant_id, slot) DO UPDATE SET token = EXCLUDED.token;
         RETURN NULL;
     END
     $$
