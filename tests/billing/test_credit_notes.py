@@ -12,6 +12,10 @@ from decimal import Decimal
 
 import pytest
 from django.db import IntegrityError, InternalError, connection, transaction
+from django.db.models import Sum
+from hypothesis import given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
 from billing import credit_notes, credits, invoicing
 from billing.credit_notes import CreditNoteError, Request
@@ -532,3 +536,62 @@ def test_the_database_refuses_over_crediting_and_lines_of_another_invoice_whatev
             currency="USD", subtotal=1, discount_amount=0, tax_amount=0, deduction_amount=0, total=1,
         )  # fmt: skip
     assert not CreditNote.objects.exists()
+
+
+def test_random_sequences_of_notes_through_the_service_never_credit_more_than_was_billed(seller):
+    """The property of tests/billing/test_credit_note_amounts.py through the service and the database, on an
+    invoice with a coupon, tax and prepaid credit: what is stored never credits a line or the invoice beyond what
+    they billed, in whole cents; each example rolls back."""
+    TaxRate.objects.create(name="TVA", country="FR", percent=Decimal(20), effective_from=date(2024, 1, 1))
+    agent = billed(tax_country="FR")
+    AppliedCoupon.objects.create(
+        tenant=agent.tenant,
+        coupon=Coupon.objects.create(code="ten", name="10 % off", percent_off=Decimal(10)),
+        starts_on=MARCH,
+    )
+    credits.grant(agent.tenant, "15.00", source="promotional", reason="welcome", effective_at=at(MARCH))
+    invoice = finalize(agent)
+    charges = list(invoice.lines.filter(kind__in=["base_fee", "usage"], amount__gt=0))
+    outcomes = ["reduce_due", "refund", "credit_balance"]
+    issued: list[str] = []
+
+    @given(
+        st.lists(st.tuples(st.integers(0, 2), st.integers(1, 5000), st.booleans()), min_size=1, max_size=6)
+    )
+    @hyp_settings(max_examples=25, deadline=None)
+    def run(asked):
+        with transaction.atomic():
+            for index, cents, pay_first in asked:
+                charge = charges[index % len(charges)]
+                if pay_first and Invoice.objects.get(pk=invoice.pk).status == "open":
+                    Invoice.objects.filter(pk=invoice.pk).update(status="paid")
+                status = Invoice.objects.get(pk=invoice.pk).status
+                outcome = "reduce_due" if status == "open" else outcomes[1 + cents % 2]
+                try:
+                    issue(invoice, outcome=outcome, lines=[Request(charge.pk, amount=Decimal(cents) / 100)])
+                    issued.append(outcome)
+                except CreditNoteError:
+                    continue
+            for charge in charges:
+                credited = (
+                    CreditNoteLine.objects.filter(invoice_line=charge).aggregate(s=Sum("amount"))["s"] or 0
+                )
+                assert credited <= charge.amount
+            notes = CreditNote.objects.filter(invoice=invoice)
+            assert sum(n.total for n in notes) <= invoice.total
+            for note in notes:
+                for value in (
+                    note.subtotal,
+                    note.discount_amount,
+                    note.tax_amount,
+                    note.deduction_amount,
+                    note.total,
+                ):
+                    assert value == value.quantize(Decimal("0.01"))
+            assert sum(g.amount for g in CreditGrant.objects.filter(credit_note__invoice=invoice)) == sum(
+                n.total for n in notes if n.outcome == "credit_balance"
+            )
+            transaction.set_rollback(True)
+
+    run()
+    assert set(issued) == set(outcomes)  # every outcome was exercised
