@@ -379,6 +379,17 @@ def process_event(event: dict[str, Any]) -> str:
     return outcome
 
 
+# Handlers of the other event types we act on (``credit_note.created``): each is called with the verified event
+# and returns what it did and the invoice it concerns. Registered in ready().
+_event_handlers: dict[str, Callable[[dict[str, Any]], tuple[str, Invoice | None]]] = {}
+
+
+def register_event_handler(
+    event_type: str, handler: Callable[[dict[str, Any]], tuple[str, Invoice | None]]
+) -> None:
+    _event_handlers[event_type] = handler
+
+
 # Handlers for Stripe invoices that are not copies of our invoices (top-ups): called with the event type and
 # Stripe's invoice, each returns what it did, or None when the invoice is not its own. Registered in ready().
 _other_invoice_handlers: list[Callable[[str, dict[str, Any]], str | None]] = []
@@ -390,6 +401,8 @@ def register_invoice_handler(handler: Callable[[str, dict[str, Any]], str | None
 
 
 def _apply_event(event: dict[str, Any]) -> tuple[str, Invoice | None]:
+    if (handler := _event_handlers.get(event["type"])) is not None:
+        return handler(event)
     stripe_status = EVENT_STATUS.get(event["type"])
     if stripe_status is None:
         return "ignored: not an event we act on", None
