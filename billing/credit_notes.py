@@ -19,6 +19,7 @@ Issuing is the seller's act: platform staff issue notes in the admin; tenants se
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -44,7 +45,15 @@ from billing.money import plain_decimal
 from billing.pricing import round_money
 from notifications import outbox
 
-__all__ = ["CreditNoteError", "Request", "amount_due", "issue", "left_to_credit"]
+__all__ = [
+    "CreditNoteError",
+    "Request",
+    "amount_due",
+    "creditable_lines",
+    "credited",
+    "issue",
+    "left_to_credit",
+]
 
 CREDIT_NOTE_CREATED = "credit_note.created"
 CREDIT_NOTE_SERIES = "CN"
@@ -240,12 +249,16 @@ def _store(
     return note
 
 
+def credited(invoice: Invoice) -> Decimal:
+    """What the invoice's credit notes credited, together."""
+    return round_money(invoice.credit_notes.aggregate(s=Sum("total"))["s"] or Decimal(0), invoice.currency)
+
+
 def left_to_credit(invoice: Invoice) -> Decimal:
     """What credit notes can still take from the invoice: its total less the notes issued on it."""
     if invoice.status in (Status.DRAFT, Status.VOID) or invoice.total <= 0:
         return round_money(Decimal(0), invoice.currency)
-    credited = invoice.credit_notes.aggregate(s=Sum("total"))["s"] or Decimal(0)
-    return round_money(invoice.total - credited, invoice.currency)
+    return round_money(invoice.total - credited(invoice), invoice.currency)
 
 
 def amount_due(invoice: Invoice) -> Decimal:
@@ -293,3 +306,40 @@ def credit_note_data(note: CreditNote) -> dict[str, Any]:
             for line in note.lines.order_by("position")
         ],
     }
+
+
+@dataclass(frozen=True)
+class Creditable:
+    """A line credit notes can still take from (the admin's form): what is left of it and how it was credited
+    so far (``by_quantity``: True by quantity, False by amount, None not yet)."""
+
+    line: InvoiceLine
+    credited: Decimal
+    left: Decimal
+    by_quantity: bool | None
+    quantity_left: Decimal | None
+
+
+def creditable_lines(invoice: Invoice) -> list[Creditable]:
+    allocation, credited = allocation_of(invoice), credited_on(invoice)
+    lines = {line.pk: line for line in invoice.lines.filter(pk__in=list(allocation.shares))}
+    rows = []
+    for line_id, share in allocation.shares.items():
+        by_quantity = None
+        if line_id in credited.quantities:
+            by_quantity = True
+        elif line_id in credited.amounts:
+            by_quantity = False
+        quantity_left = None
+        if share.line.billable_quantity > 0 and by_quantity is not False:
+            quantity_left = share.line.billable_quantity - credited.quantities.get(line_id, Decimal(0))
+        rows.append(
+            Creditable(
+                lines[line_id],
+                credited.amounts.get(line_id, round_money(Decimal(0), invoice.currency)),
+                credited.left(share),
+                by_quantity,
+                quantity_left,
+            )
+        )
+    return rows

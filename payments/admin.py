@@ -1,5 +1,5 @@
-"""The invoice admin with the Stripe sync (DESIGN §7): its state in the list, the 'retry sync' action and a
-link to the Stripe invoice.
+"""The invoice and credit note admins with the Stripe sync (DESIGN §7): its state in the list, the 'retry sync'
+action and a link to the Stripe invoice.
 
 Billing's ``InvoiceAdmin`` knows nothing of Stripe; this subclass adds the Stripe parts and replaces it (payments
 is installed after billing, so billing's admin is registered by then), the way ``BilledTenantAdmin`` replaces
@@ -12,9 +12,10 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.utils.html import format_html
 
+from billing.admin.credit_notes import CreditNoteAdmin
 from billing.admin.invoices import InvoiceAdmin
-from billing.models import Invoice
-from payments import stripe_sync, tasks
+from billing.models import CreditNote, Invoice
+from payments import credit_notes, stripe_sync, tasks
 from payments.models import StripeEvent
 
 
@@ -65,6 +66,38 @@ class StripeInvoiceAdmin(InvoiceAdmin):
 
 admin.site.unregister(Invoice)
 admin.site.register(Invoice, StripeInvoiceAdmin)
+
+
+@admin.action(description="Retry Stripe sync")
+def retry_credit_note_sync(modeladmin: admin.ModelAdmin, request, queryset) -> None:
+    if not stripe_sync.is_configured():
+        modeladmin.message_user(request, "Stripe is not configured (STRIPE_API_KEY).", messages.ERROR)
+        return
+    ids = credit_notes.mark_for_retry(queryset.values_list("pk", flat=True))
+    for note_id in ids:
+        tasks.sync_credit_note_to_stripe.delay(note_id)
+    text = f"Queued the Stripe sync of {len(ids)} credit note(s)."
+    if skipped := queryset.count() - len(ids):
+        text += f" Skipped {skipped}: already synced, or their invoice is not on Stripe."
+    modeladmin.message_user(request, text, messages.SUCCESS if ids else messages.WARNING)
+
+
+@admin.display(description="Stripe sync", ordering="sync_state")
+def credit_note_sync_summary(note: CreditNote) -> str:
+    summary = note.get_sync_state_display()
+    if note.sync_error:
+        summary += f" · {note.sync_error[:80]}"
+    return summary
+
+
+class StripeCreditNoteAdmin(CreditNoteAdmin):
+    list_display = [*CreditNoteAdmin.list_display, credit_note_sync_summary]
+    list_filter = [*CreditNoteAdmin.list_filter, "sync_state"]
+    actions = [retry_credit_note_sync]
+
+
+admin.site.unregister(CreditNote)
+admin.site.register(CreditNote, StripeCreditNoteAdmin)
 
 
 class ReviewFilter(admin.SimpleListFilter):

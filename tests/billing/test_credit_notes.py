@@ -7,7 +7,7 @@ Amounts are worked out here in integers of minor units, independently of the cod
 from __future__ import annotations
 
 import threading
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import pytest
@@ -21,7 +21,6 @@ from billing import credit_notes, credits, invoicing
 from billing.credit_notes import CreditNoteError, Request
 from billing.models import (
     AppliedCoupon,
-    BillingProfile,
     Coupon,
     CreditGrant,
     CreditNote,
@@ -30,10 +29,9 @@ from billing.models import (
     InvoiceNumberSequence,
     TaxRate,
 )
-from billing.periods import next_month
 from notifications.models import Event
-from tests.billing.builders import make_plan, store, subscribe
-from tests.factories import AgentFactory, TenantFactory, UserFactory
+from tests.billing.builders import at, billed, finalize, store
+from tests.factories import AgentFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 MARCH = date(2026, 3, 1)
@@ -49,41 +47,6 @@ def minor(amount: Decimal, places: int = 2) -> int:
     scaled = amount.scaleb(places)
     assert scaled == scaled.to_integral_value(), f"{amount} has digits below the minor unit"
     return int(scaled)
-
-
-def at(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
-
-
-def billed(currency="USD", base_fee="49.00", usage=True, tax_country=None, **tenant_fields):
-    """A tenant on a $49-a-month plan with usage in March: LLM input $2.10, STT $0.12."""
-    agent = AgentFactory(tenant=TenantFactory(timezone="UTC", currency=currency, **tenant_fields))
-    subscribe(agent.tenant, make_plan(slug=f"p-{agent.tenant.pk}", base_fee=base_fee, currency=currency))
-    if usage:
-        store(agent, at(date(2026, 3, 5)), {"llm_input_text_tokens": 7_000_000}, "llm")
-        store(
-            agent,
-            at(date(2026, 3, 6)),
-            {"stt_audio_seconds": 600},
-            "stt",
-            provider="Deepgram",
-            model="nova-3",
-        )
-    if tax_country:
-        BillingProfile.objects.create(
-            tenant=agent.tenant,
-            legal_name="Buyer",
-            address_line1="1 Main St",
-            city="Town",
-            country=tax_country,
-            is_business=False,
-        )
-    return agent
-
-
-def finalize(agent, period=MARCH) -> Invoice:
-    draft = invoicing.generate_invoice(agent.tenant.pk, period)
-    return invoicing.finalize_invoice(draft.pk, force=True, now=at(next_month(period)) + timedelta(days=1))
 
 
 def line(invoice: Invoice, kind: str, meter: str = ""):
