@@ -19,19 +19,34 @@ from payments import credit_notes, stripe_sync, tasks
 from payments.models import StripeEvent
 
 
-@admin.action(description="Retry Stripe sync")
-def retry_stripe_sync(modeladmin: admin.ModelAdmin, request, queryset) -> None:
+def _retry(
+    modeladmin: admin.ModelAdmin, request, queryset, mark_for_retry, task, what: str, skipped_why: str
+):
+    """Set the chosen objects' syncs back to pending (``mark_for_retry`` says which can be) and queue them."""
     if not stripe_sync.is_configured():
         modeladmin.message_user(request, "Stripe is not configured (STRIPE_API_KEY).", messages.ERROR)
         return
-    ids = stripe_sync.mark_for_retry(queryset.values_list("pk", flat=True))
-    for invoice_id in ids:
-        tasks.sync_invoice_to_stripe.delay(invoice_id)
+    ids = mark_for_retry(queryset.values_list("pk", flat=True))
+    for pk in ids:
+        task.delay(pk)
     skipped = queryset.count() - len(ids)
-    text = f"Queued the Stripe sync of {len(ids)} invoice(s)."
+    text = f"Queued the Stripe sync of {len(ids)} {what}."
     if skipped:
-        text += f" Skipped {skipped}: drafts, already synced, or settled here before they reached Stripe."
+        text += f" Skipped {skipped}: {skipped_why}."
     modeladmin.message_user(request, text, messages.SUCCESS if ids else messages.WARNING)
+
+
+@admin.action(description="Retry Stripe sync")
+def retry_stripe_sync(modeladmin: admin.ModelAdmin, request, queryset) -> None:
+    _retry(
+        modeladmin,
+        request,
+        queryset,
+        stripe_sync.mark_for_retry,
+        tasks.sync_invoice_to_stripe,
+        "invoice(s)",
+        "drafts, already synced, or settled here before they reached Stripe",
+    )
 
 
 @admin.display(description="Stripe invoice")
@@ -70,16 +85,15 @@ admin.site.register(Invoice, StripeInvoiceAdmin)
 
 @admin.action(description="Retry Stripe sync")
 def retry_credit_note_sync(modeladmin: admin.ModelAdmin, request, queryset) -> None:
-    if not stripe_sync.is_configured():
-        modeladmin.message_user(request, "Stripe is not configured (STRIPE_API_KEY).", messages.ERROR)
-        return
-    ids = credit_notes.mark_for_retry(queryset.values_list("pk", flat=True))
-    for note_id in ids:
-        tasks.sync_credit_note_to_stripe.delay(note_id)
-    text = f"Queued the Stripe sync of {len(ids)} credit note(s)."
-    if skipped := queryset.count() - len(ids):
-        text += f" Skipped {skipped}: already synced, or their invoice is not on Stripe."
-    modeladmin.message_user(request, text, messages.SUCCESS if ids else messages.WARNING)
+    _retry(
+        modeladmin,
+        request,
+        queryset,
+        credit_notes.mark_for_retry,
+        tasks.sync_credit_note_to_stripe,
+        "credit note(s)",
+        "already synced, or their invoice is not on Stripe",
+    )
 
 
 @admin.display(description="Stripe sync", ordering="sync_state")

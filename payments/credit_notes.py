@@ -29,12 +29,10 @@ from django.utils import timezone
 
 from billing.models import CreditNote, Invoice
 from billing.pricing import to_minor_units
-from observability import metrics
 from payments.stripe_sync import (
-    ERROR_MAX_CHARS,
     HELD_FOR_REVIEW,
-    TRANSIENT_ERRORS,
     SyncMismatch,
+    attempt,
     client,
     is_configured,
     is_ours,
@@ -72,20 +70,12 @@ def sync_credit_note(note_id: int) -> str:
         _record(note_id, sync_state=SyncState.PENDING, sync_attempted_at=now, sync_error=WAITING_FOR_INVOICE)
         return SyncState.PENDING
     _record(note_id, sync_state=SyncState.PENDING, sync_attempted_at=now)
-    try:
-        stripe_note = _push(client(), note)
-    except TRANSIENT_ERRORS as error:
-        _record(note_id, sync_error=f"{type(error).__name__}: {error} (will retry)"[:ERROR_MAX_CHARS])
-        metrics.record_stripe_sync_failure("transient")
-        raise
-    except (stripe.StripeError, SyncMismatch) as error:
-        logger.warning("Stripe sync of credit note %s failed: %s", note.number, error)
-        _record(
-            note_id,
-            sync_state=SyncState.FAILED,
-            sync_error=f"{type(error).__name__}: {error}"[:ERROR_MAX_CHARS],
-        )
-        metrics.record_stripe_sync_failure("permanent")
+    stripe_note = attempt(
+        lambda: _push(client(), note),
+        lambda **fields: _record(note_id, **fields),
+        f"credit note {note.number}",
+    )
+    if stripe_note is None:
         return SyncState.FAILED
     _synced(note_id, stripe_note.id, [plain(r) for r in stripe_note.refunds or []])
     logger.info("synced credit note %s to Stripe %s", note.number, stripe_note.id)

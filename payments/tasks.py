@@ -8,15 +8,19 @@ from billing.models import Invoice
 from notifications.models import Event
 from payments import credit_notes, stripe_sync, topups
 
+# A sync to Stripe: connection errors, rate limits and 5xx retry with exponential, jittered backoff (1 s, 2 s, …
+# up to 10 min; about 17 min in all), then the reconcile beat takes it up again.
+STRIPE_SYNC_RETRIES = {
+    "acks_late": True,
+    "autoretry_for": stripe_sync.TRANSIENT_ERRORS,
+    "retry_backoff": True,
+    "retry_backoff_max": 600,
+    "retry_jitter": True,
+    "max_retries": 10,
+}
 
-@shared_task(
-    acks_late=True,
-    autoretry_for=stripe_sync.TRANSIENT_ERRORS,
-    retry_backoff=True,
-    retry_backoff_max=600,
-    retry_jitter=True,
-    max_retries=10,
-)
+
+@shared_task(**STRIPE_SYNC_RETRIES)
 def sync_invoice_to_stripe(invoice_id: int) -> str:
     """Push a finalized invoice to Stripe. Connection errors, rate limits and 5xx retry with exponential
     backoff (1 s, 2 s, … up to 10 min, jittered; about 17 min in all); after that the invoice stays pending
@@ -85,14 +89,7 @@ def queue_topup(event: Event) -> None:
         push_topup.delay(event.data["topup_id"])
 
 
-@shared_task(
-    acks_late=True,
-    autoretry_for=stripe_sync.TRANSIENT_ERRORS,
-    retry_backoff=True,
-    retry_backoff_max=600,
-    retry_jitter=True,
-    max_retries=10,
-)
+@shared_task(**STRIPE_SYNC_RETRIES)
 def sync_credit_note_to_stripe(note_id: int) -> str:
     """Push a credit note to Stripe (payments.credit_notes.sync_credit_note), retried like an invoice's sync."""
     return credit_notes.sync_credit_note(note_id)
