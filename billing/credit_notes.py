@@ -84,7 +84,8 @@ def issue(
     memo = _check_terms(outcome, reason, memo)
     now = now or timezone.now()
     with transaction.atomic():
-        invoice = Invoice.objects.select_for_update().select_related("tenant").filter(pk=invoice_id).first()
+        locked = Invoice.objects.select_for_update(of=("self",)).select_related("tenant")
+        invoice = locked.filter(pk=invoice_id).first()
         if invoice is None:
             raise CreditNoteError("invoice", f"there is no invoice {invoice_id}")
         _check_invoice(invoice, outcome)
@@ -134,7 +135,8 @@ def _check_invoice(invoice: Invoice, outcome: str) -> None:
     if invoice.status == Status.VOID:
         raise CreditNoteError("invoice", f"{invoice} is void: it bills nothing to credit")
     if invoice.total <= 0:
-        raise CreditNoteError("invoice", f"{invoice} totals {invoice.total}: nothing to credit")
+        total = round_money(invoice.total, invoice.currency)
+        raise CreditNoteError("invoice", f"{invoice} totals {total} {invoice.currency}: nothing to credit")
     if invoice.status not in OUTCOME_STATUSES[outcome]:
         if invoice.status == Status.PAID:
             hint = "it is paid: refund it or credit the prepaid balance"
