@@ -77,10 +77,12 @@ def issue(
     lines: Sequence[Request] | None = None,
     by=None,
     now: datetime | None = None,
+    request_key: str = "",
 ) -> CreditNote:
     """Issue a credit note on ``invoice_id``: of ``lines`` (amounts or quantities of its lines), or, with
     ``lines=None``, of everything left to credit on it. Raises CreditNoteError naming the field at fault, and
-    then nothing has changed."""
+    then nothing has changed. ``request_key`` (the admin form's, one per rendered form): a request made again
+    with it returns the note it issued (a double submit issues once; the database holds one per invoice)."""
     memo = _check_terms(outcome, reason, memo)
     now = now or timezone.now()
     with transaction.atomic():
@@ -88,6 +90,8 @@ def issue(
         invoice = locked.filter(pk=invoice_id).first()
         if invoice is None:
             raise CreditNoteError("invoice", f"there is no invoice {invoice_id}")
+        if request_key and (done := invoice.credit_notes.filter(request_key=request_key).first()):
+            return done  # read under the invoice's lock: a concurrent submit's note has committed by now
         _check_invoice(invoice, outcome)
         allocation, credited = allocation_of(invoice), credited_on(invoice)
         figures = figure(allocation, credited, full(allocation, credited) if lines is None else lines)
@@ -96,7 +100,7 @@ def issue(
             raise CreditNoteError(
                 "outcome", f"only {due} {invoice.currency} is still due: this note credits {figures.total}"
             )
-        note = _store(invoice, figures, outcome, reason, memo, by, now)
+        note = _store(invoice, figures, outcome, reason, memo, by, now, request_key)
         if outcome == Outcome.CREDIT_BALANCE:
             credits.grant(
                 invoice.tenant,
@@ -216,7 +220,14 @@ def credited_on(invoice: Invoice) -> Credited:
 
 
 def _store(
-    invoice: Invoice, figures: NoteFigures, outcome: str, reason: str, memo: str, by, now: datetime
+    invoice: Invoice,
+    figures: NoteFigures,
+    outcome: str,
+    reason: str,
+    memo: str,
+    by,
+    now: datetime,
+    request_key: str,
 ) -> CreditNote:
     note = CreditNote.objects.create(
         tenant_id=invoice.tenant_id,
@@ -234,6 +245,7 @@ def _store(
         total=figures.total,
         issued_by=by,
         issued_at=now,
+        request_key=request_key,
     )
     CreditNoteLine.objects.bulk_create(
         CreditNoteLine(

@@ -854,6 +854,9 @@ class CreditNote(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
     issued_at = models.DateTimeField(default=timezone.now)
+    request_key = models.CharField(
+        max_length=64, blank=True, help_text="The admin form's one-time key: a double submit issues once."
+    )
     # The copy on Stripe (DESIGN §7): these columns follow Stripe after issue; the trigger lets only them change.
     stripe_credit_note_id = models.CharField(max_length=255, blank=True)
     stripe_refund_id = models.CharField(max_length=255, blank=True)
@@ -893,6 +896,11 @@ class CreditNote(models.Model):
             ),
             models.CheckConstraint(
                 condition=~Q(reason="other") | ~Q(memo=""), name="creditnote_other_has_memo"
+            ),
+            models.UniqueConstraint(
+                fields=["invoice", "request_key"],
+                condition=~Q(request_key=""),
+                name="creditnote_request_once",
             ),
             models.UniqueConstraint(
                 fields=["stripe_credit_note_id"],

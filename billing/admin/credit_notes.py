@@ -5,6 +5,7 @@ never changes). ``payments.admin`` adds their Stripe sync."""
 
 from __future__ import annotations
 
+import secrets
 from decimal import Decimal
 
 from django import forms
@@ -185,10 +186,13 @@ class CreditNoteForm(forms.Form):
         widget=forms.RadioSelect,
         initial="full",
     )
+    # one per rendered form: submitting it twice issues one note (billing.credit_notes.issue)
+    request_key = forms.CharField(widget=forms.HiddenInput, max_length=64, required=False)
 
     def __init__(self, *args, invoice: Invoice, **kwargs):
         super().__init__(*args, **kwargs)
         self.invoice = invoice
+        self.fields["request_key"].initial = secrets.token_urlsafe(24)
         self.rows = credit_notes.creditable_lines(invoice)
         paid = invoice.status == Invoice.Status.PAID
         self.fields["outcome"].initial = Outcome.REFUND if paid else Outcome.REDUCE_DUE
@@ -263,6 +267,7 @@ def issue_view(model_admin: admin.ModelAdmin, request, invoice: Invoice | None):
                 memo=data["memo"],
                 lines=form.requests(),
                 by=request.user,
+                request_key=data["request_key"],
             )
         except credit_notes.CreditNoteError as error:
             form.show(error)

@@ -36,11 +36,11 @@ BEGIN
     IF TG_OP = 'UPDATE' THEN
         IF (NEW.id, NEW.tenant_id, NEW.invoice_id, NEW.number, NEW.status, NEW.reason, NEW.memo, NEW.outcome,
             NEW.currency, NEW.subtotal, NEW.discount_amount, NEW.tax_amount, NEW.tax_included, NEW.deduction_amount,
-            NEW.total, NEW.issued_by_id, NEW.issued_at)
+            NEW.total, NEW.issued_by_id, NEW.issued_at, NEW.request_key)
            IS DISTINCT FROM
            (OLD.id, OLD.tenant_id, OLD.invoice_id, OLD.number, OLD.status, OLD.reason, OLD.memo, OLD.outcome,
             OLD.currency, OLD.subtotal, OLD.discount_amount, OLD.tax_amount, OLD.tax_included, OLD.deduction_amount,
-            OLD.total, OLD.issued_by_id, OLD.issued_at) THEN
+            OLD.total, OLD.issued_by_id, OLD.issued_at, OLD.request_key) THEN
             RAISE EXCEPTION 'credit note % cannot change once issued', OLD.number
                 USING ERRCODE = 'integrity_constraint_violation';
         END IF;
@@ -229,6 +229,14 @@ class Migration(migrations.Migration):
                     models.DecimalField(decimal_places=4, help_text="What is credited.", max_digits=18),
                 ),
                 ("issued_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "request_key",
+                    models.CharField(
+                        blank=True,
+                        help_text="The admin form's one-time key: a double submit issues once.",
+                        max_length=64,
+                    ),
+                ),
                 ("stripe_credit_note_id", models.CharField(blank=True, max_length=255)),
                 ("stripe_refund_id", models.CharField(blank=True, max_length=255)),
                 (
@@ -412,6 +420,14 @@ class Migration(migrations.Migration):
                     _connector="OR",
                 ),
                 name="creditnote_other_has_memo",
+            ),
+        ),
+        migrations.AddConstraint(
+            model_name="creditnote",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("request_key", ""), _negated=True),
+                fields=("invoice", "request_key"),
+                name="creditnote_request_once",
             ),
         ),
         migrations.AddConstraint(

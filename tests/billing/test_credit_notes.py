@@ -558,3 +558,34 @@ def test_random_sequences_of_notes_through_the_service_never_credit_more_than_wa
 
     run()
     assert set(issued) == set(outcomes)  # every outcome was exercised
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_request_made_twice_at_once_with_one_key_issues_one_note():
+    invoice = finalize(billed())
+    fee = line(invoice, "base_fee")
+    barrier = threading.Barrier(2)
+    numbers: list[str] = []
+
+    def submit():
+        barrier.wait()
+        try:
+            note = issue(invoice, lines=[Request(fee.pk, amount=Decimal("5.00"))], request_key="form-1")
+            numbers.append(note.number)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=submit) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert numbers == ["CN-2026-000001", "CN-2026-000001"]
+    assert CreditNote.objects.count() == 1 and CreditNote.objects.get().request_key == "form-1"
+    with pytest.raises(IntegrityError), transaction.atomic():  # the database holds one per invoice and key
+        CreditNote.objects.create(
+            tenant_id=invoice.tenant_id, invoice=invoice, number="CN-X", reason="duplicate", outcome="reduce_due",
+            currency="USD", subtotal=1, discount_amount=0, tax_amount=0, deduction_amount=0, total=1,
+            request_key="form-1",
+        )  # fmt: skip

@@ -74,6 +74,25 @@ def test_everything_left_in_one_note_settles_the_invoice_and_the_link_goes_away(
     assert page(invoice) not in change
 
 
+def test_a_form_submitted_twice_issues_one_note(staff_client, invoice):
+    key = staff_client.get(page(invoice)).context["form"]["request_key"].value()
+    fee = invoice.lines.get(kind="base_fee")
+    data = form(request_key=key, **{f"amount_{fee.pk}": "5.00"})
+
+    first = staff_client.post(page(invoice), data)
+    again = staff_client.post(page(invoice), data)
+
+    note = CreditNote.objects.get()
+    assert (
+        first["Location"] == again["Location"] == reverse("admin:billing_creditnote_change", args=[note.pk])
+    )
+    assert note.request_key == key and note.total == Decimal("5.00")
+    fresh = staff_client.get(page(invoice)).context["form"]["request_key"].value()
+    assert fresh != key  # a form rendered again is another request
+    staff_client.post(page(invoice), form(request_key=fresh, **{f"amount_{fee.pk}": "5.00"}))
+    assert CreditNote.objects.count() == 2
+
+
 @pytest.mark.parametrize(
     ("data", "field"),
     [
