@@ -386,29 +386,37 @@ def test_a_note_that_credits_nothing_once_deductions_are_taken_is_refused():
     assert issue(invoice).total == Decimal("0.01")
 
 
-@pytest.mark.django_db(transaction=True)
-def test_two_concurrent_notes_for_the_rest_of_a_line_one_succeeds():
-    invoice = finalize(billed())
-    fee = line(invoice, "base_fee")
+def twice_at_once(issue_one) -> list[str]:
+    """Run ``issue_one`` in two threads (two database connections) released together; what each returned, or
+    the field its CreditNoteError named."""
     barrier = threading.Barrier(2)
-    outcomes: list[object] = []
+    outcomes: list[str] = []
 
-    def credit_the_rest():
+    def run():
         barrier.wait()
         try:
-            outcomes.append(issue(invoice, lines=[Request(fee.pk, amount=Decimal("49.00"))]).number)
+            outcomes.append(issue_one().number)
         except CreditNoteError as error:
             outcomes.append(error.field)
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=credit_the_rest) for _ in range(2)]
+    threads = [threading.Thread(target=run) for _ in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    return sorted(outcomes)
 
-    assert sorted(outcomes) == ["CN-2026-000001", "amount"]
+
+@pytest.mark.django_db(transaction=True)
+def test_two_concurrent_notes_for_the_rest_of_a_line_one_succeeds():
+    invoice = finalize(billed())
+    fee = line(invoice, "base_fee")
+
+    outcomes = twice_at_once(lambda: issue(invoice, lines=[Request(fee.pk, amount=Decimal("49.00"))]))
+
+    assert outcomes == ["CN-2026-000001", "amount"]
     assert CreditNoteLine.objects.get(invoice_line=fee).amount == Decimal("49.00")
 
 
@@ -564,22 +572,10 @@ def test_random_sequences_of_notes_through_the_service_never_credit_more_than_wa
 def test_a_request_made_twice_at_once_with_one_key_issues_one_note():
     invoice = finalize(billed())
     fee = line(invoice, "base_fee")
-    barrier = threading.Barrier(2)
-    numbers: list[str] = []
 
-    def submit():
-        barrier.wait()
-        try:
-            note = issue(invoice, lines=[Request(fee.pk, amount=Decimal("5.00"))], request_key="form-1")
-            numbers.append(note.number)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=submit) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    numbers = twice_at_once(
+        lambda: issue(invoice, lines=[Request(fee.pk, amount=Decimal("5.00"))], request_key="form-1")
+    )
 
     assert numbers == ["CN-2026-000001", "CN-2026-000001"]
     assert CreditNote.objects.count() == 1 and CreditNote.objects.get().request_key == "form-1"
