@@ -80,8 +80,10 @@ def grant(
     expires_at: datetime | None = None,
     by=None,
     topup=None,
+    credit_note=None,
 ) -> CreditGrant:
-    """Give the tenant credit in its currency; posted to the ledger at once (it counts from ``effective_at``)."""
+    """Give the tenant credit in its currency; posted to the ledger at once (it counts from ``effective_at``).
+    ``topup`` and ``credit_note`` name what it is the outcome of (each gives at most one grant)."""
     amount = check_grant(tenant, amount, source, reason, effective_at, expires_at)
     effective_at = effective_at or timezone.now()
     created = CreditGrant.objects.create(
@@ -95,6 +97,7 @@ def grant(
         reason=reason,
         created_by=by,
         topup=topup,
+        credit_note=credit_note,
     )
     LedgerEntry.objects.create(
         tenant=tenant, grant=created, kind=LedgerEntry.Kind.GRANT, amount=amount, created_by=by

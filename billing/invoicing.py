@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 GRACE_PERIOD = timedelta(hours=24)
 INVOICE_FINALIZED = invoice_events.INVOICE_FINALIZED
+INVOICE_SERIES = "ML"
 # The draft's fields that InvoiceLine stores under the same name.
 STORED_FIELDS = sorted(
     {f.name for f in dataclasses.fields(LineDraft)}
@@ -100,7 +101,7 @@ def finalize_invoice(invoice_id: int, *, now: datetime | None = None, force: boo
             raise ValueError(f"{invoice} is not due before {invoice.period_end} + {GRACE_PERIOD}")
         _write_lines(invoice, invoice.tenant)
         _apply_credits(invoice, now)
-        invoice.number = _next_number(now.year)
+        invoice.number = next_number(INVOICE_SERIES, now.year)
         invoice.status = Invoice.Status.OPEN
         invoice.finalized_at = now
         invoice.status_changed_at = now
@@ -139,12 +140,15 @@ def _apply_credits(invoice: Invoice, now: datetime) -> None:
     invoice.save(update_fields=["total"])
 
 
-def _next_number(year: int) -> str:
-    InvoiceNumberSequence.objects.get_or_create(year=year)
-    sequence = InvoiceNumberSequence.objects.select_for_update().get(year=year)
+def next_number(series: str, year: int) -> str:
+    """The next number of ``series`` in ``year`` (``ML-2026-000123``), taken under the counter row's lock: the
+    caller's transaction commits it together with the document that carries it, or neither, so numbers have no
+    gaps. Invoices are ``ML``, credit notes ``CN`` (billing.credit_notes)."""
+    InvoiceNumberSequence.objects.get_or_create(series=series, year=year)
+    sequence = InvoiceNumberSequence.objects.select_for_update().get(series=series, year=year)
     sequence.last_number += 1
     sequence.save(update_fields=["last_number"])
-    return f"ML-{year}-{sequence.last_number:06d}"
+    return f"{series}-{year}-{sequence.last_number:06d}"
 
 
 def void_invoice(invoice_id: int, *, now: datetime | None = None) -> Invoice:

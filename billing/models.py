@@ -2,8 +2,9 @@
 Stripe sync state of invoices (payments keeps the Stripe webhook events).
 
 Invariants the database holds: one invoice per tenant and period, one line per group of an invoice, gapless
-numbers (a counter row per year, taken under a row lock), and finalized invoices and lines that never change
-(a trigger refuses it; see migration 0002).
+numbers (a counter row per series and year, taken under a row lock), finalized invoices and lines that never
+change (a trigger refuses it; see migration 0002), and credit notes that never change once issued nor credit
+more than a line or an invoice billed (triggers; see migration 0016).
 """
 
 from __future__ import annotations
@@ -400,13 +401,20 @@ class InvoiceLine(models.Model):
 
 
 class InvoiceNumberSequence(models.Model):
-    """The last number given per year; taken under a row lock so numbers are gapless (ML-2026-000123)."""
+    """The last number given per series and year, taken under a row lock so numbers are gapless: invoices
+    (``ML-2026-000123``) and credit notes (``CN-2026-000007``) each count in their own series."""
 
-    year = models.PositiveIntegerField(unique=True)
+    series = models.CharField(max_length=8, default="ML")
+    year = models.PositiveIntegerField()
     last_number = models.PositiveIntegerField(default=0)
 
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["series", "year"], name="numbersequence_one_per_series_year")
+        ]
+
     def __str__(self) -> str:
-        return f"{self.year}: {self.last_number}"
+        return f"{self.series}-{self.year}: {self.last_number}"
 
 
 class PlanAuditEntry(models.Model):
@@ -701,6 +709,14 @@ class CreditGrant(models.Model):
         related_name="grant",
         help_text="The paid top-up this credit was bought with (one grant per top-up).",
     )
+    credit_note = models.OneToOneField(
+        "CreditNote",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="grant",
+        help_text="The credit note whose outcome this credit is (one grant per credit note).",
+    )
 
     objects = TenantScopedQuerySet.as_manager()
 
@@ -779,3 +795,156 @@ class LedgerEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.amount} ({self.grant_id})"
+
+
+class CreditNote(models.Model):
+    """A credit note on a finalized invoice (DESIGN §14, issue 16 part 1, decision 020): the seller's document
+    that takes back part or all of what the invoice billed, in the invoice's terms (its lines, their share of
+    the invoice's discounts and tax), with a reason, numbered gaplessly in its own series (``CN-2026-000007``)
+    and never changed once issued (a trigger, migration 0016) — only its Stripe sync state moves.
+
+    ``outcome`` is what the credit does: lower what is still due on an unpaid invoice, refund a paid one through
+    Stripe, or credit the tenant's prepaid balance (a grant of the ledger, ``CreditGrant.credit_note``).
+    Amounts are rounded to the currency's minor unit: ``total = subtotal − discount_amount + tax_amount (unless
+    the tax is included in the lines) − deduction_amount`` (a check constraint)."""
+
+    class Reason(models.TextChoices):
+        DUPLICATE = "duplicate"
+        PRODUCT_UNSATISFACTORY = "product_unsatisfactory", "product unsatisfactory"
+        ORDER_CHANGE = "order_change", "order change"
+        FRAUDULENT = "fraudulent"
+        OTHER = "other", "other (see memo)"
+
+    class Outcome(models.TextChoices):
+        REDUCE_DUE = "reduce_due", "reduce what is due"
+        REFUND = "refund", "refund through Stripe"
+        CREDIT_BALANCE = "credit_balance", "credit the prepaid balance"
+
+    class Status(models.TextChoices):
+        ISSUED = "issued"
+
+    class SyncState(models.TextChoices):
+        NOT_SYNCED = "not_synced"
+        PENDING = "pending"
+        SYNCED = "synced"
+        FAILED = "failed"
+        NOT_NEEDED = "not_needed", "not needed (the invoice is not on Stripe)"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="credit_notes")
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="credit_notes")
+    number = models.CharField(max_length=32, unique=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ISSUED)
+    reason = models.CharField(max_length=32, choices=Reason.choices)
+    memo = models.TextField(blank=True, help_text="Required when the reason is other; printed on the note.")
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    currency = models.CharField(max_length=3)
+    subtotal = models.DecimalField(**MONEY, help_text="The lines credited, in the invoice lines' own terms.")
+    discount_amount = models.DecimalField(**MONEY, help_text="Their share of the invoice's discounts.")
+    tax_amount = models.DecimalField(**MONEY, help_text="Their share of the invoice's tax.")
+    tax_included = models.BooleanField(
+        default=False, help_text="The tax is included in the lines' amounts (inclusive rates): not added."
+    )
+    deduction_amount = models.DecimalField(
+        **MONEY,
+        help_text="Their share of what the invoice deducted after tax: prepaid credit applied, negative lines.",
+    )
+    total = models.DecimalField(**MONEY, help_text="What is credited.")
+    # PROTECT: the document names who issued it for good (deactivate such a user rather than delete them)
+    issued_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    issued_at = models.DateTimeField(default=timezone.now)
+    request_key = models.CharField(
+        max_length=64, blank=True, help_text="The admin form's one-time key: a double submit issues once."
+    )
+    # The copy on Stripe (DESIGN §7): these columns follow Stripe after issue; the trigger lets only them change.
+    stripe_credit_note_id = models.CharField(max_length=255, blank=True)
+    stripe_refund_id = models.CharField(max_length=255, blank=True)
+    sync_state = models.CharField(max_length=16, choices=SyncState.choices, default=SyncState.NOT_SYNCED)
+    sync_error = models.TextField(blank=True)
+    sync_attempted_at = models.DateTimeField(null=True, blank=True)
+    synced_at = models.DateTimeField(null=True, blank=True)
+
+    objects = TenantScopedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-issued_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(subtotal__gt=0, total__gt=0, discount_amount__gte=0, tax_amount__gte=0),
+                name="creditnote_amounts_valid",
+            ),
+            models.CheckConstraint(
+                condition=(
+                    Q(tax_included=False)
+                    & Q(
+                        total=models.F("subtotal")
+                        - models.F("discount_amount")
+                        + models.F("tax_amount")
+                        - models.F("deduction_amount")
+                    )
+                )
+                | (
+                    Q(tax_included=True)
+                    & Q(
+                        total=models.F("subtotal")
+                        - models.F("discount_amount")
+                        - models.F("deduction_amount")
+                    )
+                ),
+                name="creditnote_total_adds_up",
+            ),
+            models.CheckConstraint(
+                condition=~Q(reason="other") | ~Q(memo=""), name="creditnote_other_has_memo"
+            ),
+            models.UniqueConstraint(
+                fields=["invoice", "request_key"],
+                condition=~Q(request_key=""),
+                name="creditnote_request_once",
+            ),
+            models.UniqueConstraint(
+                fields=["stripe_credit_note_id"],
+                condition=~Q(stripe_credit_note_id=""),
+                name="creditnote_unique_stripe_credit_note",
+            ),
+            # the target of the grant's (tenant, credit note) foreign key (migration 0016)
+            models.UniqueConstraint(fields=["tenant", "id"], name="creditnote_tenant_id"),
+        ]
+        indexes = [models.Index(fields=["invoice", "issued_at"], name="creditnote_invoice_issued")]
+
+    def __str__(self) -> str:
+        return self.number
+
+
+class CreditNoteLine(models.Model):
+    """One invoice line credited by a credit note: ``amount`` in the invoice line's own terms (never more than
+    is left of it: the issuing service under the invoice's lock, and a trigger), ``quantity`` when credited by
+    quantity; ``tax_amount`` and ``total`` are the note's figures shared out over its lines."""
+
+    credit_note = models.ForeignKey(CreditNote, on_delete=models.PROTECT, related_name="lines")
+    invoice_line = models.ForeignKey(InvoiceLine, on_delete=models.PROTECT, related_name="credit_note_lines")
+    position = models.PositiveIntegerField()
+    description = models.CharField(max_length=300)
+    quantity = models.DecimalField(**QUANTITY, null=True, blank=True, help_text="Credited by quantity.")
+    amount = models.DecimalField(**MONEY)
+    tax_amount = models.DecimalField(**MONEY, default=0)
+    total = models.DecimalField(**MONEY)
+
+    class Meta:
+        ordering = ["credit_note", "position"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["credit_note", "position"], name="creditnoteline_unique_position"
+            ),
+            models.UniqueConstraint(
+                fields=["credit_note", "invoice_line"], name="creditnoteline_one_per_invoice_line"
+            ),
+            models.CheckConstraint(
+                condition=Q(amount__gt=0, tax_amount__gte=0, total__gte=0)
+                & (Q(quantity__isnull=True) | Q(quantity__gt=0)),
+                name="creditnoteline_amounts_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.description

@@ -17,7 +17,7 @@ from django.db.models import Count, Max, Min, Q, Sum
 from django.utils import timezone
 
 from billing import invoicing, period_pricing, periods, taxes
-from billing.models import CallCost, Invoice, InvoiceLine
+from billing.models import CallCost, CreditNote, Invoice, InvoiceLine
 from billing.money import format_unit_price
 from tenants.models import Tenant
 from usage import rollups
@@ -126,7 +126,40 @@ def _allocate(spend_: Spend, group_by: str, rows: list[dict]) -> list[dict]:
 
 
 def invoices_for(tenant: Tenant):
-    return Invoice.objects.for_tenant(tenant).order_by("-period_start")
+    """The tenant's invoices, newest period first, each with ``credited``: what its credit notes credited."""
+    return (
+        Invoice.objects.for_tenant(tenant)
+        .annotate(credited=Sum("credit_notes__total"))
+        .order_by("-period_start")
+    )
+
+
+def credit_notes_for(tenant: Tenant, invoice: Invoice | None = None):
+    notes = CreditNote.objects.for_tenant(tenant).select_related("invoice")
+    if invoice is not None:
+        notes = notes.filter(invoice=invoice)
+    return notes.order_by("-issued_at", "-id")
+
+
+def credit_note_totals(note: CreditNote) -> list[tuple[str, Decimal, bool]]:
+    """The credit note's figures as its page and PDF show them: (label, amount, counted in the total?) — the
+    lines' subtotal, their share of the invoice's discounts, tax (named after the invoice's rate; contained
+    rather than added for an inclusive one) and deductions, then the total credited."""
+    rows: list[tuple[str, Decimal, bool]] = [("Subtotal", note.subtotal, True)]
+    if note.discount_amount:
+        rows.append(("Discounts", -note.discount_amount, True))
+    tax_line = note.invoice.lines.filter(kind=InvoiceLine.Kind.TAX).order_by("position").first()
+    if tax_line is not None:
+        name = tax_line.description
+        if note.tax_included:
+            # "GST 10 % (included): 4.66 AUD of the amounts above" gives the invoice's figure: keep the rate's name
+            rows.append((f"Of which {name.rsplit(': ', 1)[0]}", note.tax_amount, False))
+        else:
+            rows.append((name, note.tax_amount, True))
+    if note.deduction_amount:
+        rows.append(("Less prepaid credit and corrections on the invoice", -note.deduction_amount, True))
+    rows.append(("Total credited", note.total, True))
+    return rows
 
 
 # What a fee line's unit price is per (usage lines are per their meter's unit).

@@ -137,11 +137,31 @@ def _settle(
     tax: Tax | None,
     credit_available: Decimal,
 ) -> Settlement:
+    subtotal = sum((line.amount for line in lines), ZERO)
+    discount_lines, _ = _discount(lines, currency, discounts)
+    discounted = subtotal - sum((-d.amount for d in discount_lines), ZERO)
+    taxes: tuple[TaxLine, ...] = ()
+    if tax is not None:
+        base = max(discounted, ZERO)
+        if tax.reverse_charge:
+            amount = ZERO
+        elif tax.inclusive:
+            amount = round_money(base - base / (1 + tax.rate), currency)
+        else:
+            amount = round_money(base * tax.rate, currency)
+        taxes = (TaxLine(tax.name, tax.rate, base, amount, tax.inclusive, tax.reverse_charge),)
+    settlement = Settlement(subtotal, tuple(discount_lines), taxes, ZERO, currency)
+    applied = min(max(credit_available, ZERO), max(settlement.total, ZERO))
+    return Settlement(subtotal, tuple(discount_lines), taxes, applied, currency)
+
+
+def _discount(
+    lines: list[Line], currency: str, discounts: Sequence[Discount]
+) -> tuple[list[DiscountLine], dict[int, Decimal]]:
+    """What each discount takes, in order, and what each positive line (by index) carries after all of them."""
     for line in lines:
         if round_money(line.amount, currency) != line.amount:
             raise ValueError(f"line amount {line.amount} is not rounded to the minor unit of {currency}")
-    subtotal = sum((line.amount for line in lines), ZERO)
-
     # What each discount can still take: the positive lines it covers, less what earlier discounts took.
     left = {index: line.amount for index, line in enumerate(lines) if line.amount > 0}
     discount_lines = []
@@ -158,21 +178,17 @@ def _settle(
         take = max(min(take, cap), ZERO)
         discount_lines.append(DiscountLine(discount.name, -take))
         _spread(take, covered, left, eligible)
+    return discount_lines, left
 
-    discounted = subtotal - sum((-d.amount for d in discount_lines), ZERO)
-    taxes: tuple[TaxLine, ...] = ()
-    if tax is not None:
-        base = max(discounted, ZERO)
-        if tax.reverse_charge:
-            amount = ZERO
-        elif tax.inclusive:
-            amount = round_money(base - base / (1 + tax.rate), currency)
-        else:
-            amount = round_money(base * tax.rate, currency)
-        taxes = (TaxLine(tax.name, tax.rate, base, amount, tax.inclusive, tax.reverse_charge),)
-    settlement = Settlement(subtotal, tuple(discount_lines), taxes, ZERO, currency)
-    applied = min(max(credit_available, ZERO), max(settlement.total, ZERO))
-    return Settlement(subtotal, tuple(discount_lines), taxes, applied, currency)
+
+def discounted(lines: Iterable[Line], currency: str, discounts: Sequence[Discount]) -> list[Decimal]:
+    """What each line carries after the discounts, in the lines' order, exactly as :func:`settle` spreads them
+    (20 places): a credit note gives back a line's share of its invoice's discounts (billing.credit_notes).
+    Lines that are not positive are never discounted and carry their own amount."""
+    lines = list(lines)
+    with localcontext(prec=PRECISION):
+        _, left = _discount(lines, currency, discounts)
+    return [left.get(index, line.amount) for index, line in enumerate(lines)]
 
 
 def _spread(take: Decimal, covered: list[int], left: dict[int, Decimal], eligible: Decimal) -> None:

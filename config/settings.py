@@ -194,6 +194,7 @@ CELERY_BEAT_SCHEDULE = {
     "check-spend": {"task": "spend.tasks.check_spend", "schedule": 5 * 60},
     "reconcile-stripe": {"task": "payments.tasks.reconcile_stripe", "schedule": 15 * 60},
     "reconcile-topups": {"task": "payments.tasks.reconcile_topups", "schedule": 5 * 60},
+    "reconcile-credit-notes": {"task": "payments.tasks.reconcile_credit_notes", "schedule": 15 * 60},
     "dispatch-pending-events": {"task": "notifications.tasks.dispatch_pending_events", "schedule": 60},
     "sweep-webhook-deliveries": {"task": "notifications.tasks.sweep_webhook_deliveries", "schedule": 60},
     # Daily, not hourly: the check re-reads every raw event a tenant ever sent.

@@ -54,6 +54,7 @@ EVENT_TYPES = {
     "invoice.voided": "An invoice was voided.",
     "invoice.marked_uncollectible": "An invoice was marked uncollectible.",
     "invoice.payment_failed": "A payment attempt for an invoice failed.",
+    "credit_note.created": "A credit note was issued on an invoice (what is due lowered, a refund, or credit).",
     "budget.threshold_reached": "Period-to-date spend reached a threshold of the monthly budget.",
     "usage.conflict_detected": "A usage event was resent with the same id but a different payload.",
     "credit.granted": "Prepaid credit was granted (bought, promotional, goodwill or a refund).",

@@ -1,5 +1,5 @@
-"""The invoice admin with the Stripe sync (DESIGN §7): its state in the list, the 'retry sync' action and a
-link to the Stripe invoice.
+"""The invoice and credit note admins with the Stripe sync (DESIGN §7): its state in the list, the 'retry sync'
+action and a link to the Stripe invoice.
 
 Billing's ``InvoiceAdmin`` knows nothing of Stripe; this subclass adds the Stripe parts and replaces it (payments
 is installed after billing, so billing's admin is registered by then), the way ``BilledTenantAdmin`` replaces
@@ -12,25 +12,41 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.utils.html import format_html
 
+from billing.admin.credit_notes import CreditNoteAdmin
 from billing.admin.invoices import InvoiceAdmin
-from billing.models import Invoice
-from payments import stripe_sync, tasks
+from billing.models import CreditNote, Invoice
+from payments import credit_notes, stripe_sync, tasks
 from payments.models import StripeEvent
+
+
+def _retry(
+    modeladmin: admin.ModelAdmin, request, queryset, mark_for_retry, task, what: str, skipped_why: str
+):
+    """Set the chosen objects' syncs back to pending (``mark_for_retry`` says which can be) and queue them."""
+    if not stripe_sync.is_configured():
+        modeladmin.message_user(request, "Stripe is not configured (STRIPE_API_KEY).", messages.ERROR)
+        return
+    ids = mark_for_retry(queryset.values_list("pk", flat=True))
+    for pk in ids:
+        task.delay(pk)
+    skipped = queryset.count() - len(ids)
+    text = f"Queued the Stripe sync of {len(ids)} {what}."
+    if skipped:
+        text += f" Skipped {skipped}: {skipped_why}."
+    modeladmin.message_user(request, text, messages.SUCCESS if ids else messages.WARNING)
 
 
 @admin.action(description="Retry Stripe sync")
 def retry_stripe_sync(modeladmin: admin.ModelAdmin, request, queryset) -> None:
-    if not stripe_sync.is_configured():
-        modeladmin.message_user(request, "Stripe is not configured (STRIPE_API_KEY).", messages.ERROR)
-        return
-    ids = stripe_sync.mark_for_retry(queryset.values_list("pk", flat=True))
-    for invoice_id in ids:
-        tasks.sync_invoice_to_stripe.delay(invoice_id)
-    skipped = queryset.count() - len(ids)
-    text = f"Queued the Stripe sync of {len(ids)} invoice(s)."
-    if skipped:
-        text += f" Skipped {skipped}: drafts, already synced, or settled here before they reached Stripe."
-    modeladmin.message_user(request, text, messages.SUCCESS if ids else messages.WARNING)
+    _retry(
+        modeladmin,
+        request,
+        queryset,
+        stripe_sync.mark_for_retry,
+        tasks.sync_invoice_to_stripe,
+        "invoice(s)",
+        "drafts, already synced, or settled here before they reached Stripe",
+    )
 
 
 @admin.display(description="Stripe invoice")
@@ -65,6 +81,37 @@ class StripeInvoiceAdmin(InvoiceAdmin):
 
 admin.site.unregister(Invoice)
 admin.site.register(Invoice, StripeInvoiceAdmin)
+
+
+@admin.action(description="Retry Stripe sync")
+def retry_credit_note_sync(modeladmin: admin.ModelAdmin, request, queryset) -> None:
+    _retry(
+        modeladmin,
+        request,
+        queryset,
+        credit_notes.mark_for_retry,
+        tasks.sync_credit_note_to_stripe,
+        "credit note(s)",
+        "already synced, or their invoice is not on Stripe",
+    )
+
+
+@admin.display(description="Stripe sync", ordering="sync_state")
+def credit_note_sync_summary(note: CreditNote) -> str:
+    summary = note.get_sync_state_display()
+    if note.sync_error:
+        summary += f" · {note.sync_error[:80]}"
+    return summary
+
+
+class StripeCreditNoteAdmin(CreditNoteAdmin):
+    list_display = [*CreditNoteAdmin.list_display, credit_note_sync_summary]
+    list_filter = [*CreditNoteAdmin.list_filter, "sync_state"]
+    actions = [retry_credit_note_sync]
+
+
+admin.site.unregister(CreditNote)
+admin.site.register(CreditNote, StripeCreditNoteAdmin)
 
 
 class ReviewFilter(admin.SimpleListFilter):

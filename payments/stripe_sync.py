@@ -28,7 +28,7 @@ import logging
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import stripe
 from django.conf import settings
@@ -79,6 +79,7 @@ EVENT_STATUS = {
 
 # The outcome of an event that names one of our invoices but is not a copy of it (the admin filters on it).
 HELD_FOR_REVIEW = "held for review"
+T = TypeVar("T")
 
 
 class SyncMismatch(Exception):
@@ -154,16 +155,12 @@ def sync_invoice(invoice_id: int) -> str:
     if invoice.status != Status.OPEN and not invoice.stripe_invoice_id:
         return invoice.sync_state
     _record(invoice_id, sync_state=SyncState.PENDING, sync_attempted_at=timezone.now())
-    try:
-        stripe_invoice = _push(client(), invoice)
-    except TRANSIENT_ERRORS as error:
-        _record(invoice_id, sync_error=f"{_describe(error)} (will retry)"[:ERROR_MAX_CHARS])
-        metrics.record_stripe_sync_failure("transient")
-        raise
-    except (stripe.StripeError, SyncMismatch) as error:
-        logger.warning("Stripe sync of invoice %s failed: %s", invoice_id, _describe(error))
-        _record(invoice_id, sync_state=SyncState.FAILED, sync_error=_describe(error)[:ERROR_MAX_CHARS])
-        metrics.record_stripe_sync_failure("permanent")
+    stripe_invoice = attempt(
+        lambda: _push(client(), invoice),
+        lambda **fields: _record(invoice_id, **fields),
+        f"invoice {invoice_id}",
+    )
+    if stripe_invoice is None:
         return SyncState.FAILED
     _record(
         invoice_id,
@@ -179,6 +176,24 @@ def sync_invoice(invoice_id: int) -> str:
         "synced invoice %s to Stripe %s (%s)", invoice.number, stripe_invoice.id, stripe_invoice.status
     )
     return SyncState.SYNCED
+
+
+def attempt(push: Callable[[], T], record: Callable[..., None], what: str) -> T | None:
+    """Run one push to Stripe (an invoice's, a credit note's) and record how it went wrong, if it did: a
+    transient error is recorded (the sync stays pending) and re-raised for the Celery task to retry; any other
+    Stripe error, or Stripe disagreeing with us, is recorded as ``failed`` with the message, and None returned.
+    ``record`` writes the sync columns (``sync_state``, ``sync_error``) of what is pushed."""
+    try:
+        return push()
+    except TRANSIENT_ERRORS as error:
+        record(sync_error=f"{_describe(error)} (will retry)"[:ERROR_MAX_CHARS])
+        metrics.record_stripe_sync_failure("transient")
+        raise
+    except (stripe.StripeError, SyncMismatch) as error:
+        logger.warning("Stripe sync of %s failed: %s", what, _describe(error))
+        record(sync_state=SyncState.FAILED, sync_error=_describe(error)[:ERROR_MAX_CHARS])
+        metrics.record_stripe_sync_failure("permanent")
+        return None
 
 
 def _push(api: stripe.StripeClient, invoice: Invoice) -> stripe.Invoice:
@@ -379,6 +394,17 @@ def process_event(event: dict[str, Any]) -> str:
     return outcome
 
 
+# Handlers of the other event types we act on (``credit_note.created``): each is called with the verified event
+# and returns what it did and the invoice it concerns. Registered in ready().
+_event_handlers: dict[str, Callable[[dict[str, Any]], tuple[str, Invoice | None]]] = {}
+
+
+def register_event_handler(
+    event_type: str, handler: Callable[[dict[str, Any]], tuple[str, Invoice | None]]
+) -> None:
+    _event_handlers[event_type] = handler
+
+
 # Handlers for Stripe invoices that are not copies of our invoices (top-ups): called with the event type and
 # Stripe's invoice, each returns what it did, or None when the invoice is not its own. Registered in ready().
 _other_invoice_handlers: list[Callable[[str, dict[str, Any]], str | None]] = []
@@ -390,6 +416,8 @@ def register_invoice_handler(handler: Callable[[str, dict[str, Any]], str | None
 
 
 def _apply_event(event: dict[str, Any]) -> tuple[str, Invoice | None]:
+    if (handler := _event_handlers.get(event["type"])) is not None:
+        return handler(event)
     stripe_status = EVENT_STATUS.get(event["type"])
     if stripe_status is None:
         return "ignored: not an event we act on", None

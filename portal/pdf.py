@@ -1,4 +1,4 @@
-"""Invoice PDFs with ReportLab (pure Python: no system libraries, so it works on any machine).
+"""Invoice and credit note PDFs with ReportLab (pure Python: no system libraries, so it works on any machine).
 
 Every text that comes from data (tenant names, model names, meter codes) is escaped: ReportLab reads
 paragraphs as markup. Model names are long single words (``gemini-2.5-flash-native-audio-preview-12-2025``)
@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from io import BytesIO
 from xml.sax.saxutils import escape
+from zoneinfo import ZoneInfo
 
 from reportlab.lib import colors
 from reportlab.lib.enums import TA_RIGHT
@@ -22,7 +23,7 @@ from reportlab.pdfbase.pdfmetrics import stringWidth
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
 from billing import selectors as billing_selectors
-from billing.models import Invoice
+from billing.models import CreditNote, Invoice
 from billing.money import format_money, format_quantity
 
 FONT, FONT_SIZE = "Helvetica", 8
@@ -54,20 +55,50 @@ def wrapped(text: str, width: float) -> str:
     return " ".join("<br/>".join(escape(p) for p in _pieces(word, width)) for word in text.split(" "))
 
 
-def render_invoice(invoice: Invoice) -> bytes:
-    styles = getSampleStyleSheet()
-    cell = ParagraphStyle("cell", parent=styles["BodyText"], fontName=FONT, fontSize=FONT_SIZE, leading=10)
-    number_cell = ParagraphStyle("number", parent=cell, alignment=TA_RIGHT)
-    buffer = BytesIO()
-    doc = SimpleDocTemplate(
+def _document(buffer: BytesIO, title: str) -> SimpleDocTemplate:
+    return SimpleDocTemplate(
         buffer,
         pagesize=A4,
         leftMargin=18 * mm,
         rightMargin=18 * mm,
         topMargin=18 * mm,
-        title=f"Invoice {invoice.number or 'draft'}",
+        title=title,
         author="Meterline",
     )
+
+
+def _table(rows: list[list], widths: list[float]) -> Table:
+    """A table of lines: a bold header row and a bold total row, zebra rows between, numbers right-aligned."""
+    table = Table(rows, colWidths=widths, repeatRows=1)
+    table.setStyle(
+        TableStyle(
+            [
+                ("FONTNAME", (0, 0), (-1, 0), "Helvetica-Bold"),
+                ("FONTNAME", (0, -1), (-1, -1), "Helvetica-Bold"),
+                ("FONTSIZE", (0, 0), (-1, -1), FONT_SIZE),
+                ("ALIGN", (1, 0), (-1, -1), "RIGHT"),
+                ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                ("LINEBELOW", (0, 0), (-1, 0), 0.6, colors.black),
+                ("LINEABOVE", (0, -1), (-1, -1), 0.6, colors.black),
+                ("ROWBACKGROUNDS", (0, 1), (-1, -2), [colors.white, colors.HexColor("#f4f5f7")]),
+            ]
+        )
+    )
+    return table
+
+
+def _cell_style() -> ParagraphStyle:
+    return ParagraphStyle(
+        "cell", parent=getSampleStyleSheet()["BodyText"], fontName=FONT, fontSize=FONT_SIZE, leading=10
+    )
+
+
+def render_invoice(invoice: Invoice) -> bytes:
+    styles = getSampleStyleSheet()
+    cell = _cell_style()
+    number_cell = ParagraphStyle("number", parent=cell, alignment=TA_RIGHT)
+    buffer = BytesIO()
+    doc = _document(buffer, f"Invoice {invoice.number or 'draft'}")
     tenant, currency = invoice.tenant, invoice.currency
     parties = billing_selectors.invoice_parties(invoice)
     if invoice.issued_on:
@@ -106,22 +137,7 @@ def render_invoice(invoice: Invoice) -> bytes:
             ]
         )
     rows.append(["", "", "", "", "Total", format_money(invoice.total, currency)])
-    table = Table(rows, colWidths=COLUMNS, repeatRows=1)
-    table.setStyle(
-        TableStyle(
-            [
-                ("FONTNAME", (0, 0), (-1, 0), "Helvetica-Bold"),
-                ("FONTNAME", (0, -1), (-1, -1), "Helvetica-Bold"),
-                ("FONTSIZE", (0, 0), (-1, -1), FONT_SIZE),
-                ("ALIGN", (1, 0), (-1, -1), "RIGHT"),
-                ("VALIGN", (0, 0), (-1, -1), "TOP"),
-                ("LINEBELOW", (0, 0), (-1, 0), 0.6, colors.black),
-                ("LINEABOVE", (0, -1), (-1, -1), 0.6, colors.black),
-                ("ROWBACKGROUNDS", (0, 1), (-1, -2), [colors.white, colors.HexColor("#f4f5f7")]),
-            ]
-        )
-    )
-    story.append(table)
+    story.append(_table(rows, COLUMNS))
     taxes = billing_selectors.tax_breakdown(invoice)
     if taxes:
         story.append(Spacer(1, 4 * mm))
@@ -143,6 +159,62 @@ def render_invoice(invoice: Invoice) -> bytes:
         for item in invoice.unmatched:
             text = f"{item['meter']} {item['provider']} {item['model']}: {format_quantity(item['quantity'])}"
             story.append(Paragraph(wrapped(text, width), styles["BodyText"]))
+    doc.build(story)
+    return buffer.getvalue()
+
+
+# Description, quantity, amount credited (174 mm).
+NOTE_COLUMNS = [122 * mm, 26 * mm, 26 * mm]
+OUTCOME_SENTENCES = {
+    CreditNote.Outcome.REDUCE_DUE: "Deducted from what is due on the invoice.",
+    CreditNote.Outcome.REFUND: "Refunded to the card that paid the invoice.",
+    CreditNote.Outcome.CREDIT_BALANCE: "Added to your prepaid credit balance.",
+}
+
+
+def render_credit_note(note: CreditNote) -> bytes:
+    """A credit note laid out like its invoice: the parties the invoice names, the invoice it credits, the reason,
+    the lines credited, then the note's totals (billing.selectors.credit_note_totals)."""
+    styles = getSampleStyleSheet()
+    cell = _cell_style()
+    invoice, currency = note.invoice, note.currency
+    parties = billing_selectors.invoice_parties(invoice)
+    buffer = BytesIO()
+    doc = _document(buffer, f"Credit note {note.number}")
+    issued = note.issued_at.astimezone(ZoneInfo(invoice.tenant.timezone))
+    reason = note.get_reason_display() + (f" — {note.memo}" if note.memo else "")
+    story = [
+        Paragraph("Meterline", styles["Title"]),
+        Paragraph(f"Credit note {escape(note.number)}", styles["Heading2"]),
+        Paragraph("From: " + _party(parties["seller"]), styles["Normal"]),
+        Paragraph("Credited to: " + _party(parties["buyer"]), styles["Normal"]),
+        Paragraph(
+            f"Issued: {issued:%d %b %Y} · Credits invoice {escape(invoice.number or '')} of "
+            f"{invoice.issued_on:%d %b %Y} (period {invoice.period_start:%d %b %Y} – {invoice.last_day:%d %b %Y})",
+            styles["Normal"],
+        ),
+        Paragraph(wrapped(f"Reason: {reason}", doc.width), styles["Normal"]),
+        Paragraph(OUTCOME_SENTENCES[note.outcome], styles["Normal"]),
+        Spacer(1, 6 * mm),
+    ]
+    rows: list[list] = [["Description", "Quantity", "Amount credited"]]
+    for line in note.lines.order_by("position"):
+        rows.append(
+            [
+                Paragraph(wrapped(line.description, NOTE_COLUMNS[0] - CELL_PADDING), cell),
+                "" if line.quantity is None else format_quantity(line.quantity),
+                format_money(line.amount, currency),
+            ]
+        )
+    for label, amount, _ in billing_selectors.credit_note_totals(note):
+        rows.append(
+            [
+                Paragraph(wrapped(label, NOTE_COLUMNS[0] - CELL_PADDING), cell),
+                "",
+                format_money(amount, currency),
+            ]
+        )
+    story.append(_table(rows, NOTE_COLUMNS))
     doc.build(story)
     return buffer.getvalue()
 

@@ -1,7 +1,8 @@
 """Billing admin for platform staff (DESIGN §8), one module per area: price plans and their versions
 (``plans``), prices and tiers (``prices``), read-only locked versions (``locked_versions``), the audit trail
 of plan edits (``audit``), provider rates (``rates``), tenants' subscriptions (``subscriptions``), invoices
-and the invoice preview (``invoices``). ``payments.admin`` adds the invoices' Stripe sync.
+and the invoice preview (``invoices``), credit notes and issuing them (``credit_notes``). ``payments.admin`` adds
+the Stripe sync of invoices and credit notes.
 
 Nothing here computes a price: forms check prices by building the ``billing.pricing`` dataclasses (so the
 admin cannot store a plan the engine would refuse), actions call ``billing.invoicing``,
@@ -14,6 +15,7 @@ Importing the modules registers their admins.
 from billing.admin import (
     audit,
     coupons,
+    credit_notes,
     credits,
     invoices,
     locked_versions,
@@ -27,6 +29,7 @@ from billing.admin import (
 __all__ = [
     "audit",
     "coupons",
+    "credit_notes",
     "credits",
     "invoices",
     "locked_versions",

@@ -19,7 +19,8 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from billing import invoicing, period_pricing, periods
+from billing import credit_notes, invoicing, period_pricing, periods
+from billing.admin.credit_notes import CreditNoteInline, issue_view
 from billing.models import Invoice, InvoiceLine, PricePlan
 from billing.money import (
     format_margin_percent,
@@ -176,10 +177,10 @@ class InvoiceAdmin(admin.ModelAdmin):
     list_select_related = ["tenant"]
     search_fields = ["number", "tenant__name", "tenant__slug"]
     date_hierarchy = "period_start"
-    inlines = [InvoiceLineInline]
+    inlines = [InvoiceLineInline, CreditNoteInline]
     actions = ["refresh_drafts", "finalize_now", "void"]
     main_fields = ["number", "tenant", "period", "status", "currency"]
-    amount_fields = ["total_text", "platform_cost_text", "margin_text"]
+    amount_fields = ["total_text", "platform_cost_text", "margin_text", "credited_text", "amount_due_text"]
     date_fields = ["generated_at", "finalized_at", "status_changed_at", "created_at"]
     shown_elsewhere = {"period_start", "period_end", "total", "platform_cost", "unmatched"}
     # The last fieldset holds every other stored field, then these computed ones: an app that owns some of
@@ -238,6 +239,14 @@ class InvoiceAdmin(admin.ModelAdmin):
         margin = invoice.total - invoice.platform_cost
         return f"{format_money_with_code(margin, invoice.currency)} ({format_margin_percent(margin, invoice.total)})"
 
+    @admin.display(description="credited by credit notes")
+    def credited_text(self, invoice: Invoice) -> str:
+        return format_money_with_code(credit_notes.credited(invoice), invoice.currency)
+
+    @admin.display(description="still due")
+    def amount_due_text(self, invoice: Invoice) -> str:
+        return format_money_with_code(credit_notes.amount_due(invoice), invoice.currency)
+
     @admin.display(description="unmatched")
     def unmatched_count(self, invoice: Invoice) -> str:
         if not invoice.unmatched:
@@ -289,6 +298,11 @@ class InvoiceAdmin(admin.ModelAdmin):
                 self.admin_site.admin_view(self.operation_view),
                 name="billing_invoice_operation",
             ),
+            path(
+                "<path:object_id>/credit-note/",
+                self.admin_site.admin_view(self.credit_note_view),
+                name="billing_invoice_credit_note",
+            ),
             *super().get_urls(),
         ]
 
@@ -297,9 +311,22 @@ class InvoiceAdmin(admin.ModelAdmin):
         operations = []
         if invoice is not None and self.has_change_permission(request):
             operations = [(n, op[0]) for n, op in INVOICE_OPERATIONS.items() if invoice.status in op[2]]
+        credit_note_url = ""
+        if (
+            invoice is not None
+            and request.user.has_perm("billing.add_creditnote")
+            and credit_notes.left_to_credit(invoice) > 0
+        ):
+            credit_note_url = reverse("admin:billing_invoice_credit_note", args=[invoice.pk])
         return super().change_view(
-            request, object_id, form_url, {**(extra_context or {}), "invoice_operations": operations}
+            request,
+            object_id,
+            form_url,
+            {**(extra_context or {}), "invoice_operations": operations, "credit_note_url": credit_note_url},
         )
+
+    def credit_note_view(self, request, object_id):
+        return issue_view(self, request, self.get_object(request, unquote(object_id)))
 
     def operation_view(self, request, object_id, operation):
         if request.method != "POST":

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
-from billing.models import PlanVersion, Price, PricePlan, PriceTier, Subscription
+from billing import invoicing
+from billing.models import BillingProfile, PlanVersion, Price, PricePlan, PriceTier, Subscription
+from billing.periods import next_month
+from tests.factories import AgentFactory, TenantFactory
 from usage import ingest, validation
 
 M = Decimal(1_000_000)
@@ -129,3 +132,40 @@ def store_tts(agent, when: datetime, characters, event_id: str) -> None:
 def store_stt(agent, when: datetime, seconds, event_id: str) -> None:
     """A Deepgram nova-3 STT event."""
     store(agent, when, {"stt_audio_seconds": seconds}, event_id, provider="Deepgram", model="nova-3")
+
+
+def at(day: date, hour: int = 12) -> datetime:
+    return datetime(day.year, day.month, day.day, hour, tzinfo=UTC)
+
+
+def billed(currency="USD", base_fee="49.00", usage=True, tax_country=None, **tenant_fields):
+    """An agent of a tenant on a 49-a-month plan with usage in March 2026 (LLM input $2.10, STT $0.12) and, with
+    ``tax_country``, a consumer's billing profile there: what the credit note tests credit."""
+    agent = AgentFactory(tenant=TenantFactory(timezone="UTC", currency=currency, **tenant_fields))
+    subscribe(agent.tenant, make_plan(slug=f"p-{agent.tenant.pk}", base_fee=base_fee, currency=currency))
+    if usage:
+        store(agent, at(date(2026, 3, 5)), {"llm_input_text_tokens": 7_000_000}, "llm")
+        store(
+            agent,
+            at(date(2026, 3, 6)),
+            {"stt_audio_seconds": 600},
+            "stt",
+            provider="Deepgram",
+            model="nova-3",
+        )
+    if tax_country:
+        BillingProfile.objects.create(
+            tenant=agent.tenant,
+            legal_name="Buyer",
+            address_line1="1 Main St",
+            city="Town",
+            country=tax_country,
+            is_business=False,
+        )
+    return agent
+
+
+def finalize(agent, period: date = date(2026, 3, 1)):
+    """The period's invoice of the agent's tenant, finalized the day after the period."""
+    draft = invoicing.generate_invoice(agent.tenant.pk, period)
+    return invoicing.finalize_invoice(draft.pk, force=True, now=at(next_month(period)) + timedelta(days=1))

@@ -24,7 +24,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from billing import invoicing, periods, selectors
+from billing import credit_notes, invoicing, periods, selectors
 from billing.pricing import to_minor_units
 from notifications import outbox, tasks, webhooks
 from notifications.models import WebhookDelivery
@@ -202,6 +202,14 @@ def test_every_event_type_reaches_a_real_receiver_once_signed_across_failures_an
     stripe_sync.process_event(stripe_event("evt_s1", "invoice.payment_failed", paid))
     stripe_sync.apply_stripe_status(paid.pk, "uncollectible")
     stripe_sync.process_event(stripe_event("evt_s2", "invoice.paid", paid))
+    # credit_note.created: part of the paid invoice refunded
+    fee = paid.lines.get(kind="base_fee")
+    credit_notes.issue(
+        paid.pk,
+        outcome="refund",
+        reason="order_change",
+        lines=[credit_notes.Request(fee.pk, amount=Decimal(1))],
+    )
     # budget.threshold_reached (the e-mail still goes out too)
     spend = selectors.current_spend(tenant).total
     budgets.save_budget(tenant, (spend / Decimal("0.6")).quantize(Decimal("0.01")), [50], "a@example.com")

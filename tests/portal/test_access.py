@@ -72,6 +72,24 @@ for _name in (
 MATRIX["portal:webhook-resend"] = ("POST", "portal", delivery_of)
 
 
+def credit_note_of(world, i: int) -> dict:
+    from billing import credit_notes
+    from billing.models import CreditNote
+
+    invoice = world.invoices[i]
+    note = CreditNote.objects.filter(invoice=invoice).first() or credit_notes.issue(
+        invoice.pk,
+        outcome="reduce_due",
+        reason="order_change",
+        lines=[credit_notes.Request(invoice.lines.get(kind="base_fee").pk, amount=1)],
+    )
+    return {"pk": note.pk}
+
+
+MATRIX["portal:credit-note"] = ("GET", "portal", credit_note_of)
+MATRIX["portal:credit-note-pdf"] = ("GET", "portal", credit_note_of)
+
+
 def hold_of(world, i: int) -> dict:
     from datetime import timedelta
 

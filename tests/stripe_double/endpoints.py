@@ -149,6 +149,54 @@ def _check_invoice(params: dict[str, Any]) -> None:
         )
 
 
+CREDIT_NOTE_LINE = {
+    "type": Field(enum("custom_line_item", "invoice_line_item")),
+    "invoice_line_item": Field(text),
+    "amount": Field(non_negative_integer),
+    "quantity": Field(non_negative_integer),
+    "unit_amount": Field(non_negative_integer),
+    "description": Field(text),
+}
+CREDIT_NOTE_CREATE = {
+    "invoice": Field(text),
+    "amount": Field(non_negative_integer),
+    "lines": Field(array_of(hash_of(CREDIT_NOTE_LINE))),
+    "memo": Field(text),
+    "reason": Field(enum("duplicate", "fraudulent", "order_change", "product_unsatisfactory")),
+    "metadata": METADATA,
+    "refund_amount": Field(non_negative_integer),
+    "out_of_band_amount": Field(non_negative_integer),
+    "expand": EXPAND,
+}
+
+
+def _check_credit_note(params: dict[str, Any]) -> None:
+    """The shape Stripe requires: an invoice; ``amount`` or ``lines``; each line typed, an ``invoice_line_item``
+    with its id and an amount or a quantity, a ``custom_line_item`` with a unit amount and a description."""
+    if "invoice" not in params:
+        raise missing_parameter("invoice")
+    if "amount" in params and "lines" in params:
+        raise only_one_of("amount", "lines")
+    if "amount" not in params and not params.get("lines"):
+        raise invalid("One of `amount`, `lines`, or `shipping_cost` must be provided.", param="lines")
+    for index, line in enumerate(params.get("lines") or []):
+        name = f"lines[{index}]"
+        if "type" not in line:
+            raise missing_parameter(f"{name}[type]")
+        if line["type"] == "custom_line_item":
+            refused, needed = ("invoice_line_item", "amount"), ("unit_amount", "description")
+        else:
+            refused, needed = ("unit_amount",), ("invoice_line_item",)
+            if ("amount" in line) == ("quantity" in line):
+                raise invalid(f"Pass one of {name}[amount] and {name}[quantity].", param=f"{name}[amount]")
+        for key in refused:
+            if key in line:
+                raise invalid(f"{name}[{key}] cannot be set on a {line['type']}.", param=f"{name}[{key}]")
+        for key in needed:
+            if key not in line:
+                raise missing_parameter(f"{name}[{key}]")
+
+
 def _check_search(params: dict[str, Any]) -> None:
     if "query" not in params:
         raise missing_parameter("query")
@@ -199,6 +247,11 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("POST", "/v1/invoices/{id}/pay", {"paid_out_of_band": Field(boolean), "expand": EXPAND}, lambda s, ids, p, ctx: s.pay_invoice(ids["id"], p, ctx), "InvoicePayParams"),
     Endpoint("POST", "/v1/invoices/{id}/void", ONLY_EXPAND, lambda s, ids, p, ctx: s.void_invoice(ids["id"], ctx), "InvoiceVoidInvoiceParams"),
     Endpoint("POST", "/v1/invoices/{id}/mark_uncollectible", ONLY_EXPAND, lambda s, ids, p, ctx: s.mark_uncollectible(ids["id"], ctx), "InvoiceMarkUncollectibleParams"),
+    Endpoint("POST", "/v1/credit_notes", CREDIT_NOTE_CREATE, lambda s, ids, p, ctx: s.create_credit_note(p, ctx), "CreditNoteCreateParams", _check_credit_note),
+    Endpoint("GET", "/v1/credit_notes", {**LISTING, "invoice": Field(text), "customer": Field(text)}, lambda s, ids, p, ctx: s.list_credit_notes(p), "CreditNoteListParams"),
+    Endpoint("GET", "/v1/credit_notes/{id}", ONLY_EXPAND, lambda s, ids, p, ctx: s.retrieve_credit_note(ids["id"]), "CreditNoteRetrieveParams"),
+    Endpoint("GET", "/v1/credit_notes/{id}/lines", PAGING, lambda s, ids, p, ctx: s.list_credit_note_lines(ids["id"], p), "CreditNoteListLinesParams"),
+    Endpoint("GET", "/v1/refunds/{id}", ONLY_EXPAND, lambda s, ids, p, ctx: s.retrieve_refund(ids["id"]), "RefundRetrieveParams"),
     Endpoint("GET", "/v1/events", {**LISTING, "type": Field(text), "types": Field(array_of(text))}, lambda s, ids, p, ctx: s.list_events(p), "EventListParams"),
     Endpoint("GET", "/v1/events/{id}", ONLY_EXPAND, lambda s, ids, p, ctx: s.retrieve_event(ids["id"]), "EventRetrieveParams"),
 ]

@@ -153,8 +153,11 @@ INVOICE_LINES_INLINE = 10
 def invoice(
     record: dict[str, Any], items: list[dict[str, Any]], customer_record: dict[str, Any]
 ) -> dict[str, Any]:
-    """``items`` are the invoice items on this invoice, oldest first; the totals are their sum (no tax/discounts)."""
+    """``items`` are the invoice items on this invoice, oldest first; the totals are their sum (no tax/discounts).
+    Credit notes issued before payment lower what is due; those after it are counted apart (Stripe's
+    ``pre_payment_credit_notes_amount`` and ``post_payment_credit_notes_amount``)."""
     subtotal = sum(item["amount"] for item in items)
+    amount_due = max(subtotal - record["pre_payment_credit"], 0)
     status = record["status"]
     contact = record["customer_snapshot"] or snapshot_of(customer_record)
     transitions = record["status_transitions"]
@@ -164,10 +167,10 @@ def invoice(
         example("invoice"),
         id=record["id"],
         account_tax_ids=None,
-        amount_due=max(subtotal, 0),
+        amount_due=amount_due,
         amount_overpaid=0,
         amount_paid=record["amount_paid"],
-        amount_remaining=max(subtotal - record["amount_paid"], 0),
+        amount_remaining=max(amount_due - record["amount_paid"], 0),
         amount_shipping=0,
         attempt_count=record.get("attempt_count", 0),
         attempted=record.get("attempt_count", 0) > 0,
@@ -233,8 +236,8 @@ def invoice(
         },
         period_end=record["created"],
         period_start=record["created"],
-        post_payment_credit_notes_amount=0,
-        pre_payment_credit_notes_amount=0,
+        post_payment_credit_notes_amount=record["post_payment_credit"],
+        pre_payment_credit_notes_amount=record["pre_payment_credit"],
         receipt_number=None,
         shipping_cost=None,
         shipping_details=None,
@@ -252,6 +255,106 @@ def invoice(
         total_pretax_credit_amounts=[],
         total_taxes=[],
         webhooks_delivered_at=record["created"],
+    )
+
+
+def credit_note_line(record: dict[str, Any]) -> dict[str, Any]:
+    custom = record["type"] == "custom_line_item"
+    return overlay(
+        example("credit_note_line_item"),
+        amount=record["amount"],
+        description=record["description"],
+        discount_amount=0,
+        discount_amounts=[],
+        id=record["id"],
+        invoice_line_item=None if custom else record["invoice_line_item"],
+        livemode=False,
+        quantity=record["quantity"],
+        tax_rates=[],
+        type=record["type"],
+        unit_amount=record["unit_amount"] if custom else None,
+        unit_amount_decimal=str(record["unit_amount"]) if custom else None,
+        pretax_credit_amounts=[],
+        taxes=[],
+        metadata={},
+    )
+
+
+def credit_note(record: dict[str, Any]) -> dict[str, Any]:
+    """A credit note: ``pre_payment_amount`` lowered what the invoice had left to pay, ``post_payment_amount``
+    (paid invoices) went to ``refunds`` and ``out_of_band_amount``."""
+    pre, post = record["pre_payment_amount"], record["post_payment_amount"]
+    refunds = (
+        [
+            {
+                "amount_refunded": record["refund_amount"],
+                "refund": record["refund"],
+                "payment_record_refund": None,
+                "type": "refund",
+            }
+        ]
+        if record["refund"]
+        else []
+    )
+    return overlay(
+        example("credit_note"),
+        amount=record["total"],
+        amount_shipping=0,
+        created=record["created"],
+        currency=record["currency"],
+        customer=record["customer"],
+        customer_account=None,
+        customer_balance_transaction=None,
+        discount_amount=0,
+        discount_amounts=[],
+        effective_at=record["created"],
+        id=record["id"],
+        invoice=record["invoice"],
+        lines=list_page(
+            f"/v1/credit_notes/{record['id']}/lines", [credit_note_line(x) for x in record["lines"]], False
+        ),
+        livemode=False,
+        memo=record["memo"],
+        metadata=dict(record["metadata"]),
+        number=record["number"],
+        out_of_band_amount=record["out_of_band_amount"] or None,
+        pdf=f"https://pay.stripe.com/credit_notes/acct_double/test_{record['id']}/pdf",
+        post_payment_amount=post,
+        pre_payment_amount=pre,
+        pretax_credit_amounts=[],
+        reason=record["reason"],
+        refunds=refunds,
+        shipping_cost=None,
+        status="issued",
+        subtotal=record["total"],
+        subtotal_excluding_tax=record["total"],
+        total=record["total"],
+        total_excluding_tax=record["total"],
+        total_taxes=[],
+        type="pre_payment" if not post else ("post_payment" if not pre else "mixed"),
+        voided_at=None,
+    )
+
+
+def refund(record: dict[str, Any]) -> dict[str, Any]:
+    return overlay(
+        example("refund"),
+        amount=record["amount"],
+        balance_transaction=None,
+        charge=record["charge"],
+        created=record["created"],
+        currency=record["currency"],
+        customer=record["customer"],
+        customer_account=None,
+        id=record["id"],
+        metadata={},
+        payment_intent=None,
+        payment_method=None,
+        reason=None,
+        receipt_number=None,
+        source_transfer_reversal=None,
+        status="succeeded",
+        transfer_reversal=None,
     )
 
 

@@ -49,6 +49,8 @@ class Store:
         self.invoices: dict[str, dict[str, Any]] = {}
         self.items: dict[str, dict[str, Any]] = {}
         self.events: dict[str, dict[str, Any]] = {}
+        self.credit_notes: dict[str, dict[str, Any]] = {}
+        self.refunds: dict[str, dict[str, Any]] = {}
         self.search_delay_seconds = 0
 
     def new_id(self, prefix: str, length: int = 24) -> str:
@@ -264,6 +266,11 @@ class Store:
             "metadata": merge_metadata({}, fields.get("metadata") or {}),
             "number": None,
             "amount_paid": 0,
+            "charged": 0,  # of amount_paid, what a payment method paid (refundable); the rest was out of band
+            "charge": None,
+            "refunded": 0,
+            "pre_payment_credit": 0,  # credit notes that lowered what was due
+            "post_payment_credit": 0,  # credit notes after it was paid
             "customer_snapshot": None,
             "status_transitions": {
                 "finalized_at": None,
@@ -365,10 +372,21 @@ class Store:
             # Nothing to collect: Stripe marks the invoice paid on finalization.
             self._mark_paid(record, ctx)
 
-    def _mark_paid(self, record: dict[str, Any], ctx: RequestContext) -> None:
+    def _remaining(self, record: dict[str, Any]) -> int:
+        """``amount_remaining``: what is due (the total less credit notes issued before payment) less what was paid."""
+        total = sum(item["amount"] for item in self.items_on(record["id"]))
+        return max(max(total - record["pre_payment_credit"], 0) - record["amount_paid"], 0)
+
+    def _mark_paid(self, record: dict[str, Any], ctx: RequestContext, *, charged: bool = False) -> None:
+        """Paid: ``charged`` by the customer's payment method (then refundable), or out of band; a credit note
+        that brings what is due to zero marks an open invoice paid too (with nothing paid)."""
+        paid = self._remaining(record)
         record["status"] = "paid"
         record["status_transitions"]["paid_at"] = self.now()
-        record["amount_paid"] = max(sum(item["amount"] for item in self.items_on(record["id"])), 0)
+        record["amount_paid"] += paid
+        if charged and paid:
+            record["charged"] += paid
+            record["charge"] = self.new_id("ch")
         self.emit("invoice.paid", self.render_invoice(record), ctx)
 
     def pay_invoice(self, invoice_id: str, fields: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
@@ -393,7 +411,15 @@ class Store:
             if decline is not None:
                 self.emit("invoice.payment_failed", self.render_invoice(record), ctx)
                 raise card_declined(decline)
-        self._mark_paid(record, ctx)
+        self._mark_paid(record, ctx, charged=not fields.get("paid_out_of_band"))
+        return self.render_invoice(record)
+
+    def pay_on_hosted_page(self, invoice_id: str, ctx: RequestContext) -> dict[str, Any]:
+        """The customer pays an open invoice by card on Stripe's hosted page: a charge, which can be refunded."""
+        record = self._invoice(invoice_id)
+        if record["status"] not in ("open", "uncollectible"):
+            raise invalid(f"Invoice is {record['status']}: there is nothing to pay.")
+        self._mark_paid(record, ctx, charged=True)
         return self.render_invoice(record)
 
     def void_invoice(self, invoice_id: str, ctx: RequestContext) -> dict[str, Any]:
@@ -420,6 +446,174 @@ class Store:
         rendered = self.render_invoice(record)
         self.emit("invoice.marked_uncollectible", rendered, ctx)
         return rendered
+
+    # Credit notes and refunds
+
+    def create_credit_note(self, fields: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
+        """Stripe's rules: a credit note first lowers what the invoice has left to pay (``pre_payment``); the rest
+        (``post_payment``) must be exactly ``refund_amount`` + ``out_of_band_amount`` (``credit_amount`` is not
+        modelled); notes never credit more than the invoice's total, nor an invoice line more than its amount;
+        a refund needs what a payment method paid; an open invoice left with nothing to pay is paid."""
+        invoice = self._invoice(fields["invoice"], param="invoice")
+        if invoice["status"] not in ("open", "paid", "uncollectible"):
+            raise invalid(
+                f"You can only create a credit note on an open, paid or uncollectible invoice; invoice "
+                f"{invoice['id']} is {invoice['status']}.",
+                param="invoice",
+            )
+        lines = self._credit_note_lines(invoice, fields)
+        total = fields["amount"] if "amount" in fields else sum(line["amount"] for line in lines)
+        if total <= 0:
+            raise invalid("The credit note's total must be greater than 0.", param="lines")
+        invoice_total = sum(item["amount"] for item in self.items_on(invoice["id"]))
+        creditable = invoice_total - invoice["pre_payment_credit"] - invoice["post_payment_credit"]
+        if total > creditable:
+            raise invalid(
+                f"The credit note's total ({total}) is more than the {creditable} that can still be credited on "
+                f"invoice {invoice['id']}.",
+                param="amount" if "amount" in fields else "lines",
+            )
+        pre = min(total, self._remaining(invoice))
+        post = total - pre
+        refund_amount, out_of_band = fields.get("refund_amount", 0), fields.get("out_of_band_amount", 0)
+        if refund_amount + out_of_band != post:
+            raise invalid(
+                f"The sum of credit amount, refund amount and out of band amount ({refund_amount + out_of_band}) "
+                f"must equal the credit note's post-payment amount ({post}).",
+                param="refund_amount" if "refund_amount" in fields else "out_of_band_amount",
+            )
+        refundable = invoice["charged"] - invoice["refunded"]
+        if refund_amount > refundable:
+            raise invalid(
+                f"refund_amount ({refund_amount}) is more than the {refundable} paid by a payment method and not "
+                "refunded yet (an invoice paid out of band has nothing to refund).",
+                param="refund_amount",
+            )
+        now = self.now()
+        refund_id = None
+        if refund_amount:
+            refund_id = self.new_id("re")
+            invoice["refunded"] += refund_amount
+            self.refunds[refund_id] = {
+                "id": refund_id,
+                "amount": refund_amount,
+                "charge": invoice["charge"],
+                "created": now,
+                "currency": invoice["currency"],
+                "customer": invoice["customer"],
+            }
+            self.emit("refund.created", objects.refund(self.refunds[refund_id]), ctx)
+        invoice["pre_payment_credit"] += pre
+        invoice["post_payment_credit"] += post
+        sequence = sum(1 for note in self.credit_notes.values() if note["invoice"] == invoice["id"]) + 1
+        record = {
+            "id": self.new_id("cn"),
+            "created": now,
+            "invoice": invoice["id"],
+            "customer": invoice["customer"],
+            "currency": invoice["currency"],
+            "number": f"{invoice['number']}-CN-{sequence:02d}",
+            "memo": fields.get("memo"),
+            "reason": fields.get("reason"),
+            "metadata": merge_metadata({}, fields.get("metadata") or {}),
+            "lines": lines,
+            "total": total,
+            "pre_payment_amount": pre,
+            "post_payment_amount": post,
+            "refund_amount": refund_amount,
+            "refund": refund_id,
+            "out_of_band_amount": out_of_band,
+            "deleted": False,
+        }
+        self.credit_notes[record["id"]] = record
+        rendered = objects.credit_note(record)
+        self.emit("credit_note.created", rendered, ctx)
+        if pre and invoice["status"] in ("open", "uncollectible") and self._remaining(invoice) == 0:
+            self._mark_paid(invoice, ctx)  # nothing left to pay: Stripe marks it paid
+        return rendered
+
+    def _credit_note_lines(self, invoice: dict[str, Any], fields: dict[str, Any]) -> list[dict[str, Any]]:
+        """The lines as stored (their shape was checked by the endpoint): an ``invoice_line_item`` must be on the
+        invoice and never be credited more than its amount, over all the invoice's credit notes."""
+        items = {item["line_id"]: item for item in self.items_on(invoice["id"])}
+        credited: dict[str, int] = {}
+        for note in self.credit_notes.values():
+            for line in note["lines"]:
+                if line["invoice_line_item"]:
+                    credited[line["invoice_line_item"]] = (
+                        credited.get(line["invoice_line_item"], 0) + line["amount"]
+                    )
+        lines = []
+        for index, line in enumerate(fields.get("lines") or []):
+            name = f"lines[{index}]"
+            quantity = line.get("quantity", 1)
+            item = items.get(line.get("invoice_line_item", ""))
+            if line["type"] == "custom_line_item":
+                amount = line["unit_amount"] * quantity
+            elif item is None:
+                raise no_such(
+                    "invoice line item",
+                    line["invoice_line_item"],
+                    param=f"{name}[invoice_line_item]",
+                    status=400,
+                )
+            else:
+                amount = (
+                    line["amount"]
+                    if "amount" in line
+                    else _round_half_up(item["unit_amount_decimal"] * quantity)
+                )
+                left = item["amount"] - credited.get(item["line_id"], 0)
+                if amount > left:
+                    raise invalid(
+                        f"{name} credits {amount}, more than the {left} left to credit on line item "
+                        f"{item['line_id']}.",
+                        param=f"{name}[amount]",
+                    )
+                credited[item["line_id"]] = credited.get(item["line_id"], 0) + amount
+            lines.append(
+                {
+                    "id": self.new_id("cnli"),
+                    "type": line["type"],
+                    "invoice_line_item": item["line_id"]
+                    if item and line["type"] == "invoice_line_item"
+                    else None,
+                    "description": line.get("description") or (item["description"] if item else None),
+                    "unit_amount": line.get("unit_amount"),
+                    "quantity": quantity,
+                    "amount": amount,
+                }
+            )
+        return lines
+
+    def _credit_note(self, credit_note_id: str) -> dict[str, Any]:
+        if credit_note_id not in self.credit_notes:
+            raise no_such("credit_note", credit_note_id)
+        return self.credit_notes[credit_note_id]
+
+    def retrieve_credit_note(self, credit_note_id: str) -> dict[str, Any]:
+        return objects.credit_note(self._credit_note(credit_note_id))
+
+    def list_credit_notes(self, filters: dict[str, Any]) -> dict[str, Any]:
+        if "invoice" in filters:
+            self._invoice(filters["invoice"], param="invoice")
+        records = _matching(self.credit_notes.values(), filters, ("customer", "invoice"))
+        return self._page("/v1/credit_notes", "credit_note", records, filters, objects.credit_note)
+
+    def list_credit_note_lines(self, credit_note_id: str, filters: dict[str, Any]) -> dict[str, Any]:
+        return self._page(
+            f"/v1/credit_notes/{credit_note_id}/lines",
+            "credit_note_line_item",
+            [{**line, "created": 0} for line in self._credit_note(credit_note_id)["lines"]],
+            filters,
+            objects.credit_note_line,
+            newest_first=False,
+        )
+
+    def retrieve_refund(self, refund_id: str) -> dict[str, Any]:
+        if refund_id not in self.refunds:
+            raise no_such("refund", refund_id)
+        return objects.refund(self.refunds[refund_id])
 
     # Events
 

@@ -237,6 +237,16 @@ class StripeDouble:
                 self.store.retrieve_invoice_item(i) for i, r in self.store.items.items() if not r["deleted"]
             ]
 
+    @property
+    def credit_notes(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [self.store.retrieve_credit_note(i) for i in self.store.credit_notes]
+
+    @property
+    def refunds(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [self.store.retrieve_refund(i) for i in self.store.refunds]
+
     def events(self, event_type: str | None = None) -> list[dict[str, Any]]:
         """Events the double emitted, oldest first (Stripe would deliver these to webhook endpoints)."""
         with self._lock:
@@ -248,11 +258,13 @@ class StripeDouble:
 
     def transition(self, invoice_id: str, action: str) -> dict[str, Any]:
         """Change an invoice as Stripe itself would (a customer paying the hosted page, dunning giving up):
-        ``finalize``, ``pay`` (out of band), ``void`` or ``mark_uncollectible``, with the same rules and events."""
+        ``finalize``, ``pay`` (out of band), ``pay_by_card`` (the hosted page: a refundable charge), ``void`` or
+        ``mark_uncollectible``, with the same rules and events."""
         ctx = RequestContext()
         operations = {
             "finalize": lambda: self.store.finalize_invoice(invoice_id, {}, ctx),
             "pay": lambda: self.store.pay_invoice(invoice_id, {"paid_out_of_band": True}, ctx),
+            "pay_by_card": lambda: self.store.pay_on_hosted_page(invoice_id, ctx),
             "void": lambda: self.store.void_invoice(invoice_id, ctx),
             "mark_uncollectible": lambda: self.store.mark_uncollectible(invoice_id, ctx),
         }

@@ -797,6 +797,197 @@ def test_unknown_fault_kinds_are_rejected(stripe_double):
         stripe_double.inject(r"/v1/invoices", kind="503")
 
 
+# Credit notes and refunds
+
+
+def _open_invoice(client: stripe.StripeClient, *amounts: int) -> stripe.Invoice:
+    invoice = _draft_with_items(client, _customer(client).id, *amounts)
+    return client.v1.invoices.finalize_invoice(invoice.id)
+
+
+def _custom(amount: int, description: str = "credit") -> dict:
+    return {"type": "custom_line_item", "unit_amount": amount, "quantity": 1, "description": description}
+
+
+def test_a_credit_note_on_an_open_invoice_lowers_what_is_due_and_at_zero_the_invoice_is_paid(
+    stripe_double, client
+):
+    invoice = _open_invoice(client, 1234, 766)
+
+    note = client.v1.credit_notes.create(
+        {"invoice": invoice.id, "lines": [_custom(500)], "reason": "order_change", "metadata": {"ours": "7"}}
+    )
+
+    assert (note.object, note.status, note.type, note.total, note.amount) == (
+        "credit_note",
+        "issued",
+        "pre_payment",
+        500,
+        500,
+    )
+    assert (note.pre_payment_amount, note.post_payment_amount, note.refunds) == (500, 0, [])
+    assert note.number == f"{invoice.number}-CN-01" and note.metadata["ours"] == "7"
+    assert [(line.type, line.amount, line.unit_amount) for line in note.lines.data] == [
+        ("custom_line_item", 500, 500)
+    ]
+    after = client.v1.invoices.retrieve(invoice.id)
+    assert (after.total, after.amount_due, after.amount_remaining, after.pre_payment_credit_notes_amount) == (
+        2000,
+        1500,
+        1500,
+        500,
+    )
+    assert after.status == "open"
+    item_line = after.lines.data[0].id
+    rest = client.v1.credit_notes.create(
+        {
+            "invoice": invoice.id,
+            "lines": [
+                {"type": "invoice_line_item", "invoice_line_item": item_line, "amount": 1234},
+                _custom(266),
+            ],
+        }
+    )
+    assert rest.number == f"{invoice.number}-CN-02" and rest.lines.data[0].invoice_line_item == item_line
+    paid = client.v1.invoices.retrieve(invoice.id)
+    assert (paid.status, paid.amount_due, paid.amount_remaining, paid.amount_paid) == ("paid", 0, 0, 0)
+    assert [e["data"]["object"]["id"] for e in stripe_double.events("credit_note.created")] == [
+        note.id,
+        rest.id,
+    ]
+    assert stripe_double.events("invoice.paid")[-1]["data"]["object"]["id"] == invoice.id
+    listed = client.v1.credit_notes.list({"invoice": invoice.id})
+    assert [n.id for n in listed.data] == [rest.id, note.id]  # newest first
+    assert client.v1.credit_notes.retrieve(note.id).total == 500
+    for obj, resource in [(note, "credit_note"), (note.lines.data[0], "credit_note_line_item")]:
+        assert set(obj.to_dict()) == set(example(resource)), resource
+
+
+def test_after_payment_a_credit_note_is_refunded_or_recorded_out_of_band_exactly(stripe_double, client):
+    invoice = _open_invoice(client, 2000)
+    stripe_double.transition(invoice.id, "pay_by_card")
+
+    with pytest.raises(stripe.InvalidRequestError) as unbalanced:
+        client.v1.credit_notes.create({"invoice": invoice.id, "lines": [_custom(700)], "refund_amount": 600})
+    assert unbalanced.value.param == "refund_amount"
+    refunded = client.v1.credit_notes.create(
+        {"invoice": invoice.id, "lines": [_custom(700)], "refund_amount": 700}
+    )
+    outside = client.v1.credit_notes.create(
+        {"invoice": invoice.id, "lines": [_custom(300)], "out_of_band_amount": 300}
+    )
+
+    assert (refunded.type, refunded.post_payment_amount, refunded.out_of_band_amount) == (
+        "post_payment",
+        700,
+        None,
+    )
+    (refund_link,) = refunded.refunds
+    refund = client.v1.refunds.retrieve(refund_link.refund)
+    assert (refund.object, refund.amount, refund.status, refund_link.amount_refunded) == (
+        "refund",
+        700,
+        "succeeded",
+        700,
+    )
+    assert set(refund.to_dict()) == set(example("refund"))
+    assert (outside.out_of_band_amount, outside.refunds) == (300, [])
+    after = client.v1.invoices.retrieve(invoice.id)
+    assert (after.amount_paid, after.post_payment_credit_notes_amount, after.amount_remaining) == (
+        2000,
+        1000,
+        0,
+    )
+    assert [e["data"]["object"]["id"] for e in stripe_double.events("refund.created")] == [refund.id]
+
+
+def test_an_invoice_paid_out_of_band_has_no_payment_to_refund(stripe_double, client):
+    invoice = _open_invoice(client, 2000)
+    stripe_double.transition(invoice.id, "pay")
+
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        client.v1.credit_notes.create({"invoice": invoice.id, "lines": [_custom(100)], "refund_amount": 100})
+
+    assert refused.value.param == "refund_amount"
+    assert stripe_double.credit_notes == [] and stripe_double.refunds == []
+
+
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [
+        (
+            {
+                "lines": [{"type": "custom_line_item", "unit_amount": 1, "quantity": 1, "description": "x"}],
+                "amount": 1,
+            },
+            "lines",
+        ),
+        ({}, "lines"),
+        ({"lines": [{"unit_amount": 1, "description": "x"}]}, "lines[0][type]"),
+        ({"lines": [{"type": "custom_line_item", "unit_amount": 1}]}, "lines[0][description]"),
+        (
+            {"lines": [{"type": "invoice_line_item", "invoice_line_item": "il_nope", "amount": 1}]},
+            "lines[0][invoice_line_item]",
+        ),
+        ({"lines": [{"type": "invoice_line_item", "invoice_line_item": "il_x"}]}, "lines[0][amount]"),
+        ({"lines": [{"type": "custom_line_item", "unit_amount": 2001, "description": "x"}]}, "lines"),
+        ({"amount": 100, "credit_amount": 100}, "credit_amount"),
+        ({"amount": 100, "reason": "because"}, "reason"),
+    ],
+)
+def test_credit_notes_stripe_would_refuse_are_refused_and_change_nothing(
+    stripe_double, client, params, param
+):
+    invoice = _open_invoice(client, 2000)
+
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        client.v1.credit_notes.create({"invoice": invoice.id, **params})
+
+    assert refused.value.param == param
+    assert stripe_double.credit_notes == []
+    assert client.v1.invoices.retrieve(invoice.id).amount_due == 2000
+
+
+def test_credit_notes_never_credit_more_than_a_line_or_the_invoice_and_not_drafts_or_void_ones(client):
+    invoice = _open_invoice(client, 1500, 500)
+    line = client.v1.invoices.retrieve(invoice.id).lines.data[0].id
+    client.v1.credit_notes.create(
+        {
+            "invoice": invoice.id,
+            "lines": [{"type": "invoice_line_item", "invoice_line_item": line, "amount": 1000}],
+        }
+    )
+    with pytest.raises(stripe.InvalidRequestError) as over_line:
+        client.v1.credit_notes.create(
+            {
+                "invoice": invoice.id,
+                "lines": [{"type": "invoice_line_item", "invoice_line_item": line, "amount": 501}],
+            }
+        )
+    assert over_line.value.param == "lines[0][amount]"
+    with pytest.raises(stripe.InvalidRequestError) as over_invoice:
+        client.v1.credit_notes.create({"invoice": invoice.id, "amount": 1001})
+    assert over_invoice.value.param == "amount"
+    draft = _draft_with_items(client, _customer(client).id, 100)
+    voided = _open_invoice(client, 100)
+    client.v1.invoices.void_invoice(voided.id)
+    for target in (draft.id, voided.id):
+        with pytest.raises(stripe.InvalidRequestError) as refused:
+            client.v1.credit_notes.create({"invoice": target, "amount": 50})
+        assert refused.value.param == "invoice"
+
+
+def test_a_credit_note_create_is_replayed_under_its_idempotency_key(stripe_double, client):
+    invoice = _open_invoice(client, 2000)
+    params = {"invoice": invoice.id, "lines": [_custom(100)]}
+
+    first = client.v1.credit_notes.create(params, {"idempotency_key": "cn-1"})
+    again = client.v1.credit_notes.create(params, {"idempotency_key": "cn-1"})
+
+    assert first.id == again.id and len(stripe_double.credit_notes) == 1
+    assert client.v1.invoices.retrieve(invoice.id).amount_due == 1900
+
+
 # Events and webhooks
 
 
