@@ -56,6 +56,7 @@ EVENT_TYPES = {
     "invoice.payment_failed": "A payment attempt for an invoice failed.",
     "budget.threshold_reached": "Period-to-date spend reached a threshold of the monthly budget.",
     "usage.conflict_detected": "A usage event was resent with the same id but a different payload.",
+    "usage.corrected": "Usage events were retracted or replaced: they no longer count.",
     "credit.granted": "Prepaid credit was granted (bought, promotional, goodwill or a refund).",
     "credit.expired": "What was left of a credit grant expired.",
     "authorization.denied": "A pre-call hold was refused: the prepaid balance does not cover it.",
