@@ -22,6 +22,14 @@ def request_examples(now: datetime) -> tuple[dict[str, dict[str, Any]], dict[str
     """({operation id: {example name: {summary, value}}}, {operation id: {path parameter: example}})."""
     stamp = now.strftime("%Y%m%dT%H%M%S")
     call, job = f"call-{stamp}", f"AJ_{stamp}"
+    tts_segment = {
+        "id": f"evt-{stamp}-2",
+        "timestamp": _iso(now - timedelta(minutes=1)),
+        "session_id": call,
+        "provider": "Cartesia",
+        "model": "sonic-3",
+        "usage": {"tts_characters": "72"},
+    }
     bodies = {
         "events_create": {
             "two-events": {
@@ -37,14 +45,7 @@ def request_examples(now: datetime) -> tuple[dict[str, dict[str, Any]], dict[str
                             "usage": {"llm_input_text_tokens": 1106, "llm_output_text_tokens": 18},
                             "metadata": {"turn": 1, "language": "en"},
                         },
-                        {
-                            "id": f"evt-{stamp}-2",
-                            "timestamp": _iso(now - timedelta(minutes=1)),
-                            "session_id": call,
-                            "provider": "Cartesia",
-                            "model": "sonic-3",
-                            "usage": {"tts_characters": "72"},
-                        },
+                        tts_segment,
                     ]
                 },
             },
@@ -53,12 +54,9 @@ def request_examples(now: datetime) -> tuple[dict[str, dict[str, Any]], dict[str
                 "value": {
                     "events": [
                         {
+                            **tts_segment,
                             "id": f"evt-{stamp}-2b",
-                            "replaces": f"evt-{stamp}-2",
-                            "timestamp": _iso(now - timedelta(minutes=1)),
-                            "session_id": call,
-                            "provider": "Cartesia",
-                            "model": "sonic-3",
+                            "replaces": tts_segment["id"],
                             "usage": {"tts_characters": "68"},
                         }
                     ]

@@ -26,17 +26,11 @@ class StoredSessionId:
 register_converter(StoredSessionId, "api_session_id")
 
 
-class EventId:
+class EventId(StoredSessionId):
     """An event id in the identifier alphabet (decision 007; the view refuses "." and ".."). Any other path
     segment names no event: the catch-all answers 404."""
 
     regex = rf"[{validation.IDENTIFIER_CHARACTERS}]{{1,{validation.MAX_ID_LENGTH}}}"
-
-    def to_python(self, value: str) -> str:
-        return value
-
-    def to_url(self, value: str) -> str:
-        return value
 
 
 register_converter(EventId, "api_event_id")

@@ -44,6 +44,32 @@ def record(event_id: str, at: datetime, session: str, model: str, usage: dict, r
     return body
 
 
+def at_once(key: str, jobs: list[tuple[str, object]]) -> list[int]:
+    """Each job — ("events", [event, …]) or ("retract", (event id, body)) — from its own thread and database
+    connection, all released together; the statuses, in the jobs' order."""
+    barrier = threading.Barrier(len(jobs))
+    statuses: list[int] = [0] * len(jobs)
+
+    def run(n: int, kind: str, what) -> None:
+        client = AgentClient(key)
+        barrier.wait()
+        try:
+            if kind == "events":
+                statuses[n] = client.post(URL, {"events": what}).status_code
+            else:
+                event_id, body = what
+                statuses[n] = client.post(f"/api/v1/events/{event_id}/retract", body).status_code
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(n, *job)) for n, job in enumerate(jobs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return statuses
+
+
 def in_one_hour(minute: int = 0) -> datetime:
     """A time in the hour that began two hours ago, ``minute`` minutes into it (0–59)."""
     return (datetime.now(UTC) - timedelta(hours=2)).replace(minute=minute, second=0, microsecond=0)
@@ -206,53 +232,34 @@ def test_concurrent_different_corrections_of_one_event_exactly_one_wins():
     other = record("other", at + timedelta(seconds=1), "call-1", "m0", {"tts_characters": "7"})
     assert AgentClient(key).post(URL, {"events": [original, other]}).status_code == 200
 
-    corrections_sent = [
+    jobs: list[tuple[str, object]] = [
         (
-            "replace",
-            record(
-                f"fix-{i}",
-                at + timedelta(minutes=i),
-                "call-1",
-                f"m{i % 2}",
-                {"tts_characters": str(100 * i)},
-                "orig",
-            ),
+            "events",
+            [
+                record(
+                    f"fix-{i}",
+                    at + timedelta(minutes=i),
+                    "call-1",
+                    f"m{i % 2}",
+                    {"tts_characters": str(100 * i)},
+                    "orig",
+                )
+            ],
         )
         for i in range(1, 9)
-    ] + [("retract", f"reason {i}") for i in range(4)]
-    barrier = threading.Barrier(len(corrections_sent))
-    answers: list[tuple[str, object, int]] = []
-    lock = threading.Lock()
-
-    def correct(kind, what):
-        client = AgentClient(key)
-        barrier.wait()
-        try:
-            if kind == "replace":
-                response = client.post(URL, {"events": [what]})
-            else:
-                response = client.post("/api/v1/events/orig/retract", {"reason": what})
-            with lock:
-                answers.append((kind, what, response.status_code))
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=correct, args=c) for c in corrections_sent]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    ] + [("retract", ("orig", {"reason": f"reason {i}"})) for i in range(4)]
+    answers = [(kind, what, status) for (kind, what), status in zip(jobs, at_once(key, jobs), strict=True)]
 
     winners = [a for a in answers if a[2] == 200]
     assert len(winners) == 1 and sorted(a[2] for a in answers) == [200] + [409] * (len(answers) - 1)
     kind, what, _ = winners[0]
     stored = UsageEvent.objects.get(event_id="orig")
-    effective = [other, what] if kind == "replace" else [other]
-    if kind == "replace":
-        assert stored.retracted_by_event_id == what["id"]
+    effective = [other, *what] if kind == "events" else [other]
+    if kind == "events":
+        assert stored.retracted_by_event_id == what[0]["id"]
     else:
-        assert stored.retraction_reason == what and stored.retracted_by == "agent"
-    assert UsageEvent.objects.count() == 2 + (kind == "replace")  # no losing replacement was stored
+        assert stored.retraction_reason == what[1]["reason"] and stored.retracted_by == "agent"
+    assert UsageEvent.objects.count() == 2 + (kind == "events")  # no losing replacement was stored
     assert_counts_exactly(tenant, effective)
     assert Event.objects.filter(tenant_id=tenant.pk, type=corrections.USAGE_CORRECTED).count() == 1
 
@@ -298,30 +305,11 @@ def test_corrections_and_ordinary_batches_of_one_agent_at_once_stay_exact():
         )
         for i in range(40)
     ]
-    jobs = [("events", [fix]) for fix in fixes.values()]
-    jobs += [("retract", event_id) for event_id in retracted]
+    jobs: list[tuple[str, object]] = [("events", [fix]) for fix in fixes.values()]
+    jobs += [("retract", (event_id, {})) for event_id in retracted]
     jobs += [("events", new[i : i + 5]) for i in range(0, 40, 5)]
     rng.shuffle(jobs)
-    barrier = threading.Barrier(len(jobs))
-    statuses: list[int] = []
-
-    def run(kind, what):
-        client = AgentClient(key)
-        barrier.wait()
-        try:
-            if kind == "events":
-                statuses.append(client.post(URL, {"events": what}).status_code)
-            else:
-                statuses.append(client.post(f"/api/v1/events/{what}/retract", {}).status_code)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=job) for job in jobs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert statuses == [200] * len(jobs)
+    assert at_once(key, jobs) == [200] * len(jobs)
     effective = [*fixes.values(), *(o for o in originals[10:]), *new]
     assert_counts_exactly(tenant, effective)
 
