@@ -100,8 +100,9 @@ def how_corrected(event: UsageEvent) -> str:
 
 
 def lock_sessions(tenant: Tenant, session_ids: Iterable[str]) -> None:
-    """Lock the sessions whose usage times a correction will take again, in id order, until it commits: a
-    batch into one of them waits, and then sees the times the correction left."""
+    """Lock the sessions whose usage times a retraction will take again, in id order, until it commits: a batch
+    into one of them waits, and then widens the times the retraction left (a batch's upsert locks a session row
+    even when it leaves the times as they are, so one that came first is waited for, and its events counted)."""
     ids = sorted({s for s in session_ids if s})
     if ids:
         list(
@@ -156,7 +157,8 @@ def lock_originals(
             )
     if problems:
         raise CorrectionRefused(problems)
-    lock_sessions(tenant, (o.session_id for o in originals.values()))
+    # Their sessions are the replacements' own, which the batch's statement locks in session order as any
+    # batch does (locking them here, earlier, would take them out of that order).
     return originals
 
 
@@ -198,7 +200,8 @@ def read_statement_rows(rows: Iterable[tuple[str, str]]) -> tuple[dict[str, set[
 
 
 # The sessions' first and last usage from the events that still count (NULL when none does). The sessions are
-# locked by the correction, so no batch can add an event the recount misses.
+# locked by the correction (lock_sessions, or the replacement batch's own upsert), so no batch can add an event
+# the recount misses.
 _SESSION_TIMES_SQL = """
 UPDATE usage_session s
 SET first_usage_at = t.first_at, last_usage_at = t.last_at
