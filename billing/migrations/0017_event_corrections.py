@@ -1,5 +1,5 @@
 # What each event's tiered quantities were charged on arrival, so that a correction reverses exactly that
-# (decision 021). Depends on 0015 here; the credit notes branch adds 0016.
+# (decision 021).
 
 import django.db.models.deletion
 from django.db import migrations, models
@@ -7,7 +7,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("billing", "0015_catalogue_generation_terms"),
+        ("billing", "0016_tenant_pricing_generation"),
         ("tenants", "0005_agent_name_full_match"),
     ]
 
