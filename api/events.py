@@ -1,6 +1,7 @@
-"""POST /api/v1/events, and the ingestion flow the LiveKit endpoints share (DESIGN §4).
+"""POST /api/v1/events and POST /api/v1/events/{id}/retract, and the ingestion flow the LiveKit endpoints share
+(DESIGN §4, §14; corrections: docs/decisions/021-event-corrections.md).
 
-Thin: parse, call usage.ingest, render. The serializers here only describe the batch for
+Thin: parse, call usage.ingest or usage.corrections, render. The serializers here only describe the batch for
 ``/api/schema/`` (usage.validation checks it by hand); tests post the schema's examples and fuzz the schema
 against the server.
 """
@@ -8,9 +9,11 @@ against the server.
 from __future__ import annotations
 
 import time
+from decimal import Decimal
 
+from django.http import Http404
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, extend_schema_view
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -18,8 +21,10 @@ from rest_framework.views import APIView
 
 from api.fields import (
     ClosedSerializer,
+    DecimalTextField,
     IdentifierDoc,
     MetadataDoc,
+    RFC3339Field,
     TimestampDoc,
     described,
     identifier_schema,
@@ -27,7 +32,8 @@ from api.fields import (
 )
 from api.problems import error_responses, problem_response
 from observability import metrics
-from usage import ingest, validation
+from usage import corrections, ingest, validation
+from usage.models import UsageEvent
 
 _METER_CACHE_SECONDS = 10.0
 _meter_cache: tuple[float, frozenset[str]] = (0.0, frozenset())
@@ -81,6 +87,15 @@ class EventSerializer(ClosedSerializer):
     model = described(label_schema(128))(required=False, allow_null=True, help_text="e.g. gpt-4o-mini.")
     usage = described(QUANTITIES_SCHEMA, "Quantities")()
     metadata = MetadataDoc(required=False, allow_null=True)
+    replaces = described(identifier_schema(blank=True))(
+        required=False,
+        allow_null=True,
+        help_text="The id of an event you sent before that this one corrects (for example with the right "
+        "quantities or model). That event is retracted when this one is stored: it stays stored and its id "
+        "stays taken, but it no longer counts anywhere (usage, costs, invoices, balance). It must be yours, "
+        "of the same session, not corrected already and at most 35 days old. To correct a correction, "
+        "replace it in turn.",
+    )
 
 
 class EventBatchSerializer(ClosedSerializer):
@@ -109,6 +124,12 @@ class UnpricedUsageSerializer(serializers.Serializer):
     )
 
 
+class ReplacementSerializer(serializers.Serializer):
+    index = serializers.IntegerField(help_text="Position of the event in the list you sent.")
+    id = serializers.CharField(help_text="Its id.")
+    replaces = serializers.CharField(help_text="The event it retracted.")
+
+
 class IngestResultSerializer(serializers.Serializer):
     accepted = serializers.IntegerField(help_text="Events stored by this request.")
     duplicates = serializers.IntegerField(
@@ -121,6 +142,13 @@ class IngestResultSerializer(serializers.Serializer):
     conflicting_events = ConflictingEventSerializer(many=True)
     ignored = serializers.IntegerField(
         required=False, help_text="LiveKit objects that bill nothing (e.g. VAD and end-of-utterance metrics)."
+    )
+    replacements = ReplacementSerializer(
+        many=True,
+        required=False,
+        help_text='Present when some event of the request carries "replaces": the ones this request stored, '
+        "each with the event it retracted. A replacement sent again counts as a duplicate and is not listed "
+        "again (its original stays retracted).",
     )
     unpriced = UnpricedUsageSerializer(
         many=True,
@@ -139,6 +167,46 @@ INGEST_RESPONSES = {
     200: IngestResultSerializer,
     **error_responses(400, 401, 409, 413, 415, 422, 429, e409=OTHER_AGENTS_SESSION),
 }
+CORRECTION_ANSWERS = {
+    "e403": "The event named (by the path, or by an event's replaces) was sent by another agent of your "
+    "tenant: only that agent may correct it. Nothing was changed.",
+    "e404": "No event with this id in your tenant (by the path, or by an event's replaces). Nothing was changed.",
+}
+EVENTS_RESPONSES = {
+    **INGEST_RESPONSES,
+    **error_responses(
+        403,
+        404,
+        409,
+        422,
+        e409=OTHER_AGENTS_SESSION
+        + ' Or an event\'s "replaces" names an event already corrected (retracted, or replaced by another '
+        "event): a correction is final; correct the replacement instead.",
+        e422="The batch is invalid: nothing was stored. `errors` holds a JSON pointer and a reason for every "
+        'offending field — among them a "replaces" naming an event more than 35 days old, or a replacement '
+        "for another session than its original's; fix them and resend the whole batch.",
+        **CORRECTION_ANSWERS,
+    ),
+}
+
+
+_CORRECTION_TITLES = {
+    "event-not-found": "Event not found",
+    "event-of-another-agent": "Event of another agent",
+    "event-already-corrected": "Event already corrected",
+    "event-not-correctable": "Event too old to correct",
+    "correction-of-another-session": "Correction of another session",
+}
+
+
+def _correction_refused(exc: corrections.CorrectionRefused, stored: str) -> Response:
+    return problem_response(
+        exc.status,
+        _CORRECTION_TITLES[exc.code],
+        f"{exc.detail} Nothing was {stored}.",
+        [e.as_dict() for e in exc.errors],
+        code=exc.code,
+    )
 
 
 def _invalid(exc: validation.IngestError) -> Response:
@@ -169,6 +237,8 @@ class IngestView(APIView):
             )
         except validation.IngestError as exc:
             return _invalid(exc)
+        except corrections.CorrectionRefused as exc:
+            return _correction_refused(exc, "stored")
         except ingest.SessionOfAnotherAgent as exc:
             if batch.session_id:
                 pointers = ["/session_id"]
@@ -203,13 +273,134 @@ class IngestView(APIView):
     post=extend_schema(
         operation_id="events_create",
         request=EventBatchSerializer,
-        responses=INGEST_RESPONSES,
+        responses=EVENTS_RESPONSES,
         summary="Submit usage events",
         description="Send 1–1000 usage events. The batch is all or nothing: if any event is invalid, the "
         "answer is 422 with every offending field and nothing is stored. Events are deduplicated by id "
         "forever: resending an accepted batch is safe (its events count as duplicates). A 200 is sent only "
-        "once the events are stored.",
+        'once the events are stored. An event with "replaces" corrects one you sent before, which is '
+        "retracted in the same transaction (404, 403, 409 or 422 naming the field when it cannot be, and "
+        "then nothing is stored).",
     )
 )
 class EventsView(IngestView):
     pass
+
+
+@extend_schema_field(
+    {
+        "type": "string",
+        "maxLength": corrections.MAX_REASON_LENGTH,
+        "pattern": r"^[^\u0000]*$",
+        "description": "Free text of at most 500 characters (no NUL).",
+    }
+)
+class ReasonField(serializers.CharField):
+    """Free text, as metadata values are: any string but NUL and unpaired surrogates, which cannot be stored."""
+
+    def __init__(self, **kwargs):
+        super().__init__(
+            allow_blank=True, trim_whitespace=False, max_length=corrections.MAX_REASON_LENGTH, **kwargs
+        )
+
+    def to_internal_value(self, data):
+        errors: list[validation.FieldError] = []
+        value = validation.text_field(data, "", corrections.MAX_REASON_LENGTH, errors, printable=False)
+        if errors:
+            raise serializers.ValidationError(f"The text {errors[0].detail}.")
+        return value
+
+
+class RetractSerializer(ClosedSerializer):
+    reason = ReasonField(
+        required=False, help_text="Why, for your records and your tenant's webhooks (at most 500 characters)."
+    )
+
+
+class RetractionSerializer(serializers.Serializer):
+    id = serializers.CharField(
+        help_text="The event's id (it stays taken: a resend of it is not counted again)."
+    )
+    retracted_at = RFC3339Field(help_text="When it was retracted (the first time, for a resend).")
+    reason = serializers.CharField(help_text='As given ("" for none).')
+    session_id = serializers.CharField(help_text='Its session ("" for none).')
+    timestamp = RFC3339Field(help_text="When its usage happened, as sent.")
+    provider = serializers.CharField()
+    model = serializers.CharField()
+    removed_usage = serializers.DictField(
+        child=DecimalTextField(),
+        help_text="What no longer counts: the event's quantities, per meter code, as they were stored.",
+    )
+
+
+def _retraction(event: UsageEvent) -> dict:
+    return {
+        "id": event.event_id,
+        "retracted_at": event.retracted_at,
+        "reason": event.retraction_reason,
+        "session_id": event.session_id,
+        "timestamp": event.timestamp,
+        "provider": event.provider,
+        "model": event.model,
+        "removed_usage": {meter: Decimal(quantity) for meter, quantity in event.usage.items()},
+    }
+
+
+_EVENT_ID = OpenApiParameter(
+    "event_id",
+    {**identifier_schema(), "example": "evt-81"},
+    OpenApiParameter.PATH,
+    required=True,
+    description="The id you sent the event with.",
+)
+
+
+class EventRetractView(APIView):
+    @extend_schema(
+        operation_id="events_retract",
+        parameters=[_EVENT_ID],
+        request=RetractSerializer,
+        responses={
+            200: RetractionSerializer,
+            **error_responses(
+                400,
+                401,
+                403,
+                404,
+                409,
+                413,
+                415,
+                422,
+                429,
+                e400="The body is not a JSON object, or has a field other than reason, or reason is not text of "
+                "at most 500 characters. Nothing was changed.",
+                e409="The event was already corrected: replaced by another event, retracted by platform staff, "
+                "or retracted with another reason. A correction is final. Nothing was changed.",
+                e422="The event is more than 35 days old: corrections are accepted in the window late usage "
+                "is, so a finalized period can still be adjusted on the next invoice. Nothing was changed.",
+                **CORRECTION_ANSWERS,
+            ),
+        },
+        summary="Retract an event",
+        description="Takes an event you sent out of everything that counts usage — your usage, session "
+        "costs, the balance, the draft invoice, and (as an adjustment on the next invoice) a finalized "
+        "period — in one transaction. The event stays stored, marked retracted, and its id stays taken. "
+        "Idempotent: retracting it again with the same reason answers the same. The body is optional. To "
+        'correct quantities instead, send the corrected event with "replaces".',
+    )
+    def post(self, request: Request, event_id: str) -> Response:
+        principal = request.user
+        if not validation.is_identifier(event_id):  # "." and "..", which no client can address
+            raise Http404
+        body = RetractSerializer(data=request.data if request.data else {})
+        body.is_valid(raise_exception=True)
+        try:
+            done = corrections.retract(
+                principal.tenant,
+                event_id,
+                agent=principal.agent,
+                reason=body.validated_data.get("reason", ""),
+            )
+        except corrections.CorrectionRefused as exc:
+            return _correction_refused(exc, "changed")
+        return Response(RetractionSerializer(_retraction(done.event)).data)

@@ -18,10 +18,18 @@ def _iso(moment: datetime) -> str:
     return moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def request_examples(now: datetime) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """({operation id: {example name: {summary, value}}}, {operation id: session id for its path})."""
+def request_examples(now: datetime) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, str]]]:
+    """({operation id: {example name: {summary, value}}}, {operation id: {path parameter: example}})."""
     stamp = now.strftime("%Y%m%dT%H%M%S")
     call, job = f"call-{stamp}", f"AJ_{stamp}"
+    tts_segment = {
+        "id": f"evt-{stamp}-2",
+        "timestamp": _iso(now - timedelta(minutes=1)),
+        "session_id": call,
+        "provider": "Cartesia",
+        "model": "sonic-3",
+        "usage": {"tts_characters": "72"},
+    }
     bodies = {
         "events_create": {
             "two-events": {
@@ -37,17 +45,23 @@ def request_examples(now: datetime) -> tuple[dict[str, dict[str, Any]], dict[str
                             "usage": {"llm_input_text_tokens": 1106, "llm_output_text_tokens": 18},
                             "metadata": {"turn": 1, "language": "en"},
                         },
-                        {
-                            "id": f"evt-{stamp}-2",
-                            "timestamp": _iso(now - timedelta(minutes=1)),
-                            "session_id": call,
-                            "provider": "Cartesia",
-                            "model": "sonic-3",
-                            "usage": {"tts_characters": "72"},
-                        },
+                        tts_segment,
                     ]
                 },
-            }
+            },
+            "a-correction": {
+                "summary": "The TTS segment again, with the characters counted right",
+                "value": {
+                    "events": [
+                        {
+                            **tts_segment,
+                            "id": f"evt-{stamp}-2b",
+                            "replaces": tts_segment["id"],
+                            "usage": {"tts_characters": "68"},
+                        }
+                    ]
+                },
+            },
         },
         "livekit_metrics_create": {
             "llm-and-tts-metrics": {
@@ -149,20 +163,29 @@ def request_examples(now: datetime) -> tuple[dict[str, dict[str, Any]], dict[str
         }
     }
     bodies["authorizations_release"] = {"release": {"summary": "The call was not placed", "value": {}}}
-    return bodies, {"sessions_upsert": call, "sessions_read": call}
+    bodies["events_retract"] = {
+        "with-a-reason": {
+            "summary": "The LLM turn was reported twice under two ids",
+            "value": {"reason": "reported twice by a retry in our agent"},
+        }
+    }
+    return bodies, {
+        "sessions_upsert": {"session_id": call},
+        "sessions_read": {"session_id": call},
+        "events_retract": {"event_id": f"evt-{stamp}-1"},
+    }
 
 
 def add_examples(result: dict, generator: Any, request: Any, public: bool) -> dict:
     """drf-spectacular postprocessing hook: put this moment's examples into the generated schema."""
-    bodies, session_ids = request_examples(timezone.now())
+    bodies, path_examples = request_examples(timezone.now())
     for path_item in result.get("paths", {}).values():
         for operation in path_item.values():
             operation_id = operation.get("operationId") if isinstance(operation, dict) else None
             if operation_id in bodies:
                 content = operation["requestBody"]["content"]["application/json"]
                 content["examples"] = bodies[operation_id]
-            if operation_id in session_ids:
-                for parameter in operation.get("parameters", []):
-                    if parameter["name"] == "session_id":
-                        parameter["example"] = session_ids[operation_id]
+            for parameter in operation.get("parameters", []) if operation_id in path_examples else []:
+                if parameter["name"] in path_examples[operation_id]:
+                    parameter["example"] = path_examples[operation_id][parameter["name"]]
     return result

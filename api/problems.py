@@ -42,6 +42,8 @@ ERROR_MEANINGS = {
     "what is required. Nothing was changed.",
     401: "The API key is missing, malformed, unknown, revoked or expired, or its agent or tenant is disabled. "
     "Send `Authorization: Bearer mlk_live_…`.",
+    403: "The key may not do this to the resource named (it belongs to another agent of your tenant). Nothing "
+    "was changed.",
     404: "Not found in your tenant.",
     409: "The request conflicts with what is stored. Nothing was stored.",
     413: "The body is larger than 1 MiB. Send smaller batches.",

@@ -2,11 +2,12 @@ from django.urls import path, re_path, register_converter
 
 from api.balance import AuthorizationExtendView, AuthorizationReleaseView, AuthorizationsView, BalanceView
 from api.budget import BudgetReadView
-from api.events import EventsView
+from api.events import EventRetractView, EventsView
 from api.livekit import LiveKitMetricsView, LiveKitUsageView
 from api.problems import not_found
 from api.sessions import SessionView
 from api.usage import UsageReadView
+from usage import validation
 
 
 class StoredSessionId:
@@ -24,8 +25,19 @@ class StoredSessionId:
 
 register_converter(StoredSessionId, "api_session_id")
 
+
+class EventId(StoredSessionId):
+    """An event id in the identifier alphabet (decision 007; the view refuses "." and ".."). Any other path
+    segment names no event: the catch-all answers 404."""
+
+    regex = rf"[{validation.IDENTIFIER_CHARACTERS}]{{1,{validation.MAX_ID_LENGTH}}}"
+
+
+register_converter(EventId, "api_event_id")
+
 urlpatterns = [
     path("events", EventsView.as_view(), name="api-events"),
+    path("events/<api_event_id:event_id>/retract", EventRetractView.as_view(), name="api-event-retract"),
     path("livekit/metrics", LiveKitMetricsView.as_view(), name="api-livekit-metrics"),
     path("livekit/usage", LiveKitUsageView.as_view(), name="api-livekit-usage"),
     path("usage", UsageReadView.as_view(), name="api-usage"),

@@ -7,7 +7,8 @@ class BillingConfig(AppConfig):
 
     def ready(self) -> None:
         from billing import call_costs
-        from usage import ingest
+        from usage import changes
 
-        # Every batch any path stores is priced per call in its own transaction (billing.call_costs).
-        ingest.register_stored_hook(call_costs.record)
+        # Every batch any path stores is priced per call in its own transaction, and every correction reversed
+        # there (billing.call_costs).
+        changes.register_stored_hook(call_costs.record)

@@ -18,7 +18,15 @@ quantity is priced by the plan version the invoice will use for its tenant-local
 The results are added to ``billing_callcost`` per (session, period, meter, provider, model) with the provider
 cost beside them (for staff margins), and the groups no price matched are returned as the ingest response's
 ``unpriced`` report (billing.unpriced). ``manage.py rebuild_call_costs`` recomputes a tenant's periods from the
-stored events in receipt order (after a price was added for unpriced usage, or on upgrade).
+stored events that count in receipt order (after a price was added for unpriced usage, or on upgrade).
+
+A correction (usage.corrections, decision 021) reaches :func:`record` as retracted events: each is *reversed* —
+its quantities taken out of its call's row at exactly what they were charged when they arrived (a linear price's
+rate, which the plan version of its day still gives; a tiered quantity's own charge, kept per event in
+``billing_tieredcharge`` because it depended on the position then) — so a session's cost stays the sum of what
+its remaining usage was charged, and no other call's cost moves. Tier positions are not rewound: the quantities
+priced after the retracted one keep their prices, and the period's invoice, which prices the rollups, differs
+from Σ calls by what :func:`period_reconciliation` already shows as tier effects.
 """
 
 from __future__ import annotations
@@ -37,11 +45,13 @@ from django.db import connection, transaction
 from django.db.models import Sum
 
 from billing import period_pricing, periods, pricing
-from billing.models import PRECISE, CallCost, TierPosition
+from billing.models import PRECISE, CallCost, TieredCharge, TierPosition
 from billing.unpriced import NO_PLAN, NO_PRICE, NO_PROVIDER_RATE
 from tenants.models import Agent, Tenant
 from usage import rollups
+from usage.changes import UsageChange
 from usage.models import UsageEvent
+from usage.validation import MAX_PAST
 
 ZERO = Decimal(0)
 PLACES = Decimal(1).scaleb(-PRECISE["decimal_places"])  # what a stored precise amount keeps
@@ -53,6 +63,7 @@ LOCK_CLASS = 17_001
 class Usage(Protocol):
     """What record() reads of each stored event (an EventRecord)."""
 
+    event_id: str
     timestamp: datetime
     session_id: str
     provider: str
@@ -72,6 +83,12 @@ class Verdict:
     # per-call checks; a rebuild prices millions of quantities.
     linear: tuple[Decimal, Decimal, Decimal] | None = None
     bounds: tuple = ()  # a tiered price's tiers for pricing.marginal_tiered
+
+    def linear_cost(self, quantity: Decimal) -> Decimal:
+        """A linear price's charge for ``quantity`` (in the caller's 60-digit context)."""
+        numerator, denominator, multiplier = self.linear
+        cost = quantity * numerator / denominator
+        return cost * multiplier if multiplier != 1 else cost
 
     @classmethod
     def priced(cls, price: pricing.Price, rate: pricing.ProviderRate | None) -> Verdict:
@@ -166,6 +183,8 @@ class Pricer:
 class Item:
     """One quantity of one event priced by a tiered price: these are priced one by one, in receipt order."""
 
+    event_id: str
+    timestamp: datetime
     session_id: str
     key: tuple[str, str, str]
     quantity: Decimal
@@ -181,6 +200,8 @@ class Totals:
         default_factory=lambda: defaultdict(lambda: [ZERO] * 5)
     )
     unpriced: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
+    # What each event's tiered quantities were charged: event id → (its timestamp, meter → cost).
+    charges: dict[str, tuple[datetime, dict[str, Decimal]]] = field(default_factory=dict)
 
     def add(self, row_key: tuple, verdict: Verdict, quantity: Decimal, cost: Decimal | None) -> None:
         row = self.rows[row_key]
@@ -208,13 +229,15 @@ class Sorted:
     unpriced: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
 
 
-def sort_events(pricer: Pricer, events: Iterable[tuple[datetime, str, str, str, dict[str, Any]]]) -> Sorted:
-    """Each non-zero quantity of ``events`` — (timestamp, session id, provider, model, usage), in receipt order
-    — with the price its tenant-local day uses."""
+def sort_events(
+    pricer: Pricer, events: Iterable[tuple[str, datetime, str, str, str, dict[str, Any]]]
+) -> Sorted:
+    """Each non-zero quantity of ``events`` — (event id, timestamp, session id, provider, model, usage), in
+    receipt order — with the price its tenant-local day uses."""
     found = Sorted()
     summed, tiered, unpriced = found.summed, found.tiered, found.unpriced
     zone, verdict_for = pricer.zone, pricer.verdict
-    for timestamp, session_id, provider, model, usage in events:
+    for event_id, timestamp, session_id, provider, model, usage in events:
         day = timestamp.astimezone(zone).date()
         for meter, raw in usage.items():
             quantity = Decimal(raw) if isinstance(raw, str) else Decimal(str(raw))
@@ -223,7 +246,7 @@ def sort_events(pricer: Pricer, events: Iterable[tuple[datetime, str, str, str, 
             key = (meter, provider, model)
             period, verdict = verdict_for(day, key)
             if verdict.bounds:
-                tiered.append(Item(session_id, key, quantity, period, verdict))
+                tiered.append(Item(event_id, timestamp, session_id, key, quantity, period, verdict))
                 continue
             if verdict.price is None:
                 unpriced[(*key, verdict.reason)] += 1
@@ -242,13 +265,7 @@ def price_sorted(found: Sorted, positions: dict[tuple[date, Any], Decimal], tota
     position, which they move."""
     with localcontext(prec=pricing.PRECISION):
         for (session_id, period, key, _), (quantity, verdict) in found.summed.items():
-            if verdict.price is None:
-                cost = None
-            else:
-                numerator, denominator, multiplier = verdict.linear
-                cost = quantity * numerator / denominator
-                if multiplier != 1:
-                    cost *= multiplier
+            cost = None if verdict.price is None else verdict.linear_cost(quantity)
             totals.add((session_id, period, *key), verdict, quantity, cost)
         for item in found.tiered:
             verdict = item.verdict
@@ -260,6 +277,7 @@ def price_sorted(found: Sorted, positions: dict[tuple[date, Any], Decimal], tota
             )
             positions[where] = position + item.quantity
             totals.add((item.session_id, item.period, *item.key), verdict, item.quantity, cost)
+            totals.charges.setdefault(item.event_id, (item.timestamp, {}))[1][item.key[0]] = cost
         totals.unpriced.update(found.unpriced)
 
 
@@ -303,20 +321,96 @@ def _begin(tenant: Tenant) -> Pricer:
     return pricer
 
 
-def record(tenant: Tenant, agent: Agent, records: Sequence[Usage]) -> dict[str, Any]:
-    """The ingest hook: price the batch's stored ``records`` (receipt order), add them to the session costs,
-    and return ``{"unpriced": [...]}`` when some quantity has no price (``{}`` otherwise)."""
-    if not records:
+def record(tenant: Tenant, agent: Agent, change: UsageChange) -> dict[str, Any]:
+    """The usage hook: price the transaction's stored events (receipt order) and add them to the session costs,
+    reverse its retracted ones; return ``{"unpriced": [...]}`` when some stored quantity has no price (``{}``
+    otherwise)."""
+    if not change:
         return {}
     pricer = _begin(tenant)
-    found = sort_events(pricer, ((r.timestamp, r.session_id, r.provider, r.model, r.usage) for r in records))
-    positions = _take_positions(tenant, pricer, found.tiered)
-    taken = dict(positions)
     totals = Totals()
-    price_sorted(found, positions, totals)
-    _save_positions(tenant, {k: v for k, v in positions.items() if v != taken[k]})
+    if change.stored:
+        found = sort_events(pricer, (_row(r) for r in change.stored))
+        positions = _take_positions(tenant, pricer, found.tiered)
+        taken = dict(positions)
+        price_sorted(found, positions, totals)
+        _save_positions(tenant, {k: v for k, v in positions.items() if v != taken[k]})
+    if change.retracted:
+        _reverse(tenant, pricer, change.retracted, totals)
     _save_totals(tenant, totals)
+    if change.retracted:
+        _drop_empty_rows(tenant, totals)
     return unpriced_report(totals)
+
+
+def _row(event: Usage) -> tuple[str, datetime, str, str, str, dict[str, Any]]:
+    return (event.event_id, event.timestamp, event.session_id, event.provider, event.model, event.usage)
+
+
+def _reverse(tenant: Tenant, pricer: Pricer, retracted: Sequence[Usage], totals: Totals) -> None:
+    """Take each retracted event's quantities out of its call's row at what they were charged on arrival: a
+    tiered quantity at its own charge (``billing_tieredcharge``), a linear one at the rate of its day's price
+    (the same unless the catalogue was edited in place since, after which decision 017 asks for a rebuild
+    anyway), an unpriced one as unpriced. A tiered quantity stored before its charge was kept (or after it was
+    pruned) goes at its row's average price. Positions are not rewound."""
+    charged = dict(
+        TieredCharge.objects.for_tenant(tenant)
+        .filter(event_id__in=[r.event_id for r in retracted])
+        .values_list("event_id", "charges")
+    )
+    with localcontext(prec=pricing.PRECISION):
+        for event in retracted:
+            day = event.timestamp.astimezone(pricer.zone).date()
+            for meter, raw in event.usage.items():
+                quantity = Decimal(raw) if isinstance(raw, str) else Decimal(str(raw))
+                if not quantity:
+                    continue
+                key = (meter, event.provider, event.model)
+                period, verdict = pricer.verdict(day, key)
+                row_key = (event.session_id, period, *key)
+                if (cost_text := charged.get(event.event_id, {}).get(meter)) is not None:
+                    cost = Decimal(cost_text)
+                elif verdict.price is None:
+                    cost = None
+                elif verdict.linear is not None:
+                    cost = verdict.linear_cost(quantity)
+                else:
+                    cost = _average_cost(tenant, row_key, quantity)
+                totals.add(row_key, verdict, -quantity, None if cost is None else -cost)
+
+
+def _average_cost(tenant: Tenant, row_key: tuple, quantity: Decimal) -> Decimal | None:
+    session_id, period, meter, provider, model = row_key
+    row = (
+        CallCost.objects.for_tenant(tenant)
+        .filter(session_id=session_id, period_start=period, meter=meter, provider=provider, model=model)
+        .first()
+    )
+    priced = row.quantity - row.unpriced_quantity if row is not None else ZERO
+    return row.cost * quantity / priced if priced > 0 else None
+
+
+_DROP_EMPTY_SQL = """
+DELETE FROM billing_callcost c
+USING jsonb_to_recordset(%(rows)s::jsonb) AS x(session_id text, period_start date, meter text, provider text,
+      model text)
+WHERE c.tenant_id = %(tenant)s AND c.session_id = x.session_id AND c.period_start = x.period_start
+  AND c.meter = x.meter AND c.provider = x.provider AND c.model = x.model
+  AND c.quantity = 0 AND c.cost = 0 AND c.unpriced_quantity = 0 AND c.provider_cost = 0
+  AND c.uncosted_quantity = 0
+"""
+
+
+def _drop_empty_rows(tenant: Tenant, totals: Totals) -> None:
+    """A call's row that a correction emptied goes (its usage is as if it had never come)."""
+    if not totals.rows:
+        return
+    rows = [
+        {"session_id": s, "period_start": p.isoformat(), "meter": m, "provider": pr, "model": mo}
+        for s, p, m, pr, mo in totals.rows
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(_DROP_EMPTY_SQL, {"tenant": tenant.pk, "rows": orjson.dumps(rows).decode()})
 
 
 def unpriced_report(totals: Totals) -> dict[str, Any]:
@@ -422,8 +516,23 @@ def _save_positions(tenant: Tenant, positions: dict[tuple[date, Any], Decimal]) 
         )
 
 
+# _SAVE_TOTALS_SQL with the batch's tiered charges kept in the same statement (no round trip more for tiers).
+_SAVE_TOTALS_AND_CHARGES_SQL = f"""
+WITH charged AS (
+    INSERT INTO billing_tieredcharge (tenant_id, event_id, timestamp, charges)
+    SELECT %(tenant)s, x.event_id, x.timestamp, x.charges
+    FROM jsonb_to_recordset(%(charges)s::jsonb) AS x(event_id text, timestamp timestamptz, charges jsonb)
+    ORDER BY x.event_id
+    ON CONFLICT (tenant_id, event_id) DO UPDATE SET timestamp = EXCLUDED.timestamp, charges = EXCLUDED.charges
+){_SAVE_TOTALS_SQL}"""  # noqa: S608 - constant SQL fragments only
+
+
+def _precise(value: Decimal) -> str:
+    return str(value.quantize(PLACES, rounding=ROUND_HALF_UP))
+
+
 def _save_totals(tenant: Tenant, totals: Totals) -> None:
-    if not totals.rows:
+    if not totals.rows:  # a batch with tiered charges has rows too
         return
     names = ("quantity", "cost", "unpriced_quantity", "provider_cost", "uncosted_quantity")
     rows = [
@@ -433,15 +542,19 @@ def _save_totals(tenant: Tenant, totals: Totals) -> None:
             "meter": meter,
             "provider": provider,
             "model": model,
-            **{
-                name: str(value.quantize(PLACES, rounding=ROUND_HALF_UP))
-                for name, value in zip(names, values, strict=True)
-            },
+            **{name: _precise(value) for name, value in zip(names, values, strict=True)},
         }
         for (session_id, period, meter, provider, model), values in totals.rows.items()
     ]
+    params = {"tenant": tenant.pk, "rows": orjson.dumps(rows).decode()}
+    if totals.charges:
+        charges = [
+            {"event_id": event_id, "timestamp": at, "charges": {m: _precise(c) for m, c in costs.items()}}
+            for event_id, (at, costs) in totals.charges.items()
+        ]
+        params["charges"] = orjson.dumps(charges).decode()
     with connection.cursor() as cursor:
-        cursor.execute(_SAVE_TOTALS_SQL, {"tenant": tenant.pk, "rows": orjson.dumps(rows).decode()})
+        cursor.execute(_SAVE_TOTALS_AND_CHARGES_SQL if totals.charges else _SAVE_TOTALS_SQL, params)
 
 
 @dataclass
@@ -454,17 +567,21 @@ REBUILD_CHUNK = 20_000
 
 
 def rebuild(tenant: Tenant, since: date | None = None) -> Rebuilt:
-    """Recompute the tenant's per-call costs from its stored events in receipt order (their ids), for the
-    periods from the one containing ``since`` on (all by default), with today's plans and rates. Ingest of the
-    tenant waits while it runs (an advisory lock), so no batch is priced twice or against a half-built
-    position."""
+    """Recompute the tenant's per-call costs from its stored events that count (retracted ones left out) in
+    receipt order (their ids), for the periods from the one containing ``since`` on (all by default), with
+    today's plans and rates. Ingest of the tenant waits while it runs (an advisory lock), so no batch is priced
+    twice or against a half-built position."""
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [LOCK_CLASS, tenant.pk])
         first = periods.month_start(since) if since else date.min
         CallCost.objects.for_tenant(tenant).filter(period_start__gte=first).delete()
         TierPosition.objects.for_tenant(tenant).filter(period_start__gte=first).delete()
-        events = UsageEvent.objects.for_tenant(tenant).order_by("id")
+        charges = TieredCharge.objects.for_tenant(tenant)
+        if since:
+            charges = charges.filter(timestamp__gte=periods.local_midnight(first, tenant.timezone))
+        charges.delete()
+        events = UsageEvent.objects.for_tenant(tenant).filter(retracted_at__isnull=True).order_by("id")
         if since:
             events = events.filter(
                 timestamp__gte=periods.local_midnight(first, tenant.timezone) - timedelta(days=1)
@@ -473,7 +590,7 @@ def rebuild(tenant: Tenant, since: date | None = None) -> Rebuilt:
         positions: dict[tuple[date, Any], Decimal] = defaultdict(Decimal)
         count = 0
         chunk: list[tuple] = []
-        rows = events.values_list("timestamp", "session_id", "provider", "model", "usage")
+        rows = events.values_list("event_id", "timestamp", "session_id", "provider", "model", "usage")
         for row in rows.iterator(chunk_size=5000):
             chunk.append(row)
             if len(chunk) == REBUILD_CHUNK:
@@ -493,6 +610,12 @@ def _rebuild_chunk(tenant, pricer, chunk, positions, first) -> None:
     totals = Totals()
     price_sorted(found, positions, totals)
     _save_totals(tenant, totals)
+
+
+def prune_charges(now: datetime) -> int:
+    """Forget the tiered charges of events too old to be corrected (a day of margin); returns how many."""
+    deleted, _ = TieredCharge.objects.filter(timestamp__lt=now - MAX_PAST - timedelta(days=1)).delete()
+    return deleted
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
-"""Late usage: events that arrive for a period already finalized are billed on the next invoice (DESIGN §6).
+"""Late usage: events that arrive for a period already finalized are billed on the next invoice (DESIGN §6), and
+so are corrections of its events (DESIGN §14, decision 021): a retraction lowers the period's rollups, so the
+period re-priced comes out lower and the next invoice carries a negative adjustment.
 
-Events are accepted up to 35 days late, so only the two periods before the current one can still receive usage
-after they were finalized (:data:`LATE_USAGE_PERIODS`).
+Events are accepted up to 35 days late, and corrected up to 35 days after their time, so only the two periods
+before the current one can still change after they were finalized (:data:`LATE_USAGE_PERIODS`).
 """
 
 from __future__ import annotations
@@ -101,11 +103,13 @@ def adjustment_lines(invoice: Invoice) -> list[LineDraft]:
 
 
 def _adjustment(line: LineDraft, past: Invoice, amount, quantity, cost, unrounded) -> LineDraft:
+    # Less than was billed can only come from corrections (late usage only adds).
+    why = "Usage corrected" if quantity < 0 else "Late usage"
     return dataclasses.replace(
         line,
         kind=InvoiceLine.Kind.ADJUSTMENT,
         adjusts_kind=line.kind,
-        description=f"Late usage for {past.period_start:%B %Y}: {line.description}",
+        description=f"{why} for {past.period_start:%B %Y}: {line.description}",
         amount=amount,
         unrounded_amount=unrounded,
         quantity=quantity,

@@ -494,6 +494,29 @@ class TierPosition(models.Model):
         return f"{self.price_id} @ {self.quantity}"
 
 
+class TieredCharge(models.Model):
+    """What one event's quantities priced by a tiered price were charged when they arrived, per meter: such a
+    charge depends on the tier position the period had reached then, which nothing else keeps, and a correction
+    takes out exactly that charge (billing.call_costs, decision 021). Kept while the event can still be corrected
+    (35 days, usage.validation.MAX_PAST), then pruned daily."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
+    event_id = models.CharField(max_length=128)
+    timestamp = models.DateTimeField(help_text="The event's.")
+    charges = models.JSONField(help_text="meter code → cost (a decimal string, 20 places)")
+
+    objects = TenantScopedQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "event_id"], name="tieredcharge_unique_event")
+        ]
+        indexes = [models.Index(fields=["timestamp"], name="tieredcharge_time")]
+
+    def __str__(self) -> str:
+        return self.event_id
+
+
 class Coupon(models.Model):
     """A discount made by staff (issue 16 part 3, decision 019): a percentage, or a fixed amount in one currency;
     for one period, N periods or every period from when it is applied to a tenant; optionally only on some

@@ -280,10 +280,11 @@ class SessionCost:
 def session_cost(tenant: Tenant, session_id: str) -> SessionCost:
     """The usage and per-call cost of one conversation, as the portal's session page and GET /sessions/{id}
     show it: each quantity priced when it arrived, at the marginal rate (decision 017), so it does not move
-    when other usage arrives."""
+    when other usage arrives (a correction takes out what the retracted event was charged, decision 021). The
+    span and count are of the events that count (not retracted)."""
     span = (
         UsageEvent.objects.for_tenant(tenant)
-        .filter(session_id=session_id)
+        .filter(session_id=session_id, retracted_at__isnull=True)
         .aggregate(first=Min("timestamp"), last=Max("timestamp"), count=Count("id"))
     )
     rows = list(

@@ -5,7 +5,7 @@ from datetime import date
 from celery import shared_task
 from django.utils import timezone
 
-from billing import invoicing
+from billing import call_costs, invoicing
 
 
 @shared_task(acks_late=True)
@@ -52,3 +52,9 @@ def refresh_plan_drafts(plan_id: int) -> int:
     for tenant_id in tenant_ids:
         refresh_tenant_drafts.delay(tenant_id)
     return len(tenant_ids)
+
+
+@shared_task(acks_late=True)
+def prune_tiered_charges() -> int:
+    """Beat (daily): forget the tiered charges of events too old to be corrected (billing.call_costs)."""
+    return call_costs.prune_charges(timezone.now())

@@ -199,6 +199,8 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-webhook-deliveries": {"task": "notifications.tasks.sweep_webhook_deliveries", "schedule": 60},
     # Daily, not hourly: the check re-reads every raw event a tenant ever sent.
     "verify-rollups": {"task": "usage.tasks.verify_all_rollups", "schedule": 24 * 60 * 60},
+    # what tiered quantities were charged is kept only while their events can be corrected (decision 021)
+    "prune-tiered-charges": {"task": "billing.tasks.prune_tiered_charges", "schedule": 24 * 60 * 60},
 }
 
 STRIPE_API_KEY = env("STRIPE_API_KEY", default="")

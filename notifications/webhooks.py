@@ -57,6 +57,7 @@ EVENT_TYPES = {
     "credit_note.created": "A credit note was issued on an invoice (what is due lowered, a refund, or credit).",
     "budget.threshold_reached": "Period-to-date spend reached a threshold of the monthly budget.",
     "usage.conflict_detected": "A usage event was resent with the same id but a different payload.",
+    "usage.corrected": "Usage events were retracted or replaced: they no longer count.",
     "credit.granted": "Prepaid credit was granted (bought, promotional, goodwill or a refund).",
     "credit.expired": "What was left of a credit grant expired.",
     "authorization.denied": "A pre-call hold was refused: the prepaid balance does not cover it.",

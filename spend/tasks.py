@@ -21,6 +21,7 @@ from django.db.models import Q
 from spend import control
 from spend.models import SpendPolicy
 from tenants.models import Tenant
+from usage.changes import UsageChange
 
 logger = logging.getLogger(__name__)
 
@@ -95,9 +96,10 @@ def _send(tenant_id: int) -> None:
         logger.warning("could not queue the spend check of tenant %s", tenant_id, exc_info=True)
 
 
-def after_ingest(tenant: Tenant, agent, records) -> dict:
-    """Ingest's stored hook: a stored batch may cross a budget threshold or bring the balance low."""
-    if records:
+def after_ingest(tenant: Tenant, agent, change: UsageChange) -> dict:
+    """The usage hook: a stored batch may cross a budget threshold or bring the balance low; a correction may
+    bring it back up (a recovery is recorded silently, so the next fall is announced again)."""
+    if change:
         queue_check(tenant)
     return {}
 

@@ -6,10 +6,10 @@ sum of its text, audio and image details), ``unclassified_cached_tokens``, ``unc
 ``input_details_exceed_total`` / ``output_details_exceed_total`` (details above the total: the total is
 billed), ``negative_<meter>`` (a cached figure above its modality) and ``unbilled_output_image_tokens``.
 This module adds them up per model, for one session or for a range of the usage explorer. Only LiveKit-sourced
-events are read: an agent may put any key in the metadata of ``POST /events``, and a value that is not a number
-is skipped, never an error. A range reads only the events that carry a gap, through a partial index
-(``usageevent_gaps``, migration 0010) whose predicate the query repeats word for word, so a month of 10 M events
-costs what its few gap events cost.
+events that still count (not retracted: usage.corrections) are read: an agent may put any key in the metadata of
+``POST /events``, and a value that is not a number is skipped, never an error. A range reads only the events
+that carry a gap, through a partial index (``usageevent_gaps``, migration 0010) whose predicate the query
+repeats word for word, so a month of 10 M events costs what its few gap events cost.
 
 :func:`audio_check` is the plausibility check of a session's audio tokens (docs/decisions/014, "Audio tokens
 against the session's length").
@@ -27,7 +27,7 @@ from django.db.models import Sum
 _SQL = r"""
 SELECT e.provider, e.model, substr(g.key, 5) AS kind, sum(g.value::numeric), count(*)
 FROM usage_usageevent e CROSS JOIN LATERAL jsonb_each_text(e.metadata) AS g
-WHERE e.tenant_id = %(tenant)s AND e.session_id = %(session)s
+WHERE e.tenant_id = %(tenant)s AND e.session_id = %(session)s AND e.retracted_at IS NULL
   AND e.source IN ('livekit_metrics', 'livekit_usage')
   AND g.key LIKE 'gap\_%%' AND g.value ~ '^-?[0-9]{1,20}(\.[0-9]{1,12})?$'
 GROUP BY 1, 2, 3
@@ -68,7 +68,7 @@ def range_gaps(tenant_id: int, begin: datetime, end: datetime, filters: dict | N
 SELECT e.provider, e.model, substr(g.key, 5) AS kind, sum(g.value::numeric), count(*)
 FROM usage_usageevent e CROSS JOIN LATERAL jsonb_each_text(e.metadata) AS g
 WHERE e.tenant_id = %(tenant)s AND e.timestamp >= %(begin)s AND e.timestamp < %(end)s AND {GAP_EVENTS}
-  {"".join(" AND " + w for w in where)}
+  AND e.retracted_at IS NULL{"".join(" AND " + w for w in where)}
   AND g.key LIKE 'gap\\_%%' AND g.value ~ '^-?[0-9]{{1,20}}(\\.[0-9]{{1,12}})?$'
 GROUP BY 1, 2, 3
 ORDER BY 1, 2, 3

@@ -8,26 +8,32 @@ The same statement creates missing sessions and widens each session's first and 
 inserted (only when they move it, so most batches of a running session rewrite one row's ``last_usage_at``).
 The ids the insert skipped are then compared with the stored events: duplicates or conflicts. Batches are
 validated before they get here (usage.validation, usage.livekit), so an invalid batch stores nothing.
+
+A batch whose events correct stored ones (``replaces``, usage.corrections) first locks and checks the events
+they name, then runs the statement's correcting variant: the same insert, and in the same statement the
+originals of the replacements it inserted marked retracted and the rollups moved by the difference (each bucket
+once, in key order). A resend of a replacement is a duplicate and retracts nothing again.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import orjson
-from django.db import OperationalError, connection, transaction
+from django.db import connection, transaction
+from django.utils import timezone
 
 from notifications import outbox
 from tenants.models import Agent, Tenant
+from usage import changes, corrections
 from usage.models import Session
-from usage.rollups import ROLLUP_CTES
+from usage.rollups import ROLLUP_CHANGE_RESULTS, ROLLUP_CTES, rollup_change_ctes
 from usage.validation import Batch, EventRecord
 
-_RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure
 USAGE_CONFLICT_DETECTED = "usage.conflict_detected"
 CONFLICT_IDS_IN_EVENT = 100  # the event carries the count and at most this many ids
 
@@ -51,9 +57,14 @@ class IngestResult:
     duplicates: int = 0
     conflicts: list[dict[str, Any]] = field(default_factory=list)
     ignored: int = 0
-    # What an ``on_stored`` hook adds to the response body (for example billing's ``unpriced`` report).
+    # The events of the request that replaced a stored one (``[{index, id, replaces}]``); None when it carried
+    # no ``replaces`` (the body then leaves it out).
+    replacements: list[dict[str, Any]] | None = None
+    # What a usage hook adds to the response body (for example billing's ``unpriced`` report).
     extra: dict[str, Any] = field(default_factory=dict)
     inserted_ids: set[str] = field(default_factory=set, repr=False)
+    retracted_ids: set[str] = field(default_factory=set, repr=False)
+    emptied_rollups: list[tuple[str, int]] = field(default_factory=list, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -64,24 +75,10 @@ class IngestResult:
         }
         if self.ignored:
             body["ignored"] = self.ignored
+        if self.replacements is not None:
+            body["replacements"] = self.replacements
         body.update(self.extra)
         return body
-
-
-# Called inside the ingest transaction with the records this batch actually inserted (duplicates and conflicts
-# excluded), in event-id order (code-point order: the batch's receipt order for whatever depends on order, such
-# as a tier position). A layer above usage (billing) passes one in to keep what it derives from new events exact
-# and read-your-writes; what it returns is added to the response body. It raising rolls the whole batch back.
-OnStored = Callable[[Tenant, Agent, Sequence[EventRecord]], dict[str, Any] | None]
-
-# Hooks every store_events call runs (before its own ``on_stored``), registered once by the app that owns them
-# (billing's per-call costs, from its AppConfig.ready), so no path that stores usage can skip them.
-_STORED_HOOKS: list[OnStored] = []
-
-
-def register_stored_hook(hook: OnStored) -> None:
-    if hook not in _STORED_HOOKS:
-        _STORED_HOOKS.append(hook)
 
 
 # ``sessions`` creates the batch's missing sessions, keeps each session's first and last usage from the events
@@ -91,19 +88,23 @@ def register_stored_hook(hook: OnStored) -> None:
 # this statement's snapshot, so a session another agent creates concurrently is still caught. It locks the
 # batch's existing session rows until commit; concurrent batches of one session already wait on each
 # other's per-agent rollup rows (docs/architecture.md), so this adds no new wait in practice.
-_INSERT_SQL = f"""
+def _insert_sql(correcting: bool) -> str:
+    """The statement; ``correcting`` (a batch with ``replaces``): the variant that also retracts the originals of
+    the replacements it inserted and moves the rollups by the difference, returning (kind, value) rows."""
+    replaces = (", replaces", ", e->>7 AS replaces") if correcting else ("", "")
+    head = f"""
 WITH incoming AS (
     SELECT e->>0 AS event_id, (e->>1)::timestamptz AS ts, e->>2 AS session_id, e->>3 AS provider, e->>4 AS model,
-           e->5 AS usage, e->6 AS metadata
+           e->5 AS usage, e->6 AS metadata{replaces[1]}
     FROM jsonb_array_elements(%(rows)s::jsonb) AS e
 ),
 inserted AS (
     INSERT INTO usage_usageevent (tenant_id, agent_id, event_id, timestamp, session_id, provider, model, usage,
-                                  metadata, source, received_at)
-    SELECT %(tenant)s, %(agent)s, event_id, ts, session_id, provider, model, usage, metadata, %(source)s, now()
+                                  metadata, source, received_at{replaces[0]})
+    SELECT %(tenant)s, %(agent)s, event_id, ts, session_id, provider, model, usage, metadata, %(source)s, now(){replaces[0]}
     FROM incoming ORDER BY event_id
     ON CONFLICT (tenant_id, event_id) DO NOTHING
-    RETURNING event_id, timestamp, session_id, provider, model, usage
+    RETURNING event_id, timestamp, session_id, provider, model, usage{replaces[0]}
 ),
 sessions AS (
     INSERT INTO usage_session (tenant_id, agent_id, session_id, end_user_id, conversation_type, metadata,
@@ -124,11 +125,36 @@ sessions AS (
           OR EXCLUDED.last_usage_at > usage_session.last_usage_at
           OR (usage_session.first_usage_at IS NULL AND EXCLUDED.first_usage_at IS NOT NULL)
     RETURNING session_id, agent_id
-),
+),"""  # noqa: S608 - constant SQL fragments only
+    if not correcting:
+        return f"""{head}
 {ROLLUP_CTES}
 SELECT event_id, '' FROM inserted
 UNION ALL SELECT '', session_id FROM sessions WHERE agent_id <> %(agent)s
 """  # noqa: S608 - constant SQL fragments only
+    # The originals were locked and checked (usage.corrections.lock_originals), and none is an event of this
+    # batch; a replacement the insert skipped (a duplicate) retracts nothing.
+    return f"""{head}
+retracted AS (
+    UPDATE usage_usageevent o SET retracted_at = now(), retracted_by_event_id = i.event_id
+    FROM inserted i
+    WHERE o.tenant_id = %(tenant)s AND o.event_id = i.replaces AND o.retracted_at IS NULL
+    RETURNING o.event_id, o.timestamp, o.session_id, o.provider, o.model, o.usage
+),
+changes AS (
+    SELECT timestamp, session_id, provider, model, usage, 1 AS sign FROM inserted
+    UNION ALL SELECT timestamp, session_id, provider, model, usage, -1 FROM retracted
+),
+{rollup_change_ctes("changes")}
+SELECT 'inserted', event_id FROM inserted
+UNION ALL SELECT 'session', session_id FROM sessions WHERE agent_id <> %(agent)s
+UNION ALL SELECT 'retracted', event_id FROM retracted
+UNION ALL {ROLLUP_CHANGE_RESULTS}
+"""  # noqa: S608 - constant SQL fragments only
+
+
+_INSERT_SQL = _insert_sql(correcting=False)
+_CORRECTING_SQL = _insert_sql(correcting=True)
 
 
 # The kinds of usage a session's ``default_models`` can name, and which meters belong to each.
@@ -173,38 +199,47 @@ def store_events(
     *,
     session_mode: str = "",
     attempts: int = 3,
-    on_stored: OnStored | None = None,
+    on_stored: changes.UsageHook | None = None,
+    now: datetime | None = None,
 ) -> IngestResult:
     """Store validated records exactly once and roll them up; returns what happened to each.
 
     A ``session_mode`` ("metrics" or "usage") enforces DESIGN §4's rule that a LiveKit session is reported
     either per request or per model, never both (raises SessionModeConflict, nothing stored). A session
-    another agent created is never written (raises SessionOfAnotherAgent, nothing stored).
+    another agent created is never written (raises SessionOfAnotherAgent, nothing stored). Records that replace
+    stored events retract them in the same transaction, or nothing is stored (raises
+    usage.corrections.CorrectionRefused); ``now`` is the clock their 35-day window is checked against. The usage
+    hooks, then ``on_stored``, hear of what changed (usage.changes).
     """
-    for attempt in range(attempts):
-        try:
-            with transaction.atomic():
-                if session_mode:
-                    _claim_session_mode(tenant, agent, batch.session_id, session_mode)
-                records = with_default_models(tenant, batch.records)
-                result = _store(tenant, agent, records, session_mode)
-                hooks = [*_STORED_HOOKS, *([on_stored] if on_stored else [])]
-                if hooks and result.accepted:
-                    stored = sorted(
-                        (r for r in records if r.event_id in result.inserted_ids),
-                        key=lambda r: r.event_id,
-                    )
-                    for hook in hooks:
-                        result.extra.update(hook(tenant, agent, stored) or {})
-            result.duplicates += batch.repeats
-            result.ignored = batch.ignored
-            return result
-        except OperationalError as exc:
-            sqlstate = getattr(exc.__cause__, "sqlstate", None)
-            if sqlstate not in _RETRYABLE_SQLSTATES or attempt == attempts - 1:
-                raise
-            time.sleep(0.01 * (attempt + 1))
-    raise AssertionError("unreachable")
+
+    def work() -> IngestResult:
+        with transaction.atomic():
+            if session_mode:
+                _claim_session_mode(tenant, agent, batch.session_id, session_mode)
+            records = with_default_models(tenant, batch.records)
+            originals = corrections.lock_originals(tenant, agent, records, now or timezone.now())
+            result = _store(tenant, agent, records, session_mode, correcting=bool(originals))
+            stored = sorted(
+                (r for r in records if r.event_id in result.inserted_ids), key=lambda r: r.event_id
+            )
+            retracted = sorted(
+                (originals[r.replaces] for r in stored if r.replaces), key=lambda event: event.event_id
+            )
+            if originals:
+                result.replacements = [
+                    {"index": r.index, "id": r.event_id, "replaces": r.replaces}
+                    for r in sorted(stored, key=lambda r: r.index)
+                    if r.replaces
+                ]
+            if retracted:
+                corrections.after_retraction(tenant, agent.pk, retracted, result.emptied_rollups)
+            change = changes.UsageChange(stored, [corrections.as_record(event) for event in retracted])
+            result.extra.update(changes.run_hooks(tenant, agent, change, on_stored))
+        result.duplicates += batch.repeats
+        result.ignored = batch.ignored
+        return result
+
+    return changes.retrying(work, attempts)
 
 
 def _claim_session_mode(tenant: Tenant, agent: Agent, session_id: str, mode: str) -> None:
@@ -231,7 +266,7 @@ JOIN usage_usageevent s ON s.tenant_id = %(tenant)s AND s.event_id = e->>0
 WHERE s.agent_id = %(agent)s AND s.source = %(source)s
   AND (s.timestamp = (e->>1)::timestamptz OR s.source = 'livekit_usage')
   AND s.session_id = e->>2 AND s.provider = e->>3 AND s.model = e->>4
-  AND s.usage = e->5 AND s.metadata = e->6
+  AND s.usage = e->5 AND s.metadata = e->6 AND s.replaces = e->>7
 """
 
 
@@ -240,11 +275,21 @@ def _rows_json(records: Sequence[EventRecord]) -> str:
     # driver cost more than the INSERT itself (docs/performance.md); PostgreSQL parses this in C. orjson
     # writes it (aware datetimes as RFC 3339) in a tenth of the standard library's time.
     return orjson.dumps(
-        [[r.event_id, r.timestamp, r.session_id, r.provider, r.model, r.usage, r.metadata] for r in records]
+        [
+            [r.event_id, r.timestamp, r.session_id, r.provider, r.model, r.usage, r.metadata, r.replaces]
+            for r in records
+        ]
     ).decode()
 
 
-def _store(tenant: Tenant, agent: Agent, records: Sequence[EventRecord], session_mode: str) -> IngestResult:
+def _store(
+    tenant: Tenant,
+    agent: Agent,
+    records: Sequence[EventRecord],
+    session_mode: str,
+    *,
+    correcting: bool = False,
+) -> IngestResult:
     if not records:
         return IngestResult()
     params = {
@@ -255,14 +300,26 @@ def _store(tenant: Tenant, agent: Agent, records: Sequence[EventRecord], session
         "source": records[0].source,
         "rows": _rows_json(records),
     }
+    emptied: list[tuple[str, int]] = []
+    retracted: set[str] = set()
     with connection.cursor() as cursor:
-        cursor.execute(_INSERT_SQL, params)
-        rows = cursor.fetchall()
-        inserted = {event_id for event_id, _ in rows if event_id}
-        if others := {session_id for _, session_id in rows if session_id}:
+        if correcting:
+            cursor.execute(_CORRECTING_SQL, params)
+            values, emptied = corrections.read_statement_rows(cursor.fetchall())
+            inserted, others = values.get("inserted", set()), values.get("session", set())
+            retracted = values.get("retracted", set())
+        else:
+            cursor.execute(_INSERT_SQL, params)
+            rows = cursor.fetchall()
+            inserted = {event_id for event_id, _ in rows if event_id}
+            others = {session_id for _, session_id in rows if session_id}
+        if others:
             raise SessionOfAnotherAgent(others)  # the transaction rolls back: nothing is stored
+        if retracted != {r.replaces for r in records if r.replaces and r.event_id in inserted}:
+            # the originals are locked, so this cannot be; never report a correction that did not happen
+            raise AssertionError("a replacement and the retraction of its original must commit together")
         result = IngestResult(accepted=len(inserted))
-        result.inserted_ids = inserted
+        result.inserted_ids, result.retracted_ids, result.emptied_rollups = inserted, retracted, emptied
         leftovers = [r for r in records if r.event_id not in inserted]
         if leftovers:
             cursor.execute(_DUPLICATES_SQL, {**params, "rows": _rows_json(leftovers)})

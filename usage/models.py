@@ -1,12 +1,15 @@
 """Usage tables: the meter catalogue, conversations, raw events (the record of truth) and hourly rollups.
 
-Events are never updated: dedupe is ``UNIQUE (tenant, event_id)`` forever, and a resend with a different
-payload is told from an identical one by comparing it with the stored event (usage.ingest). Rollups are derived from events in the same transaction that
-inserts them (usage.ingest), so each accepted event is counted exactly once.
+Events are never updated but to be retracted, once (usage.corrections; a trigger refuses anything else): dedupe
+is ``UNIQUE (tenant, event_id)`` forever, and a resend with a different payload is told from an identical one by
+comparing it with the stored event (usage.ingest). Rollups are derived from events in the same transaction that
+inserts or retracts them (usage.ingest), so each accepted event is counted exactly once, and a retracted one
+no longer.
 """
 
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce
@@ -115,6 +118,14 @@ class Session(models.Model):
 
 
 class UsageEvent(models.Model):
+    """One event as an agent sent it (or as ingest derived it from a LiveKit report).
+
+    Corrections (docs/decisions/021-event-corrections.md) never change what was sent: a retracted event keeps
+    every field and its id stays taken; it is only marked, once, with when it was retracted and by what — the
+    event that ``replaces`` it, the agent with an optional reason, or platform staff (``retracted_by_user``)
+    with a required one. Everything that counts usage counts only events that are not retracted.
+    """
+
     class Source(models.TextChoices):
         API = "api"
         LIVEKIT_METRICS = "livekit_metrics"
@@ -131,20 +142,62 @@ class UsageEvent(models.Model):
     metadata = models.JSONField(default=dict, blank=True)
     source = models.CharField(max_length=16, choices=Source.choices, default=Source.API)
     received_at = models.DateTimeField(default=timezone.now)
+    # The id of the event this one corrects (retracted in the transaction that stored this one); "" for none.
+    replaces = models.CharField(max_length=128, blank=True, default="", db_default="")
+    retracted_at = models.DateTimeField(null=True, blank=True)
+    retracted_by_event_id = models.CharField(
+        max_length=128, blank=True, default="", db_default="", help_text="The event that replaced this one."
+    )
+    retraction_reason = models.CharField(max_length=500, blank=True, default="", db_default="")
+    retracted_by_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        db_index=False,
+        help_text="The member of platform staff who retracted it (empty: the agent that sent it).",
+    )
 
     objects = TenantScopedQuerySet.as_manager()
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["tenant", "event_id"], name="usageevent_unique_id_per_tenant")
+            models.UniqueConstraint(fields=["tenant", "event_id"], name="usageevent_unique_id_per_tenant"),
+            # Added NOT VALID by usage.0011 (every stored row passes; no scan of a large table under its lock).
+            models.CheckConstraint(condition=~Q(replaces=F("event_id")), name="usageevent_replaces_another"),
+            models.CheckConstraint(
+                condition=Q(retracted_at__isnull=False)
+                | Q(retracted_by_event_id="", retraction_reason="", retracted_by_user__isnull=True),
+                name="usageevent_retraction_marked_once",
+            ),
+            models.CheckConstraint(
+                condition=Q(retracted_by_user__isnull=True)
+                | (~Q(retraction_reason="") & Q(retracted_by_event_id="")),
+                name="usageevent_staff_retraction_has_reason",
+            ),
         ]
         indexes = [
             models.Index(fields=["tenant", "timestamp"], name="usageevent_tenant_time"),
             models.Index(fields=["tenant", "session_id"], name="usageevent_tenant_session"),
         ]
+        permissions = [("retract_usageevent", "Can retract usage events (with a reason)")]
 
     def __str__(self) -> str:
         return self.event_id
+
+    @property
+    def is_retracted(self) -> bool:
+        return self.retracted_at is not None
+
+    @property
+    def retracted_by(self) -> str:
+        """Who took it out: "replacement", "staff" or "agent" ("" while it counts)."""
+        if self.retracted_at is None:
+            return ""
+        if self.retracted_by_event_id:
+            return "replacement"
+        return "staff" if self.retracted_by_user_id else "agent"
 
 
 class Rollup(models.Model):

@@ -22,17 +22,21 @@ def hour_bucket(timestamp: str, tz: str) -> str:
     return f"date_trunc('hour', {timestamp}, {tz})"
 
 
+def _grouped(rows: str, quantity: str, count: str) -> str:
+    return f"""
+grouped AS (
+    SELECT i.session_id, u.key AS meter, i.provider, i.model, {hour_bucket("i.timestamp", "%(tz)s")} AS hour,
+           {quantity} AS quantity, {count} AS event_count
+    FROM {rows} i CROSS JOIN LATERAL jsonb_each_text(i.usage) AS u
+    GROUP BY 1, 2, 3, 4, 5
+),"""  # noqa: S608 - constant SQL fragments only
+
+
 # The rollup part of usage.ingest's statement: CTEs that add the rows of a preceding CTE named ``inserted``
 # (columns timestamp, session_id, provider, model, usage) to both rollups, with the parameters %(tenant)s,
 # %(agent)s and %(tz)s (the tenant's time zone). Keys are upserted in key order, so that overlapping batches
 # do not deadlock; the per-agent rows are the per-session ones summed, so the two tables cannot disagree.
-ROLLUP_CTES = f"""
-grouped AS (
-    SELECT i.session_id, u.key AS meter, i.provider, i.model, {hour_bucket("i.timestamp", "%(tz)s")} AS hour,
-           sum(u.value::numeric) AS quantity, count(*) AS event_count
-    FROM inserted i CROSS JOIN LATERAL jsonb_each_text(i.usage) AS u
-    GROUP BY 1, 2, 3, 4, 5
-),
+ROLLUP_CTES = f"""{_grouped("inserted", "sum(u.value::numeric)", "count(*)")}
 rolled_up AS (
     INSERT INTO usage_usagerollup (tenant_id, agent_id, session_id, meter, provider, model, hour, quantity,
                                    event_count)
@@ -50,6 +54,82 @@ agent_rolled_up AS (
        SET quantity = usage_agentrollup.quantity + EXCLUDED.quantity,
            event_count = usage_agentrollup.event_count + EXCLUDED.event_count
 )"""  # noqa: S608 - constant SQL fragments only
+
+
+def rollup_change_ctes(rows: str) -> str:
+    """``ROLLUP_CTES`` for a correction: the rows of the CTE ``rows`` also have a ``sign``, 1 for an event that
+    now counts and -1 for one retracted (usage.corrections), and each bucket moves by its net change, upserted in
+    the same key order as any batch's, so a correction and a batch do not deadlock either.
+
+    A proposed row must pass the tables' checks (quantity and count ≥ 0) before PostgreSQL looks for a conflict,
+    so it carries the change clamped at 0, and the update takes the true change from ``grouped`` itself. A
+    bucket a retraction takes from is one its event was added to, so it exists; a change that would take one
+    below zero fails those checks, and one that finds its bucket missing is reported by ``ROLLUP_CHANGE_RESULTS``
+    — either way the correction rolls back rather than leave rollups that disagree with the events."""
+    return f"""{_grouped(rows, "sum(u.value::numeric * i.sign)", "sum(i.sign)")}
+agent_grouped AS (
+    SELECT meter, provider, model, hour, sum(quantity) AS quantity, sum(event_count) AS event_count
+    FROM grouped GROUP BY 1, 2, 3, 4
+),
+rolled_up AS (
+    INSERT INTO usage_usagerollup (tenant_id, agent_id, session_id, meter, provider, model, hour, quantity,
+                                   event_count)
+    SELECT %(tenant)s, %(agent)s, session_id, meter, provider, model, hour, greatest(quantity, 0),
+           greatest(event_count, 0)
+    FROM grouped ORDER BY 3, 4, 5, 6, 7
+    ON CONFLICT (tenant_id, agent_id, session_id, meter, provider, model, hour) DO UPDATE
+       SET (quantity, event_count) = (
+           SELECT usage_usagerollup.quantity + g.quantity, usage_usagerollup.event_count + g.event_count
+           FROM grouped g
+           WHERE g.session_id = EXCLUDED.session_id AND g.meter = EXCLUDED.meter AND g.provider = EXCLUDED.provider
+             AND g.model = EXCLUDED.model AND g.hour = EXCLUDED.hour)
+    RETURNING id, quantity, event_count
+),
+agent_rolled_up AS (
+    INSERT INTO usage_agentrollup (tenant_id, agent_id, meter, provider, model, hour, quantity, event_count)
+    SELECT %(tenant)s, %(agent)s, meter, provider, model, hour, greatest(quantity, 0), greatest(event_count, 0)
+    FROM agent_grouped ORDER BY 3, 4, 5, 6
+    ON CONFLICT (tenant_id, agent_id, meter, provider, model, hour) DO UPDATE
+       SET (quantity, event_count) = (
+           SELECT usage_agentrollup.quantity + g.quantity, usage_agentrollup.event_count + g.event_count
+           FROM agent_grouped g
+           WHERE g.meter = EXCLUDED.meter AND g.provider = EXCLUDED.provider AND g.model = EXCLUDED.model
+             AND g.hour = EXCLUDED.hour)
+    RETURNING id, quantity, event_count
+)"""  # noqa: S608 - constant SQL fragments only
+
+
+# With ``rollup_change_ctes``, as (kind, value) text rows: the rollup rows the correction left without events
+# (kind: their table; the caller deletes them: ``delete_emptied``), and ("missing", key) for any bucket a
+# retraction should have taken from but did not find (the statement's snapshot is from before its own writes).
+ROLLUP_CHANGE_RESULTS = """
+SELECT 'usage_usagerollup', id::text FROM rolled_up WHERE event_count = 0 AND quantity = 0
+UNION ALL SELECT 'usage_agentrollup', id::text FROM agent_rolled_up WHERE event_count = 0 AND quantity = 0
+UNION ALL SELECT 'missing', concat_ws(' ', g.session_id, g.meter, g.provider, g.model, g.hour) FROM grouped g
+WHERE (g.quantity < 0 OR g.event_count < 0) AND NOT EXISTS (
+    SELECT 1 FROM usage_usagerollup r
+    WHERE r.tenant_id = %(tenant)s AND r.agent_id = %(agent)s AND r.session_id = g.session_id
+      AND r.meter = g.meter AND r.provider = g.provider AND r.model = g.model AND r.hour = g.hour)
+UNION ALL SELECT 'missing', concat_ws(' ', g.meter, g.provider, g.model, g.hour) FROM agent_grouped g
+WHERE (g.quantity < 0 OR g.event_count < 0) AND NOT EXISTS (
+    SELECT 1 FROM usage_agentrollup r
+    WHERE r.tenant_id = %(tenant)s AND r.agent_id = %(agent)s AND r.meter = g.meter AND r.provider = g.provider
+      AND r.model = g.model AND r.hour = g.hour)"""
+
+
+def delete_emptied(tenant_id: int, emptied: list[tuple[str, int]]) -> None:
+    """Delete the rollup rows a correction emptied (``ROLLUP_CHANGE_RESULTS``), in the correction's transaction, which
+    holds their locks: a bucket without events is no bucket, as if its events had never come (a later batch
+    creates it again). A row whose count reached 0 with a quantity left is drift and stays, for
+    ``rollup_drift`` to report."""
+    for table in ("usage_usagerollup", "usage_agentrollup"):
+        ids = [row_id for name, row_id in emptied if name == table]
+        if ids:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"DELETE FROM {table} WHERE tenant_id = %s AND id = ANY(%s) AND event_count = 0",  # noqa: S608 - constant table names
+                    [tenant_id, ids],
+                )
 
 
 def usage_totals(tenant_id: int, start: datetime, end: datetime) -> dict[tuple[str, str, str], Decimal]:
@@ -263,7 +343,7 @@ WITH from_events AS (
     FROM usage_usageevent e
     JOIN tenants_tenant t ON t.id = e.tenant_id
     CROSS JOIN LATERAL jsonb_each_text(e.usage) AS u
-    WHERE e.tenant_id = %(tenant)s
+    WHERE e.tenant_id = %(tenant)s AND e.retracted_at IS NULL
     GROUP BY 1, 2, 3, 4, 5, 6
 ), per_session AS (
     SELECT 'usage_usagerollup' AS rollup, coalesce(f.agent_id, r.agent_id) AS agent_id,
@@ -293,8 +373,9 @@ ORDER BY 1, 2, 3, 4, 5, 6, 7
 
 
 def rollup_drift(tenant_id: int) -> list[dict]:
-    """Groups whose rollup total differs from the sum of the tenant's raw events (should be none), in
-    either rollup table (``session_id`` is None for ``usage_agentrollup``)."""
+    """Groups whose rollup total differs from the sum of the tenant's raw events that count — those not
+    retracted (usage.corrections) — (should be none), in either rollup table (``session_id`` is None for
+    ``usage_agentrollup``)."""
     with connection.cursor() as cursor:
         cursor.execute(_DRIFT_SQL, {"tenant": tenant_id})
         return [

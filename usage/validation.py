@@ -29,7 +29,11 @@ MAX_METADATA_VALUE_LENGTH = 500
 MAX_ERRORS_REPORTED = 100
 METADATA_NUMBER_LIMIT = Decimal(10) ** 15
 
-EVENT_FIELDS = frozenset({"id", "timestamp", "session_id", "provider", "model", "usage", "metadata"})
+EVENT_FIELDS = frozenset(
+    {"id", "timestamp", "session_id", "provider", "model", "usage", "metadata", "replaces"}
+)
+# The fields of an ordinary event (``plain_event``'s fast path); a correction takes the full validator.
+PLAIN_EVENT_FIELDS = EVENT_FIELDS - {"replaces"}
 # NUL cannot be stored by PostgreSQL; lone surrogates cannot be encoded as UTF-8. Refuse both up front.
 UNSTORABLE_RE = re.compile("[\x00\ud800-\udfff]")
 # The one alphabet of every identifier a client sends: event, session and end-user ids and metadata keys
@@ -98,7 +102,8 @@ class IngestError(Exception):
 
 @dataclass(slots=True)
 class EventRecord:
-    """One validated event, ready to store. ``usage`` maps meter codes to canonical decimal strings."""
+    """One validated event, ready to store. ``usage`` maps meter codes to canonical decimal strings;
+    ``replaces`` is the id of the stored event it corrects ("" for none: docs/decisions/021)."""
 
     index: int
     event_id: str
@@ -109,6 +114,7 @@ class EventRecord:
     usage: dict[str, str]
     metadata: dict[str, Any]
     source: str
+    replaces: str = ""
 
     def identity(self) -> str:
         """The payload as DESIGN §4 compares it ("an identical resend"), canonical: used to tell a repeat of
@@ -122,6 +128,7 @@ class EventRecord:
                 self.model,
                 self.usage,
                 self.metadata,
+                self.replaces,
             ]
         )
 
@@ -344,7 +351,9 @@ def validate_event_batch(payload: Any, meter_codes: frozenset[str], now: datetim
             break
     if errors:
         raise IngestError(errors)
-    return dedupe_within_batch(records, "/events")
+    batch = dedupe_within_batch(records, "/events")
+    check_replacements_within_batch(batch.records, "/events")
+    return batch
 
 
 def _plain(text: Any, limit: int) -> bool:
@@ -367,7 +376,7 @@ def plain_event(
     calls per field: a 1000-event batch runs this 1000 times (the quantity check is ``stored_quantity``'s
     shortcut, inlined). ``known`` holds the session ids and metadata keys of the batch already matched
     against the identifier alphabet: a batch repeats them, so each is matched once."""
-    if type(event) is not dict or not EVENT_FIELDS.issuperset(event):
+    if type(event) is not dict or not PLAIN_EVENT_FIELDS.issuperset(event):
         return None
     if known is None:
         known = set()
@@ -452,6 +461,9 @@ def validate_event(
         if problem := check_window(timestamp, now):
             errors.append(FieldError(f"{pointer}/timestamp", problem))
     session_id = identifier_field(event.get("session_id"), f"{pointer}/session_id", errors)
+    replaces = identifier_field(event.get("replaces"), f"{pointer}/replaces", errors)
+    if replaces and replaces == event_id:
+        errors.append(FieldError(f"{pointer}/replaces", "must name another event than this one"))
     provider = text_field(event.get("provider"), f"{pointer}/provider", 128, errors)
     model = text_field(event.get("model"), f"{pointer}/model", 128, errors)
     metadata = clean_metadata(event.get("metadata"), f"{pointer}/metadata", errors)
@@ -472,7 +484,30 @@ def validate_event(
                 errors.append(FieldError(f"{pointer}/usage/{escape_pointer(code)}", str(exc)))
     if len(errors) > before:
         return None
-    return EventRecord(index, event_id, timestamp, session_id, provider, model, usage, metadata, "api")
+    return EventRecord(
+        index, event_id, timestamp, session_id, provider, model, usage, metadata, "api", replaces
+    )
+
+
+def check_replacements_within_batch(records: list[EventRecord], pointer_base: str) -> None:
+    """What a batch's ``replaces`` can be refused for without the database: naming an event of the same batch
+    (a correction corrects what is stored; send the corrected event instead), or an event another event of the
+    batch already replaces (one event has one correction). Raises IngestError."""
+    ids = {record.event_id for record in records}
+    corrected: dict[str, EventRecord] = {}
+    errors = []
+    for record in records:
+        if not record.replaces:
+            continue
+        pointer = f"{pointer_base}/{record.index}/replaces"
+        if record.replaces in ids:
+            errors.append(FieldError(pointer, "names an event of this batch: send the corrected event alone"))
+        elif (first := corrected.setdefault(record.replaces, record)) is not record:
+            errors.append(
+                FieldError(pointer, f"names the event {pointer_base}/{first.index} already replaces")
+            )
+    if errors:
+        raise IngestError(errors)
 
 
 def dedupe_within_batch(records: list[EventRecord], pointer_base: str) -> Batch:

@@ -141,7 +141,7 @@ ALTER TABLE billing_creditnote DROP CONSTRAINT creditnote_invoice_same_tenant;
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("billing", "0015_catalogue_generation_terms"),
+        ("billing", "0016_tenant_pricing_generation"),
         ("tenants", "0005_agent_name_full_match"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]

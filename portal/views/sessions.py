@@ -36,7 +36,10 @@ def session_detail(request, session_id: str):
     session = get_object_or_404(
         Session.objects.for_tenant(tenant).select_related("agent"), session_id=session_id
     )
-    events = UsageEvent.objects.for_tenant(tenant).filter(session_id=session_id).order_by("timestamp")
+    # every event as sent, retracted ones too (marked: usage.corrections); the counts and cost are of the others
+    events = (
+        UsageEvent.objects.for_tenant(tenant).filter(session_id=session_id).order_by("timestamp", "event_id")
+    )
     cost = billing_selectors.session_cost(tenant, session_id)
     return render(
         request,
@@ -45,6 +48,7 @@ def session_detail(request, session_id: str):
             "session": session,
             "events": events[:500],
             "event_count": cost.event_count,
+            "retracted_count": events.filter(retracted_at__isnull=False).count(),
             "rows": cost.rows,
             "cost": cost.total,
             "provider_cost": cost.provider_cost,

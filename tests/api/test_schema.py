@@ -116,7 +116,7 @@ def test_every_example_in_the_schema_is_accepted_as_is():
                 if path == "/api/v1/authorizations":
                     created_hold = response.json()["id"]
                 sent += 1
-    assert sent == 11  # 7 before the balance and the three authorization writes
+    assert sent == 13  # 9 before the balance and the three authorization writes (2 event examples)
 
 
 def test_a_resent_example_is_a_duplicate_and_a_later_schema_gives_new_events():
@@ -179,5 +179,5 @@ def test_schemathesis_finds_no_failure_against_the_live_server(live_server, tran
         f"cases, {result['test_cases']['with_failures']} failures, {result['running_time']:.0f} s"
     )
     assert result["complete"] and result["failures"] == [] and result["errors"] == []
-    assert result["operations"]["tested"] == result["operations"]["total"] == 11
+    assert result["operations"]["tested"] == result["operations"]["total"] == 12
     assert {phase["status"] for phase in result["phases"].values()} == {"success"}

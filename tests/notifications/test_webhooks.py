@@ -218,6 +218,8 @@ def test_every_event_type_reaches_a_real_receiver_once_signed_across_failures_an
     agent = AgentClient(world.keys[0])
     agent.post("/api/v1/events", {"events": [usage_event("dup")]})
     agent.post("/api/v1/events", {"events": [usage_event("dup", usage={"llm_input_text_tokens": 7})]})
+    # usage.corrected: the agent retracts that event
+    assert agent.post("/api/v1/events/dup/retract", {"reason": "sent by a test"}).status_code == 200
     # credit.granted, credit.expired (an expiry posted once due), authorization.denied (prepaid-hard, no credit)
     from billing import credits
     from spend.models import SpendPolicy

@@ -109,6 +109,13 @@ def hold_of(world, i: int) -> dict:
     return {"hold_id": hold.pk}
 
 
+def event_of(world, i: int) -> dict:
+    from usage.models import UsageEvent
+
+    return {"event_id": UsageEvent.objects.filter(tenant=world.tenants[i]).order_by("event_id")[0].event_id}
+
+
+MATRIX["api-event-retract"] = ("POST", "api", event_of)
 MATRIX["api-authorization-extend"] = ("POST", "api", hold_of)
 MATRIX["api-authorization-release"] = ("POST", "api", hold_of)
 # Tokens, not objects: the password-reset flow's uid/token and an invitation link (tests/portal/test_team.py).

@@ -84,3 +84,26 @@ def test_a_livekit_session_has_its_metrics_times(world, owner_client):
     assert session.started_at is None and session.first_usage_at and session.last_usage_at
     assert session.first_usage_at <= session.last_usage_at
     assert listed(owner_client) == [listed_as(world, "call-0")]
+
+
+def test_the_session_page_shows_retracted_events_struck_through_and_counts_the_others(world, owner_client):
+    agent = AgentClient(world.keys[0])
+    at = iso(timezone.now() - timedelta(minutes=3))
+    sent = [
+        event(f"fix-{n}", session_id="fixed", timestamp=at, usage={"tts_characters": 10 + n})
+        for n in range(3)
+    ]
+    assert agent.post("/api/v1/events", {"events": sent}).status_code == 200
+    replacement = event(
+        "fix-0b", session_id="fixed", timestamp=at, usage={"tts_characters": 9}, replaces="fix-0"
+    )
+    assert agent.post("/api/v1/events", {"events": [replacement]}).status_code == 200
+    assert agent.post("/api/v1/events/fix-1/retract", {"reason": "test call"}).status_code == 200
+
+    page = owner_client.get("/sessions/fixed/").content.decode()
+    assert "2 events" in page  # fix-0b and fix-2 count
+    rows = re.findall(r'<tr class="retracted" data-testid="retracted-event">(.*?)</tr>', page, re.S)
+    assert len(rows) == 2
+    assert any("replaced by <code>fix-0b</code>" in row and "fix-0" in row for row in rows)
+    assert any('title="Retracted' in row and "test call" in row for row in rows)
+    assert "corrects <code>fix-0</code>" in page and "2 retracted events shown struck through" in page

@@ -13,10 +13,11 @@ BEFORE = [("usage", "0003_portal_read_indexes")]
 
 
 def _migrate(targets=None):
-    """Migrate usage to ``targets``, or forward to its latest migration."""
+    """Migrate usage to ``targets``, or every app forward to its latest migration (going back in usage also
+    unapplies what depends on it in other apps, such as billing's triggers on the rollups)."""
     executor = MigrationExecutor(connection)
     executor.loader.build_graph()
-    executor.migrate(targets or executor.loader.graph.leaf_nodes("usage"))
+    executor.migrate(targets or executor.loader.graph.leaf_nodes())
 
 
 @pytest.mark.django_db(transaction=True)

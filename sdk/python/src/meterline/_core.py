@@ -41,17 +41,28 @@ KEEP_STATUSES = frozenset({401, 403, 404, 405, 406, 407, 415})
 STOP_STATUSES = frozenset({401, 403, 407})
 # Retried with backoff (408 and 429 are the two 4xx where a retry is the right answer).
 RETRY_4XX = frozenset({408, 429})
+# Problem types of a correction that names an event the key may never correct (unknown, or another agent's):
+# refused for good like a bad batch, not "the setup is wrong" as other 403/404 answers are.
+REFUSED_CORRECTIONS = frozenset({"event-not-found", "event-of-another-agent"})
 _POINTER_INDEX_RE = re.compile(r"/(events|metrics|usage)/(\d+)(?:/|\Z)")
 
 
-def classify(status: int) -> str:
+def classify(status: int, problem: Mapping[str, Any] | None = None) -> str:
     if 200 <= status < 300:
         return DELIVERED
     if status in RETRY_4XX or status >= 500:
         return RETRY
-    if status in KEEP_STATUSES:
+    if status in KEEP_STATUSES and not (
+        status in (403, 404) and problem_type(problem) in REFUSED_CORRECTIONS
+    ):
         return KEEP
     return REJECT
+
+
+def problem_type(problem: Mapping[str, Any] | None) -> str:
+    """The last segment of a problem's ``type`` ("" when there is none)."""
+    kind = problem.get("type") if isinstance(problem, Mapping) else None
+    return kind.rsplit("/", 1)[-1] if isinstance(kind, str) else ""
 
 
 def parse_key(api_key: str) -> str:
@@ -133,6 +144,9 @@ class IngestResult:
     duplicates: int = 0
     conflicts: int = 0
     conflicting_events: list[dict[str, Any]] = field(default_factory=list)
+    # Events of the call that corrected one sent before (``replaces``) and were stored by it: ``[{index, id,
+    # replaces}]``, indexes into your list. A resent replacement counts as a duplicate and is not listed again.
+    replacements: list[dict[str, Any]] = field(default_factory=list)
     ignored: int = 0
     # Usage the server stored but no price of the plan matches (meter, provider, model, events, reason): it is
     # not billed until a price covers it. One entry per group, events added up over the requests sent.
@@ -149,14 +163,15 @@ class IngestResult:
         self.duplicates += _int(body.get("duplicates"))
         self.conflicts += _int(body.get("conflicts"))
         self.ignored += _int(body.get("ignored"))
-        for item in body.get("conflicting_events") or []:
-            if isinstance(item, Mapping):
-                index = item.get("index")
-                if isinstance(index, int):
-                    if index_map is not None and 0 <= index < len(index_map):
-                        index = index_map[index]
-                    index += offset
-                self.conflicting_events.append({**item, "index": index})
+        for name in ("conflicting_events", "replacements"):
+            for item in body.get(name) or []:
+                if isinstance(item, Mapping):
+                    index = item.get("index")
+                    if isinstance(index, int):
+                        if index_map is not None and 0 <= index < len(index_map):
+                            index = index_map[index]
+                        index += offset
+                    getattr(self, name).append({**item, "index": index})
         self._add_unpriced(body.get("unpriced") or [])
 
     def _add_unpriced(self, items: Any) -> None:
@@ -177,6 +192,7 @@ class IngestResult:
         self.duplicates += other.duplicates
         self.conflicts += other.conflicts
         self.conflicting_events.extend(other.conflicting_events)
+        self.replacements.extend(other.replacements)
         self._add_unpriced(other.unpriced)
         self.ignored += other.ignored
         self.spooled += other.spooled
@@ -281,6 +297,8 @@ def check_event_identifiers(event: Mapping[str, Any], name: str = "event") -> No
     """The identifiers of one event (id, session id, metadata keys), as the API will check them."""
     if event.get("id") is not None:
         check_identifier(event["id"], f"{name} id")
+    if event.get("replaces") is not None:
+        check_identifier(event["replaces"], f"{name} replaces")
     if event.get("session_id"):
         check_identifier(event["session_id"], f"{name} session_id")
     metadata = event.get("metadata")
@@ -481,6 +499,23 @@ def prepare_hold_action(
     if amount is not None:
         body["amount"] = str(Decimal(str(amount)))
     return PreparedRequest("POST", f"{API_PREFIX}/authorizations/{hold_id}/{action}", dumps(body), action)
+
+
+MAX_REASON_LENGTH = 500
+
+
+def prepare_retract(event_id: str, reason: str | None = None) -> PreparedRequest:
+    """POST /api/v1/events/{id}/retract. The body is fixed here, so a resend from the spool is the same request,
+    which the server answers as the first (a retraction is idempotent)."""
+    from urllib.parse import quote
+
+    check_identifier(event_id, "event_id")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON_LENGTH):
+        raise ValueError(f"reason must be text of at most {MAX_REASON_LENGTH} characters")
+    body = dumps({"reason": reason} if reason is not None else {})
+    return PreparedRequest(
+        "POST", f"{API_PREFIX}/events/{quote(event_id, safe='')}/retract", body, "retract", 1
+    )
 
 
 def prepare_session_read(session_id: str) -> PreparedRequest:

@@ -47,7 +47,8 @@ _UNSET: Any = object()
 @dataclass
 class Event:
     """One usage event for ``send_events``. Give ``id`` yourself to make your own retries idempotent; the
-    default is a random id fixed when the event is created (the client's retries and spool reuse it)."""
+    default is a random id fixed when the event is created (the client's retries and spool reuse it).
+    ``replaces``: the id of an event you sent before that this one corrects (the server retracts it)."""
 
     usage: Mapping[str, int | float | Decimal | str]
     id: str = field(default_factory=_core.new_event_id)
@@ -56,6 +57,7 @@ class Event:
     provider: str | None = None
     model: str | None = None
     metadata: Mapping[str, Any] | None = None
+    replaces: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -63,7 +65,7 @@ class Event:
             "timestamp": _core.rfc3339(self.timestamp),
             "usage": dict(self.usage),
         }
-        for name in ("session_id", "provider", "model"):
+        for name in ("session_id", "provider", "model", "replaces"):
             if getattr(self, name) is not None:
                 body[name] = getattr(self, name)
         if self.metadata is not None:
@@ -250,10 +252,11 @@ class _BaseClient:
         self.last_error = outcome.error
         return outcome.state == UNAVAILABLE or outcome.status in _core.STOP_STATUSES
 
-    def _stored_session(
+    def _delivered_body(
         self, request: PreparedRequest, key: tuple[Any, str], outcomes: dict[tuple[int, str], _Outcome]
     ) -> dict[str, Any] | None:
-        """put_session's answer: the session as the server stores it, None when it was only spooled."""
+        """A spooled single write's answer (put_session, retract): the server's body, None when it was only
+        spooled; raises when the server refused it."""
         self._collect([request], [key], outcomes)
         outcome = outcomes.get((id(key[0]), key[1]))
         return outcome.body if outcome is not None and outcome.state == DELIVERED else None
@@ -263,7 +266,7 @@ class _BaseClient:
     ) -> tuple[str, Any, float]:
         """(state, parsed body, delay before the next attempt) for one response."""
         payload = _json(response)
-        state = _core.classify(response.status_code)
+        state = _core.classify(response.status_code, _core.problem_of(payload))
         if state != RETRY:
             return state, payload, 0.0
         retry_after = _core.retry_after_seconds(response.headers.get("Retry-After"))
@@ -452,7 +455,19 @@ class Client(_BaseClient):
             ),
         )
         key = self._spool_write(request)
-        return self._stored_session(request, key, self._drain())
+        return self._delivered_body(request, key, self._drain())
+
+    def retract(self, event_id: str, *, reason: str | None = None) -> dict[str, Any] | None:
+        """POST /api/v1/events/{id}/retract: take an event you sent out of your usage, costs and invoices (it stays
+        stored and its id taken). Spooled and retried like events, and idempotent, so a retry or a resend from
+        the spool answers the same. Returns the server's answer (``id``, ``retracted_at``, ``removed_usage``,
+        …), or None when it was spooled because the server is unreachable. Raises NotFoundError (no such event
+        of yours), AuthenticationError (another agent's), ConflictError (already corrected another way) or
+        ValidationError (older than 35 days). To correct quantities instead, send an ``Event`` with
+        ``replaces``."""
+        request = _core.prepare_retract(event_id, reason)
+        key = self._spool_write(request)
+        return self._delivered_body(request, key, self._drain())
 
     def get_budget(self) -> dict[str, Any]:
         """GET /api/v1/budget: period-to-date spend against the tenant's budget (DESIGN §4), as the server
@@ -622,7 +637,12 @@ class AsyncClient(_BaseClient):
             ),
         )
         key = await asyncio.to_thread(self._spool_write, request)
-        return self._stored_session(request, key, await self._drain())
+        return self._delivered_body(request, key, await self._drain())
+
+    async def retract(self, event_id: str, *, reason: str | None = None) -> dict[str, Any] | None:
+        request = _core.prepare_retract(event_id, reason)
+        key = await asyncio.to_thread(self._spool_write, request)
+        return self._delivered_body(request, key, await self._drain())
 
     async def get_budget(self) -> dict[str, Any]:
         outcome = await self._deliver(_core.prepare_budget())

@@ -72,7 +72,8 @@ class NotFoundError(APIError):
 
 
 class ConflictError(APIError):
-    """409: e.g. a LiveKit session already reported the other way (per-request metrics vs per-model usage)."""
+    """409: e.g. a LiveKit session already reported the other way (per-request metrics vs per-model usage), or
+    an event already corrected (retracted or replaced) that a new correction names."""
 
 
 class RateLimitError(APIError):
