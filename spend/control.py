@@ -366,10 +366,13 @@ def record_denial(tenant: Tenant, agent: Agent, session_id: str, refused: Refuse
 
 def release(hold: Hold, reason: str = "released") -> Hold:
     """End a hold (idempotent: releasing an ended hold changes nothing)."""
-    Hold.objects.filter(pk=hold.pk, released_at__isnull=True).update(
-        released_at=timezone.now(), release_reason=reason
-    )
-    hold.refresh_from_db()
+    now = timezone.now()
+    if Hold.objects.filter(pk=hold.pk, released_at__isnull=True).update(
+        released_at=now, release_reason=reason
+    ):
+        hold.released_at, hold.release_reason = now, reason
+    else:
+        hold.refresh_from_db(fields=["released_at", "release_reason"])  # ended before: as it was
     return hold
 
 
