@@ -198,11 +198,23 @@ def amount_for(tenant: Tenant, expected_seconds: Decimal) -> Decimal:
 
 
 def _locked_policy(tenant: Tenant) -> SpendPolicy:
-    try:
-        return SpendPolicy.objects.select_for_update().get(tenant=tenant)
-    except SpendPolicy.DoesNotExist:
+    _ensure_policy_row(tenant)
+    return SpendPolicy.objects.select_for_update().get(tenant=tenant)
+
+
+# Tenants known to have a SpendPolicy row (the row authorizations lock; rows are deleted only with their tenant).
+_HAS_POLICY_ROW: set[int] = set()
+
+
+def _ensure_policy_row(tenant: Tenant) -> None:
+    if tenant.pk not in _HAS_POLICY_ROW:
         SpendPolicy.objects.get_or_create(tenant=tenant)
-        return SpendPolicy.objects.select_for_update().get(tenant=tenant)
+        _HAS_POLICY_ROW.add(tenant.pk)
+
+
+def _owed(tenant: Tenant, now: datetime) -> Decimal:
+    """The unbilled usage less the ledger balance: what an authorization reads before the policy row's lock."""
+    return unbilled_usage(tenant, now) - credits.ledger_balance(tenant, now)
 
 
 def _check(policy: SpendPolicy, available: Decimal, required: Decimal, currency: str) -> None:
@@ -253,7 +265,7 @@ def authorize(
     instead of adding another."""
     now = timezone.now()
     _ensure_policy_row(tenant)
-    owed = unbilled_usage(tenant, now) - credits.ledger_balance(tenant, now)
+    owed = _owed(tenant, now)
     params = {
         "tenant": tenant.pk,
         "agent": agent.pk,
@@ -301,16 +313,6 @@ def authorize(
     raise Refused(available, amount, tenant.currency)
 
 
-# Tenants known to have a SpendPolicy row (the row authorizations lock; rows are deleted only with their tenant).
-_HAS_POLICY_ROW: set[int] = set()
-
-
-def _ensure_policy_row(tenant: Tenant) -> None:
-    if tenant.pk not in _HAS_POLICY_ROW:
-        SpendPolicy.objects.get_or_create(tenant=tenant)
-        _HAS_POLICY_ROW.add(tenant.pk)
-
-
 def extend(
     hold: Hold,
     ttl: timedelta = DEFAULT_TTL,
@@ -323,7 +325,7 @@ def extend(
     tenant = hold.tenant
     now = timezone.now()
     if owed is None:
-        owed = unbilled_usage(tenant, now) - credits.ledger_balance(tenant, now)
+        owed = _owed(tenant, now)
     with transaction.atomic():
         policy = _locked_policy(tenant)
         hold = Hold.objects.select_for_update().get(pk=hold.pk)
