@@ -4,7 +4,7 @@ PY := .venv/bin/python
 export DEBUG ?= 1
 PORT ?= 8000
 
-.PHONY: setup run test test-fast lint format bench bench-ingest bench-invoice bench-portal bench-balance bench-slow-clients bench-webhooks soak stripe-smoke screenshots lock clean-devdata
+.PHONY: setup run test test-fast lint format bench bench-summary bench-ingest bench-invoice bench-portal bench-balance bench-slow-clients bench-webhooks soak stripe-smoke screenshots lock clean-devdata
 
 setup:
 	@sh scripts/bootstrap.sh
@@ -29,6 +29,11 @@ format: setup
 
 # Benchmarks print figures (docs/performance.md); they are not tests and never fail on a slow machine.
 bench: bench-ingest bench-invoice bench-portal bench-balance
+	$(PY) -m bench.summary
+
+# The one comparable report (before: bench/baseline.json; after: each benchmark's latest run, .bench/).
+bench-summary: setup
+	$(PY) -m bench.summary $(ARGS)
 
 bench-ingest: setup
 	$(PY) -m bench.ingest $(ARGS)

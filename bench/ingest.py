@@ -700,6 +700,7 @@ def print_report(report: Report, args: argparse.Namespace, rows: list[dict[str, 
             target=f"≥ {TARGET_RATIO}",
             met=ratio >= TARGET_RATIO,
             note=f"{api['rate']:,.0f} / {copy['rate']:,.0f} events/s",
+            peer=f"COPY-with-dedupe {copy['rate']:,.0f} events/s",
         )
     ]
     if args.dup_fraction > 0:

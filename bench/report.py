@@ -3,11 +3,15 @@ DESIGN §9 targets as measure, figure, unit, target and verdict, with the load a
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import shutil
+import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.measure import load_average
@@ -23,6 +27,46 @@ class Figure:
     target: str = ""
     met: bool | None = None
     note: str = ""
+    # The limit or peer measured in the same run (e.g. the bare COPY's rate beside the API's), if any.
+    peer: str = ""
+
+
+# Every run's figures are also kept here, one entry per benchmark and measure, for ``python -m bench.summary``
+# (``make bench``'s one comparable report). Not committed; bench/baseline.json holds the "before" figures.
+RESULTS = Path(__file__).resolve().parent.parent / ".bench" / "results.json"
+
+
+def commit() -> str:
+    """The checkout's short commit (with "+" when it has uncommitted changes), or "" outside git."""
+    git = shutil.which("git")
+    if git is None:
+        return ""
+    try:
+        head = subprocess.run(  # noqa: S603 - git, with constant arguments
+            [git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(  # noqa: S603 - git, with constant arguments
+            [git, "status", "--porcelain", "--untracked-files=no"], capture_output=True
+        )
+        return head + ("+" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def record(
+    title: str, figures: list[Figure], load_start: float, load_end: float, path: Path = RESULTS
+) -> None:
+    """Keep ``figures`` as the latest of benchmark ``title`` (earlier figures of other measures stay)."""
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError):
+        results = {}
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    run = {"when": when, "commit": commit(), "load": f"{load_start:.1f} → {load_end:.1f}"}
+    for figure in figures:
+        results.setdefault(title, {})[figure.measure] = {**asdict(figure), **run}
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
 
 
 def machine() -> str:
@@ -83,7 +127,9 @@ class Report:
             verdict = "" if f.met is None else ("met" if f.met else "NOT met")
             rows.append([f.measure, f.value, f.unit, f.target, verdict, f.note])
         print_table(["measure", "figure", "unit", f"target ({self.targets})", "", ""], rows, align="lrllll")
-        print(f"load average: {self.load_start:.1f} at the start, {load_average():.1f} at the end")
+        load_end = load_average()
+        print(f"load average: {self.load_start:.1f} at the start, {load_end:.1f} at the end")
+        record(self.title, figures, self.load_start, load_end)
 
 
 def progress(message: str, began: float) -> None:
