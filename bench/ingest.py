@@ -66,7 +66,9 @@ def make_events(seed: int, prefix: str, count: int, now: float) -> list[dict[str
     metadata keys. Deterministic for a given seed and ``now`` (only the ids depend on ``prefix``), so two
     phases can hold rows of exactly the same shape."""
     spec = TenantSpec("bench", "bench", "UTC", count, [AgentSpec("agent", PIPELINE, 1.0)])
-    first, last = datetime.fromtimestamp(now - 23 * 3600, UTC), datetime.fromtimestamp(now - 3600, UTC)
+    # Sessions start up to ``last`` and run on for their length: starting them 6 hours back keeps every
+    # event in the past (one started an hour back once ran past the API's 5 minutes of clock skew).
+    first, last = datetime.fromtimestamp(now - 23 * 3600, UTC), datetime.fromtimestamp(now - 6 * 3600, UTC)
     piece = Piece(spec, 0, count, first, last, seed, session_prefix=f"sess-{seed}-")
     events: list[dict[str, Any]] = []
     for talk in conversations(piece):
