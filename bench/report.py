@@ -56,15 +56,15 @@ def commit() -> str:
 def record(
     title: str, figures: list[Figure], load_start: float, load_end: float, path: Path = RESULTS
 ) -> None:
-    """Keep ``figures`` as the latest of benchmark ``title`` (earlier figures of other measures stay)."""
+    """Keep ``figures`` as the latest run of benchmark ``title`` (replacing its earlier run's, keeping the other
+    benchmarks')."""
     try:
         results = json.loads(path.read_text())
     except (OSError, ValueError):
         results = {}
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     run = {"when": when, "commit": commit(), "load": f"{load_start:.1f} → {load_end:.1f}"}
-    for figure in figures:
-        results.setdefault(title, {})[figure.measure] = {**asdict(figure), **run}
+    results[title] = {figure.measure: {**asdict(figure), **run} for figure in figures}
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
 
