@@ -62,8 +62,16 @@ def check_correction(grant_: CreditGrant, kind: str, amount) -> Decimal:
         return -value
     if left + value < 0:
         raise CreditError(f"only {left} {grant_.currency} of this grant is left")
-    if value > 0 and grant_.expires_at is not None and grant_.expires_at <= timezone.now():
-        # an expired grant pays nothing and expires once: credit added to it could never be used
+    if (
+        value > 0
+        and grant_.expires_at is not None
+        and (
+            grant_.expires_at <= timezone.now()
+            or grant_.entries.filter(kind=LedgerEntry.Kind.EXPIRY).exists()
+        )
+    ):
+        # an expired grant pays nothing and expires once: credit added to it could never be used, nor leave the
+        # balance by an expiry (an expiry run for a later time, expire_due(now=…), may have posted it already)
         raise CreditError("this grant has expired: grant new credit instead")
     return value
 

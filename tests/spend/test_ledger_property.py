@@ -538,3 +538,22 @@ def test_credit_added_to_an_expired_grant_is_refused_or_usable(tenant):
     paid = invoicing.finalize_invoice(invoicing.generate_invoice(tenant.pk, previous).pk, force=True)
     applied = -sum((line.amount for line in paid.lines.filter(kind="credits_applied")), ZERO)
     assert applied == min(counted, Decimal("10.00")), "the credit the balance counts pays the invoice"
+
+
+def test_credit_cannot_be_added_to_a_grant_whose_expiry_was_posted(tenant):
+    """An expiry run for a later time (the state machine's ``expiry_run``) posts a grant's expiry before its date
+    has come by the clock; credit added afterwards would never expire (an expiry is posted once per grant), so
+    it is refused like credit added to a grant past its date. A regression: the state machine once found it."""
+    now = timezone.now()
+    grant = credits.grant(
+        tenant, "5.00", source="promotional", reason="trial", expires_at=now + timedelta(days=20)
+    )
+    assert credits.expire_due(tenant, now + timedelta(days=30)) == 1
+    with pytest.raises(credits.CreditError, match="expired"):
+        credits.adjust(grant, "3.00", reason="goodwill")
+    assert credits.expire_due(tenant, now + timedelta(days=90)) == 0
+    entries = LedgerEntry.objects.for_tenant(tenant).filter(grant=grant)
+    assert sorted(entries.values_list("kind", "amount")) == [
+        (LedgerEntry.Kind.EXPIRY, Decimal("-5.00")),
+        (LedgerEntry.Kind.GRANT, Decimal("5.00")),
+    ]
