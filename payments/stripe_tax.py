@@ -32,6 +32,15 @@ from billing.tax_calculation import (
 from payments.stripe_sync import TRANSIENT_ERRORS, client, describe, is_configured, key_options
 
 UNLOCATED = "customer_tax_location_invalid"
+ACRONYMS = {
+    "vat": "VAT",
+    "gst": "GST",
+    "hst": "HST",
+    "pst": "PST",
+    "qst": "QST",
+    "igst": "IGST",
+    "jct": "JCT",
+}
 
 
 def calculate(request: TaxRequest) -> TaxQuote:
@@ -95,9 +104,10 @@ def _quote(calculation: stripe.tax.Calculation, currency: str) -> TaxQuote:
 
 def _portion_name(details: stripe.StripeObject) -> str:
     """``VAT (DE)``, ``Sales tax (US-CA)``: the tax type and where it is due."""
-    kind = str(details.tax_type or "tax").replace("_", " ")
+    kind = str(details.tax_type or "tax")
+    name = ACRONYMS.get(kind) or kind.replace("_", " ").capitalize()
     place = "-".join(part for part in (details.country, details.state) if part)
-    return f"{kind[:1].upper()}{kind[1:]} ({place})" if place else kind
+    return f"{name} ({place})" if place else name
 
 
 def _address_text(address: dict[str, str]) -> str:
