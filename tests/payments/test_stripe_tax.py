@@ -20,7 +20,7 @@ from notifications.models import Event
 from payments import tasks
 from tests.billing.builders import make_plan, subscribe
 from tests.conftest import AgentClient
-from tests.factories import AgentFactory, TenantFactory, api_key_for
+from tests.factories import AgentFactory, MembershipFactory, TenantFactory, api_key_for
 from tests.payments.stripe_world import SyncState
 
 pytestmark = pytest.mark.django_db
@@ -94,7 +94,9 @@ def billed(country="DE", postal_code="10115", **profile):
     return tenant, last, current
 
 
-def test_invoice_with_a_coupon_is_taxed_by_stripe_tax_synced_with_automatic_tax_and_totals_agree(stripe_tax):
+def test_invoice_with_a_coupon_is_taxed_by_stripe_tax_synced_with_automatic_tax_and_totals_agree(
+    stripe_tax, client
+):
     double = stripe_tax
     tenant, last, current = billed()
     credits.grant(tenant, "10.00", source="promotional", reason="welcome", effective_at=timezone.now())
@@ -142,6 +144,11 @@ def test_invoice_with_a_coupon_is_taxed_by_stripe_tax_synced_with_automatic_tax_
     ]
     rate = (Decimal(tax) / net * 100).quantize(Decimal("0.000001"))
     assert BillingProfile.objects.get(tenant=tenant).stripe_tax_percent == rate
+
+    client.force_login(MembershipFactory(tenant=tenant).user)  # the printed invoice's breakdown per rate
+    page = client.get(f"/invoices/{invoice.pk}/print/").content.decode()
+    assert "VAT (DE)" in page and f"${Decimal(tax) / 100}" in page and f"${Decimal(net) / 100}" in page
+    assert client.get(f"/invoices/{invoice.pk}/pdf/").content.startswith(b"%PDF")
 
     assert tasks.sync_invoice_to_stripe(invoice.pk) == SyncState.SYNCED
     invoice.refresh_from_db()
