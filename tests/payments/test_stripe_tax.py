@@ -11,9 +11,16 @@ from decimal import ROUND_HALF_UP, Decimal
 import pytest
 from django.utils import timezone
 
-from billing import credits, invoicing, periods
+from billing import credit_notes, credits, invoicing, periods
 from billing import tasks as billing_tasks
-from billing.models import AppliedCoupon, BillingProfile, Coupon, Invoice, InvoiceNumberSequence
+from billing.models import (
+    AppliedCoupon,
+    BillingProfile,
+    Coupon,
+    CreditNote,
+    Invoice,
+    InvoiceNumberSequence,
+)
 from billing.pricing import to_minor_units
 from billing.tax_calculation import TaxCalculationError
 from notifications.models import Event
@@ -21,7 +28,7 @@ from payments import tasks
 from tests.billing.builders import make_plan, subscribe
 from tests.conftest import AgentClient
 from tests.factories import AgentFactory, MembershipFactory, TenantFactory, api_key_for
-from tests.payments.stripe_world import SyncState
+from tests.payments.stripe_world import SyncState, deliver, event_for
 
 pytestmark = pytest.mark.django_db
 PERCENT = 19
@@ -167,6 +174,14 @@ def test_invoice_with_a_coupon_is_taxed_by_stripe_tax_synced_with_automatic_tax_
     ]  # sales as taxed, the coupon spread, no tax item
     assert double.customers[0]["address"]["country"] == "DE"
 
+    # paid by card, then fully credited with a refund: Stripe takes the note as it took the invoice
+    double.transition(invoice.stripe_invoice_id, "pay_by_card")
+    assert deliver(event_for(double, invoice.stripe_invoice_id, "invoice.paid")).status_code == 200
+    note = credit_notes.issue(invoice.pk, outcome="refund", reason="order_change")
+    assert note.total == invoice.total
+    assert tasks.sync_credit_note_to_stripe(note.pk) == CreditNote.SyncState.SYNCED
+    assert [r["amount"] for r in double.refunds] == [net + tax - 1000]
+
     # next month's draft estimates with the rate Stripe returned, without asking Stripe again
     following = invoicing.generate_invoice(tenant.pk, current)
     base = 4900 - half_up(4900 * 15, 100)
@@ -174,6 +189,51 @@ def test_invoice_with_a_coupon_is_taxed_by_stripe_tax_synced_with_automatic_tax_
     assert estimate.amount == cents(Decimal(base) / 100 * rate / 100)
     assert "estimated at" in estimate.description
     assert len(double.requests_to("POST", CALCULATIONS)) == 1
+
+
+def test_a_late_correction_is_taxed_by_stripe_on_the_next_invoice_and_the_earlier_tax_is_not_adjusted(
+    stripe_tax,
+):
+    double = stripe_tax
+    tenant, last, current = billed()
+    invoicing.finalize_invoice(invoicing.generate_invoice(tenant.pk, last).pk, force=True)
+    agent = tenant.agents.get()
+    when = periods.local_midnight(current, tenant.timezone) - timedelta(hours=3)
+    corrected = {
+        "id": "e1-fixed",
+        "replaces": "e1",  # the agent reported 1234 TTS characters; it was 234
+        "timestamp": when.isoformat(),
+        "session_id": "call-1",
+        "provider": "elevenlabs",
+        "model": "v2",
+        "usage": {"tts_characters": 234},
+    }
+    assert AgentClient(api_key_for(agent)).post("/api/v1/events", {"events": [corrected]}).status_code == 200
+
+    draft = invoicing.generate_invoice(tenant.pk, current)
+    following = invoicing.finalize_invoice(draft.pk, force=True, now=timezone.now() + timedelta(days=40))
+
+    adjustments = {
+        line.adjusts_kind: to_minor_units(line.amount, "USD")
+        for line in following.lines.filter(kind="adjustment", adjusted_period_start=last)
+    }
+    was, now = 4900 + 389 + 1234, 4900 + 389 + 234
+    assert adjustments == {  # no "tax": Stripe taxes the adjustments with this invoice's own lines
+        "usage": -1000,
+        "discount": half_up(was * 15, 100) - half_up(now * 15, 100),  # +150
+    }
+    own = [4900, -half_up(4900 * 15, 100)]  # this month: the base fee and its coupon
+    sales = own + list(adjustments.values())
+    positive = [amount for amount in sales if amount > 0]
+    taxed = shares(positive, sum(sales))
+    tax = sum(half_up(share * PERCENT, 100) for share in taxed)
+    calculation = double.tax_calculations[-1]
+    assert sorted(item["amount"] for item in calculation["line_items"]) == sorted(taxed)
+    assert to_minor_units(following.lines.get(kind="tax").amount, "USD") == tax
+    assert to_minor_units(following.total, "USD") == sum(sales) + tax
+    assert tasks.sync_invoice_to_stripe(following.pk) == SyncState.SYNCED
+    following.refresh_from_db()
+    assert double.invoice(following.stripe_invoice_id)["total"] == sum(sales) + tax
 
 
 def test_stripe_tax_failing_leaves_the_invoice_a_draft_with_the_error_and_the_task_retries(
