@@ -185,6 +185,7 @@ def _apply_calculated_tax(invoice: Invoice) -> None:
             "inclusive": False,
             "reverse_charge": False,
             "calculation": quote.calculation_id if quote else "",
+            "address": request.address if request else {},  # where Stripe taxed it: the sync tells Stripe too
             "breakdown": [
                 {"name": p.name, "percent": str(p.percent), "taxable": str(p.taxable), "tax": str(p.tax)}
                 for p in portions

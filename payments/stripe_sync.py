@@ -40,7 +40,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from billing import invoice_events, periods, tax_calculation
-from billing.models import PAYMENT_TERMS, BillingProfile, Invoice, InvoiceLine
+from billing.models import PAYMENT_TERMS, Invoice, InvoiceLine
 from billing.pricing import to_minor_units
 from observability import metrics
 from payments.models import StripeEvent
@@ -61,9 +61,8 @@ DAYS_UNTIL_DUE = PAYMENT_TERMS.days  # the terms our own invoice states (Invoice
 UNSYNCED_GRACE = timedelta(minutes=5)  # the on-commit task normally gets there first
 STALE_PENDING = timedelta(minutes=30)  # longer than the task's own retries (about 17 min with backoff)
 ERROR_MAX_CHARS = 2000
-NONTAXABLE = (
-    "txcd_00000000"  # Stripe's tax code for what is not taxed (under Stripe Tax: prepaid credit applied)
-)
+# Stripe's tax code for what is not taxed (under Stripe Tax: prepaid credit applied).
+NONTAXABLE = "txcd_00000000"
 
 Status = Invoice.Status
 SyncState = Invoice.SyncState
@@ -205,7 +204,7 @@ def attempt(push: Callable[[], T], record: Callable[..., None], what: str) -> T 
 def _push(api: stripe.StripeClient, invoice: Invoice) -> stripe.Invoice:
     customer_id = ensure_customer(api, invoice.tenant)
     if invoice.stripe_tax_calculation_id:
-        _ensure_tax_address(api, invoice.tenant, customer_id)
+        _ensure_tax_address(api, invoice, customer_id)
     stripe_invoice = _find_invoice(api, invoice, customer_id) or _create_invoice(api, invoice, customer_id)
     _record(invoice.pk, stripe_invoice_id=stripe_invoice.id)
     expected = to_minor_units(invoice.total, invoice.currency)
@@ -262,18 +261,18 @@ def ensure_customer(api: stripe.StripeClient, tenant: Tenant) -> str:
     return tenant.stripe_customer_id
 
 
-def _ensure_tax_address(api: stripe.StripeClient, tenant: Tenant, customer_id: str) -> None:
-    """Stripe Tax taxes an invoice where its customer is: the Stripe customer gets the billing profile's address
-    (the one the calculation used), under a key with a digest of it (the same address is sent once)."""
-    profile = BillingProfile.objects.filter(tenant=tenant).first()
-    if profile is None:
-        raise SyncMismatch(
-            f"tenant {tenant.slug} has no billing profile: Stripe Tax needs the customer's address"
-        )
-    address = {key: value for key, value in tax_calculation.address_of(profile).items() if value}
+def _ensure_tax_address(api: stripe.StripeClient, invoice: Invoice, customer_id: str) -> None:
+    """Stripe Tax taxes an invoice where its customer is: the Stripe customer gets the address the calculation
+    used (kept on the tax line, whatever the billing profile says since), under a key with a digest of it (the
+    same address is sent once)."""
+    tax_line = invoice.lines.filter(kind=InvoiceLine.Kind.TAX, code=tax_calculation.STRIPE_TAX_CODE).first()
+    address = (tax_line.price_snapshot if tax_line else {}).get("address")
+    if not address:
+        raise SyncMismatch(f"invoice {invoice.number} has no Stripe Tax address on its tax line")
+    address = {key: value for key, value in address.items() if value}
     digest = hashlib.sha256(json.dumps(address, sort_keys=True).encode()).hexdigest()[:16]
     api.v1.customers.update(
-        customer_id, {"address": address}, key_options("customer", tenant.pk, "address", digest)
+        customer_id, {"address": address}, key_options("customer", invoice.tenant_id, "address", digest)
     )
 
 
