@@ -17,9 +17,16 @@ from decimal import Decimal
 from django.db import transaction
 from django.utils import timezone
 
-from billing import credits, invoice_events, periods, settlement, taxes
+from billing import credits, invoice_events, periods, settlement, tax_calculation, taxes
 from billing.late_usage import adjustment_lines
-from billing.models import Invoice, InvoiceLine, InvoiceNumberSequence, PlanVersion, Subscription
+from billing.models import (
+    BillingProfile,
+    Invoice,
+    InvoiceLine,
+    InvoiceNumberSequence,
+    PlanVersion,
+    Subscription,
+)
 from billing.period_pricing import LineDraft, price_period
 from tenants.models import Tenant
 
@@ -28,6 +35,7 @@ logger = logging.getLogger(__name__)
 GRACE_PERIOD = timedelta(hours=24)
 INVOICE_FINALIZED = invoice_events.INVOICE_FINALIZED
 INVOICE_SERIES = "ML"
+PERCENT_PLACES = Decimal("0.000001")  # an effective tax rate, as BillingProfile.stripe_tax_percent keeps it
 # The draft's fields that InvoiceLine stores under the same name.
 STORED_FIELDS = sorted(
     {f.name for f in dataclasses.fields(LineDraft)}
@@ -93,28 +101,102 @@ def finalize_invoice(invoice_id: int, *, now: datetime | None = None, force: boo
     in the admin passes ``force``).
     """
     now = now or timezone.now()
-    with transaction.atomic():
-        invoice = Invoice.objects.select_for_update().select_related("tenant").get(pk=invoice_id)
-        if invoice.is_finalized:
-            return invoice
-        if not force and not is_due(invoice, now):
-            raise ValueError(f"{invoice} is not due before {invoice.period_end} + {GRACE_PERIOD}")
-        _write_lines(invoice, invoice.tenant)
-        _apply_credits(invoice, now)
-        invoice.number = next_number(INVOICE_SERIES, now.year)
-        invoice.status = Invoice.Status.OPEN
-        invoice.finalized_at = now
-        invoice.status_changed_at = now
-        invoice.parties = taxes.parties(invoice.tenant)  # what the invoice says, whatever changes later
-        invoice.save(update_fields=["number", "status", "finalized_at", "status_changed_at", "parties"])
-        invoice_events.record(invoice, INVOICE_FINALIZED)
-        PlanVersion.objects.filter(
-            pk__in=invoice.lines.exclude(plan_version=None).values("plan_version")
-        ).update(is_locked=True)
+    try:
+        with transaction.atomic():
+            invoice = Invoice.objects.select_for_update().select_related("tenant").get(pk=invoice_id)
+            if invoice.is_finalized:
+                return invoice
+            if not force and not is_due(invoice, now):
+                raise ValueError(f"{invoice} is not due before {invoice.period_end} + {GRACE_PERIOD}")
+            _write_lines(invoice, invoice.tenant)
+            if tax_calculation.is_enabled():
+                _apply_calculated_tax(invoice)
+            _apply_credits(invoice, now)
+            invoice.number = next_number(INVOICE_SERIES, now.year)
+            invoice.status = Invoice.Status.OPEN
+            invoice.finalized_at = now
+            invoice.status_changed_at = now
+            invoice.parties = taxes.parties(invoice.tenant)  # what the invoice says, whatever changes later
+            invoice.finalization_error = ""
+            invoice.save(
+                update_fields=[
+                    "number",
+                    "status",
+                    "finalized_at",
+                    "status_changed_at",
+                    "parties",
+                    "finalization_error",
+                    "stripe_tax_calculation_id",
+                ]
+            )
+            invoice_events.record(invoice, INVOICE_FINALIZED)
+            PlanVersion.objects.filter(
+                pk__in=invoice.lines.exclude(plan_version=None).values("plan_version")
+            ).update(is_locked=True)
+    except tax_calculation.TaxCalculationError as error:
+        # Rolled back: still a draft, and no tax is guessed. Staff see why in the admin until an attempt succeeds.
+        Invoice.objects.filter(pk=invoice_id, status=Invoice.Status.DRAFT).update(
+            finalization_error=f"{timezone.now():%Y-%m-%d %H:%M} UTC: {error}"[:2000]
+        )
+        logger.warning("invoice %s not finalized: %s", invoice_id, error)
+        raise
     logger.info(
         "finalized %s for %s: %s %s", invoice.number, invoice.tenant.slug, invoice.total, invoice.currency
     )
     return invoice
+
+
+def _apply_calculated_tax(invoice: Invoice) -> None:
+    """Stripe Tax (billing.tax_calculation): the period's estimated tax line gives way to one carrying the tax the
+    service computed for the invoice's taxable lines (with its breakdown per rate and the calculation's id), and
+    the tenant's estimate rate becomes this calculation's. Nothing taxable: a zero tax line, no call."""
+    profile = BillingProfile.objects.filter(tenant=invoice.tenant).first()
+    request = tax_calculation.request_for(invoice, profile)
+    estimate = invoice.lines.filter(kind=InvoiceLine.Kind.TAX, adjusted_period_start=None)
+    position = min(estimate.values_list("position", flat=True), default=None)
+    estimate.delete()
+    if position is None:
+        position = (invoice.lines.order_by("-position").values_list("position", flat=True).first() or 0) + 1
+    quote = tax_calculation.calculate(request) if request is not None else None
+    base = sum(
+        (share for _, share in tax_calculation.taxable_lines(list(invoice.lines.all()), invoice.currency)),
+        Decimal(0),
+    )
+    tax = quote.tax if quote else Decimal(0)
+    percent = (tax / base * 100).quantize(PERCENT_PLACES) if base else Decimal(0)
+    portions = quote.portions if quote else ()
+    InvoiceLine.objects.create(
+        invoice=invoice,
+        position=position,
+        kind=InvoiceLine.Kind.TAX,
+        description="Tax (Stripe Tax)"
+        + (": " + ", ".join(f"{p.name} {p.percent.normalize():f} %" for p in portions) if portions else ""),
+        amount=tax,
+        unrounded_amount=tax,
+        quantity=base,
+        unit_price=percent,
+        code=tax_calculation.STRIPE_TAX_CODE,
+        segment_start=invoice.period_start,
+        segment_end=invoice.period_end,
+        price_snapshot={
+            "rate": str(percent / 100),
+            "base": str(base),
+            "tax": str(tax),
+            "inclusive": False,
+            "reverse_charge": False,
+            "calculation": quote.calculation_id if quote else "",
+            "address": request.address if request else {},  # where Stripe taxed it: the sync tells Stripe too
+            "breakdown": [
+                {"name": p.name, "percent": str(p.percent), "taxable": str(p.taxable), "tax": str(p.tax)}
+                for p in portions
+            ],
+        },
+    )
+    invoice.total = sum(invoice.lines.values_list("amount", flat=True), Decimal(0))
+    invoice.stripe_tax_calculation_id = quote.calculation_id if quote else ""
+    invoice.save(update_fields=["total"])
+    if quote is not None and base:
+        BillingProfile.objects.filter(pk=profile.pk).update(stripe_tax_percent=percent)
 
 
 def _apply_credits(invoice: Invoice, now: datetime) -> None:

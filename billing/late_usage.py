@@ -14,6 +14,7 @@ from decimal import Decimal
 
 from django.db.models import Q
 
+from billing import tax_calculation
 from billing.models import Invoice, InvoiceLine
 from billing.period_pricing import LineDraft, Segment, price_period
 
@@ -39,6 +40,9 @@ def adjustment_lines(invoice: Invoice) -> list[LineDraft]:
     lines: list[LineDraft] = []
     for past in sorted(earlier, key=lambda i: i.period_start):
         now_priced = price_period(invoice.tenant, past.period_start, past.period_end)
+        # Under Stripe Tax the invoice that carries the adjustments has them taxed by Stripe with its other lines
+        # (billing.tax_calculation): an earlier period's tax is never adjusted as well, which would tax them twice.
+        taxed_by_service = tax_calculation.is_enabled() or bool(past.stripe_tax_calculation_id)
         billed: dict[tuple, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0), Decimal(0)])
         billed_lines = (
             InvoiceLine.objects.filter(
@@ -51,6 +55,10 @@ def adjustment_lines(invoice: Invoice) -> list[LineDraft]:
             .exclude(kind=InvoiceLine.Kind.CREDITS_APPLIED)
             .select_related("plan_version")
         )
+        if taxed_by_service:
+            billed_lines = billed_lines.exclude(kind=InvoiceLine.Kind.TAX).exclude(
+                adjusts_kind=InvoiceLine.Kind.TAX
+            )
         examples: dict[tuple, InvoiceLine] = {}
         for line in billed_lines:
             key = (
@@ -66,6 +74,8 @@ def adjustment_lines(invoice: Invoice) -> list[LineDraft]:
             billed[key][2] += line.platform_cost or 0
             examples.setdefault(key, line)
         for line in now_priced.lines:
+            if taxed_by_service and line.kind == InvoiceLine.Kind.TAX:
+                continue
             amount, quantity, cost = billed.pop(line.group, [Decimal(0)] * 3)
             if line.amount == amount and line.quantity == quantity:
                 continue

@@ -260,6 +260,14 @@ class Invoice(models.Model):
     finalized_at = models.DateTimeField(null=True, blank=True)
     status_changed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
+    stripe_tax_calculation_id = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="The Stripe Tax calculation its tax line carries (decision 019); empty under staff-defined rates.",
+    )
+    finalization_error = models.TextField(
+        blank=True, help_text="Why the last attempt to finalize it failed (Stripe Tax), until one succeeds."
+    )
     # The copy on Stripe (DESIGN §7). Not guarded by the immutability trigger: these columns follow Stripe
     # after finalization, while the invoice's own amounts never change.
     stripe_invoice_id = models.CharField(max_length=255, blank=True)
@@ -610,6 +618,13 @@ class BillingProfile(models.Model):
     tax_id = models.CharField(max_length=32, blank=True, help_text="VAT or other tax number, compact form.")
     is_business = models.BooleanField(default=True)
     updated_at = models.DateTimeField(default=timezone.now)
+    stripe_tax_percent = models.DecimalField(
+        max_digits=9,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        help_text="The effective rate of the last Stripe Tax calculation for the tenant: drafts estimate with it.",
+    )
 
     def __str__(self) -> str:
         return f"{self.legal_name} ({self.country})"

@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import Prefetch, Q
 
-from billing import discounts, periods, pricing, settlement, taxes
+from billing import discounts, periods, pricing, settlement, tax_calculation, taxes
 from billing.models import PlanVersion, Price, PricePlan, PriceTier, ProviderRate, Subscription
 from tenants.models import Tenant
 from usage import rollups
@@ -254,7 +254,7 @@ def _inputs(tenant: Tenant, start: date, end: date, currency: str) -> _Inputs:
     token = catalogue_token()
     if token is None:  # the row was truncated (a test's flush): nothing to trust a cache with
         return _load_inputs(tenant, start, end, currency)
-    key = (tenant.pk, currency, start, end, settings.SELLER_COUNTRY, token)
+    key = (tenant.pk, currency, start, end, settings.SELLER_COUNTRY, tax_calculation.is_enabled(), token)
     with _INPUTS_LOCK:
         found = _INPUTS.get(key)
         if found is not None:

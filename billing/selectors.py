@@ -328,10 +328,23 @@ def invoice_parties(invoice: Invoice) -> dict:
 
 def tax_breakdown(invoice: Invoice) -> list[dict]:
     """Per rate: the name, rate (%), the amount it was computed on, the tax, and how (exclusive, inclusive,
-    reverse charge), from the invoice's tax lines."""
+    reverse charge), from the invoice's tax lines; a line Stripe Tax computed gives one row per rate and
+    jurisdiction Stripe reported (decision 019)."""
     rows = []
     for line in invoice.lines.filter(Q(kind="tax") | Q(adjusts_kind="tax")).order_by("position"):
         snapshot = line.price_snapshot or {}
+        if snapshot.get("breakdown"):
+            rows += [
+                {
+                    "name": portion["name"],
+                    "percent": Decimal(portion["percent"]),
+                    "base": Decimal(portion["taxable"]),
+                    "tax": Decimal(portion["tax"]),
+                    "how": line.code,
+                }
+                for portion in snapshot["breakdown"]
+            ]
+            continue
         late = line.kind == InvoiceLine.Kind.ADJUSTMENT  # the change in an earlier period's tax
         rows.append(
             {

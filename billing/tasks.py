@@ -5,7 +5,7 @@ from datetime import date
 from celery import shared_task
 from django.utils import timezone
 
-from billing import call_costs, invoicing
+from billing import call_costs, invoicing, tax_calculation
 
 
 @shared_task(acks_late=True)
@@ -13,9 +13,20 @@ def generate_invoice(tenant_id: int, period_start: str) -> int:
     return invoicing.generate_invoice(tenant_id, date.fromisoformat(period_start)).pk
 
 
-@shared_task(acks_late=True)
+@shared_task(
+    acks_late=True,
+    autoretry_for=(tax_calculation.TaxServiceUnavailable,),
+    retry_backoff=True,
+    retry_backoff_max=600,
+    retry_jitter=True,
+    max_retries=10,
+)
 def finalize_invoice(invoice_id: int, force: bool = False) -> str | None:
-    """``force`` finalizes before the grace period has passed (the admin's "finalize now")."""
+    """``force`` finalizes before the grace period has passed (the admin's "finalize now"). Under Stripe Tax, an
+    unreachable or failing Stripe leaves the invoice a draft (its ``finalization_error`` says why) and the task
+    retries with exponential, jittered backoff (about 17 min in all). Any other refusal (an address Stripe Tax
+    cannot locate) is not retried here; either way the hourly ``finalize_due_invoices`` queues it again, so it
+    is finalized once Stripe answers or staff fixed the address."""
     invoice = invoicing.finalize_invoice(invoice_id, force=force)
     return invoice.number
 

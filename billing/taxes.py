@@ -6,11 +6,16 @@ on the period's first day. An EU business buying from a seller established in an
 that python-stdnum accepts, is reverse-charged: the invoice carries no tax and says the customer accounts for
 it (Article 196 of Council Directive 2006/112/EC). No billing profile, or no rate for the country: no tax line.
 How much: billing.settlement, on the discounted amount, once per invoice.
+
+Under Stripe Tax (``STRIPE_TAX_ENABLED``, billing.tax_calculation) staff rates and reverse charge are not used:
+finalization takes Stripe's amount, and drafts estimate with the effective rate Stripe returned last for the
+tenant; before any, a zero tax line says the tax is computed at finalization.
 """
 
 from __future__ import annotations
 
 from datetime import date
+from decimal import Decimal
 
 from django.conf import settings
 from django.db.models import Q
@@ -18,7 +23,7 @@ from stdnum import get_cc_module
 from stdnum.eu import vat as eu_vat
 from stdnum.exceptions import ValidationError as StdnumError
 
-from billing import settlement
+from billing import settlement, tax_calculation
 from billing.models import BillingProfile, TaxRate
 from tenants.models import Tenant
 
@@ -72,6 +77,8 @@ def tax_for(tenant: Tenant, period_start: date) -> settlement.Tax | None:
     profile = BillingProfile.objects.filter(tenant=tenant).first()
     if profile is None:
         return None
+    if tax_calculation.is_enabled():
+        return _stripe_tax_estimate(profile)
     if reverse_charged(profile):
         return settlement.Tax(REVERSE_CHARGE_NOTE, rate=0, reverse_charge=True)
     in_force = TaxRate.objects.filter(
@@ -84,6 +91,14 @@ def tax_for(tenant: Tenant, period_start: date) -> settlement.Tax | None:
         return None
     label = f"{rate.name} {rate.percent.normalize():f} %" + (" (included)" if rate.inclusive else "")
     return settlement.Tax(label, rate.percent / 100, inclusive=rate.inclusive)
+
+
+def _stripe_tax_estimate(profile: BillingProfile) -> settlement.Tax:
+    percent = profile.stripe_tax_percent
+    if percent is None:
+        return settlement.Tax("Tax: computed by Stripe Tax when the invoice is finalized", rate=Decimal(0))
+    label = f"Tax: estimated at {percent.normalize():f} % (Stripe Tax's last rate), computed at finalization"
+    return settlement.Tax(label, percent / 100)
 
 
 def parties(tenant: Tenant) -> dict:

@@ -209,6 +209,11 @@ STRIPE_API_BASE = env("STRIPE_API_BASE", default="")
 # Prefix of our Stripe idempotency keys and metadata: distinct per deployment sharing one Stripe account.
 STRIPE_NAMESPACE = env("STRIPE_NAMESPACE", default="meterline")
 STRIPE_TIMEOUT_SECONDS = env.float("STRIPE_TIMEOUT_SECONDS", default=30)
+# Stripe Tax computes invoices' tax instead of the staff-defined rates (decision 019, docs/stripe.md): each
+# finalization asks Stripe Tax Calculations, and the Stripe invoice is created with automatic tax. Every line is
+# sold under one tax code; the default is Stripe's "Software as a service (SaaS) - business use".
+STRIPE_TAX_ENABLED = env.bool("STRIPE_TAX_ENABLED", default=False)
+STRIPE_TAX_CODE = env("STRIPE_TAX_CODE", default="txcd_10103001")
 # A spend check queued by ingest or an authorization runs this long after it, and at most one per tenant is queued
 # in that window (spend.tasks); 0 checks after every batch (tests).
 SPEND_CHECK_DELAY_SECONDS = env.float("SPEND_CHECK_DELAY_SECONDS", default=2.0)

@@ -18,6 +18,9 @@ Decisions, with the reasoning in docs/stripe.md: ``collection_method=send_invoic
 drafts are created with ``auto_advance=false`` (Stripe never finalizes a half-built draft) and finalized with
 ``auto_advance=true`` (Stripe emails it and sends reminders); every line is sent, zero amounts included, so
 the Stripe invoice reads like ours; a Stripe total that differs from ours stops the sync before finalization.
+An invoice taxed by Stripe Tax (decision 019) is created with automatic tax, its customer given the billing
+profile's address, and its items are the Tax Calculation's line items (:func:`_items`), so Stripe's tax is the
+calculation's and the totals agree as they do otherwise.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from billing import invoice_events, periods
+from billing import invoice_events, periods, tax_calculation
 from billing.models import PAYMENT_TERMS, Invoice, InvoiceLine
 from billing.pricing import to_minor_units
 from observability import metrics
@@ -58,6 +61,8 @@ DAYS_UNTIL_DUE = PAYMENT_TERMS.days  # the terms our own invoice states (Invoice
 UNSYNCED_GRACE = timedelta(minutes=5)  # the on-commit task normally gets there first
 STALE_PENDING = timedelta(minutes=30)  # longer than the task's own retries (about 17 min with backoff)
 ERROR_MAX_CHARS = 2000
+# Stripe's tax code for what is not taxed (under Stripe Tax: prepaid credit applied).
+NONTAXABLE = "txcd_00000000"
 
 Status = Invoice.Status
 SyncState = Invoice.SyncState
@@ -186,18 +191,20 @@ def attempt(push: Callable[[], T], record: Callable[..., None], what: str) -> T 
     try:
         return push()
     except TRANSIENT_ERRORS as error:
-        record(sync_error=f"{_describe(error)} (will retry)"[:ERROR_MAX_CHARS])
+        record(sync_error=f"{describe(error)} (will retry)"[:ERROR_MAX_CHARS])
         metrics.record_stripe_sync_failure("transient")
         raise
     except (stripe.StripeError, SyncMismatch) as error:
-        logger.warning("Stripe sync of %s failed: %s", what, _describe(error))
-        record(sync_state=SyncState.FAILED, sync_error=_describe(error)[:ERROR_MAX_CHARS])
+        logger.warning("Stripe sync of %s failed: %s", what, describe(error))
+        record(sync_state=SyncState.FAILED, sync_error=describe(error)[:ERROR_MAX_CHARS])
         metrics.record_stripe_sync_failure("permanent")
         return None
 
 
 def _push(api: stripe.StripeClient, invoice: Invoice) -> stripe.Invoice:
     customer_id = ensure_customer(api, invoice.tenant)
+    if invoice.stripe_tax_calculation_id:
+        _ensure_tax_address(api, invoice, customer_id)
     stripe_invoice = _find_invoice(api, invoice, customer_id) or _create_invoice(api, invoice, customer_id)
     _record(invoice.pk, stripe_invoice_id=stripe_invoice.id)
     expected = to_minor_units(invoice.total, invoice.currency)
@@ -254,6 +261,21 @@ def ensure_customer(api: stripe.StripeClient, tenant: Tenant) -> str:
     return tenant.stripe_customer_id
 
 
+def _ensure_tax_address(api: stripe.StripeClient, invoice: Invoice, customer_id: str) -> None:
+    """Stripe Tax taxes an invoice where its customer is: the Stripe customer gets the address the calculation
+    used (kept on the tax line, whatever the billing profile says since), under a key with a digest of it (the
+    same address is sent once)."""
+    tax_line = invoice.lines.filter(kind=InvoiceLine.Kind.TAX, code=tax_calculation.STRIPE_TAX_CODE).first()
+    address = (tax_line.price_snapshot if tax_line else {}).get("address")
+    if not address:
+        raise SyncMismatch(f"invoice {invoice.number} has no Stripe Tax address on its tax line")
+    address = {key: value for key, value in address.items() if value}
+    digest = hashlib.sha256(json.dumps(address, sort_keys=True).encode()).hexdigest()[:16]
+    api.v1.customers.update(
+        customer_id, {"address": address}, key_options("customer", invoice.tenant_id, "address", digest)
+    )
+
+
 def _find_invoice(api: stripe.StripeClient, invoice: Invoice, customer_id: str) -> stripe.Invoice | None:
     """The Stripe invoice an earlier run made for ``invoice``: by the stored id, else by our metadata among the
     customer's invoices (a list, which unlike search sees an invoice the moment it exists)."""
@@ -275,6 +297,7 @@ def _create_invoice(api: stripe.StripeClient, invoice: Invoice, customer_id: str
             "days_until_due": DAYS_UNTIL_DUE,
             "auto_advance": False,
             "pending_invoice_items_behavior": "exclude",
+            **({"automatic_tax": {"enabled": True}} if invoice.stripe_tax_calculation_id else {}),
             "description": f"Meterline invoice {invoice.number}, {invoice.period_start:%B %Y}",
             "metadata": our_metadata(
                 invoice_id=invoice.pk, invoice_number=invoice.number, tenant_id=invoice.tenant_id
@@ -292,13 +315,40 @@ def _add_items(api: stripe.StripeClient, invoice: Invoice, stripe_invoice_id: st
         for item in listed.auto_paging_iter()
         if is_ours(item.metadata, "invoice_id", invoice.pk)
     }
-    for line in invoice.lines.order_by("position"):
+    for line, params in _items(invoice, stripe_invoice_id, customer_id):
         if str(line.position) in present:
             continue
-        api.v1.invoice_items.create(
-            _item_params(invoice, line, stripe_invoice_id, customer_id),
-            key_options("item", invoice.pk, line.position),
-        )
+        api.v1.invoice_items.create(params, key_options("item", invoice.pk, line.position))
+
+
+def _items(invoice: Invoice, stripe_invoice_id: str, customer_id: str) -> list[tuple[InvoiceLine, dict]]:
+    """Each line of ours as an invoice item. Under Stripe Tax (the invoice has a calculation), Stripe must tax its
+    invoice exactly as it taxed the calculation, so the items are the calculation's line items: each sale at its
+    taxed amount (its share of discounts and corrections taken off, billing.tax_calculation.taxable_lines) under
+    our tax code, the lines that are not sales (prepaid credit) as non-taxable items, and no tax item: Stripe
+    adds the tax itself (automatic tax)."""
+    lines = list(invoice.lines.order_by("position"))
+    if not invoice.stripe_tax_calculation_id:
+        return [(line, _item_params(invoice, line, stripe_invoice_id, customer_id)) for line in lines]
+    shares = {line.pk: share for line, share in tax_calculation.taxable_lines(lines, invoice.currency)}
+    items = []
+    for line in lines:
+        if line.kind == InvoiceLine.Kind.TAX:
+            continue
+        params = _item_params(invoice, line, stripe_invoice_id, customer_id)
+        if line.pk in shares:
+            share = shares[line.pk]
+            if share != line.amount:
+                params["amount"] = to_minor_units(share, invoice.currency)
+                params["description"] = (
+                    f"{line.description} ({line.amount} {invoice.currency} on our invoice; "
+                    "discounts and corrections spread over the taxed lines)"
+                )[:500]
+            params.update(tax_behavior="exclusive", tax_code=settings.STRIPE_TAX_CODE)
+        else:
+            params.update(tax_behavior="exclusive", tax_code=NONTAXABLE)
+        items.append((line, params))
+    return items
 
 
 def _item_params(invoice: Invoice, line: InvoiceLine, stripe_invoice_id: str, customer_id: str) -> dict:
@@ -329,7 +379,7 @@ def _record(invoice_id: int, **fields: Any) -> None:
     Invoice.objects.filter(pk=invoice_id).update(**fields)
 
 
-def _describe(error: Exception) -> str:
+def describe(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"
 
 

@@ -54,6 +54,7 @@ class BillingProfileAdmin(admin.ModelAdmin):
     list_display = ["tenant", "legal_name", "country", "region", "tax_id", "is_business"]
     search_fields = ["tenant__slug", "legal_name", "tax_id"]
     list_filter = ["country", "is_business"]
+    readonly_fields = ["stripe_tax_percent"]  # written by finalization under Stripe Tax (decision 019)
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)

@@ -94,6 +94,8 @@ INVOICE_ITEM_CREATE = {
     "period": Field(hash_of({"start": Field(integer), "end": Field(integer)})),
     "quantity": Field(non_negative_integer),
     "quantity_decimal": Field(decimal_string),
+    "tax_behavior": Field(enum("exclusive", "inclusive", "unspecified")),
+    "tax_code": Field(text),
     "unit_amount_decimal": Field(decimal_string),
 }
 
@@ -125,12 +127,15 @@ INVOICE_CREATE = {
     "expand": EXPAND,
     "metadata": METADATA,
     "pending_invoice_items_behavior": Field(enum("exclude", "include")),
+    "automatic_tax": Field(hash_of({"enabled": Field(boolean)})),
 }
 
 
 def _check_invoice(params: dict[str, Any]) -> None:
     if "customer" not in params:
         raise missing_parameter("customer")
+    if "automatic_tax" in params and "enabled" not in params["automatic_tax"]:
+        raise missing_parameter("automatic_tax[enabled]")
     method = params.get("collection_method", "charge_automatically")
     if method == "charge_automatically":
         for name in ("days_until_due", "due_date"):
@@ -197,6 +202,53 @@ def _check_credit_note(params: dict[str, Any]) -> None:
                 raise missing_parameter(f"{name}[{key}]")
 
 
+TAX_CALCULATION_LINE = {
+    "amount": Field(integer),
+    "quantity": Field(non_negative_integer),
+    "reference": Field(text),
+    "tax_behavior": Field(enum("exclusive", "inclusive")),
+    "tax_code": Field(text),
+}
+TAX_CALCULATION_CREATE = {
+    "currency": Field(currency),
+    "customer_details": Field(
+        hash_of({"address": ADDRESS, "address_source": Field(enum("billing", "shipping"))})
+    ),
+    "line_items": Field(array_of(hash_of(TAX_CALCULATION_LINE))),
+    "expand": EXPAND,
+}
+
+
+def _check_tax_calculation(params: dict[str, Any]) -> None:
+    """Stripe's shape: a currency; the customer's details with an address and where it comes from (``customer``,
+    a Stripe customer instead, is not modelled); at least one line item, each a positive amount with a unique
+    reference."""
+    if "currency" not in params:
+        raise missing_parameter("currency")
+    details = params.get("customer_details")
+    if details is None:
+        raise missing_parameter("customer_details")
+    for key in ("address", "address_source"):
+        if details.get(key) is None:
+            raise missing_parameter(f"customer_details[{key}]")
+    if not params.get("line_items"):
+        raise missing_parameter("line_items")
+    references: set[str] = set()
+    for index, line in enumerate(params["line_items"]):
+        if "amount" not in line:
+            raise missing_parameter(f"line_items[{index}][amount]")
+        if line["amount"] < 0:
+            raise invalid(
+                "A line item's amount must be a positive integer.", param=f"line_items[{index}][amount]"
+            )
+        if "reference" in line and line["reference"] in references:
+            raise invalid(
+                "A line item's reference must be unique across the calculation's line items.",
+                param=f"line_items[{index}][reference]",
+            )
+        references.add(line.get("reference", ""))
+
+
 def _check_search(params: dict[str, Any]) -> None:
     if "query" not in params:
         raise missing_parameter("query")
@@ -252,6 +304,7 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("GET", "/v1/credit_notes/{id}", ONLY_EXPAND, lambda s, ids, p, ctx: s.retrieve_credit_note(ids["id"]), "CreditNoteRetrieveParams"),
     Endpoint("GET", "/v1/credit_notes/{id}/lines", PAGING, lambda s, ids, p, ctx: s.list_credit_note_lines(ids["id"], p), "CreditNoteListLinesParams"),
     Endpoint("GET", "/v1/refunds/{id}", ONLY_EXPAND, lambda s, ids, p, ctx: s.retrieve_refund(ids["id"]), "RefundRetrieveParams"),
+    Endpoint("POST", "/v1/tax/calculations", TAX_CALCULATION_CREATE, lambda s, ids, p, ctx: s.create_tax_calculation(p, ctx), "tax.CalculationCreateParams", _check_tax_calculation),
     Endpoint("GET", "/v1/events", {**LISTING, "type": Field(text), "types": Field(array_of(text))}, lambda s, ids, p, ctx: s.list_events(p), "EventListParams"),
     Endpoint("GET", "/v1/events/{id}", ONLY_EXPAND, lambda s, ids, p, ctx: s.retrieve_event(ids["id"]), "EventRetrieveParams"),
 ]

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+from . import tax as stripe_tax
 
 FIXTURES_PATH = Path(__file__).with_name("fixtures3.json")
 
@@ -119,7 +122,42 @@ def invoice_item(record: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def line_item(record: dict[str, Any]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class InvoiceTax:
+    """Automatic tax on an invoice: its ``automatic_tax.status``, the address it was computed for, each item's
+    tax (by item id) and the country's rate (None: not collected there)."""
+
+    status: str
+    address: dict[str, Any]
+    per_item: dict[str, int] = field(default_factory=dict)
+    percent: Decimal | None = None
+
+    def exclusive_amount(self, items: list[dict[str, Any]]) -> int:
+        return sum(self.per_item.get(i["id"], 0) for i in items if i["tax_behavior"] != "inclusive")
+
+    def taxes_of(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Stripe's ``taxes`` of lines (and ``total_taxes`` of the invoice, summed by behavior)."""
+        country = (self.address.get("country") or "").upper()
+        rows = []
+        for item in items:
+            taxed = self.percent is not None and item["tax_code"] != stripe_tax.NONTAXABLE
+            rows.append(
+                {
+                    "amount": self.per_item.get(item["id"], 0),
+                    "tax_behavior": "inclusive" if item["tax_behavior"] == "inclusive" else "exclusive",
+                    "tax_rate_details": {"tax_rate": stripe_tax.tax_rate_id(country)} if taxed else None,
+                    "taxability_reason": "standard_rated"
+                    if taxed
+                    else ("product_exempt" if self.percent is not None else "not_collecting"),
+                    "taxable_amount": item["amount"]
+                    - (self.per_item.get(item["id"], 0) if item["tax_behavior"] == "inclusive" else 0),
+                    "type": "tax_rate_details",
+                }
+            )
+        return rows
+
+
+def line_item(record: dict[str, Any], taxes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The invoice line that an invoice item becomes once it is on an invoice (ids ``il_…``)."""
     return overlay(
         example("line_item"),
@@ -139,7 +177,7 @@ def line_item(record: dict[str, Any]) -> dict[str, Any]:
         pretax_credit_amounts=[],
         subscription=None,
         subtotal=record["amount"],
-        taxes=[],
+        taxes=taxes or [],
     )
 
 
@@ -151,18 +189,28 @@ INVOICE_LINES_INLINE = 10
 
 
 def invoice(
-    record: dict[str, Any], items: list[dict[str, Any]], customer_record: dict[str, Any]
+    record: dict[str, Any],
+    items: list[dict[str, Any]],
+    customer_record: dict[str, Any],
+    taxed: InvoiceTax | None = None,
 ) -> dict[str, Any]:
-    """``items`` are the invoice items on this invoice, oldest first; the totals are their sum (no tax/discounts).
-    Credit notes issued before payment lower what is due; those after it are counted apart (Stripe's
-    ``pre_payment_credit_notes_amount`` and ``post_payment_credit_notes_amount``)."""
+    """``items`` are the invoice items on this invoice, oldest first; the total is their sum plus the exclusive
+    tax of automatic tax (``taxed``; no discounts). Credit notes issued before payment lower what is due; those
+    after it are counted apart (Stripe's ``pre_payment_credit_notes_amount`` and
+    ``post_payment_credit_notes_amount``)."""
     subtotal = sum(item["amount"] for item in items)
-    amount_due = max(subtotal - record["pre_payment_credit"], 0)
+    line_taxes = [[row] for row in taxed.taxes_of(items)] if taxed else [[] for _ in items]
+    added = taxed.exclusive_amount(items) if taxed else 0
+    included = (
+        sum(taxed.per_item.get(i["id"], 0) for i in items if i["tax_behavior"] == "inclusive") if taxed else 0
+    )
+    total = subtotal + added
+    amount_due = max(total - record["pre_payment_credit"], 0)
     status = record["status"]
     contact = record["customer_snapshot"] or snapshot_of(customer_record)
     transitions = record["status_transitions"]
     finalized = status != "draft"
-    lines = [line_item(item) for item in items]
+    lines = [line_item(item, taxes) for item, taxes in zip(items, line_taxes, strict=True)]
     return overlay(
         example("invoice"),
         id=record["id"],
@@ -176,11 +224,11 @@ def invoice(
         attempted=record.get("attempt_count", 0) > 0,
         auto_advance=record["auto_advance"],
         automatic_tax={
-            "enabled": False,
-            "liability": None,
-            "status": None,
+            "enabled": taxed is not None,
+            "liability": {"type": "self"} if taxed else None,
+            "status": taxed.status if taxed else None,
             "disabled_reason": None,
-            "provider": None,
+            "provider": "stripe" if taxed else None,
         },
         automatically_finalizes_at=record["created"] + 3600
         if status == "draft" and record["auto_advance"]
@@ -247,15 +295,28 @@ def invoice(
         status_transitions=dict(transitions),
         subscription=None,
         subtotal=subtotal,
-        subtotal_excluding_tax=subtotal,
+        subtotal_excluding_tax=subtotal - included,
         test_clock=None,
-        total=subtotal,
+        total=total,
         total_discount_amounts=[],
-        total_excluding_tax=subtotal,
+        total_excluding_tax=subtotal - included,
         total_pretax_credit_amounts=[],
-        total_taxes=[],
+        total_taxes=_summed_taxes(row for rows in line_taxes for row in rows),
         webhooks_delivered_at=record["created"],
     )
+
+
+def _summed_taxes(rows) -> list[dict[str, Any]]:
+    """An invoice's ``total_taxes``: its lines' taxes summed per tax rate and behavior."""
+    summed: dict[tuple, dict[str, Any]] = {}
+    for row in rows:
+        key = (row["tax_behavior"], json.dumps(row["tax_rate_details"]), row["taxability_reason"])
+        if key in summed:
+            summed[key]["amount"] += row["amount"]
+            summed[key]["taxable_amount"] += row["taxable_amount"]
+        else:
+            summed[key] = dict(row)
+    return list(summed.values())
 
 
 def credit_note_line(record: dict[str, Any]) -> dict[str, Any]:
@@ -355,6 +416,33 @@ def refund(record: dict[str, Any]) -> dict[str, Any]:
         source_transfer_reversal=None,
         status="succeeded",
         transfer_reversal=None,
+    )
+
+
+def tax_calculation(record: dict[str, Any]) -> dict[str, Any]:
+    """A Tax Calculation (``taxcalc_…``); its line items are kept for tests but, as on Stripe, not returned unless
+    expanded (not modelled)."""
+    return overlay(
+        example("tax.calculation"),
+        id=record["id"],
+        amount_total=record["amount_total"],
+        currency=record["currency"],
+        customer=None,
+        customer_details={
+            "address": dict(record["address"]),
+            "address_source": record["address_source"],
+            "ip_address": None,
+            "tax_ids": [],
+            "taxability_override": "none",
+        },
+        expires_at=record["created"] + 90 * 86400,
+        livemode=False,
+        ship_from_details=None,
+        shipping_cost=None,
+        tax_amount_exclusive=record["tax_amount_exclusive"],
+        tax_amount_inclusive=record["tax_amount_inclusive"],
+        tax_breakdown=copy.deepcopy(record["tax_breakdown"]),
+        tax_date=record["created"],
     )
 
 

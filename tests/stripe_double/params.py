@@ -8,6 +8,7 @@ the way Stripe does and answering with Stripe's error for anything it would refu
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Callable, Iterable
 from decimal import Decimal, InvalidOperation
@@ -241,11 +242,14 @@ def stripe_param_names(typed_dict_name: str) -> frozenset[str]:
 
     Used only to word the refusal of a parameter the double does not model; empty if the SDK moved them.
     """
+    module_name, _, type_name = typed_dict_name.rpartition(
+        "."
+    )  # "tax.CalculationCreateParams": stripe.params.tax
     try:
-        import stripe.params
         from stripe._request_options import RequestOptions
 
-        params_type = getattr(stripe.params, typed_dict_name)
+        module = importlib.import_module(".".join(["stripe.params", *filter(None, [module_name])]))
+        params_type = getattr(module, type_name)
     except (ImportError, AttributeError):
         return frozenset()
     names: set[str] = set()

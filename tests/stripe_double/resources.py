@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from . import objects
+from . import objects, tax
 from .errors import StripeError, card_declined, invalid, missing_parameter, no_such
 from .params import merge_metadata
 
@@ -36,6 +36,13 @@ class RequestContext:
 INTERNAL = RequestContext()
 
 
+_ADDRESS_KEYS = ("city", "country", "line1", "line2", "postal_code", "state")
+
+
+def _taxed_line(item: dict[str, Any]) -> tax.TaxedLine:
+    return tax.TaxedLine(item["amount"], item["tax_behavior"], item["tax_code"])
+
+
 def _round_half_up(number: Decimal) -> int:
     # Stripe: "rounding occurs after the quantity is multiplied by the decimal amount … 1.5 is rounded up to 2".
     return int(number.quantize(Decimal(1), rounding=ROUND_HALF_UP))
@@ -51,6 +58,8 @@ class Store:
         self.events: dict[str, dict[str, Any]] = {}
         self.credit_notes: dict[str, dict[str, Any]] = {}
         self.refunds: dict[str, dict[str, Any]] = {}
+        self.tax_calculations: dict[str, dict[str, Any]] = {}
+        self.tax_rates: dict[str, Decimal] = {}  # country → percent that Stripe Tax collects there
         self.search_delay_seconds = 0
 
     def new_id(self, prefix: str, length: int = 24) -> str:
@@ -175,6 +184,18 @@ class Store:
         quantity = Decimal(
             fields["quantity_decimal"] if "quantity_decimal" in fields else fields.get("quantity", 1)
         )
+        if (
+            invoice is not None
+            and invoice["automatic_tax"]
+            and fields.get("amount", 0) < 0
+            and fields.get("tax_code") != tax.NONTAXABLE
+        ):
+            raise invalid(
+                "The Stripe test double does not model Stripe Tax on a negative taxable invoice item (give it the "
+                f"non-taxable tax code {tax.NONTAXABLE}).",
+                param="amount",
+                code="parameter_not_modelled",
+            )
         if "amount" in fields:
             amount = fields["amount"]
             unit_amount = Decimal(amount)
@@ -195,6 +216,8 @@ class Store:
             "metadata": merge_metadata({}, fields.get("metadata") or {}),
             "invoice": invoice["id"] if invoice else None,
             "period": fields.get("period") or {"start": now, "end": now},
+            "tax_behavior": fields.get("tax_behavior") or "unspecified",
+            "tax_code": fields.get("tax_code"),
             "deleted": False,
         }
         self.items[record["id"]] = record
@@ -244,7 +267,35 @@ class Store:
         return [i for i in self.items.values() if i["invoice"] == invoice_id and not i["deleted"]]
 
     def render_invoice(self, record: dict[str, Any]) -> dict[str, Any]:
-        return objects.invoice(record, self.items_on(record["id"]), self.customers[record["customer"]])
+        return objects.invoice(
+            record, self.items_on(record["id"]), self.customers[record["customer"]], self.invoice_tax(record)
+        )
+
+    def invoice_tax(self, record: dict[str, Any]) -> objects.InvoiceTax | None:
+        """Automatic tax on the invoice (tests/stripe_double/tax.py), at the address of its customer (live while
+        a draft, frozen at finalization); None when it is off."""
+        if not record["automatic_tax"]:
+            return None
+        address = (record["customer_snapshot"] or objects.snapshot_of(self.customers[record["customer"]]))[
+            "address"
+        ] or {}
+        items = self.items_on(record["id"])
+        if tax.unlocated(address):
+            return objects.InvoiceTax("requires_location_inputs", address, {item["id"]: 0 for item in items})
+        percent = self.tax_rates.get((address.get("country") or "").upper())
+        lines = [_taxed_line(item) for item in items]
+        return objects.InvoiceTax(
+            "complete",
+            address,
+            {item["id"]: tax.line_tax(line, percent) for item, line in zip(items, lines, strict=True)},
+            percent,
+        )
+
+    def total(self, record: dict[str, Any]) -> int:
+        """What the invoice bills: its items and the tax automatic tax adds to them."""
+        subtotal = sum(item["amount"] for item in self.items_on(record["id"]))
+        taxed = self.invoice_tax(record)
+        return subtotal + (taxed.exclusive_amount(self.items_on(record["id"])) if taxed else 0)
 
     def create_invoice(self, fields: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
         customer = self._customer(fields["customer"], param="customer")
@@ -269,6 +320,7 @@ class Store:
             "charged": 0,  # of amount_paid, what a payment method paid (refundable); the rest was out of band
             "charge": None,
             "refunded": 0,
+            "automatic_tax": bool((fields.get("automatic_tax") or {}).get("enabled")),
             "pre_payment_credit": 0,  # credit notes that lowered what was due
             "post_payment_credit": 0,  # credit notes after it was paid
             "customer_snapshot": None,
@@ -361,6 +413,18 @@ class Store:
 
     def _finalize(self, record: dict[str, Any], ctx: RequestContext) -> None:
         customer = self.customers[record["customer"]]
+        if record["automatic_tax"]:
+            # Stripe refuses to finalize what it cannot tax: no location, or a line whose tax behavior it would
+            # take from account settings the double does not model.
+            if tax.unlocated(customer["address"]):
+                raise tax.location_error(customer["address"], "customer")
+            if any(item["tax_behavior"] == "unspecified" for item in self.items_on(record["id"])):
+                raise invalid(
+                    "The Stripe test double needs tax_behavior on every item of an invoice with automatic tax "
+                    "(the account's default tax behavior is not modelled).",
+                    param="tax_behavior",
+                    code="parameter_not_modelled",
+                )
         now = self.now()
         record["status"] = "open"
         record["status_transitions"]["finalized_at"] = now
@@ -368,14 +432,13 @@ class Store:
         customer["next_invoice_sequence"] += 1
         record["customer_snapshot"] = objects.snapshot_of(customer)
         self.emit("invoice.finalized", self.render_invoice(record), ctx)
-        if sum(item["amount"] for item in self.items_on(record["id"])) <= 0:
+        if self.total(record) <= 0:
             # Nothing to collect: Stripe marks the invoice paid on finalization.
             self._mark_paid(record, ctx)
 
     def _remaining(self, record: dict[str, Any]) -> int:
         """``amount_remaining``: what is due (the total less credit notes issued before payment) less what was paid."""
-        total = sum(item["amount"] for item in self.items_on(record["id"]))
-        return max(max(total - record["pre_payment_credit"], 0) - record["amount_paid"], 0)
+        return max(max(self.total(record) - record["pre_payment_credit"], 0) - record["amount_paid"], 0)
 
     def _mark_paid(self, record: dict[str, Any], ctx: RequestContext, *, charged: bool = False) -> None:
         """Paid: ``charged`` by the customer's payment method (then refundable), or out of band; a credit note
@@ -465,8 +528,7 @@ class Store:
         total = fields["amount"] if "amount" in fields else sum(line["amount"] for line in lines)
         if total <= 0:
             raise invalid("The credit note's total must be greater than 0.", param="lines")
-        invoice_total = sum(item["amount"] for item in self.items_on(invoice["id"]))
-        creditable = invoice_total - invoice["pre_payment_credit"] - invoice["post_payment_credit"]
+        creditable = self.total(invoice) - invoice["pre_payment_credit"] - invoice["post_payment_credit"]
         if total > creditable:
             raise invalid(
                 f"The credit note's total ({total}) is more than the {creditable} that can still be credited on "
@@ -614,6 +676,43 @@ class Store:
         if refund_id not in self.refunds:
             raise no_such("refund", refund_id)
         return objects.refund(self.refunds[refund_id])
+
+    # Stripe Tax
+
+    def create_tax_calculation(self, fields: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
+        """A Tax Calculation (docs.stripe.com/api/tax/calculations/create): each line item taxed at the rate of
+        the customer's country, as automatic tax taxes an invoice's items (tests/stripe_double/tax.py)."""
+        address = fields["customer_details"]["address"]
+        if tax.unlocated(address):
+            raise tax.location_error(address, "customer_details[address]")
+        percent = self.tax_rates.get(address["country"].upper())
+        lines = [
+            tax.TaxedLine(line["amount"], line.get("tax_behavior", "exclusive"), line.get("tax_code"))
+            for line in fields["line_items"]
+        ]
+        taxes = [tax.line_tax(line, percent) for line in lines]
+        now = self.now()
+        record = {
+            "id": self.new_id("taxcalc"),
+            "created": now,
+            "currency": fields["currency"],
+            "address": {**dict.fromkeys(_ADDRESS_KEYS), **address},
+            "address_source": fields["customer_details"]["address_source"],
+            "amount_total": sum(line.amount for line in lines)
+            + sum(t for line, t in zip(lines, taxes, strict=True) if line.behavior == "exclusive"),
+            "tax_amount_exclusive": sum(
+                t for line, t in zip(lines, taxes, strict=True) if line.behavior == "exclusive"
+            ),
+            "tax_amount_inclusive": sum(
+                t for line, t in zip(lines, taxes, strict=True) if line.behavior == "inclusive"
+            ),
+            "tax_breakdown": tax.breakdown(lines, taxes, address, percent),
+            "line_items": [
+                {**line, "amount_tax": t} for line, t in zip(fields["line_items"], taxes, strict=True)
+            ],
+        }
+        self.tax_calculations[record["id"]] = record
+        return objects.tax_calculation(record)
 
     # Events
 

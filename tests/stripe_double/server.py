@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import json
 import re
 import socket
@@ -18,6 +19,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -246,6 +248,18 @@ class StripeDouble:
     def refunds(self) -> list[dict[str, Any]]:
         with self._lock:
             return [self.store.retrieve_refund(i) for i in self.store.refunds]
+
+    @property
+    def tax_calculations(self) -> list[dict[str, Any]]:
+        """Tax Calculations as stored: the answer's fields plus ``line_items`` (each with its ``amount_tax``)."""
+        with self._lock:
+            return [copy.deepcopy(record) for record in self.store.tax_calculations.values()]
+
+    def set_tax_rate(self, country: str, percent: Decimal | str | int) -> None:
+        """Make Stripe Tax collect ``percent`` in ``country`` (calculations and automatic tax on invoices); a
+        country without a rate is not collected (tax 0)."""
+        with self._lock:
+            self.store.tax_rates[country.upper()] = Decimal(percent)
 
     def events(self, event_type: str | None = None) -> list[dict[str, Any]]:
         """Events the double emitted, oldest first (Stripe would deliver these to webhook endpoints)."""
