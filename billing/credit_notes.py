@@ -249,6 +249,7 @@ def _store(
     )
     CreditNoteLine.objects.bulk_create(
         CreditNoteLine(
+            tenant_id=note.tenant_id,
             credit_note=note,
             invoice_line_id=line.share.line.id,
             position=position,

@@ -65,6 +65,7 @@ def _write_lines(invoice: Invoice, tenant: Tenant) -> None:
     InvoiceLine.objects.bulk_create(
         InvoiceLine(
             **{name: getattr(d, name) for name in STORED_FIELDS},
+            tenant_id=invoice.tenant_id,
             invoice=invoice,
             position=position,
             description=d.description[:300],
@@ -127,6 +128,7 @@ def _apply_credits(invoice: Invoice, now: datetime) -> None:
         return
     last = invoice.lines.order_by("-position").values_list("position", flat=True).first() or 0
     InvoiceLine.objects.create(
+        tenant_id=invoice.tenant_id,
         invoice=invoice,
         position=last + 1,
         kind=InvoiceLine.Kind.CREDITS_APPLIED,

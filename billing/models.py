@@ -244,7 +244,7 @@ class Invoice(models.Model):
     period_start = models.DateField(help_text="First day of the billing period (tenant-local).")
     period_end = models.DateField(help_text="First day after the period (exclusive).")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
-    number = models.CharField(max_length=32, null=True, blank=True, unique=True)
+    number = models.CharField(max_length=32, null=True, blank=True)
     currency = models.CharField(max_length=3)
     total = models.DecimalField(**MONEY, default=0)
     platform_cost = models.DecimalField(**MONEY, default=0)
@@ -290,14 +290,24 @@ class Invoice(models.Model):
                 | (~Q(status="draft") & Q(number__isnull=False)),
                 name="invoice_number_iff_finalized",
             ),
+            # numbers and Stripe's ids are unique across tenants by construction (one counter row hands out
+            # each number; Stripe issues each id once); the database holds them unique per tenant, which is what
+            # a table sharded by tenant can enforce (decision 024)
+            models.UniqueConstraint(fields=["tenant", "number"], name="invoice_unique_number"),
             models.UniqueConstraint(
-                fields=["stripe_invoice_id"],
+                fields=["tenant", "stripe_invoice_id"],
                 condition=~Q(stripe_invoice_id=""),
                 name="invoice_unique_stripe_invoice",
             ),
             # the target of the credit ledger's (tenant, invoice) foreign key: an entry can only name an
             # invoice of its own tenant (migration 0009)
             models.UniqueConstraint(fields=["tenant", "id"], name="invoice_tenant_id"),
+        ]
+        # Stripe's webhooks name an invoice by its Stripe id alone, before its tenant is known
+        indexes = [
+            models.Index(
+                fields=["stripe_invoice_id"], condition=~Q(stripe_invoice_id=""), name="invoice_stripe_invoice"
+            )
         ]
 
     def __str__(self) -> str:
@@ -342,7 +352,8 @@ class InvoiceLine(models.Model):
         TAX = "tax"  # on the discounted amount, once per rate (decision 019)
         CREDITS_APPLIED = "credits_applied"  # negative: prepaid credit paid this much (decision 018)
 
-    invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
+    invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines", db_constraint=False)
     position = models.PositiveIntegerField()
     kind = models.CharField(max_length=16, choices=Kind.choices)
     description = models.CharField(max_length=300)
@@ -380,6 +391,7 @@ class InvoiceLine(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=[
+                    "tenant",
                     "invoice",
                     "kind",
                     "adjusts_kind",
@@ -393,7 +405,7 @@ class InvoiceLine(models.Model):
                 name="invoiceline_one_per_group_and_code",
                 nulls_distinct=False,
             ),
-            models.UniqueConstraint(fields=["invoice", "position"], name="invoiceline_unique_position"),
+            models.UniqueConstraint(fields=["tenant", "invoice", "position"], name="invoiceline_unique_position"),
         ]
 
     def __str__(self) -> str:
@@ -730,6 +742,7 @@ class CreditGrant(models.Model):
         null=True,
         blank=True,
         related_name="grant",
+        db_constraint=False,
         help_text="The paid top-up this credit was bought with (one grant per top-up).",
     )
     credit_note = models.OneToOneField(
@@ -738,6 +751,7 @@ class CreditGrant(models.Model):
         null=True,
         blank=True,
         related_name="grant",
+        db_constraint=False,
         help_text="The credit note whose outcome this credit is (one grant per credit note).",
     )
 
@@ -772,10 +786,12 @@ class LedgerEntry(models.Model):
         ADJUSTMENT = "adjustment"  # ±: corrected by staff, with a reason
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
-    grant = models.ForeignKey(CreditGrant, on_delete=models.PROTECT, related_name="entries")
+    grant = models.ForeignKey(CreditGrant, on_delete=models.PROTECT, related_name="entries", db_constraint=False)
     kind = models.CharField(max_length=16, choices=Kind.choices)
     amount = models.DecimalField(**MONEY)
-    invoice = models.ForeignKey("Invoice", on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    invoice = models.ForeignKey(
+        "Invoice", on_delete=models.PROTECT, null=True, blank=True, related_name="+", db_constraint=False
+    )
     reason = models.TextField(blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
@@ -788,15 +804,15 @@ class LedgerEntry(models.Model):
         ordering = ["created_at", "id"]
         constraints = [
             models.UniqueConstraint(
-                fields=["grant"], condition=Q(kind="grant"), name="ledger_grant_posted_once"
+                fields=["tenant", "grant"], condition=Q(kind="grant"), name="ledger_grant_posted_once"
             ),
             models.UniqueConstraint(
-                fields=["grant", "invoice"],
+                fields=["tenant", "grant", "invoice"],
                 condition=Q(kind="application"),
                 name="ledger_grant_pays_invoice_once",
             ),
             models.UniqueConstraint(
-                fields=["grant"], condition=Q(kind="expiry"), name="ledger_grant_expires_once"
+                fields=["tenant", "grant"], condition=Q(kind="expiry"), name="ledger_grant_expires_once"
             ),
             models.CheckConstraint(
                 condition=(Q(kind="grant") & Q(amount__gt=0))
@@ -854,8 +870,8 @@ class CreditNote(models.Model):
         NOT_NEEDED = "not_needed", "not needed (the invoice is not on Stripe)"
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="credit_notes")
-    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="credit_notes")
-    number = models.CharField(max_length=32, unique=True)
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="credit_notes", db_constraint=False)
+    number = models.CharField(max_length=32)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ISSUED)
     reason = models.CharField(max_length=32, choices=Reason.choices)
     memo = models.TextField(blank=True, help_text="Required when the reason is other; printed on the note.")
@@ -921,17 +937,19 @@ class CreditNote(models.Model):
                 condition=~Q(reason="other") | ~Q(memo=""), name="creditnote_other_has_memo"
             ),
             models.UniqueConstraint(
-                fields=["invoice", "request_key"],
+                fields=["tenant", "invoice", "request_key"],
                 condition=~Q(request_key=""),
                 name="creditnote_request_once",
             ),
             models.UniqueConstraint(
-                fields=["stripe_credit_note_id"],
+                fields=["tenant", "stripe_credit_note_id"],
                 condition=~Q(stripe_credit_note_id=""),
                 name="creditnote_unique_stripe_credit_note",
             ),
             # the target of the grant's (tenant, credit note) foreign key (migration 0016)
             models.UniqueConstraint(fields=["tenant", "id"], name="creditnote_tenant_id"),
+            # unique across tenants by construction, like invoice numbers (decision 024)
+            models.UniqueConstraint(fields=["tenant", "number"], name="creditnote_unique_number"),
         ]
         indexes = [models.Index(fields=["invoice", "issued_at"], name="creditnote_invoice_issued")]
 
@@ -944,8 +962,11 @@ class CreditNoteLine(models.Model):
     is left of it: the issuing service under the invoice's lock, and a trigger), ``quantity`` when credited by
     quantity; ``tax_amount`` and ``total`` are the note's figures shared out over its lines."""
 
-    credit_note = models.ForeignKey(CreditNote, on_delete=models.PROTECT, related_name="lines")
-    invoice_line = models.ForeignKey(InvoiceLine, on_delete=models.PROTECT, related_name="credit_note_lines")
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
+    credit_note = models.ForeignKey(CreditNote, on_delete=models.PROTECT, related_name="lines", db_constraint=False)
+    invoice_line = models.ForeignKey(
+        InvoiceLine, on_delete=models.PROTECT, related_name="credit_note_lines", db_constraint=False
+    )
     position = models.PositiveIntegerField()
     description = models.CharField(max_length=300)
     quantity = models.DecimalField(**QUANTITY, null=True, blank=True, help_text="Credited by quantity.")
@@ -957,10 +978,10 @@ class CreditNoteLine(models.Model):
         ordering = ["credit_note", "position"]
         constraints = [
             models.UniqueConstraint(
-                fields=["credit_note", "position"], name="creditnoteline_unique_position"
+                fields=["tenant", "credit_note", "position"], name="creditnoteline_unique_position"
             ),
             models.UniqueConstraint(
-                fields=["credit_note", "invoice_line"], name="creditnoteline_one_per_invoice_line"
+                fields=["tenant", "credit_note", "invoice_line"], name="creditnoteline_one_per_invoice_line"
             ),
             models.CheckConstraint(
                 condition=Q(amount__gt=0, tax_amount__gte=0, total__gte=0)

@@ -81,8 +81,11 @@ class WebhookDelivery(models.Model):
         FAILED = "failed"  # every attempt of the schedule failed
         CANCELLED = "cancelled"  # the endpoint was disabled before it could be delivered
 
-    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="deliveries")
-    endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries")
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="deliveries", db_constraint=False)
+    endpoint = models.ForeignKey(
+        WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries", db_constraint=False
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True, default=timezone.now)
@@ -101,7 +104,7 @@ class WebhookDelivery(models.Model):
         ordering = ["-created_at", "-pk"]
         verbose_name_plural = "webhook deliveries"
         constraints = [
-            models.UniqueConstraint(fields=["event", "endpoint"], name="webhookdelivery_once_per_endpoint")
+            models.UniqueConstraint(fields=["tenant", "event", "endpoint"], name="webhookdelivery_once_per_endpoint")
         ]
         indexes = [
             models.Index(

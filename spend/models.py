@@ -124,7 +124,7 @@ class Hold(models.Model):
     ends, it is released, or it expires."""
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
-    agent = models.ForeignKey("tenants.Agent", on_delete=models.CASCADE, related_name="+")
+    agent = models.ForeignKey("tenants.Agent", on_delete=models.CASCADE, related_name="+", db_constraint=False)
     session_id = models.CharField(max_length=128)
     amount = models.DecimalField(max_digits=18, decimal_places=4)
     currency = models.CharField(max_length=3)

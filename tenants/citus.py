@@ -104,3 +104,32 @@ def distribution_statements() -> list[str]:
         for table in others
     ]
     return statements
+
+
+def tenant_primary_key(table: str, references: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
+    """The SQL (forward, backward) of the `citus_keys` migrations for one distributed table: its primary key
+    becomes (tenant_id, id) and each column of ``references`` (column -> table) a foreign key paired with the
+    tenant, as Citus's guide for Django advises; Django keeps ``id`` as the model's pk (ids still come from one
+    sequence, so they stay unique). The old key is dropped with CASCADE: whatever foreign key still names
+    ``(id)`` alone cannot outlive it, and the migration of the table holding it adds it back paired.
+
+    Used by migrations: changing it changes what they do."""
+    references = references or {}
+    drop_key = f"""
+        DO $$ BEGIN
+            EXECUTE (SELECT format('ALTER TABLE {table} DROP CONSTRAINT %I CASCADE', conname)
+                     FROM pg_constraint WHERE conrelid = '{table}'::regclass AND contype = 'p');
+        END $$
+    """
+    forward = [drop_key, f"ALTER TABLE {table} ADD PRIMARY KEY ({TENANT_COLUMN}, id)"] + [
+        f"ALTER TABLE {table} ADD CONSTRAINT {table}_{column}_same_tenant FOREIGN KEY ({TENANT_COLUMN}, {column}) "
+        f"REFERENCES {target} ({TENANT_COLUMN}, id) DEFERRABLE INITIALLY DEFERRED"
+        for column, target in references.items()
+    ]
+    backward = [
+        f"ALTER TABLE {table} DROP CONSTRAINT {table}_{column}_same_tenant" for column in references
+    ] + [
+        drop_key,
+        f"ALTER TABLE {table} ADD PRIMARY KEY (id)",
+    ]
+    return forward, backward

@@ -119,8 +119,9 @@ class APIKey(models.Model):
     """One agent's credential. Only the public id and an HMAC of the secret are stored (see tenants.keys)."""
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
-    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="api_keys")
-    key_id = models.CharField(max_length=32, unique=True, editable=False)
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="api_keys", db_constraint=False)
+    # unique across tenants by construction (random, decision 024); authentication finds a key by it alone
+    key_id = models.CharField(max_length=32, db_index=True, editable=False)
     secret_hash = models.CharField(max_length=64, editable=False)
     label = models.CharField(max_length=100, blank=True)
     created_at = models.DateTimeField(default=dj_timezone.now, editable=False)
@@ -137,7 +138,8 @@ class APIKey(models.Model):
             models.CheckConstraint(
                 condition=Q(expires_at__isnull=True) | Q(expires_at__gt=models.F("created_at")),
                 name="apikey_expires_after_creation",
-            )
+            ),
+            models.UniqueConstraint(fields=["tenant", "key_id"], name="apikey_unique_key_id"),
         ]
 
     def __str__(self) -> str:

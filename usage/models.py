@@ -67,7 +67,7 @@ class Session(models.Model):
         USAGE = "usage", "LiveKit per-model usage report"
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="sessions")
-    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="sessions")
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="sessions", db_constraint=False)
     session_id = models.CharField(max_length=128)
     started_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
@@ -206,7 +206,7 @@ class Rollup(models.Model):
     zones such as +05:30."""
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
-    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="+")
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="+", db_constraint=False)
     meter = models.CharField(max_length=64)
     provider = models.CharField(max_length=128, blank=True, default="")
     model = models.CharField(max_length=128, blank=True, default="")
