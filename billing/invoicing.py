@@ -14,7 +14,7 @@ import logging
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from billing import credits, invoice_events, periods, settlement, taxes
@@ -58,10 +58,21 @@ def generate_invoice(tenant_id: int, period_start: date) -> Invoice:
         return invoice
 
 
+def _delete_lines(invoice: Invoice) -> None:
+    """A draft's lines, gone before it is priced again: one statement naming the tenant (decision 024), where the
+    ORM would read the lines and delete them by id. A draft has no credit notes, and the database refuses the
+    delete of a line one names (its foreign key)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "DELETE FROM billing_invoiceline WHERE tenant_id = %s AND invoice_id = %s",
+            [invoice.tenant_id, invoice.pk],
+        )
+
+
 def _write_lines(invoice: Invoice, tenant: Tenant) -> None:
     priced = price_period(tenant, invoice.period_start, invoice.period_end)
     drafts = priced.lines + adjustment_lines(invoice)
-    invoice.lines.all().delete()
+    _delete_lines(invoice)
     InvoiceLine.objects.bulk_create(
         InvoiceLine(
             **{name: getattr(d, name) for name in STORED_FIELDS},
@@ -110,7 +121,9 @@ def finalize_invoice(invoice_id: int, *, now: datetime | None = None, force: boo
         invoice.save(update_fields=["number", "status", "finalized_at", "status_changed_at", "parties"])
         invoice_events.record(invoice, INVOICE_FINALIZED)
         PlanVersion.objects.filter(
-            pk__in=invoice.lines.exclude(plan_version=None).values("plan_version")
+            pk__in=invoice.lines.filter(tenant_id=invoice.tenant_id)
+            .exclude(plan_version=None)
+            .values("plan_version")
         ).update(is_locked=True)
     logger.info(
         "finalized %s for %s: %s %s", invoice.number, invoice.tenant.slug, invoice.total, invoice.currency

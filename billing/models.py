@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from billing.money import format_quantity, plain_decimal
 from billing.pricing import PriceModel
-from tenants.models import Tenant, TenantScopedQuerySet
+from tenants.models import Tenant, TenantRow, TenantScopedQuerySet
 
 MONEY = {"max_digits": 18, "decimal_places": 4}  # rounded amounts: at most 3 minor-unit decimals (KWD)
 RATE = {"max_digits": 28, "decimal_places": 12}  # unit prices, e.g. $0.075 per 1M tokens
@@ -196,7 +196,7 @@ class ProviderRate(models.Model):
         return f"{self.provider} {self.model_pattern or '*'} {self.meter_id} from {self.effective_from}"
 
 
-class Subscription(models.Model):
+class Subscription(TenantRow):
     """A tenant is on one plan at a time; a change starts on a date and splits that period. The admin checks a
     tenant's subscriptions together, as one set (``billing.admin.subscriptions``)."""
 
@@ -226,7 +226,7 @@ class InvoiceQuerySet(TenantScopedQuerySet):
         return self.exclude(status=Invoice.Status.DRAFT)
 
 
-class Invoice(models.Model):
+class Invoice(TenantRow):
     class Status(models.TextChoices):
         DRAFT = "draft"
         OPEN = "open"
@@ -244,7 +244,8 @@ class Invoice(models.Model):
     period_start = models.DateField(help_text="First day of the billing period (tenant-local).")
     period_end = models.DateField(help_text="First day after the period (exclusive).")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
-    number = models.CharField(max_length=32, null=True, blank=True)
+    # NULL on drafts, so the unique (tenant, number) leaves them out
+    number = models.CharField(max_length=32, null=True, blank=True)  # noqa: DJ001
     currency = models.CharField(max_length=3)
     total = models.DecimalField(**MONEY, default=0)
     platform_cost = models.DecimalField(**MONEY, default=0)
@@ -306,7 +307,9 @@ class Invoice(models.Model):
         # Stripe's webhooks name an invoice by its Stripe id alone, before its tenant is known
         indexes = [
             models.Index(
-                fields=["stripe_invoice_id"], condition=~Q(stripe_invoice_id=""), name="invoice_stripe_invoice"
+                fields=["stripe_invoice_id"],
+                condition=~Q(stripe_invoice_id=""),
+                name="invoice_stripe_invoice",
             )
         ]
 
@@ -341,7 +344,7 @@ class Invoice(models.Model):
         return ""
 
 
-class InvoiceLine(models.Model):
+class InvoiceLine(TenantRow):
     class Kind(models.TextChoices):
         BASE_FEE = "base_fee"
         AGENT_FEE = "agent_fee"
@@ -405,7 +408,9 @@ class InvoiceLine(models.Model):
                 name="invoiceline_one_per_group_and_code",
                 nulls_distinct=False,
             ),
-            models.UniqueConstraint(fields=["tenant", "invoice", "position"], name="invoiceline_unique_position"),
+            models.UniqueConstraint(
+                fields=["tenant", "invoice", "position"], name="invoiceline_unique_position"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -450,7 +455,7 @@ class PlanAuditEntry(models.Model):
 PRECISE = {"max_digits": 44, "decimal_places": 20}  # per-call costs at full precision (decision 017)
 
 
-class CallCost(models.Model):
+class CallCost(TenantRow):
     """A conversation's usage and its per-call cost per (billing period, meter, provider, model): each quantity
     priced when it was received, at the marginal rate then in force (billing.call_costs, decision 017). Written
     by the ingest transaction that stored the usage and never by a later one, except ``manage.py
@@ -486,7 +491,7 @@ class CallCost(models.Model):
         return f"{self.session_id or '(no session)'} {self.meter} {self.cost}"
 
 
-class TierPosition(models.Model):
+class TierPosition(TenantRow):
     """How much usage a tiered price has pooled so far in a period, in receipt order: where the next quantity
     it prices falls among its tiers. Taken under a row lock by each ingest transaction (billing.call_costs)."""
 
@@ -506,7 +511,7 @@ class TierPosition(models.Model):
         return f"{self.price_id} @ {self.quantity}"
 
 
-class TieredCharge(models.Model):
+class TieredCharge(TenantRow):
     """What one event's quantities priced by a tiered price were charged when they arrived, per meter: such a
     charge depends on the tier position the period had reached then, which nothing else keeps, and a correction
     takes out exactly that charge (billing.call_costs, decision 021). Kept while the event can still be corrected
@@ -582,7 +587,7 @@ class Coupon(models.Model):
         return f"{self.name} ({off} off, {self.get_duration_display()})"
 
 
-class AppliedCoupon(models.Model):
+class AppliedCoupon(TenantRow):
     """A coupon applied to a tenant's subscription from a period on (the admin); each row is one redemption."""
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="coupons")
@@ -605,7 +610,7 @@ class AppliedCoupon(models.Model):
         return f"{self.coupon.code} for {self.tenant} from {self.starts_on:%Y-%m}"
 
 
-class BillingProfile(models.Model):
+class BillingProfile(TenantRow):
     """Who the tenant is, as its invoices must say (issue 16 part 4): legal name, address, country, tax id. The
     tax id is checked with python-stdnum when saved (billing.taxes); only a valid one gives reverse charge."""
 
@@ -656,7 +661,7 @@ class TaxRate(models.Model):
         return f"{self.name} {self.percent} % {where} from {self.effective_from}"
 
 
-class TopUp(models.Model):
+class TopUp(TenantRow):
     """Prepaid credit bought through Stripe (issue 15 part 5, decision 018): a one-off Stripe invoice for the
     amount, charged to the customer's default payment method or paid on Stripe's hosted page; the credit is
     granted when Stripe says it is paid, exactly once (``CreditGrant.topup`` is unique). ``automatic``: an
@@ -713,7 +718,7 @@ class TopUp(models.Model):
         return f"{kind} {self.amount} {self.currency} for {self.tenant} ({self.get_status_display()})"
 
 
-class CreditGrant(models.Model):
+class CreditGrant(TenantRow):
     """Prepaid credit given to a tenant (DESIGN §13, decision 018): bought, promotional, goodwill or a refund.
     What it is worth now is the sum of its ledger entries; consumption takes the highest ``priority`` first,
     then the soonest ``expires_at`` (no expiry last), then the oldest."""
@@ -771,7 +776,7 @@ class CreditGrant(models.Model):
         return f"{self.get_source_display()} {self.amount} {self.currency} for {self.tenant}"
 
 
-class LedgerEntry(models.Model):
+class LedgerEntry(TenantRow):
     """One append-only movement of a grant's value; a tenant's ledger balance is their sum (decision 018).
 
     The database holds: a grant is posted once; a grant pays a given invoice at most once; an entry names only
@@ -786,7 +791,9 @@ class LedgerEntry(models.Model):
         ADJUSTMENT = "adjustment"  # ±: corrected by staff, with a reason
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
-    grant = models.ForeignKey(CreditGrant, on_delete=models.PROTECT, related_name="entries", db_constraint=False)
+    grant = models.ForeignKey(
+        CreditGrant, on_delete=models.PROTECT, related_name="entries", db_constraint=False
+    )
     kind = models.CharField(max_length=16, choices=Kind.choices)
     amount = models.DecimalField(**MONEY)
     invoice = models.ForeignKey(
@@ -836,7 +843,7 @@ class LedgerEntry(models.Model):
         return f"{self.kind} {self.amount} ({self.grant_id})"
 
 
-class CreditNote(models.Model):
+class CreditNote(TenantRow):
     """A credit note on a finalized invoice (DESIGN §14, issue 16 part 1, decision 020): the seller's document
     that takes back part or all of what the invoice billed, in the invoice's terms (its lines, their share of
     the invoice's discounts and tax), with a reason, numbered gaplessly in its own series (``CN-2026-000007``)
@@ -870,7 +877,9 @@ class CreditNote(models.Model):
         NOT_NEEDED = "not_needed", "not needed (the invoice is not on Stripe)"
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="credit_notes")
-    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="credit_notes", db_constraint=False)
+    invoice = models.ForeignKey(
+        Invoice, on_delete=models.PROTECT, related_name="credit_notes", db_constraint=False
+    )
     number = models.CharField(max_length=32)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ISSUED)
     reason = models.CharField(max_length=32, choices=Reason.choices)
@@ -957,13 +966,15 @@ class CreditNote(models.Model):
         return self.number
 
 
-class CreditNoteLine(models.Model):
+class CreditNoteLine(TenantRow):
     """One invoice line credited by a credit note: ``amount`` in the invoice line's own terms (never more than
     is left of it: the issuing service under the invoice's lock, and a trigger), ``quantity`` when credited by
     quantity; ``tax_amount`` and ``total`` are the note's figures shared out over its lines."""
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
-    credit_note = models.ForeignKey(CreditNote, on_delete=models.PROTECT, related_name="lines", db_constraint=False)
+    credit_note = models.ForeignKey(
+        CreditNote, on_delete=models.PROTECT, related_name="lines", db_constraint=False
+    )
     invoice_line = models.ForeignKey(
         InvoiceLine, on_delete=models.PROTECT, related_name="credit_note_lines", db_constraint=False
     )

@@ -202,7 +202,8 @@ def fan_out(event: Event) -> list[int]:
     if not endpoint_ids:
         return []
     WebhookDelivery.objects.bulk_create(
-        [WebhookDelivery(tenant_id=event.tenant_id, event=event, endpoint_id=pk) for pk in endpoint_ids], ignore_conflicts=True
+        [WebhookDelivery(tenant_id=event.tenant_id, event=event, endpoint_id=pk) for pk in endpoint_ids],
+        ignore_conflicts=True,
     )
     return list(
         WebhookDelivery.objects.filter(

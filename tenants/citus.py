@@ -115,12 +115,13 @@ def tenant_primary_key(table: str, references: dict[str, str] | None = None) -> 
 
     Used by migrations: changing it changes what they do."""
     references = references or {}
+    # the table names are the migrations' own constants
     drop_key = f"""
         DO $$ BEGIN
             EXECUTE (SELECT format('ALTER TABLE {table} DROP CONSTRAINT %I CASCADE', conname)
                      FROM pg_constraint WHERE conrelid = '{table}'::regclass AND contype = 'p');
         END $$
-    """
+    """  # noqa: S608
     forward = [drop_key, f"ALTER TABLE {table} ADD PRIMARY KEY ({TENANT_COLUMN}, id)"] + [
         f"ALTER TABLE {table} ADD CONSTRAINT {table}_{column}_same_tenant FOREIGN KEY ({TENANT_COLUMN}, {column}) "
         f"REFERENCES {target} ({TENANT_COLUMN}, id) DEFERRABLE INITIALLY DEFERRED"

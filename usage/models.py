@@ -15,7 +15,7 @@ from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from tenants.models import Agent, Tenant, TenantScopedQuerySet
+from tenants.models import Agent, Tenant, TenantRow, TenantScopedQuerySet
 
 QUANTITY_DIGITS = 30
 QUANTITY_PLACES = 6
@@ -53,7 +53,7 @@ def meter_names() -> dict[str, str]:
 START = Coalesce(F("started_at"), F("first_usage_at"))
 
 
-class Session(models.Model):
+class Session(TenantRow):
     """One conversation. Created by its first event or by ``PUT /api/v1/sessions/{id}``.
 
     ``started_at``/``ended_at`` are what the agent reported (PUT); ``first_usage_at``/``last_usage_at`` are
@@ -200,7 +200,7 @@ class UsageEvent(models.Model):
         return "staff" if self.retracted_by_user_id else "agent"
 
 
-class Rollup(models.Model):
+class Rollup(TenantRow):
     """The fields both rollups share. ``hour`` is the start of the hour in the tenant's time zone (stored as
     an aware UTC instant), so a tenant-local day or calendar month is an exact union of buckets even for
     zones such as +05:30."""

@@ -14,15 +14,22 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.AlterField(
-            model_name="hold",
-            name="agent",
-            field=models.ForeignKey(
-                db_constraint=False,
-                on_delete=django.db.models.deletion.CASCADE,
-                related_name="+",
-                to="tenants.agent",
-            ),
+        # tenants.0006 dropped these foreign keys with the agents' old primary key; the model stops asking for
+        # the single-column form, and the paired one is added below (going back leaves them out: the old
+        # single-column form cannot be added before tenants.0006 is undone)
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                migrations.AlterField(
+                    model_name="hold",
+                    name="agent",
+                    field=models.ForeignKey(
+                        db_constraint=False,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="tenants.agent",
+                    ),
+                ),
+            ],
         ),
         migrations.RunSQL(*tenant_primary_key("spend_budget")),
         migrations.RunSQL(*tenant_primary_key("spend_budgetalert")),

@@ -11,8 +11,13 @@ from dataclasses import dataclass
 
 import pytest
 from django.db import connection, transaction
+from django.db.migrations.executor import MigrationExecutor
 
+from billing import credit_notes, invoicing
+from notifications import outbox, webhooks
+from notifications.models import WebhookEndpoint
 from tenants import citus
+from tests.billing.builders import billed, finalize
 
 
 @dataclass(frozen=True)
@@ -199,3 +204,64 @@ def test_the_rules_catch_a_table_that_breaks_them():
             "a reference table refers to distributed citus_probe_child",
         ]
     )
+
+
+def _migrate(targets=None):
+    """Migrate to ``targets``, or every app forward to its latest migration."""
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(targets or executor.loader.graph.leaf_nodes())
+
+
+BEFORE_CITUS_KEYS = [
+    ("tenants", "0005_agent_name_full_match"),
+    ("billing", "0018_event_corrections"),
+    ("notifications", "0002_webhooks"),
+]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_gives_existing_lines_and_deliveries_their_tenant_and_keeps_every_row():
+    """An installation holding finalized invoices, credit notes and webhook deliveries of two tenants, taken
+    back before the citus_keys migrations and forward again: every row is kept, and each line and delivery gets
+    its invoice's, note's or event's tenant (though finalized lines are otherwise immutable)."""
+    for _ in range(2):
+        invoice = finalize(billed())
+        credit_notes.issue(invoice.pk, outcome="reduce_due", reason="order_change", lines=None)
+        WebhookEndpoint.objects.create(tenant_id=invoice.tenant_id, url="https://hooks.example.com/in")
+        webhooks.fan_out(outbox.record(invoice.tenant_id, invoicing.INVOICE_FINALIZED, {"id": invoice.pk}))
+    counted = """
+        SELECT (SELECT count(*) FROM billing_invoiceline), (SELECT count(*) FROM billing_creditnoteline),
+               (SELECT count(*) FROM notifications_webhookdelivery), (SELECT count(*) FROM tenants_agent)
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(counted)
+        before = cursor.fetchone()
+    assert all(before), before
+
+    _migrate(BEFORE_CITUS_KEYS)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM information_schema.columns WHERE column_name = 'tenant_id' AND table_name "
+                "IN ('billing_invoiceline', 'billing_creditnoteline', 'notifications_webhookdelivery')"
+            )
+            assert cursor.fetchone() == (0,)
+    finally:
+        _migrate()
+
+    with connection.cursor() as cursor:
+        cursor.execute(counted)
+        assert cursor.fetchone() == before
+        cursor.execute(
+            """
+            SELECT (SELECT count(*) FROM billing_invoiceline l JOIN billing_invoice i ON i.id = l.invoice_id
+                    WHERE l.tenant_id <> i.tenant_id),
+                   (SELECT count(*) FROM billing_creditnoteline l JOIN billing_creditnote n ON n.id = l.credit_note_id
+                    WHERE l.tenant_id <> n.tenant_id),
+                   (SELECT count(*) FROM notifications_webhookdelivery d JOIN notifications_event e
+                    ON e.id = d.event_id WHERE d.tenant_id <> e.tenant_id),
+                   (SELECT count(DISTINCT tenant_id) FROM billing_invoiceline)
+            """
+        )
+        assert cursor.fetchone() == (0, 0, 0, 2)

@@ -14,35 +14,42 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.AlterField(
-            model_name="agentrollup",
-            name="agent",
-            field=models.ForeignKey(
-                db_constraint=False,
-                on_delete=django.db.models.deletion.PROTECT,
-                related_name="+",
-                to="tenants.agent",
-            ),
-        ),
-        migrations.AlterField(
-            model_name="session",
-            name="agent",
-            field=models.ForeignKey(
-                db_constraint=False,
-                on_delete=django.db.models.deletion.PROTECT,
-                related_name="sessions",
-                to="tenants.agent",
-            ),
-        ),
-        migrations.AlterField(
-            model_name="usagerollup",
-            name="agent",
-            field=models.ForeignKey(
-                db_constraint=False,
-                on_delete=django.db.models.deletion.PROTECT,
-                related_name="+",
-                to="tenants.agent",
-            ),
+        # tenants.0006 dropped these foreign keys with the agents' old primary key; the model stops asking for
+        # the single-column form, and the paired one is added below (going back leaves them out: the old
+        # single-column form cannot be added before tenants.0006 is undone)
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                migrations.AlterField(
+                    model_name="agentrollup",
+                    name="agent",
+                    field=models.ForeignKey(
+                        db_constraint=False,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="tenants.agent",
+                    ),
+                ),
+                migrations.AlterField(
+                    model_name="session",
+                    name="agent",
+                    field=models.ForeignKey(
+                        db_constraint=False,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="sessions",
+                        to="tenants.agent",
+                    ),
+                ),
+                migrations.AlterField(
+                    model_name="usagerollup",
+                    name="agent",
+                    field=models.ForeignKey(
+                        db_constraint=False,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="tenants.agent",
+                    ),
+                ),
+            ],
         ),
         migrations.RunSQL(*tenant_primary_key("usage_session", {"agent_id": "tenants_agent"})),
         migrations.RunSQL(*tenant_primary_key("usage_usagerollup", {"agent_id": "tenants_agent"})),
