@@ -1,6 +1,6 @@
-"""Every statement a representative day runs — a batch ingested through the API, the portal's usage and invoice
-pages, an invoice generated and finalized — names the tenant of each distributed table it reads or writes, so
-Citus can route it to the one node holding that tenant (DESIGN §10, decision 024)."""
+"""Every statement a representative day runs — a batch ingested through the API, the portal's usage, sessions
+and invoice pages, an invoice generated and finalized — names the tenant of each distributed table it reads or
+writes, so Citus can route it to the one node holding that tenant (DESIGN §10, decision 024)."""
 
 from __future__ import annotations
 
@@ -62,6 +62,7 @@ def test_a_day_of_ingest_portal_pages_and_invoicing_names_the_tenant_in_every_st
         assert response.status_code == 200
         assert client.get("/usage/").status_code == 200
         assert client.get("/sessions/").status_code == 200
+        assert client.get("/invoices/").status_code == 200
         assert client.get(f"/invoices/{world.invoices[0].pk}/").status_code == 200
         _, end = invoicing.current_period(tenant)
         invoicing.finalize_invoice(invoicing.generate_invoice(tenant.pk, end).pk, force=True)
