@@ -1,5 +1,7 @@
 """Keys ready for Citus (decision 024): sessions and both rollups get the primary key (tenant_id, id) and name
-their agent with its tenant. The events table is left to the partitioning migration."""
+their agent with its tenant. The events table is left to the partitioned event store (issue 13 part 1), which
+gives it its own keys: its single-column foreign key to agents went with the agents' old primary key in
+tenants.0006 and is not added back here."""
 
 import django.db.models.deletion
 from django.db import migrations, models
