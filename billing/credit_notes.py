@@ -200,15 +200,15 @@ def credited_on(invoice: Invoice) -> Credited:
     """What the invoice's credit notes took so far (read under the invoice's lock by :func:`issue`)."""
     amounts: dict[int, Decimal] = {}
     quantities: dict[int, Decimal] = {}
-    rows = CreditNoteLine.objects.filter(credit_note__invoice=invoice).values_list(
-        "invoice_line_id", "amount", "quantity"
-    )
+    rows = CreditNoteLine.objects.filter(
+        tenant_id=invoice.tenant_id, credit_note__invoice=invoice
+    ).values_list("invoice_line_id", "amount", "quantity")
     zero = round_money(Decimal(0), invoice.currency)
     for line_id, amount, quantity in rows:
         amounts[line_id] = round_money(amounts.get(line_id, zero) + amount, invoice.currency)
         if quantity is not None:
             quantities[line_id] = quantities.get(line_id, Decimal(0)) + quantity
-    sums = invoice.credit_notes.aggregate(
+    sums = _notes_on(invoice).aggregate(
         discount=Sum("discount_amount"),
         tax=Sum("tax_amount"),
         deduction=Sum("deduction_amount"),
@@ -249,6 +249,7 @@ def _store(
     )
     CreditNoteLine.objects.bulk_create(
         CreditNoteLine(
+            tenant_id=note.tenant_id,
             credit_note=note,
             invoice_line_id=line.share.line.id,
             position=position,
@@ -263,9 +264,14 @@ def _store(
     return note
 
 
+def _notes_on(invoice: Invoice):
+    """The invoice's credit notes, named with its tenant so a sharded database reads one tenant's (decision 024)."""
+    return invoice.credit_notes.filter(tenant_id=invoice.tenant_id)
+
+
 def credited(invoice: Invoice) -> Decimal:
     """What the invoice's credit notes credited, together."""
-    return round_money(invoice.credit_notes.aggregate(s=Sum("total"))["s"] or Decimal(0), invoice.currency)
+    return round_money(_notes_on(invoice).aggregate(s=Sum("total"))["s"] or Decimal(0), invoice.currency)
 
 
 def left_to_credit(invoice: Invoice) -> Decimal:
@@ -280,7 +286,7 @@ def amount_due(invoice: Invoice) -> Decimal:
     notes (all of which reduced what was due); nothing on a draft, or a paid or void invoice."""
     if invoice.status not in UNPAID:
         return round_money(Decimal(0), invoice.currency)
-    reduced = invoice.credit_notes.filter(outcome=Outcome.REDUCE_DUE).aggregate(s=Sum("total"))["s"] or 0
+    reduced = _notes_on(invoice).filter(outcome=Outcome.REDUCE_DUE).aggregate(s=Sum("total"))["s"] or 0
     return round_money(invoice.total - reduced, invoice.currency)
 
 

@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from django.db import connection, transaction
-from django.db.models import F, Q, Sum
+from django.db.models import Exists, F, OuterRef, Q, Sum
 from django.utils import timezone
 
 from billing.models import CreditGrant, LedgerEntry
@@ -156,7 +156,10 @@ def expire_due(tenant: Tenant | None = None, now: datetime | None = None) -> int
     """Post an expiry entry for what is left of every grant whose expiry has passed (once per grant: a unique
     constraint), so expired credit leaves the balance as an entry, never silently. Returns how many."""
     now = now or timezone.now()
-    due = CreditGrant.objects.filter(expires_at__lte=now).exclude(entries__kind=LedgerEntry.Kind.EXPIRY)
+    expired = LedgerEntry.objects.filter(
+        tenant_id=OuterRef("tenant_id"), grant_id=OuterRef("pk"), kind=LedgerEntry.Kind.EXPIRY
+    )
+    due = CreditGrant.objects.filter(expires_at__lte=now).exclude(Exists(expired))
     if tenant is not None:
         due = due.filter(tenant=tenant)
     posted = 0

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from billing.money import format_quantity, plain_decimal
 from billing.pricing import PriceModel
-from tenants.models import Tenant, TenantScopedQuerySet
+from tenants.models import Tenant, TenantRow, TenantScopedQuerySet
 
 MONEY = {"max_digits": 18, "decimal_places": 4}  # rounded amounts: at most 3 minor-unit decimals (KWD)
 RATE = {"max_digits": 28, "decimal_places": 12}  # unit prices, e.g. $0.075 per 1M tokens
@@ -196,7 +196,7 @@ class ProviderRate(models.Model):
         return f"{self.provider} {self.model_pattern or '*'} {self.meter_id} from {self.effective_from}"
 
 
-class Subscription(models.Model):
+class Subscription(TenantRow):
     """A tenant is on one plan at a time; a change starts on a date and splits that period. The admin checks a
     tenant's subscriptions together, as one set (``billing.admin.subscriptions``)."""
 
@@ -226,7 +226,7 @@ class InvoiceQuerySet(TenantScopedQuerySet):
         return self.exclude(status=Invoice.Status.DRAFT)
 
 
-class Invoice(models.Model):
+class Invoice(TenantRow):
     class Status(models.TextChoices):
         DRAFT = "draft"
         OPEN = "open"
@@ -244,7 +244,8 @@ class Invoice(models.Model):
     period_start = models.DateField(help_text="First day of the billing period (tenant-local).")
     period_end = models.DateField(help_text="First day after the period (exclusive).")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
-    number = models.CharField(max_length=32, null=True, blank=True, unique=True)
+    # NULL on drafts, so the unique (tenant, number) leaves them out
+    number = models.CharField(max_length=32, null=True, blank=True)  # noqa: DJ001
     currency = models.CharField(max_length=3)
     total = models.DecimalField(**MONEY, default=0)
     platform_cost = models.DecimalField(**MONEY, default=0)
@@ -298,14 +299,26 @@ class Invoice(models.Model):
                 | (~Q(status="draft") & Q(number__isnull=False)),
                 name="invoice_number_iff_finalized",
             ),
+            # numbers and Stripe's ids are unique across tenants by construction (one counter row hands out
+            # each number; Stripe issues each id once); the database holds them unique per tenant, which is what
+            # a table sharded by tenant can enforce (decision 024)
+            models.UniqueConstraint(fields=["tenant", "number"], name="invoice_unique_number"),
             models.UniqueConstraint(
-                fields=["stripe_invoice_id"],
+                fields=["tenant", "stripe_invoice_id"],
                 condition=~Q(stripe_invoice_id=""),
                 name="invoice_unique_stripe_invoice",
             ),
             # the target of the credit ledger's (tenant, invoice) foreign key: an entry can only name an
             # invoice of its own tenant (migration 0009)
             models.UniqueConstraint(fields=["tenant", "id"], name="invoice_tenant_id"),
+        ]
+        # Stripe's webhooks name an invoice by its Stripe id alone, before its tenant is known
+        indexes = [
+            models.Index(
+                fields=["stripe_invoice_id"],
+                condition=~Q(stripe_invoice_id=""),
+                name="invoice_stripe_invoice",
+            )
         ]
 
     def __str__(self) -> str:
@@ -339,7 +352,7 @@ class Invoice(models.Model):
         return ""
 
 
-class InvoiceLine(models.Model):
+class InvoiceLine(TenantRow):
     class Kind(models.TextChoices):
         BASE_FEE = "base_fee"
         AGENT_FEE = "agent_fee"
@@ -350,7 +363,8 @@ class InvoiceLine(models.Model):
         TAX = "tax"  # on the discounted amount, once per rate (decision 019)
         CREDITS_APPLIED = "credits_applied"  # negative: prepaid credit paid this much (decision 018)
 
-    invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
+    invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines", db_constraint=False)
     position = models.PositiveIntegerField()
     kind = models.CharField(max_length=16, choices=Kind.choices)
     description = models.CharField(max_length=300)
@@ -388,6 +402,7 @@ class InvoiceLine(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=[
+                    "tenant",
                     "invoice",
                     "kind",
                     "adjusts_kind",
@@ -401,7 +416,9 @@ class InvoiceLine(models.Model):
                 name="invoiceline_one_per_group_and_code",
                 nulls_distinct=False,
             ),
-            models.UniqueConstraint(fields=["invoice", "position"], name="invoiceline_unique_position"),
+            models.UniqueConstraint(
+                fields=["tenant", "invoice", "position"], name="invoiceline_unique_position"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -446,7 +463,7 @@ class PlanAuditEntry(models.Model):
 PRECISE = {"max_digits": 44, "decimal_places": 20}  # per-call costs at full precision (decision 017)
 
 
-class CallCost(models.Model):
+class CallCost(TenantRow):
     """A conversation's usage and its per-call cost per (billing period, meter, provider, model): each quantity
     priced when it was received, at the marginal rate then in force (billing.call_costs, decision 017). Written
     by the ingest transaction that stored the usage and never by a later one, except ``manage.py
@@ -482,7 +499,7 @@ class CallCost(models.Model):
         return f"{self.session_id or '(no session)'} {self.meter} {self.cost}"
 
 
-class TierPosition(models.Model):
+class TierPosition(TenantRow):
     """How much usage a tiered price has pooled so far in a period, in receipt order: where the next quantity
     it prices falls among its tiers. Taken under a row lock by each ingest transaction (billing.call_costs)."""
 
@@ -502,7 +519,7 @@ class TierPosition(models.Model):
         return f"{self.price_id} @ {self.quantity}"
 
 
-class TieredCharge(models.Model):
+class TieredCharge(TenantRow):
     """What one event's quantities priced by a tiered price were charged when they arrived, per meter: such a
     charge depends on the tier position the period had reached then, which nothing else keeps, and a correction
     takes out exactly that charge (billing.call_costs, decision 021). Kept while the event can still be corrected
@@ -578,7 +595,7 @@ class Coupon(models.Model):
         return f"{self.name} ({off} off, {self.get_duration_display()})"
 
 
-class AppliedCoupon(models.Model):
+class AppliedCoupon(TenantRow):
     """A coupon applied to a tenant's subscription from a period on (the admin); each row is one redemption."""
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="coupons")
@@ -601,7 +618,7 @@ class AppliedCoupon(models.Model):
         return f"{self.coupon.code} for {self.tenant} from {self.starts_on:%Y-%m}"
 
 
-class BillingProfile(models.Model):
+class BillingProfile(TenantRow):
     """Who the tenant is, as its invoices must say (issue 16 part 4): legal name, address, country, tax id. The
     tax id is checked with python-stdnum when saved (billing.taxes); only a valid one gives reverse charge."""
 
@@ -659,7 +676,7 @@ class TaxRate(models.Model):
         return f"{self.name} {self.percent} % {where} from {self.effective_from}"
 
 
-class TopUp(models.Model):
+class TopUp(TenantRow):
     """Prepaid credit bought through Stripe (issue 15 part 5, decision 018): a one-off Stripe invoice for the
     amount, charged to the customer's default payment method or paid on Stripe's hosted page; the credit is
     granted when Stripe says it is paid, exactly once (``CreditGrant.topup`` is unique). ``automatic``: an
@@ -716,7 +733,7 @@ class TopUp(models.Model):
         return f"{kind} {self.amount} {self.currency} for {self.tenant} ({self.get_status_display()})"
 
 
-class CreditGrant(models.Model):
+class CreditGrant(TenantRow):
     """Prepaid credit given to a tenant (DESIGN §13, decision 018): bought, promotional, goodwill or a refund.
     What it is worth now is the sum of its ledger entries; consumption takes the highest ``priority`` first,
     then the soonest ``expires_at`` (no expiry last), then the oldest."""
@@ -745,6 +762,7 @@ class CreditGrant(models.Model):
         null=True,
         blank=True,
         related_name="grant",
+        db_constraint=False,
         help_text="The paid top-up this credit was bought with (one grant per top-up).",
     )
     credit_note = models.OneToOneField(
@@ -753,6 +771,7 @@ class CreditGrant(models.Model):
         null=True,
         blank=True,
         related_name="grant",
+        db_constraint=False,
         help_text="The credit note whose outcome this credit is (one grant per credit note).",
     )
 
@@ -772,7 +791,7 @@ class CreditGrant(models.Model):
         return f"{self.get_source_display()} {self.amount} {self.currency} for {self.tenant}"
 
 
-class LedgerEntry(models.Model):
+class LedgerEntry(TenantRow):
     """One append-only movement of a grant's value; a tenant's ledger balance is their sum (decision 018).
 
     The database holds: a grant is posted once; a grant pays a given invoice at most once; an entry names only
@@ -787,10 +806,14 @@ class LedgerEntry(models.Model):
         ADJUSTMENT = "adjustment"  # ±: corrected by staff, with a reason
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
-    grant = models.ForeignKey(CreditGrant, on_delete=models.PROTECT, related_name="entries")
+    grant = models.ForeignKey(
+        CreditGrant, on_delete=models.PROTECT, related_name="entries", db_constraint=False
+    )
     kind = models.CharField(max_length=16, choices=Kind.choices)
     amount = models.DecimalField(**MONEY)
-    invoice = models.ForeignKey("Invoice", on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    invoice = models.ForeignKey(
+        "Invoice", on_delete=models.PROTECT, null=True, blank=True, related_name="+", db_constraint=False
+    )
     reason = models.TextField(blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
@@ -803,15 +826,15 @@ class LedgerEntry(models.Model):
         ordering = ["created_at", "id"]
         constraints = [
             models.UniqueConstraint(
-                fields=["grant"], condition=Q(kind="grant"), name="ledger_grant_posted_once"
+                fields=["tenant", "grant"], condition=Q(kind="grant"), name="ledger_grant_posted_once"
             ),
             models.UniqueConstraint(
-                fields=["grant", "invoice"],
+                fields=["tenant", "grant", "invoice"],
                 condition=Q(kind="application"),
                 name="ledger_grant_pays_invoice_once",
             ),
             models.UniqueConstraint(
-                fields=["grant"], condition=Q(kind="expiry"), name="ledger_grant_expires_once"
+                fields=["tenant", "grant"], condition=Q(kind="expiry"), name="ledger_grant_expires_once"
             ),
             models.CheckConstraint(
                 condition=(Q(kind="grant") & Q(amount__gt=0))
@@ -835,7 +858,7 @@ class LedgerEntry(models.Model):
         return f"{self.kind} {self.amount} ({self.grant_id})"
 
 
-class CreditNote(models.Model):
+class CreditNote(TenantRow):
     """A credit note on a finalized invoice (DESIGN §14, issue 16 part 1, decision 020): the seller's document
     that takes back part or all of what the invoice billed, in the invoice's terms (its lines, their share of
     the invoice's discounts and tax), with a reason, numbered gaplessly in its own series (``CN-2026-000007``)
@@ -869,8 +892,10 @@ class CreditNote(models.Model):
         NOT_NEEDED = "not_needed", "not needed (the invoice is not on Stripe)"
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="credit_notes")
-    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="credit_notes")
-    number = models.CharField(max_length=32, unique=True)
+    invoice = models.ForeignKey(
+        Invoice, on_delete=models.PROTECT, related_name="credit_notes", db_constraint=False
+    )
+    number = models.CharField(max_length=32)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ISSUED)
     reason = models.CharField(max_length=32, choices=Reason.choices)
     memo = models.TextField(blank=True, help_text="Required when the reason is other; printed on the note.")
@@ -936,17 +961,19 @@ class CreditNote(models.Model):
                 condition=~Q(reason="other") | ~Q(memo=""), name="creditnote_other_has_memo"
             ),
             models.UniqueConstraint(
-                fields=["invoice", "request_key"],
+                fields=["tenant", "invoice", "request_key"],
                 condition=~Q(request_key=""),
                 name="creditnote_request_once",
             ),
             models.UniqueConstraint(
-                fields=["stripe_credit_note_id"],
+                fields=["tenant", "stripe_credit_note_id"],
                 condition=~Q(stripe_credit_note_id=""),
                 name="creditnote_unique_stripe_credit_note",
             ),
             # the target of the grant's (tenant, credit note) foreign key (migration 0016)
             models.UniqueConstraint(fields=["tenant", "id"], name="creditnote_tenant_id"),
+            # unique across tenants by construction, like invoice numbers (decision 024)
+            models.UniqueConstraint(fields=["tenant", "number"], name="creditnote_unique_number"),
         ]
         indexes = [models.Index(fields=["invoice", "issued_at"], name="creditnote_invoice_issued")]
 
@@ -954,13 +981,18 @@ class CreditNote(models.Model):
         return self.number
 
 
-class CreditNoteLine(models.Model):
+class CreditNoteLine(TenantRow):
     """One invoice line credited by a credit note: ``amount`` in the invoice line's own terms (never more than
     is left of it: the issuing service under the invoice's lock, and a trigger), ``quantity`` when credited by
     quantity; ``tax_amount`` and ``total`` are the note's figures shared out over its lines."""
 
-    credit_note = models.ForeignKey(CreditNote, on_delete=models.PROTECT, related_name="lines")
-    invoice_line = models.ForeignKey(InvoiceLine, on_delete=models.PROTECT, related_name="credit_note_lines")
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
+    credit_note = models.ForeignKey(
+        CreditNote, on_delete=models.PROTECT, related_name="lines", db_constraint=False
+    )
+    invoice_line = models.ForeignKey(
+        InvoiceLine, on_delete=models.PROTECT, related_name="credit_note_lines", db_constraint=False
+    )
     position = models.PositiveIntegerField()
     description = models.CharField(max_length=300)
     quantity = models.DecimalField(**QUANTITY, null=True, blank=True, help_text="Credited by quantity.")
@@ -972,10 +1004,10 @@ class CreditNoteLine(models.Model):
         ordering = ["credit_note", "position"]
         constraints = [
             models.UniqueConstraint(
-                fields=["credit_note", "position"], name="creditnoteline_unique_position"
+                fields=["tenant", "credit_note", "position"], name="creditnoteline_unique_position"
             ),
             models.UniqueConstraint(
-                fields=["credit_note", "invoice_line"], name="creditnoteline_one_per_invoice_line"
+                fields=["tenant", "credit_note", "invoice_line"], name="creditnoteline_one_per_invoice_line"
             ),
             models.CheckConstraint(
                 condition=Q(amount__gt=0, tax_amount__gte=0, total__gte=0)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
-from django.db.models import Count, Max, Min, Q, Sum
+from django.db.models import Count, Max, Min, OuterRef, Q, Subquery, Sum
 from django.utils import timezone
 
 from billing import invoicing, period_pricing, periods, taxes
@@ -126,10 +126,16 @@ def _allocate(spend_: Spend, group_by: str, rows: list[dict]) -> list[dict]:
 
 
 def invoices_for(tenant: Tenant):
-    """The tenant's invoices, newest period first, each with ``credited``: what its credit notes credited."""
+    """The tenant's invoices, newest period first, each with ``credited``: what its credit notes credited.
+
+    A subquery rather than a join grouped by invoice: PostgreSQL lets a query group by the primary key alone and
+    select the other columns, which Django relies on, and the primary key is now (tenant_id, id) while Django
+    still groups by id (decision 024)."""
+    notes = CreditNote.objects.filter(tenant_id=OuterRef("tenant_id"), invoice_id=OuterRef("pk"))
+    credited = notes.values("invoice_id").annotate(total=Sum("total")).values("total")
     return (
         Invoice.objects.for_tenant(tenant)
-        .annotate(credited=Sum("credit_notes__total"))
+        .annotate(credited=Subquery(credited, output_field=Invoice._meta.get_field("total")))
         .order_by("-period_start")
     )
 

@@ -7,10 +7,10 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from tenants.models import Tenant, TenantScopedQuerySet
+from tenants.models import Tenant, TenantRow, TenantScopedQuerySet
 
 
-class Event(models.Model):
+class Event(TenantRow):
     """Something a tenant's systems (and our own higher layers) may want to act on: ``invoice.finalized``,
     ``budget.threshold_reached``, ... . It commits with the change it reports, so a rollback leaves no event
     and a crash after the commit leaves one that is still dispatched (``dispatched_at`` stays empty until
@@ -36,7 +36,7 @@ class Event(models.Model):
         return f"{self.type} #{self.pk}"
 
 
-class WebhookEndpoint(models.Model):
+class WebhookEndpoint(TenantRow):
     """A URL of the tenant's that receives their events, signed the Standard Webhooks way
     (docs/webhooks.md). ``event_types`` empty means every type. During a secret roll the previous secret
     signs too, until ``previous_secret_expires_at``."""
@@ -69,7 +69,7 @@ class WebhookEndpoint(models.Model):
         return not self.event_types or event_type in self.event_types
 
 
-class WebhookDelivery(models.Model):
+class WebhookDelivery(TenantRow):
     """One event to one endpoint. Unique per (event, endpoint): however often the outbox dispatches an event,
     an endpoint gets one delivery, and a delivered one is never sent again. ``sending_since`` is the lease
     of the attempt in flight: a worker killed mid-send leaves it, and once it expires the attempt is made
@@ -81,8 +81,11 @@ class WebhookDelivery(models.Model):
         FAILED = "failed"  # every attempt of the schedule failed
         CANCELLED = "cancelled"  # the endpoint was disabled before it could be delivered
 
-    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="deliveries")
-    endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries")
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="deliveries", db_constraint=False)
+    endpoint = models.ForeignKey(
+        WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries", db_constraint=False
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True, default=timezone.now)
@@ -101,7 +104,9 @@ class WebhookDelivery(models.Model):
         ordering = ["-created_at", "-pk"]
         verbose_name_plural = "webhook deliveries"
         constraints = [
-            models.UniqueConstraint(fields=["event", "endpoint"], name="webhookdelivery_once_per_endpoint")
+            models.UniqueConstraint(
+                fields=["tenant", "event", "endpoint"], name="webhookdelivery_once_per_endpoint"
+            )
         ]
         indexes = [
             models.Index(

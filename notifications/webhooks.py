@@ -202,7 +202,8 @@ def fan_out(event: Event) -> list[int]:
     if not endpoint_ids:
         return []
     WebhookDelivery.objects.bulk_create(
-        [WebhookDelivery(event=event, endpoint_id=pk) for pk in endpoint_ids], ignore_conflicts=True
+        [WebhookDelivery(tenant_id=event.tenant_id, event=event, endpoint_id=pk) for pk in endpoint_ids],
+        ignore_conflicts=True,
     )
     return list(
         WebhookDelivery.objects.filter(
@@ -222,7 +223,7 @@ def send_ping(endpoint: WebhookEndpoint) -> int:
             created_at=now,
             dispatched_at=now,
         )
-        return WebhookDelivery.objects.create(event=event, endpoint=endpoint).pk
+        return WebhookDelivery.objects.create(tenant_id=event.tenant_id, event=event, endpoint=endpoint).pk
 
 
 def resend(delivery: WebhookDelivery) -> bool:

@@ -16,7 +16,12 @@ class StripeEvent(models.Model):
     type = models.CharField(max_length=100)
     payload = models.JSONField()
     invoice = models.ForeignKey(
-        Invoice, on_delete=models.SET_NULL, null=True, blank=True, related_name="stripe_events"
+        Invoice,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="stripe_events",
+        db_constraint=False,
     )
     outcome = models.CharField(max_length=200, blank=True, help_text="What processing the event did.")
     received_at = models.DateTimeField(default=timezone.now)

@@ -9,10 +9,10 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from tenants.models import Tenant, TenantScopedQuerySet
+from tenants.models import Tenant, TenantRow, TenantScopedQuerySet
 
 
-class Budget(models.Model):
+class Budget(TenantRow):
     """A tenant's monthly spending budget and how to warn them as spend crosses its thresholds."""
 
     tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="budget")
@@ -30,7 +30,7 @@ class Budget(models.Model):
         return f"{self.tenant}: {self.monthly_amount} {self.tenant.currency}/month"
 
 
-class BudgetAlert(models.Model):
+class BudgetAlert(TenantRow):
     """One row per (tenant, period, threshold) that was crossed: the unique key makes each alert go out once."""
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="budget_alerts")
@@ -55,7 +55,7 @@ class BudgetAlert(models.Model):
         return f"{self.tenant} {self.period_start:%Y-%m} {self.threshold}%"
 
 
-class SpendPolicy(models.Model):
+class SpendPolicy(TenantRow):
     """How a tenant pays (DESIGN §13, decision 018): after the month (postpaid, today's behaviour), or from
     prepaid credit with a soft limit (alerts only) or a hard limit (pre-call authorizations refused once the
     available balance would fall below −overdraft). Its row is also the lock that serializes a tenant's
@@ -119,12 +119,14 @@ class SpendPolicy(models.Model):
         return f"{self.tenant}: {self.policy}"
 
 
-class Hold(models.Model):
+class Hold(TenantRow):
     """A pre-call authorization: an expected call cost held against the available balance until the session
     ends, it is released, or it expires."""
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
-    agent = models.ForeignKey("tenants.Agent", on_delete=models.CASCADE, related_name="+")
+    agent = models.ForeignKey(
+        "tenants.Agent", on_delete=models.CASCADE, related_name="+", db_constraint=False
+    )
     session_id = models.CharField(max_length=128)
     amount = models.DecimalField(max_digits=18, decimal_places=4)
     currency = models.CharField(max_length=3)

@@ -63,6 +63,19 @@ class TenantScopedQuerySet(models.QuerySet):
         return self.filter(tenant=tenant)
 
 
+class TenantRow(models.Model):
+    """A row of a table Citus would distribute by tenant (tenants.citus): saving one updates it by its id *and*
+    its tenant, so the statement can be routed to the node holding that tenant (decision 024). Django's save
+    names the primary key alone; this is the one place that adds the tenant (as django-multitenant does)."""
+
+    class Meta:
+        abstract = True
+
+    def _do_update(self, base_qs, using, pk_val, values, update_fields, forced_update):
+        scoped = base_qs.filter(tenant_id=self.tenant_id)
+        return super()._do_update(scoped, using, pk_val, values, update_fields, forced_update)
+
+
 class Membership(models.Model):
     class Role(models.TextChoices):
         OWNER = "owner"
@@ -85,7 +98,7 @@ class Membership(models.Model):
         return f"{self.user} @ {self.tenant} ({self.role})"
 
 
-class Agent(models.Model):
+class Agent(TenantRow):
     class Status(models.TextChoices):
         ACTIVE = "active"
         DISABLED = "disabled"
@@ -115,12 +128,13 @@ class Agent(models.Model):
         return self.status == self.Status.ACTIVE
 
 
-class APIKey(models.Model):
+class APIKey(TenantRow):
     """One agent's credential. Only the public id and an HMAC of the secret are stored (see tenants.keys)."""
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
-    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="api_keys")
-    key_id = models.CharField(max_length=32, unique=True, editable=False)
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="api_keys", db_constraint=False)
+    # unique across tenants by construction (random, decision 024); authentication finds a key by it alone
+    key_id = models.CharField(max_length=32, db_index=True, editable=False)
     secret_hash = models.CharField(max_length=64, editable=False)
     label = models.CharField(max_length=100, blank=True)
     created_at = models.DateTimeField(default=dj_timezone.now, editable=False)
@@ -137,7 +151,8 @@ class APIKey(models.Model):
             models.CheckConstraint(
                 condition=Q(expires_at__isnull=True) | Q(expires_at__gt=models.F("created_at")),
                 name="apikey_expires_after_creation",
-            )
+            ),
+            models.UniqueConstraint(fields=["tenant", "key_id"], name="apikey_unique_key_id"),
         ]
 
     def __str__(self) -> str:

@@ -15,7 +15,7 @@ from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from tenants.models import Agent, Tenant, TenantScopedQuerySet
+from tenants.models import Agent, Tenant, TenantRow, TenantScopedQuerySet
 
 QUANTITY_DIGITS = 30
 QUANTITY_PLACES = 6
@@ -53,7 +53,7 @@ def meter_names() -> dict[str, str]:
 START = Coalesce(F("started_at"), F("first_usage_at"))
 
 
-class Session(models.Model):
+class Session(TenantRow):
     """One conversation. Created by its first event or by ``PUT /api/v1/sessions/{id}``.
 
     ``started_at``/``ended_at`` are what the agent reported (PUT); ``first_usage_at``/``last_usage_at`` are
@@ -67,7 +67,7 @@ class Session(models.Model):
         USAGE = "usage", "LiveKit per-model usage report"
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="sessions")
-    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="sessions")
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="sessions", db_constraint=False)
     session_id = models.CharField(max_length=128)
     started_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
@@ -200,13 +200,13 @@ class UsageEvent(models.Model):
         return "staff" if self.retracted_by_user_id else "agent"
 
 
-class Rollup(models.Model):
+class Rollup(TenantRow):
     """The fields both rollups share. ``hour`` is the start of the hour in the tenant's time zone (stored as
     an aware UTC instant), so a tenant-local day or calendar month is an exact union of buckets even for
     zones such as +05:30."""
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
-    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="+")
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="+", db_constraint=False)
     meter = models.CharField(max_length=64)
     provider = models.CharField(max_length=128, blank=True, default="")
     model = models.CharField(max_length=128, blank=True, default="")

@@ -438,6 +438,7 @@ def test_an_issued_note_and_its_lines_never_change():
     # a line added to it later makes it disagree with its lines: refused at commit
     with pytest.raises(IntegrityError), transaction.atomic():
         CreditNoteLine.objects.create(
+            tenant_id=note.tenant_id,
             credit_note=note,
             invoice_line=line(invoice, "usage", "llm_input_text_tokens"),
             position=2,
@@ -473,6 +474,7 @@ def test_the_database_refuses_over_crediting_and_lines_of_another_invoice_whatev
         lambda: note(tenant_id=other.tenant_id),  # another tenant's invoice
         lambda: note(currency="EUR"),
         lambda: CreditNoteLine.objects.create(
+            tenant_id=invoice.tenant_id,
             credit_note=note(),
             invoice_line=line(other, "base_fee"),
             position=1,
@@ -481,6 +483,7 @@ def test_the_database_refuses_over_crediting_and_lines_of_another_invoice_whatev
             total=1,
         ),
         lambda: CreditNoteLine.objects.create(
+            tenant_id=invoice.tenant_id,
             credit_note=note(total="49.01"),
             invoice_line=fee,
             position=1,
@@ -489,6 +492,7 @@ def test_the_database_refuses_over_crediting_and_lines_of_another_invoice_whatev
             total=Decimal("49.01"),
         ),
         lambda: CreditNoteLine.objects.create(
+            tenant_id=invoice.tenant_id,
             credit_note=note(),
             invoice_line=fee,
             position=1,
