@@ -229,6 +229,28 @@ class EventId(models.Model):
         return self.event_id
 
 
+class EventArchive(models.Model):
+    """A month of raw events exported to a file and dropped from PostgreSQL (usage.archive): where the file is, and
+    what it must read back as (rows, SHA-256 of its uncompressed CSV) before the month is dropped or restored."""
+
+    month = models.DateField(unique=True, help_text="The first day of the UTC month.")
+    path = models.CharField(max_length=500)
+    rows = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    archived_at = models.DateTimeField(null=True, blank=True, help_text="When its partition was dropped.")
+    restored_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Brought back by restore_events; beat leaves it until archived again.",
+    )
+
+    class Meta:
+        ordering = ["month"]
+
+    def __str__(self) -> str:
+        return f"{self.month:%Y-%m}"
+
+
 class Rollup(models.Model):
     """The fields both rollups share. ``hour`` is the start of the hour in the tenant's time zone (stored as
     an aware UTC instant), so a tenant-local day or calendar month is an exact union of buckets even for
