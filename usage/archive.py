@@ -111,6 +111,8 @@ def archive_partition(partition: Partition) -> list[str]:
     archived = {m.date() for m in months}
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SET LOCAL lock_timeout = '5s'")  # a long read on the table: try again on the next run
+        # no DDL on a table with foreign-key checks still pending in the transaction
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
         cursor.execute(f"LOCK TABLE {partition.name} IN SHARE MODE")
         cursor.execute(f"SELECT count(*) FROM {partition.name}")  # noqa: S608 - our partition's name
         (stored,) = cursor.fetchone()

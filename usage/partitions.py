@@ -110,6 +110,8 @@ def create_month(month: datetime, *, rows_from_file=None) -> bool:
     name = partition_name(month)
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK])
+        # no DDL on a table with foreign-key checks still pending in the transaction
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
         if any(p.holds(month) for p in partitions()):
             return False
         cursor.execute(f"LOCK TABLE {DEFAULT} IN ACCESS EXCLUSIVE MODE")
