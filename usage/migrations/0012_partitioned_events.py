@@ -13,7 +13,8 @@ through every step but the last, which holds the table's lock for as long as a f
    trigger of step 1 go: dedupe is usage_eventid's from here on. An installation without events gets no legacy
    partition.
 
-Going back copies every event into a plain table again (as usage.0011 left it) and drops usage_eventid.
+Each step can run again after an interruption (``manage.py migrate`` again). Going back copies every event into a
+plain table again (as usage.0011 left it) and drops usage_eventid.
 """
 
 from datetime import UTC, datetime, timedelta
@@ -55,17 +56,18 @@ CHECKS = """
 GAPS_PREDICATE = "(source)::text LIKE 'livekit%' AND (metadata)::text LIKE '%\"gap_%'"
 
 CLAIM_TRIGGER = """
-CREATE TABLE usage_eventid (
+CREATE TABLE IF NOT EXISTS usage_eventid (
     tenant_id bigint NOT NULL,
     event_id varchar(128) NOT NULL,
     "timestamp" timestamptz NOT NULL,
     PRIMARY KEY (tenant_id, event_id)
 );
-CREATE FUNCTION usage_event_claim_id() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION usage_event_claim_id() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO usage_eventid VALUES (NEW.tenant_id, NEW.event_id, NEW.timestamp) ON CONFLICT DO NOTHING;
     RETURN NULL;
 END $$;
+DROP TRIGGER IF EXISTS usage_event_claim_id ON usage_usageevent;
 CREATE TRIGGER usage_event_claim_id AFTER INSERT ON usage_usageevent
     FOR EACH ROW EXECUTE FUNCTION usage_event_claim_id();
 """
@@ -81,7 +83,14 @@ def _month_after(moment: datetime) -> datetime:
     return datetime(moment.year + moment.month // 12, moment.month % 12 + 1, 1, tzinfo=UTC)
 
 
+def is_partitioned() -> bool:
+    """Whether step 4 is done (each step can run again after an interruption; this one must not)."""
+    return _execute("SELECT relkind = 'p' FROM pg_class WHERE oid = 'usage_usageevent'::regclass")[0][0]
+
+
 def claim_ids(apps, schema_editor):
+    if is_partitioned():
+        return
     with transaction.atomic():
         _execute(CLAIM_TRIGGER)
 
@@ -89,6 +98,8 @@ def claim_ids(apps, schema_editor):
 def backfill_ids(apps, schema_editor):
     """The ids stored before the trigger: the trigger's lock waited for every writer in flight, so each row is
     either at most the highest id now or claimed by the trigger."""
+    if is_partitioned():
+        return
     (last,) = _execute("SELECT coalesce(max(id), 0) FROM usage_usageevent")[0]
     for low in range(0, last, BACKFILL_BATCH):
         with transaction.atomic():
@@ -108,13 +119,19 @@ def legacy_end() -> datetime:
 
 
 def prepare_legacy(apps, schema_editor):
-    if not _execute("SELECT EXISTS (SELECT FROM usage_usageevent)")[0][0]:
+    if is_partitioned() or not _execute("SELECT EXISTS (SELECT FROM usage_usageevent)")[0][0]:
         return
+    # an index left invalid by an interrupted CONCURRENTLY build is dropped and built again
+    if _execute(
+        "SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass('usage_usageevent_legacy_key')"
+    ):
+        _execute("DROP INDEX CONCURRENTLY usage_usageevent_legacy_key")
     _execute(
         "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS usage_usageevent_legacy_key "
         "ON usage_usageevent (tenant_id, timestamp, id)"
     )
     with transaction.atomic():
+        _execute("ALTER TABLE usage_usageevent DROP CONSTRAINT IF EXISTS usageevent_legacy_range")
         _execute(
             "ALTER TABLE usage_usageevent ADD CONSTRAINT usageevent_legacy_range CHECK (timestamp < %s) NOT VALID",
             [legacy_end()],
@@ -168,6 +185,8 @@ def swap(apps, schema_editor):
     """Four months of partitions from the first the legacy table does not hold (or from the month 35 days ago on a
     new installation); beat keeps creating them ahead from then on (usage.partitions)."""
     with transaction.atomic():
+        if is_partitioned():
+            return
         has_legacy = _execute("SELECT EXISTS (SELECT FROM usage_usageevent)")[0][0]
         (next_id,) = _execute("SELECT coalesce(max(id), 0) + 1 FROM usage_usageevent")[0]
         end = None
