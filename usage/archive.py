@@ -32,6 +32,7 @@ from psycopg import sql
 
 from usage.models import EventArchive, UsageEvent
 from usage.partitions import PARENT, Partition, add_months, create_month, month_start, partitions
+from usage.validation import MAX_PAST
 
 MIN_RETENTION_MONTHS = 2  # every event within the 35-day correction window stays in PostgreSQL
 _COLUMNS = [f.column for f in UsageEvent._meta.concrete_fields]
@@ -90,11 +91,14 @@ def archive_due(now: datetime) -> list[str]:
     return done
 
 
-def archive_month(month: datetime) -> list[str]:
-    """Archive the partition that holds ``month`` (a restored month, or one before the cutoff by hand)."""
+def archive_month(month: datetime, now: datetime) -> list[str]:
+    """Archive the partition that holds ``month`` (a restored month, or one before the cutoff by hand). A partition
+    that can still receive events (35 days) is refused: what arrived after its export would have nowhere to go."""
     found = [p for p in partitions() if p.holds(month)]
     if not found:
         raise LookupError(f"no partition holds {month:%Y-%m}")
+    if found[0].end > now - MAX_PAST:
+        raise LookupError(f"{found[0].name} still accepts events (up to 35 days late)")
     return archive_partition(found[0])
 
 

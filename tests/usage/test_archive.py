@@ -22,6 +22,7 @@ from usage.validation import Batch, EventRecord
 
 pytestmark = pytest.mark.django_db
 MARCH = datetime(2026, 3, 1, tzinfo=UTC)
+NOW = datetime(2026, 12, 4, tzinfo=UTC)
 
 
 @pytest.fixture(autouse=True)
@@ -52,7 +53,7 @@ def test_an_archived_month_leaves_rollups_and_invoices_as_they_were_and_restores
     lines, usage, events = line_tuples(invoice), totals(tenant), _events(tenant)
     assert len(events) == 3
 
-    assert archive.archive_month(MARCH) == ["2026-03"]
+    assert archive.archive_month(MARCH, NOW) == ["2026-03"]
 
     record = EventArchive.objects.get(month=date(2026, 3, 1))
     assert (record.rows, record.archived_at is not None, record.restored_at) == (3, True, None)
@@ -94,7 +95,7 @@ def test_a_file_that_does_not_read_back_as_archived_is_not_restored():
     agent = AgentFactory()
     partitions.create_month(MARCH)
     store(agent, at(date(2026, 3, 5)), {"llm_input_text_tokens": 10}, "one")
-    archive.archive_month(MARCH)
+    archive.archive_month(MARCH, NOW)
     record = EventArchive.objects.get(month=date(2026, 3, 1))
     with gzip.open(record.path, "rt") as file:
         text = file.read()
@@ -157,7 +158,7 @@ def test_a_livekit_usage_report_resent_after_its_month_was_archived_is_a_duplica
         "livekit_usage",
     )
     assert ingest.store_events(agent.tenant, agent, Batch([record])).accepted == 1
-    archive.archive_month(MARCH)
+    archive.archive_month(MARCH, NOW)
 
     resent = dataclasses.replace(record, timestamp=datetime.fromisoformat(recent().replace("Z", "+00:00")))
     result = ingest.store_events(agent.tenant, agent, Batch([resent]))

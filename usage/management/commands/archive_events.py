@@ -20,7 +20,7 @@ class Command(BaseCommand):
             self.stdout.write(f"created partition {name}")
         try:
             if month:
-                done = archive.archive_month(parse_month(month, "--month"))
+                done = archive.archive_month(parse_month(month, "--month"), timezone.now())
             else:
                 done = archive.archive_due(timezone.now())
         except (LookupError, archive.ArchiveMismatch) as error:
