@@ -8,8 +8,8 @@ transaction waits on the claim's primary key, claims nothing, and so stores and 
 The same statement creates missing sessions and widens each session's first and last usage to the rows it
 inserted (only when they move it, so most batches of a running session rewrite one row's ``last_usage_at``).
 The ids the claim skipped are then compared with the stored events: duplicates or conflicts (decision 023 says
-how an id whose month was archived is answered). Batches are
-validated before they get here (usage.validation, usage.livekit), so an invalid batch stores nothing.
+how an id whose month was archived is answered). Batches are validated before they get here (usage.validation,
+usage.livekit), so an invalid batch stores nothing.
 
 A batch whose events correct stored ones (``replaces``, usage.corrections) first locks and checks the events
 they name, then runs the statement's correcting variant: the same insert, and in the same statement the
