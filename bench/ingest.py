@@ -206,14 +206,20 @@ def api_client(
         raise
 
 
-# The COPY baseline: each batch COPYed into a temp table, then moved by this INSERT.
+# The COPY baseline: each batch COPYed into a temp table, then moved by this INSERT, deduped as ingest dedupes
+# (ids claimed in usage_eventid, only the claimed rows stored: decision 023).
 COPY_COLUMNS = "event_id, ts, session_id, provider, model, usage, metadata"
 COPY_INSERT = """
+WITH claimed AS (
+    INSERT INTO usage_eventid (tenant_id, event_id, timestamp)
+    SELECT %(tenant)s, event_id, ts FROM bench_incoming
+    ON CONFLICT (tenant_id, event_id) DO NOTHING
+    RETURNING event_id
+)
 INSERT INTO usage_usageevent (tenant_id, agent_id, event_id, timestamp, session_id, provider, model, usage,
                               metadata, source, received_at)
-SELECT %s, %s, event_id, ts, session_id, provider, model, usage, metadata, 'api', now()
-FROM bench_incoming
-ON CONFLICT (tenant_id, event_id) DO NOTHING
+SELECT %(tenant)s, %(agent)s, event_id, ts, session_id, provider, model, usage, metadata, 'api', now()
+FROM bench_incoming JOIN claimed USING (event_id)
 """
 
 
@@ -278,7 +284,7 @@ def copy_client(
                     with conn.transaction():
                         with cursor.copy(f"COPY bench_incoming ({COPY_COLUMNS}) FROM STDIN") as copy:
                             copy.write(data)
-                        cursor.execute(COPY_INSERT, owner)
+                        cursor.execute(COPY_INSERT, {"tenant": owner[0], "agent": owner[1]})
                         inserted = cursor.rowcount
                     result["latencies"].append(time.monotonic() - started)
                     result["events"] += count
@@ -387,7 +393,7 @@ def settle(url: str) -> None:
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("VACUUM (ANALYZE) usage_usageevent, usage_usagerollup, usage_session")
+        conn.execute("VACUUM (ANALYZE) usage_usageevent, usage_eventid, usage_usagerollup, usage_session")
         with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
             conn.execute("CHECKPOINT")
 

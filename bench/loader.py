@@ -26,21 +26,24 @@ SESSION_COLUMNS = (
     "default_models, livekit_report_mode, first_usage_at, last_usage_at, created_at, updated_at"
 )
 ROLLUP_COLUMNS = "tenant_id, agent_id, session_id, meter, provider, model, hour, quantity, event_count"
-BULK_TABLES = ["usage_usageevent", "usage_session", "usage_usagerollup", "usage_agentrollup"]
+BULK_TABLES = ["usage_usageevent", "usage_eventid", "usage_session", "usage_usagerollup", "usage_agentrollup"]
 
 # The toolkit's one copy of ingestion's rollup (usage.ingest's insert statement; not imported, as it is
 # written for one batch of one agent): each piece is COPYed into a temporary table and moved into
-# usage_usageevent by this statement, which rolls up exactly the rows the INSERT returned with the same
-# tenant-local hour bucket. A session never spans two pieces and the rollup key includes the session, so
-# these are the groups a single GROUP BY over all events would give (the unique constraint, rebuilt after
-# the load, would refuse a duplicate). The rollups go to a staging table first and are then written in hour
+# usage_usageevent (their ids claimed in usage_eventid, as ingest claims them) by this statement, which rolls up
+# exactly the rows the INSERT returned with the same tenant-local hour bucket. A session never spans two pieces
+# and the rollup key includes the session, so these are the groups a single GROUP BY over all events would give
+# (usage_eventid's primary key, kept during the load, refuses a duplicate). The rollups go to a staging table first and are then written in hour
 # order, as ingestion appends them: each tenant's month is spread over the table as in production instead
 # of packed together, which would flatter the reads being measured.
 PIECE_SQL = f"""
 WITH inserted AS (
     INSERT INTO usage_usageevent ({EVENT_COLUMNS})
     SELECT {EVENT_COLUMNS} FROM piece_events
-    RETURNING tenant_id, agent_id, session_id, provider, model, timestamp, usage
+    RETURNING tenant_id, agent_id, event_id, session_id, provider, model, timestamp, usage
+),
+claimed AS (
+    INSERT INTO usage_eventid (tenant_id, event_id, timestamp) SELECT tenant_id, event_id, timestamp FROM inserted
 )
 INSERT INTO bench_rollups ({ROLLUP_COLUMNS})
 SELECT i.tenant_id, i.agent_id, i.session_id, u.key, i.provider, i.model,
@@ -213,7 +216,8 @@ def load_usage(url: str, work: list[Piece]) -> dict[str, Any]:
         timings["vacuum"] = time.perf_counter() - began
         print(f"  VACUUM ANALYZE and CHECKPOINT in {timings['vacuum']:.1f} s")
         size = conn.execute(
-            "SELECT pg_total_relation_size('usage_usageevent'), pg_total_relation_size('usage_usagerollup')"
+            "SELECT (SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('usage_usageevent')), "
+            "pg_total_relation_size('usage_usagerollup')"
         ).fetchone()
     return {
         "timings": timings,

@@ -199,9 +199,18 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-webhook-deliveries": {"task": "notifications.tasks.sweep_webhook_deliveries", "schedule": 60},
     # Daily, not hourly: the check re-reads every raw event a tenant ever sent.
     "verify-rollups": {"task": "usage.tasks.verify_all_rollups", "schedule": 24 * 60 * 60},
+    "create-event-partitions": {"task": "usage.tasks.create_event_partitions", "schedule": 24 * 60 * 60},
+    "archive-old-events": {"task": "usage.tasks.archive_old_events", "schedule": 24 * 60 * 60},
     # what tiered quantities were charged is kept only while their events can be corrected (decision 021)
     "prune-tiered-charges": {"task": "billing.tasks.prune_tiered_charges", "schedule": 24 * 60 * 60},
 }
+
+# Raw events (decision 023): monthly partitions created this many months ahead; months older than the current one
+# and the EVENT_RETENTION_MONTHS before it are exported to gzip'd CSV files in EVENT_ARCHIVE_DIR and dropped from
+# PostgreSQL (rollups, sessions, invoices and event ids stay). At least 2: events can be corrected for 35 days.
+EVENT_PARTITIONS_AHEAD = env.int("EVENT_PARTITIONS_AHEAD", default=3)
+EVENT_RETENTION_MONTHS = env.int("EVENT_RETENTION_MONTHS", default=13)
+EVENT_ARCHIVE_DIR = env("EVENT_ARCHIVE_DIR", default=str(BASE_DIR / ".devdata" / "event-archive"))
 
 STRIPE_API_KEY = env("STRIPE_API_KEY", default="")
 STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET", default="")

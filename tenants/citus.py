@@ -70,7 +70,8 @@ REFERENCE = (
 )
 
 # Left on the coordinator as plain PostgreSQL tables: the platform's own bookkeeping (sessions, migrations,
-# admin log, login throttling) and Stripe's webhook inbox, none of which a tenant's statement reads.
+# admin log, login throttling, the archived months of raw events: usage.archive) and Stripe's webhook inbox,
+# none of which a tenant's statement reads.
 LOCAL = (
     "django_migrations",
     "django_session",
@@ -80,6 +81,7 @@ LOCAL = (
     "axes_accessfailurelog",
     "axes_accesslog",
     "payments_stripeevent",
+    "usage_eventarchive",
 )
 
 

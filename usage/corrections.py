@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import connection, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from notifications import outbox
 from tenants.models import Agent, Tenant
 from usage import changes
-from usage.models import Session, UsageEvent
+from usage.models import EventId, Session, UsageEvent
 from usage.rollups import ROLLUP_CHANGE_RESULTS, delete_emptied, rollup_change_ctes
 from usage.validation import MAX_PAST, EventRecord, FieldError
 
@@ -85,6 +86,31 @@ def refusal(original: UsageEvent | None, agent: Agent | None, now: datetime) -> 
     return None
 
 
+# The answer for an event whose month was archived (usage.archive; decision 023): its id is still taken, and it is
+# necessarily older than the correction window.
+ARCHIVED = Problem(
+    NOT_CORRECTABLE,
+    "event-not-correctable",
+    "The event is more than 35 days old and its month is archived: usage is accepted up to 35 days late, and "
+    "corrections within the same window. Ask for a credit note instead.",
+)
+
+
+def stored_events(tenant: Tenant, event_ids: Iterable[str]) -> tuple[QuerySet[UsageEvent], set[str]]:
+    """The tenant's stored events with these ids, and the ids taken whose events are archived. An event is found
+    through the timestamp its id was claimed with (``EventId``), so each lookup reads one partition."""
+    claimed = dict(
+        EventId.objects.for_tenant(tenant)
+        .filter(event_id__in=set(event_ids))
+        .values_list("event_id", "timestamp")
+    )
+    events = UsageEvent.objects.for_tenant(tenant).filter(
+        timestamp__in=set(claimed.values()), event_id__in=set(claimed)
+    )
+    held = set(events.values_list("event_id", flat=True)) if claimed else set()
+    return events, set(claimed) - held
+
+
 def how_corrected(event: UsageEvent) -> str:
     match event.retracted_by:
         case "replacement":
@@ -124,13 +150,8 @@ def lock_originals(
     replacing = sorted((r for r in records if r.replaces), key=lambda r: r.index)
     if not replacing:
         return {}
-    originals = {
-        event.event_id: event
-        for event in UsageEvent.objects.for_tenant(tenant)
-        .filter(event_id__in={r.replaces for r in replacing})
-        .order_by("event_id")
-        .select_for_update()
-    }
+    events, archived = stored_events(tenant, {r.replaces for r in replacing})
+    originals = {event.event_id: event for event in events.order_by("event_id").select_for_update()}
     problems: list[tuple[str, Problem]] = []
     for record in replacing:
         original = originals.get(record.replaces)
@@ -141,7 +162,9 @@ def lock_originals(
             and original.retracted_by_event_id == record.event_id
         ):
             continue  # this very replacement retracted it: a resend
-        if problem := refusal(original, agent, now):
+        if record.replaces in archived:
+            problems.append((f"{pointer}/replaces", ARCHIVED))
+        elif problem := refusal(original, agent, now):
             problems.append((f"{pointer}/replaces", problem))
         elif record.session_id != original.session_id:
             session = f"session {original.session_id}" if original.session_id else "no session"
@@ -227,7 +250,11 @@ def after_retraction(
     if sessions:
         with connection.cursor() as cursor:
             cursor.execute(_SESSION_TIMES_SQL, {"tenant": tenant.pk, "sessions": sessions})
-    marked = list(UsageEvent.objects.filter(pk__in=[event.pk for event in retracted]).order_by("event_id"))
+    marked = list(
+        UsageEvent.objects.for_tenant(tenant)
+        .filter(timestamp__in={e.timestamp for e in retracted}, event_id__in={e.event_id for e in retracted})
+        .order_by("event_id")
+    )
     outbox.record(
         tenant.pk,
         USAGE_CORRECTED,
@@ -252,7 +279,7 @@ _RETRACT_SQL = f"""
 WITH retracted AS (
     UPDATE usage_usageevent
     SET retracted_at = now(), retraction_reason = %(reason)s, retracted_by_user_id = %(user)s
-    WHERE tenant_id = %(tenant)s AND event_id = %(event_id)s AND retracted_at IS NULL
+    WHERE tenant_id = %(tenant)s AND timestamp = %(timestamp)s AND event_id = %(event_id)s AND retracted_at IS NULL
     RETURNING timestamp, session_id, provider, model, usage, -1 AS sign
 ),
 {rollup_change_ctes("retracted")}
@@ -291,9 +318,10 @@ def retract(
 
     def work() -> Retraction:
         with transaction.atomic():
-            original = (
-                UsageEvent.objects.for_tenant(tenant).filter(event_id=event_id).select_for_update().first()
-            )
+            events, archived = stored_events(tenant, [event_id])
+            if archived:
+                raise CorrectionRefused([("", ARCHIVED)])
+            original = events.select_for_update().first()
             if (
                 original is not None
                 and agent is not None
@@ -310,6 +338,7 @@ def retract(
                 "agent": original.agent_id,
                 "tz": tenant.timezone,
                 "event_id": event_id,
+                "timestamp": original.timestamp,
                 "reason": reason,
                 "user": user.pk if user is not None else None,
             }

@@ -1,13 +1,15 @@
 """The write path: store a validated batch exactly once and roll it up — in one transaction (DESIGN §4).
 
-Accepted events are inserted with ``ON CONFLICT DO NOTHING`` in event-id order and rolled up in the same SQL
-statement from the rows that insert actually returned (usage.rollups.ROLLUP_CTES: per session in
-``usage_usagerollup``, per agent in ``usage_agentrollup``), so a concurrent resend of the same event can never
-be counted twice: the second transaction waits on the unique index, inserts nothing, and so rolls up nothing.
+Accepted events claim their ids in ``usage_eventid`` (``ON CONFLICT DO NOTHING``, in event-id order), only the
+claimed ones are inserted into the partitioned events, and they are rolled up in the same SQL statement from the
+rows that insert actually returned (usage.rollups.ROLLUP_CTES: per session in ``usage_usagerollup``, per agent in
+``usage_agentrollup``), so a concurrent resend of the same event can never be counted twice: the second
+transaction waits on the claim's primary key, claims nothing, and so stores and rolls up nothing.
 The same statement creates missing sessions and widens each session's first and last usage to the rows it
 inserted (only when they move it, so most batches of a running session rewrite one row's ``last_usage_at``).
-The ids the insert skipped are then compared with the stored events: duplicates or conflicts. Batches are
-validated before they get here (usage.validation, usage.livekit), so an invalid batch stores nothing.
+The ids the claim skipped are then compared with the stored events: duplicates or conflicts (decision 023 says
+how an id whose month was archived is answered). Batches are validated before they get here (usage.validation,
+usage.livekit), so an invalid batch stores nothing.
 
 A batch whose events correct stored ones (``replaces``, usage.corrections) first locks and checks the events
 they name, then runs the statement's correcting variant: the same insert, and in the same statement the
@@ -98,12 +100,17 @@ WITH incoming AS (
            e->5 AS usage, e->6 AS metadata{replaces[1]}
     FROM jsonb_array_elements(%(rows)s::jsonb) AS e
 ),
+claimed AS (
+    INSERT INTO usage_eventid (tenant_id, event_id, timestamp)
+    SELECT %(tenant)s, event_id, ts FROM incoming ORDER BY event_id
+    ON CONFLICT (tenant_id, event_id) DO NOTHING
+    RETURNING event_id
+),
 inserted AS (
     INSERT INTO usage_usageevent (tenant_id, agent_id, event_id, timestamp, session_id, provider, model, usage,
                                   metadata, source, received_at{replaces[0]})
     SELECT %(tenant)s, %(agent)s, event_id, ts, session_id, provider, model, usage, metadata, %(source)s, now(){replaces[0]}
-    FROM incoming ORDER BY event_id
-    ON CONFLICT (tenant_id, event_id) DO NOTHING
+    FROM incoming JOIN claimed USING (event_id) ORDER BY event_id
     RETURNING event_id, timestamp, session_id, provider, model, usage{replaces[0]}
 ),
 sessions AS (
@@ -138,7 +145,8 @@ UNION ALL SELECT '', session_id FROM sessions WHERE agent_id <> %(agent)s
 retracted AS (
     UPDATE usage_usageevent o SET retracted_at = now(), retracted_by_event_id = i.event_id
     FROM inserted i
-    WHERE o.tenant_id = %(tenant)s AND o.event_id = i.replaces AND o.retracted_at IS NULL
+    WHERE o.tenant_id = %(tenant)s AND o.timestamp = ANY(%(replaced_at)s::timestamptz[]) AND o.event_id = i.replaces
+      AND o.retracted_at IS NULL
     RETURNING o.event_id, o.timestamp, o.session_id, o.provider, o.model, o.usage
 ),
 changes AS (
@@ -218,7 +226,8 @@ def store_events(
                 _claim_session_mode(tenant, agent, batch.session_id, session_mode)
             records = with_default_models(tenant, batch.records)
             originals = corrections.lock_originals(tenant, agent, records, now or timezone.now())
-            result = _store(tenant, agent, records, session_mode, correcting=bool(originals))
+            replaced_at = sorted({event.timestamp for event in originals.values()})
+            result = _store(tenant, agent, records, session_mode, replaced_at=replaced_at)
             stored = sorted(
                 (r for r in records if r.event_id in result.inserted_ids), key=lambda r: r.event_id
             )
@@ -262,7 +271,8 @@ def _claim_session_mode(tenant: Tenant, agent: Agent, session_id: str, mode: str
 _DUPLICATES_SQL = """
 SELECT s.event_id
 FROM jsonb_array_elements(%(rows)s::jsonb) AS e
-JOIN usage_usageevent s ON s.tenant_id = %(tenant)s AND s.event_id = e->>0
+JOIN usage_eventid d ON d.tenant_id = %(tenant)s AND d.event_id = e->>0
+JOIN usage_usageevent s ON s.tenant_id = %(tenant)s AND s.timestamp = d.timestamp AND s.event_id = d.event_id
 WHERE s.agent_id = %(agent)s AND s.source = %(source)s
   AND (s.timestamp = (e->>1)::timestamptz OR s.source = 'livekit_usage')
   AND s.session_id = e->>2 AND s.provider = e->>3 AND s.model = e->>4
@@ -288,11 +298,15 @@ def _store(
     records: Sequence[EventRecord],
     session_mode: str,
     *,
-    correcting: bool = False,
+    replaced_at: list[datetime] | None = None,
 ) -> IngestResult:
+    """``replaced_at``: the timestamps of the events the batch's replacements name (the statement's correcting
+    variant then runs, reading only their partitions); None or empty for a batch that corrects nothing."""
     if not records:
         return IngestResult()
+    correcting = bool(replaced_at)
     params = {
+        "replaced_at": replaced_at or [],
         "tenant": tenant.pk,
         "agent": agent.pk,
         "tz": tenant.timezone,
@@ -324,6 +338,8 @@ def _store(
         if leftovers:
             cursor.execute(_DUPLICATES_SQL, {**params, "rows": _rows_json(leftovers)})
             same = {row[0] for row in cursor.fetchall()}
+            unmatched = [r.event_id for r in leftovers if r.event_id not in same]
+            same |= _archived_repeats(cursor, tenant, records[0].source, unmatched)
             for record in leftovers:
                 if record.event_id in same:
                     result.duplicates += 1
@@ -332,6 +348,26 @@ def _store(
     if result.conflicts:  # rare, so the common batch pays nothing for it
         _record_conflicts(tenant, agent, result.conflicts)
     return result
+
+
+# The ids of those whose month was archived (usage.archive): claimed, but no longer in the events table.
+_ARCHIVED_SQL = """
+SELECT d.event_id FROM usage_eventid d
+WHERE d.tenant_id = %(tenant)s AND d.event_id = ANY(%(ids)s::text[]) AND NOT EXISTS (
+    SELECT FROM usage_usageevent s
+    WHERE s.tenant_id = d.tenant_id AND s.timestamp = d.timestamp AND s.event_id = d.event_id)
+"""
+
+
+def _archived_repeats(cursor, tenant: Tenant, source: str, unmatched: list[str]) -> set[str]:
+    """Of ids that matched no stored event, those to count as duplicates because their event was archived: a
+    LiveKit usage report's, whose id is derived from its session and model and whose timestamp is its receipt time,
+    so the same id is the same report resent. Any other archived event is more than 35 days older than anything
+    accepted now, so a resend under its id differs from it at least in its timestamp: a conflict, never stored."""
+    if not unmatched or source != "livekit_usage":
+        return set()
+    cursor.execute(_ARCHIVED_SQL, {"tenant": tenant.pk, "ids": unmatched})
+    return {row[0] for row in cursor.fetchall()}
 
 
 def _record_conflicts(tenant: Tenant, agent: Agent, conflicts: list[dict[str, Any]]) -> None:

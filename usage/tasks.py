@@ -1,10 +1,11 @@
 """Celery tasks of the usage app: thin wrappers that call a service with ids."""
 
 from celery import shared_task
+from django.utils import timezone
 
 from observability import metrics
 from tenants.models import Tenant
-from usage import rollups
+from usage import archive, partitions, rollups
 
 
 @shared_task(acks_late=True)
@@ -29,3 +30,17 @@ def verify_all_rollups() -> int:
     for tenant_id in tenant_ids:
         verify_rollups.delay(tenant_id)
     return len(tenant_ids)
+
+
+@shared_task(acks_late=True)
+def create_event_partitions() -> list[str]:
+    """Beat, daily: the events table's partitions of the correction window and of the months ahead
+    (usage.partitions); returns the names created (usually none, one at the turn of a month)."""
+    return partitions.ensure_partitions(timezone.now())
+
+
+@shared_task(acks_late=True)
+def archive_old_events() -> list[str]:
+    """Beat, daily: export, check and drop the months of raw events past the retention (usage.archive); returns
+    the months archived (YYYY-MM)."""
+    return archive.archive_due(timezone.now())

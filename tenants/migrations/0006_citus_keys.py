@@ -13,7 +13,8 @@ from tenants.citus import tenant_primary_key
 class Migration(migrations.Migration):
     dependencies = [
         ("tenants", "0005_agent_name_full_match"),
-        ("usage", "0011_event_corrections"),
+        # after the partitioned event store (usage.0012), which drops the events' foreign key to agents itself
+        ("usage", "0013_event_archive"),
         ("spend", "0005_balance_alerts_and_auto_recharge"),
     ]
 

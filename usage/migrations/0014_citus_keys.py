@@ -1,7 +1,6 @@
 """Keys ready for Citus (decision 024): sessions and both rollups get the primary key (tenant_id, id) and name
-their agent with its tenant. The events table is left to the partitioned event store (issue 13 part 1), which
-gives it its own keys: its single-column foreign key to agents went with the agents' old primary key in
-tenants.0006 and is not added back here."""
+their agent with its tenant. The events table and its ids have their keys from the partitioned event store
+(usage.0012, decision 023), which also dropped its foreign keys to tenants and agents."""
 
 import django.db.models.deletion
 from django.db import migrations, models
@@ -12,7 +11,7 @@ from tenants.citus import tenant_primary_key
 class Migration(migrations.Migration):
     dependencies = [
         ("tenants", "0006_citus_keys"),
-        ("usage", "0011_event_corrections"),
+        ("usage", "0013_event_archive"),
     ]
 
     operations = [
