@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
@@ -20,10 +21,12 @@ from django.utils import timezone
 from billing import credits, invoice_events, periods, settlement, taxes
 from billing.late_usage import adjustment_lines
 from billing.models import Invoice, InvoiceLine, InvoiceNumberSequence, PlanVersion, Subscription
-from billing.period_pricing import LineDraft, price_period
+from billing.period_pricing import LineDraft, PricedPeriod, price_period
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
+
+Pricer = Callable[[Tenant, date, date], PricedPeriod]
 
 GRACE_PERIOD = timedelta(hours=24)
 INVOICE_FINALIZED = invoice_events.INVOICE_FINALIZED
@@ -39,8 +42,9 @@ def current_period(tenant: Tenant, now: datetime | None = None) -> tuple[date, d
     return periods.period_containing(now or timezone.now(), tenant.timezone)
 
 
-def generate_invoice(tenant_id: int, period_start: date) -> Invoice:
-    """Create or refresh the draft for the tenant's period; a finalized invoice is returned untouched."""
+def generate_invoice(tenant_id: int, period_start: date, *, pricer: Pricer = price_period) -> Invoice:
+    """Create or refresh the draft for the tenant's period; a finalized invoice is returned untouched.
+    ``pricer`` prices a (tenant, start, end): a batch passes one that has read its tenants' periods ahead."""
     with transaction.atomic():
         tenant = Tenant.objects.get(pk=tenant_id)
         start = periods.month_start(period_start)
@@ -52,15 +56,15 @@ def generate_invoice(tenant_id: int, period_start: date) -> Invoice:
         invoice = Invoice.objects.select_for_update().get(pk=invoice.pk)
         if invoice.is_finalized:
             return invoice
-        _write_lines(invoice, tenant)
+        _write_lines(invoice, tenant, pricer)
         if created:
             invoice_events.record(invoice, invoice_events.INVOICE_CREATED)
         return invoice
 
 
-def _write_lines(invoice: Invoice, tenant: Tenant) -> None:
-    priced = price_period(tenant, invoice.period_start, invoice.period_end)
-    drafts = priced.lines + adjustment_lines(invoice)
+def _write_lines(invoice: Invoice, tenant: Tenant, pricer: Pricer) -> None:
+    priced = pricer(tenant, invoice.period_start, invoice.period_end)
+    drafts = priced.lines + adjustment_lines(invoice, pricer)
     invoice.lines.all().delete()
     InvoiceLine.objects.bulk_create(
         InvoiceLine(
@@ -86,7 +90,9 @@ def is_due(invoice: Invoice, now: datetime) -> bool:
     return now >= periods.local_midnight(invoice.period_end, invoice.tenant.timezone) + GRACE_PERIOD
 
 
-def finalize_invoice(invoice_id: int, *, now: datetime | None = None, force: bool = False) -> Invoice:
+def finalize_invoice(
+    invoice_id: int, *, now: datetime | None = None, force: bool = False, pricer: Pricer = price_period
+) -> Invoice:
     """Snapshot the lines, assign the next gapless number and open the invoice. Idempotent.
 
     Without ``force`` only a period that ended more than the grace period ago is finalized ("finalize now"
@@ -99,7 +105,7 @@ def finalize_invoice(invoice_id: int, *, now: datetime | None = None, force: boo
             return invoice
         if not force and not is_due(invoice, now):
             raise ValueError(f"{invoice} is not due before {invoice.period_end} + {GRACE_PERIOD}")
-        _write_lines(invoice, invoice.tenant)
+        _write_lines(invoice, invoice.tenant, pricer)
         _apply_credits(invoice, now)
         invoice.number = next_number(INVOICE_SERIES, now.year)
         invoice.status = Invoice.Status.OPEN
@@ -108,9 +114,14 @@ def finalize_invoice(invoice_id: int, *, now: datetime | None = None, force: boo
         invoice.parties = taxes.parties(invoice.tenant)  # what the invoice says, whatever changes later
         invoice.save(update_fields=["number", "status", "finalized_at", "status_changed_at", "parties"])
         invoice_events.record(invoice, INVOICE_FINALIZED)
-        PlanVersion.objects.filter(
-            pk__in=invoice.lines.exclude(plan_version=None).values("plan_version")
-        ).update(is_locked=True)
+        # Only versions not locked yet: the update fires the catalogue generation's statement trigger
+        # (billing 0008), which would otherwise drop every process's catalogue cache at each finalization
+        # and make concurrent finalizations queue on that one row.
+        unlocked = PlanVersion.objects.filter(
+            pk__in=invoice.lines.exclude(plan_version=None).values("plan_version"), is_locked=False
+        )
+        if unlocked.exists():
+            unlocked.update(is_locked=True)
     logger.info(
         "finalized %s for %s: %s %s", invoice.number, invoice.tenant.slug, invoice.total, invoice.currency
     )
@@ -209,7 +220,12 @@ def tenants_on_plan(plan_id: int) -> list[int]:
 
 
 def due_invoice_ids(now: datetime) -> list[int]:
+    return [invoice.pk for invoice in due_drafts(now)]
+
+
+def due_drafts(now: datetime) -> list[Invoice]:
+    """The drafts whose period ended more than the grace period ago (in the tenant's time zone)."""
     drafts = Invoice.objects.filter(
         status=Invoice.Status.DRAFT, period_end__lte=(now - GRACE_PERIOD).date() + timedelta(days=1)
     )
-    return [invoice.pk for invoice in drafts.select_related("tenant") if is_due(invoice, now)]
+    return [invoice for invoice in drafts.select_related("tenant") if is_due(invoice, now)]
