@@ -54,6 +54,7 @@ def generate_invoice(tenant_id: int, period_start: date, *, pricer: Pricer = pri
             defaults={"period_end": periods.next_month(start), "currency": tenant.currency},
         )
         invoice = Invoice.objects.select_for_update().get(pk=invoice.pk)
+        invoice.tenant = tenant  # the row just read: what the lines read it through need not read it again
         if invoice.is_finalized:
             return invoice
         _write_lines(invoice, tenant, pricer)
