@@ -125,8 +125,10 @@ def invoice_batch(
     return outcome
 
 
-def batches(pairs: Iterable[tuple[int, date]], size: int = BATCH_SIZE) -> list[tuple[date, list[int]]]:
-    """(tenant, period) pairs as (period, tenant ids) batches of at most ``size`` tenants, in tenant order."""
+def batches(pairs: Iterable[tuple[int, date]], size: int | None = None) -> list[tuple[date, list[int]]]:
+    """(tenant, period) pairs as (period, tenant ids) batches of at most ``size`` (:data:`BATCH_SIZE`) tenants,
+    in tenant order."""
+    size = size or BATCH_SIZE
     by_period: dict[date, list[int]] = defaultdict(list)
     for tenant_id, period_start in pairs:
         by_period[period_start].append(tenant_id)

@@ -42,11 +42,13 @@ def invoice_batch(
     return outcome.as_dict()
 
 
-def queue_batches(pairs: list[tuple[int, date]], *, finalize: bool = False, force: bool = False) -> list:
+def queue_batches(
+    pairs: list[tuple[int, date]], *, finalize: bool = False, force: bool = False, size: int | None = None
+) -> list:
     """One :func:`invoice_batch` task per batch of the (tenant, period) pairs; their results."""
     return [
         invoice_batch.delay(period_start.isoformat(), tenant_ids, finalize, force)
-        for period_start, tenant_ids in invoice_batches.batches(pairs)
+        for period_start, tenant_ids in invoice_batches.batches(pairs, size)
     ]
 
 
