@@ -293,7 +293,7 @@ def load_inputs(tenants: list[Tenant], start: date, end: date) -> dict[int, _Inp
     applied = discounts.applied_coupons(ids)
     profiles = {p.tenant_id: p for p in BillingProfile.objects.filter(tenant_id__in=ids)}
     tax_rates = taxes.tax_rates({p.country for p in profiles.values()})
-    found = {}
+    found, made = {}, {}
     for tenant in tenants:
         currency = tenant.currency
         coupons = [
@@ -308,20 +308,36 @@ def load_inputs(tenants: list[Tenant], start: date, end: date) -> dict[int, _Inp
             rates.get(currency, []),
             [(c, d) for c, d in coupons if d is not None],
             taxes.tax_from(profiles.get(tenant.pk), tax_rates, start),
+            made,
         )
     return found
 
 
-def _assemble(segments: list[Segment], start: date, end: date, currency: str, rates, coupons, tax) -> _Inputs:
-    """The inputs from what was read: each segment's engine plan, its fees, allowances and minimums prorated."""
+def _assemble(
+    segments: list[Segment],
+    start: date,
+    end: date,
+    currency: str,
+    rates,
+    coupons,
+    tax,
+    made: dict[tuple, tuple[pricing.Plan, dict]] | None = None,
+) -> _Inputs:
+    """The inputs from what was read: each segment's engine plan, its fees, allowances and minimums prorated.
+    ``made``: engine plans already built by (version, currency, share of the period), which tenants on the
+    same plan share (building one validates every price: most of a batch's pricing time otherwise)."""
+    made = {} if made is None else made
     period_days = Decimal(periods.days_between(start, end))
     plans, prices = {}, {}
     for index, segment in enumerate(segments):
         if segment.version is None:
             continue
         fraction = Decimal(periods.days_between(segment.start, segment.end)) / period_days
-        plans[index] = plan_for(segment.version, currency, fraction)
-        prices[index] = {p.id: p for p in plans[index].prices}
+        key = (segment.version.pk, currency, fraction)
+        if key not in made:
+            plan = plan_for(segment.version, currency, fraction)
+            made[key] = (plan, {p.id: p for p in plan.prices})
+        plans[index], prices[index] = made[key]
     return _Inputs(currency, segments, plans, prices, rates, coupons, tax)
 
 
