@@ -13,7 +13,7 @@ import pytest
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
-from billing import credits, invoice_batches, invoicing, tasks
+from billing import credits, invoice_batches, invoicing, period_pricing, tasks
 from billing.models import (
     AppliedCoupon,
     BillingProfile,
@@ -315,3 +315,29 @@ def test_pairs_become_batches_of_one_period_in_tenant_order():
     pairs = [(5, MARCH), (1, MARCH), (3, APRIL), (2, MARCH), (1, MARCH)]
 
     assert invoice_batches.batches(pairs, size=2) == [(MARCH, [1, 2]), (MARCH, [5]), (APRIL, [3])]
+
+
+@pytest.mark.slow
+def test_batches_through_a_real_worker_finalize_every_tenant_as_priced(celery_worker):
+    agents = [
+        AgentFactory(tenant=TenantFactory(timezone=zone)) for zone in ("UTC", "Asia/Kolkata", "Europe/Berlin")
+    ]
+    plan = make_plan()
+    for n, agent in enumerate(agents):
+        subscribe(agent.tenant, plan)
+        store(
+            agent,
+            datetime(2026, 3, 2 + n, tzinfo=UTC),
+            {"llm_input_text_tokens": 1_000_000 * (n + 1)},
+            f"e{n}",
+        )
+    priced = {a.tenant_id: period_pricing.price_period(a.tenant, MARCH, APRIL).total for a in agents}
+    pairs = [(a.tenant_id, MARCH) for a in agents]
+
+    results = [r.get(timeout=60) for r in tasks.queue_batches(pairs, finalize=True, force=True, size=2)]
+    again = [r.get(timeout=60) for r in tasks.queue_batches(pairs, finalize=True, force=True, size=2)]
+
+    assert results == again == [{"invoices": 2, "failed": []}, {"invoices": 1, "failed": []}]
+    invoices = Invoice.objects.filter(period_start=MARCH)
+    assert {i.tenant_id: i.total for i in invoices} == priced and {i.status for i in invoices} == {"open"}
+    assert sorted(i.number for i in invoices) == [f"ML-2026-{n:06d}" for n in (1, 2, 3)]
