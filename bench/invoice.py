@@ -533,7 +533,8 @@ def run_size(args, events: int, admin_url: str, bench_url: str) -> dict[str, Any
 
     scratch.close_django()  # the worker's connections are the only ones while it runs, but for this one's reads
     app.control.purge()
-    worker = Worker(env, args.workers)
+    # connections kept for the whole run, so their backends' CPU can be read at the end of each phase
+    worker = Worker({**env, "DB_CONN_MAX_AGE": "3600"}, args.workers)
     runs = {}
     try:
         worker.wait_ready(app)
