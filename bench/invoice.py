@@ -12,7 +12,7 @@ finalization). Then the whole run end to end through real Celery worker processe
 (``celery -A config worker --concurrency 2``, started here on the broker of ``CELERY_BROKER_URL``, its default
 queue purged first): with ``--before``, the per-tenant tasks first (then the invoices are truncated); then the
 batches (``billing.tasks.queue_batches``): every draft, then every finalization, each phase timed from queueing
-to the last result. Reported: wall time, the workers' and PostgreSQL's CPU seconds, the load average. Finally every
+to the last result. Reported: wall time, the workers' CPU seconds, the load average. Finally every
 invoice is checked against its tenant's raw events summed in SQL here (usage quantities per meter, provider and
 model, and active agents: exact), and the invoice numbers must run gapless. The scratch database
 (``meterline_bench_invoice`` or ``--db-name``) is dropped afterwards, whatever happens. Database server: see
@@ -313,67 +313,48 @@ class Worker:
                 self.proc.wait()
 
 
-def backends_cpu(db_name: str) -> dict[int, float]:
-    """CPU seconds of every other PostgreSQL backend on the scratch database (the workers' connections)."""
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", [db_name]
-        )
-        pids = [pid for (pid,) in cursor.fetchall()]
-    return {pid: cpu for pid in pids if (cpu := backend_cpu_seconds(pid)) is not None}
-
-
-def through_workers(worker: Worker, db_name: str, queue) -> dict[str, Any]:
+def through_workers(worker: Worker, queue) -> dict[str, Any]:
     """Run ``queue()`` (it queues tasks and returns their results), wait for every result; wall time from the
-    first task queued to the last result, the workers' and their PostgreSQL backends' CPU, the load average."""
-    cpu, db = worker.cpu_seconds(), backends_cpu(db_name)
+    first task queued to the last result, the workers' CPU, the load average. (PostgreSQL's share is taken
+    from the in-process sample: the workers' backends come and go with their connections.)"""
+    cpu = worker.cpu_seconds()
     load = load_average()
     began = time.perf_counter()
     results = [r.get(timeout=1800) for r in queue()]
     wall = time.perf_counter() - began
-    db_after = backends_cpu(db_name)
     return {
         "wall": wall,
         "worker_cpu": worker.cpu_seconds() - cpu,
-        "db_cpu": sum(v - db.get(pid, 0.0) for pid, v in db_after.items()),
         "load": max(load, load_average()),
         "tasks": len(results),
         "results": results,
     }
 
 
-def per_tenant_run(
-    worker: Worker, db_name: str, specs: list[TenantSpec], period_start: date
-) -> dict[str, Any]:
+def per_tenant_run(worker: Worker, specs: list[TenantSpec], period_start: date) -> dict[str, Any]:
     """The run as the beat queued it before decision 026: a task per tenant for the drafts, then a task per
     invoice for the finalizations."""
     from billing import tasks
     from billing.models import Invoice
 
     drafts = through_workers(
-        worker, db_name, lambda: [tasks.generate_invoice.delay(s.pk, period_start.isoformat()) for s in specs]
+        worker, lambda: [tasks.generate_invoice.delay(s.pk, period_start.isoformat()) for s in specs]
     )
     ids = list(Invoice.objects.filter(period_start=period_start).values_list("pk", flat=True))
-    finals = through_workers(
-        worker, db_name, lambda: [tasks.finalize_invoice.delay(pk, force=True) for pk in ids]
-    )
+    finals = through_workers(worker, lambda: [tasks.finalize_invoice.delay(pk, force=True) for pk in ids])
     return {"drafts": drafts, "finalize": finals}
 
 
 def batched_run(
-    worker: Worker, db_name: str, specs: list[TenantSpec], period_start: date, size: int | None
+    worker: Worker, specs: list[TenantSpec], period_start: date, size: int | None
 ) -> dict[str, Any]:
     """The run as the beat queues it now: a task per batch of tenants for the drafts, then for the
     finalizations (billing.tasks.queue_batches)."""
     from billing import tasks
 
     pairs = [(s.pk, period_start) for s in specs]
-    drafts = through_workers(worker, db_name, lambda: tasks.queue_batches(pairs, size=size))
-    finals = through_workers(
-        worker, db_name, lambda: tasks.queue_batches(pairs, finalize=True, force=True, size=size)
-    )
+    drafts = through_workers(worker, lambda: tasks.queue_batches(pairs, size=size))
+    finals = through_workers(worker, lambda: tasks.queue_batches(pairs, finalize=True, force=True, size=size))
     for phase in (drafts, finals):
         failed = [t for r in phase["results"] for t in r["failed"]]
         if failed:
@@ -533,15 +514,14 @@ def run_size(args, events: int, admin_url: str, bench_url: str) -> dict[str, Any
 
     scratch.close_django()  # the worker's connections are the only ones while it runs, but for this one's reads
     app.control.purge()
-    # connections kept for the whole run, so their backends' CPU can be read at the end of each phase
-    worker = Worker({**env, "DB_CONN_MAX_AGE": "3600"}, args.workers)
+    worker = Worker(env, args.workers)
     runs = {}
     try:
         worker.wait_ready(app)
         if args.before:
-            runs["per tenant"] = per_tenant_run(worker, args.db_name, specs, from_month)
+            runs["per tenant"] = per_tenant_run(worker, specs, from_month)
             forget_invoices()
-        runs["batched"] = batched_run(worker, args.db_name, specs, from_month, args.batch_size)
+        runs["batched"] = batched_run(worker, specs, from_month, args.batch_size)
     finally:
         worker.stop()
     for path, run in runs.items():
@@ -549,8 +529,8 @@ def run_size(args, events: int, admin_url: str, bench_url: str) -> dict[str, Any
         print(f"  through {args.workers} worker processes, {path}: {total:.1f} s")
         for phase, m in run.items():
             print(
-                f"    {phase}: {m['wall']:.1f} s, {m['tasks']:,} tasks; CPU: workers {m['worker_cpu']:.1f} s, "
-                f"PostgreSQL backends {m['db_cpu']:.1f} s; load average ≤ {m['load']:.1f}"
+                f"    {phase}: {m['wall']:.1f} s, {m['tasks']:,} tasks; the workers' CPU {m['worker_cpu']:.1f} s; "
+                f"load average ≤ {m['load']:.1f}"
             )
     for line in check_invoices(specs, from_month, period_end):
         print(f"  check: {line}")
@@ -623,7 +603,7 @@ def parse_args() -> argparse.Namespace:
 def print_report(report: Report, args, rows: list[dict[str, Any]], server: str, pg_version: str) -> None:
     report.header(f"PostgreSQL {pg_version} ({server}); {args.workers} Celery worker processes")
     columns = ["events", "tenants", "groups", "path", "stmts/tenant", "CPU ms/tenant (py+db)", "drafts s",
-               "finalize s", "total s", "CPU s (workers+db)", "load"]  # fmt: skip
+               "finalize s", "total s", "workers' CPU s", "load"]  # fmt: skip
     table = []
     for r in rows:
         for path in ("per tenant", "batched"):
@@ -634,7 +614,7 @@ def print_report(report: Report, args, rows: list[dict[str, Any]], server: str, 
             if run:
                 d, f = run["drafts"], run["finalize"]
                 cells += [f"{d['wall']:.1f}", f"{f['wall']:.1f}", f"{d['wall'] + f['wall']:.1f}",
-                          f"{d['worker_cpu'] + f['worker_cpu']:.0f}+{d['db_cpu'] + f['db_cpu']:.0f}",
+                          f"{d['worker_cpu'] + f['worker_cpu']:.0f}",
                           f"{max(d['load'], f['load']):.1f}"]  # fmt: skip
             else:
                 cells += ["", "", "(not run)", "", ""]
