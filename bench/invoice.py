@@ -601,7 +601,10 @@ def parse_args() -> argparse.Namespace:
 
 
 def print_report(report: Report, args, rows: list[dict[str, Any]], server: str, pg_version: str) -> None:
-    report.header(f"PostgreSQL {pg_version} ({server}); {args.workers} Celery worker processes")
+    report.header(
+        f"{args.tenants:,} tenants, {args.month:%B %Y}; PostgreSQL {pg_version} ({server}); {args.workers} Celery "
+        "worker processes"
+    )
     columns = ["events", "tenants", "groups", "path", "stmts/tenant", "CPU ms/tenant (py+db)", "drafts s",
                "finalize s", "total s", "workers' CPU s", "load"]  # fmt: skip
     table = []
@@ -636,13 +639,24 @@ def print_report(report: Report, args, rows: list[dict[str, Any]], server: str, 
                 + ("" if at_target else " (below the target's size)"),
             )
         )
+        before = r["runs"].get("per tenant")
+        if before:  # the same run queued a task per tenant, as before decision 026: for comparison
+            total = before["drafts"]["wall"] + before["finalize"]["wall"]
+            figures.append(
+                Figure(
+                    f"the same with a task per tenant ({r['events']:,} events)",
+                    f"{total:.1f}",
+                    "s",
+                    note=f"drafts {before['drafts']['wall']:.1f} s + finalize {before['finalize']['wall']:.1f} s",
+                )
+            )
     report.figures(figures)
 
 
 def main() -> int:
     args = parse_args()
     scratch.exit_on_sigterm()
-    report = Report(f"Invoicing run: {args.tenants:,} tenants, {args.month:%B %Y}", "issue 13 part 6")
+    report = Report("Invoicing run", "issue 13 part 6")
     rows: list[dict[str, Any]] = []
     with scratch.database_server() as (admin_url, server):
         bench_url = scratch.with_database(admin_url, args.db_name)
