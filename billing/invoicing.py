@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
@@ -27,10 +28,12 @@ from billing.models import (
     PlanVersion,
     Subscription,
 )
-from billing.period_pricing import LineDraft, price_period
+from billing.period_pricing import LineDraft, PricedPeriod, price_period
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
+
+Pricer = Callable[[Tenant, date, date], PricedPeriod]
 
 GRACE_PERIOD = timedelta(hours=24)
 INVOICE_FINALIZED = invoice_events.INVOICE_FINALIZED
@@ -47,8 +50,9 @@ def current_period(tenant: Tenant, now: datetime | None = None) -> tuple[date, d
     return periods.period_containing(now or timezone.now(), tenant.timezone)
 
 
-def generate_invoice(tenant_id: int, period_start: date) -> Invoice:
-    """Create or refresh the draft for the tenant's period; a finalized invoice is returned untouched."""
+def generate_invoice(tenant_id: int, period_start: date, *, pricer: Pricer = price_period) -> Invoice:
+    """Create or refresh the draft for the tenant's period; a finalized invoice is returned untouched.
+    ``pricer`` prices a (tenant, start, end): a batch passes one that has read its tenants' periods ahead."""
     with transaction.atomic():
         tenant = Tenant.objects.get(pk=tenant_id)
         start = periods.month_start(period_start)
@@ -58,9 +62,10 @@ def generate_invoice(tenant_id: int, period_start: date) -> Invoice:
             defaults={"period_end": periods.next_month(start), "currency": tenant.currency},
         )
         invoice = Invoice.objects.select_for_update().get(pk=invoice.pk)
+        invoice.tenant = tenant  # the row just read: what the lines read it through need not read it again
         if invoice.is_finalized:
             return invoice
-        _write_lines(invoice, tenant)
+        _write_lines(invoice, tenant, pricer)
         if created:
             invoice_events.record(invoice, invoice_events.INVOICE_CREATED)
         return invoice
@@ -77,9 +82,9 @@ def _delete_lines(invoice: Invoice) -> None:
         )
 
 
-def _write_lines(invoice: Invoice, tenant: Tenant) -> None:
-    priced = price_period(tenant, invoice.period_start, invoice.period_end)
-    drafts = priced.lines + adjustment_lines(invoice)
+def _write_lines(invoice: Invoice, tenant: Tenant, pricer: Pricer) -> None:
+    priced = pricer(tenant, invoice.period_start, invoice.period_end)
+    drafts = priced.lines + adjustment_lines(invoice, pricer)
     _delete_lines(invoice)
     InvoiceLine.objects.bulk_create(
         InvoiceLine(
@@ -106,7 +111,9 @@ def is_due(invoice: Invoice, now: datetime) -> bool:
     return now >= periods.local_midnight(invoice.period_end, invoice.tenant.timezone) + GRACE_PERIOD
 
 
-def finalize_invoice(invoice_id: int, *, now: datetime | None = None, force: bool = False) -> Invoice:
+def finalize_invoice(
+    invoice_id: int, *, now: datetime | None = None, force: bool = False, pricer: Pricer = price_period
+) -> Invoice:
     """Snapshot the lines, assign the next gapless number and open the invoice. Idempotent.
 
     Without ``force`` only a period that ended more than the grace period ago is finalized ("finalize now"
@@ -120,7 +127,7 @@ def finalize_invoice(invoice_id: int, *, now: datetime | None = None, force: boo
                 return invoice
             if not force and not is_due(invoice, now):
                 raise ValueError(f"{invoice} is not due before {invoice.period_end} + {GRACE_PERIOD}")
-            _write_lines(invoice, invoice.tenant)
+            _write_lines(invoice, invoice.tenant, pricer)
             if tax_calculation.is_enabled():
                 _apply_calculated_tax(invoice)
             _apply_credits(invoice, now)
@@ -142,11 +149,17 @@ def finalize_invoice(invoice_id: int, *, now: datetime | None = None, force: boo
                 ]
             )
             invoice_events.record(invoice, INVOICE_FINALIZED)
-            PlanVersion.objects.filter(
+            # Only versions not locked yet: the update fires the catalogue generation's statement trigger
+            # (billing 0008), which would otherwise drop every process's catalogue cache at each finalization
+            # and make concurrent finalizations queue on that one row.
+            unlocked = PlanVersion.objects.filter(
                 pk__in=invoice.lines.filter(tenant_id=invoice.tenant_id)
                 .exclude(plan_version=None)
-                .values("plan_version")
-            ).update(is_locked=True)
+                .values("plan_version"),
+                is_locked=False,
+            )
+            if unlocked.exists():
+                unlocked.update(is_locked=True)
     except tax_calculation.TaxCalculationError as error:
         # Rolled back: still a draft, and no tax is guessed. Staff see why in the admin until an attempt succeeds.
         Invoice.objects.filter(pk=invoice_id, status=Invoice.Status.DRAFT).update(
@@ -243,11 +256,18 @@ def next_number(series: str, year: int) -> str:
     """The next number of ``series`` in ``year`` (``ML-2026-000123``), taken under the counter row's lock: the
     caller's transaction commits it together with the document that carries it, or neither, so numbers have no
     gaps. Invoices are ``ML``, credit notes ``CN`` (billing.credit_notes)."""
-    InvoiceNumberSequence.objects.get_or_create(series=series, year=year)
-    sequence = InvoiceNumberSequence.objects.select_for_update().get(series=series, year=year)
-    sequence.last_number += 1
-    sequence.save(update_fields=["last_number"])
-    return f"{series}-{year}-{sequence.last_number:06d}"
+    with connection.cursor() as cursor:
+        # One statement (a month-end run takes a thousand numbers): the row lock is taken by the increment
+        cursor.execute(
+            "UPDATE billing_invoicenumbersequence SET last_number = last_number + 1 "
+            "WHERE series = %s AND year = %s RETURNING last_number",
+            [series, year],
+        )
+        row = cursor.fetchone()
+    if row is None:  # the series' first number this year
+        InvoiceNumberSequence.objects.get_or_create(series=series, year=year)
+        return next_number(series, year)
+    return f"{series}-{year}-{row[0]:06d}"
 
 
 def void_invoice(invoice_id: int, *, now: datetime | None = None) -> Invoice:
@@ -308,7 +328,12 @@ def tenants_on_plan(plan_id: int) -> list[int]:
 
 
 def due_invoice_ids(now: datetime) -> list[int]:
+    return [invoice.pk for invoice in due_drafts(now)]
+
+
+def due_drafts(now: datetime) -> list[Invoice]:
+    """The drafts whose period ended more than the grace period ago (in the tenant's time zone)."""
     drafts = Invoice.objects.filter(
         status=Invoice.Status.DRAFT, period_end__lte=(now - GRACE_PERIOD).date() + timedelta(days=1)
     )
-    return [invoice.pk for invoice in drafts.select_related("tenant") if is_due(invoice, now)]
+    return [invoice for invoice in drafts.select_related("tenant") if is_due(invoice, now)]

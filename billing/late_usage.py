@@ -21,14 +21,15 @@ from billing.period_pricing import LineDraft, Segment, price_period
 LATE_USAGE_PERIODS = 2
 
 
-def adjustment_lines(invoice: Invoice) -> list[LineDraft]:
+def adjustment_lines(invoice: Invoice, pricer=price_period) -> list[LineDraft]:
     """Late usage of recent finalized periods, as adjustment lines for ``invoice`` (a draft, or an unsaved
     Invoice of the tenant and period when spend control prices what the next invoice will carry).
 
     Each earlier period is re-priced with the usage that exists now, under the plan versions it was billed
     with, and compared per group with what was already billed for it (its own lines plus adjustments on
     other finalized invoices). The difference becomes a line labelled with the original period, so the
-    finalized invoice never changes and nothing is billed twice.
+    finalized invoice never changes and nothing is billed twice. ``pricer`` prices a period
+    (billing.invoicing's; :func:`price_period` by default).
     """
     earlier = (
         Invoice.objects.for_tenant(invoice.tenant)
@@ -39,7 +40,7 @@ def adjustment_lines(invoice: Invoice) -> list[LineDraft]:
     )
     lines: list[LineDraft] = []
     for past in sorted(earlier, key=lambda i: i.period_start):
-        now_priced = price_period(invoice.tenant, past.period_start, past.period_end)
+        now_priced = pricer(invoice.tenant, past.period_start, past.period_end)
         # Under Stripe Tax the invoice that carries the adjustments has them taxed by Stripe with its other lines
         # (billing.tax_calculation): an earlier period's tax is never adjusted as well, which would tax them twice.
         taxed_by_service = tax_calculation.is_enabled() or bool(past.stripe_tax_calculation_id)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -20,7 +21,15 @@ from django.db import connection
 from django.db.models import Prefetch, Q
 
 from billing import discounts, periods, pricing, settlement, tax_calculation, taxes
-from billing.models import PlanVersion, Price, PricePlan, PriceTier, ProviderRate, Subscription
+from billing.models import (
+    BillingProfile,
+    PlanVersion,
+    Price,
+    PricePlan,
+    PriceTier,
+    ProviderRate,
+    Subscription,
+)
 from tenants.models import Tenant
 from usage import rollups
 
@@ -80,23 +89,27 @@ class PricedPeriod:
 def plan_segments(tenant: Tenant, start: date, end: date, plan: PricePlan | None = None) -> list[Segment]:
     """The plan versions in force over [start, end): from the tenant's subscriptions, or ``plan`` if given."""
     if plan is not None:
-        stretches = [(start, end, plan)]
+        stretches = [(start, end, plan.pk)]
     else:
         subscriptions = (
             Subscription.objects.for_tenant(tenant)
             .filter(starts_on__lt=end)
             .filter(Q(ends_on__isnull=True) | Q(ends_on__gt=start))
-            .select_related("plan")
             .order_by("starts_on")
         )
-        stretches = [(max(s.starts_on, start), min(s.ends_on or end, end), s.plan) for s in subscriptions]
+        stretches = [(max(s.starts_on, start), min(s.ends_on or end, end), s.plan_id) for s in subscriptions]
+    versions = PlanVersion.objects.filter(plan_id__in={p for _, _, p in stretches}, effective_from__lt=end)
+    return split_segments(stretches, list(versions.order_by("effective_from")))
+
+
+def split_segments(stretches: list[tuple[date, date, int]], versions: list[PlanVersion]) -> list[Segment]:
+    """(start, end, plan id) stretches of subscription cut where a version of their plan takes effect.
+    ``versions``: at least those of the plans in force before the stretches' end, by ``effective_from``."""
     segments = []
-    for stretch_start, stretch_end, stretch_plan in stretches:
-        versions = list(
-            stretch_plan.versions.filter(effective_from__lt=stretch_end).order_by("effective_from")
-        )
-        bounds = [v for v in versions if v.effective_from > stretch_start]
-        current = next((v for v in reversed(versions) if v.effective_from <= stretch_start), None)
+    for stretch_start, stretch_end, plan_id in stretches:
+        in_force = [v for v in versions if v.plan_id == plan_id and v.effective_from < stretch_end]
+        bounds = [v for v in in_force if v.effective_from > stretch_start]
+        current = next((v for v in reversed(in_force) if v.effective_from <= stretch_start), None)
         cursor = stretch_start
         for version in bounds:
             segments.append(Segment(cursor, version.effective_from, current))
@@ -162,10 +175,28 @@ def load_prices(segments: list[Segment]) -> None:
 def provider_rates(currency: str) -> list[pricing.ProviderRate]:
     """The provider rates in ``currency`` (the imported price list holds hundreds; :func:`_rates_for` keeps
     those a period's usage can match)."""
-    rows = ProviderRate.objects.filter(currency=currency).values_list(
-        "provider", "model_pattern", "meter_id", "cost_per_unit", "unit_size", "effective_from", "currency"
+    return rates_by_currency({currency}).get(currency, [])
+
+
+def rates_by_currency(currencies: set[str]) -> dict[str, list[pricing.ProviderRate]]:
+    """:func:`provider_rates` of several currencies in one query."""
+    rows = (
+        ProviderRate.objects.filter(currency__in=currencies)
+        .order_by("pk")
+        .values_list(
+            "provider",
+            "model_pattern",
+            "meter_id",
+            "cost_per_unit",
+            "unit_size",
+            "effective_from",
+            "currency",
+        )
     )
-    return [pricing.ProviderRate(*row) for row in rows]
+    found: dict[str, list[pricing.ProviderRate]] = {}
+    for row in rows:
+        found.setdefault(row[-1], []).append(pricing.ProviderRate(*row))
+    return found
 
 
 def _snapshot(price: pricing.Price | None) -> dict:
@@ -178,9 +209,10 @@ def _snapshot(price: pricing.Price | None) -> dict:
 
 @dataclass(frozen=True)
 class _Inputs:
-    """What pricing a tenant's period reads besides its usage: the segments with their versions' prices loaded,
+    """What pricing a tenant's period reads besides its usage: the currency, the segments with their versions' prices loaded,
     each segment's engine plan, the provider rates of the currency, the coupons and the tax in force."""
 
+    currency: str
     segments: list[Segment]
     plans: dict[int, pricing.Plan]  # by segment index
     prices: dict[int, dict]  # by segment index: price id → engine price (the lines' snapshots)
@@ -227,27 +259,86 @@ def _load_inputs(
     tenant: Tenant, start: date, end: date, currency: str, plan: PricePlan | None = None
 ) -> _Inputs:
     """Read the inputs; under ``plan`` (the admin's preview) the plan alone, without coupons or tax."""
+    if plan is None:
+        return load_inputs([tenant], start, end)[tenant.pk]
     segments = plan_segments(tenant, start, end, plan)
     load_prices(segments)
+    return _assemble(segments, start, end, currency, provider_rates(currency), [], None)
+
+
+def load_inputs(tenants: list[Tenant], start: date, end: date) -> dict[int, _Inputs]:
+    """What pricing [start, end) reads besides usage, for each tenant under its subscriptions and in its
+    currency, in a fixed number of queries however many tenants: subscriptions, plan versions with their
+    prices and tiers, provider rates, applied coupons, billing profiles and tax rates are read once for all."""
+    ids = [t.pk for t in tenants]
+    stretches: dict[int, list[tuple[date, date, int]]] = {pk: [] for pk in ids}
+    for s in (
+        Subscription.objects.filter(tenant_id__in=ids, starts_on__lt=end)
+        .filter(Q(ends_on__isnull=True) | Q(ends_on__gt=start))
+        .order_by("tenant_id", "starts_on")
+    ):
+        stretches[s.tenant_id].append((max(s.starts_on, start), min(s.ends_on or end, end), s.plan_id))
+    plan_ids = {plan_id for spans in stretches.values() for _, _, plan_id in spans}
+    versions = list(
+        PlanVersion.objects.filter(plan_id__in=plan_ids, effective_from__lt=end)
+        .order_by("effective_from")
+        .prefetch_related(
+            Prefetch(
+                "prices",
+                queryset=Price.objects.prefetch_related(Prefetch("tiers", queryset=PriceTier.objects.all())),
+            )
+        )
+    )
+    rates = rates_by_currency({t.currency for t in tenants})
+    applied = discounts.applied_coupons(ids)
+    profiles = {p.tenant_id: p for p in BillingProfile.objects.filter(tenant_id__in=ids)}
+    tax_rates = taxes.tax_rates({p.country for p in profiles.values()})
+    found, made = {}, {}
+    for tenant in tenants:
+        currency = tenant.currency
+        coupons = [
+            (c, discounts.as_discount(c, currency))
+            for c in discounts.in_force_of(applied.get(tenant.pk, []), start)
+        ]
+        found[tenant.pk] = _assemble(
+            split_segments(stretches[tenant.pk], versions),
+            start,
+            end,
+            currency,
+            rates.get(currency, []),
+            [(c, d) for c, d in coupons if d is not None],
+            taxes.tax_from(profiles.get(tenant.pk), tax_rates, start),
+            made,
+        )
+    return found
+
+
+def _assemble(
+    segments: list[Segment],
+    start: date,
+    end: date,
+    currency: str,
+    rates,
+    coupons,
+    tax,
+    made: dict[tuple, tuple[pricing.Plan, dict]] | None = None,
+) -> _Inputs:
+    """The inputs from what was read: each segment's engine plan, its fees, allowances and minimums prorated.
+    ``made``: engine plans already built by (version, currency, share of the period), which tenants on the
+    same plan share (building one validates every price: most of a batch's pricing time otherwise)."""
+    made = {} if made is None else made
     period_days = Decimal(periods.days_between(start, end))
     plans, prices = {}, {}
     for index, segment in enumerate(segments):
         if segment.version is None:
             continue
         fraction = Decimal(periods.days_between(segment.start, segment.end)) / period_days
-        plans[index] = plan_for(segment.version, currency, fraction)
-        prices[index] = {p.id: p for p in plans[index].prices}
-    coupons = (
-        [] if plan else [(c, discounts.as_discount(c, currency)) for c in discounts.in_force(tenant, start)]
-    )
-    return _Inputs(
-        segments,
-        plans,
-        prices,
-        provider_rates(currency),
-        [(c, d) for c, d in coupons if d is not None],
-        None if plan else taxes.tax_for(tenant, start),
-    )
+        key = (segment.version.pk, currency, fraction)
+        if key not in made:
+            plan = plan_for(segment.version, currency, fraction)
+            made[key] = (plan, {p.id: p for p in plan.prices})
+        plans[index], prices[index] = made[key]
+    return _Inputs(currency, segments, plans, prices, rates, coupons, tax)
 
 
 def _inputs(tenant: Tenant, start: date, end: date, currency: str) -> _Inputs:
@@ -278,6 +369,9 @@ def _rates_for(rates: list[pricing.ProviderRate], keys) -> list[pricing.Provider
     return [r for r in rates if r.meter in meters and (not r.provider or r.provider.casefold() in providers)]
 
 
+UsageOf = Callable[[datetime, datetime], tuple[dict[tuple[str, str, str], Decimal], int]]
+
+
 def price_period(
     tenant: Tenant, start: date, end: date, *, plan: PricePlan | None = None, rates: list | None = None
 ) -> PricedPeriod:
@@ -285,11 +379,35 @@ def price_period(
     Under its subscriptions, what the period reads besides usage is cached per process behind the catalogue
     generation token (one query checks it), so a balance read or a dashboard prices from memory."""
     if plan is not None:
-        currency = plan.currency
-        inputs = _load_inputs(tenant, start, end, currency, plan)
+        inputs = _load_inputs(tenant, start, end, plan.currency, plan)
     else:
-        currency = tenant.currency
-        inputs = _inputs(tenant, start, end, currency)
+        inputs = _inputs(tenant, start, end, tenant.currency)
+    return price_loaded(
+        tenant,
+        start,
+        end,
+        inputs,
+        lambda begin, finish: rollups.period_usage(tenant.pk, begin, finish),
+        rates,
+    )
+
+
+def usage_windows(tenant: Tenant, start: date, end: date, inputs: _Inputs) -> list[tuple[datetime, datetime]]:
+    """The stretches of time whose usage :func:`price_loaded` reads (each segment, and each gap no
+    subscription covers), as instants in the tenant's time zone: what a batch reads ahead for it."""
+    covered = [(s.start, s.end) for s in inputs.segments]
+    return [
+        (periods.local_midnight(a, tenant.timezone), periods.local_midnight(b, tenant.timezone))
+        for a, b in [*covered, *_gaps(start, end, covered)]
+    ]
+
+
+def price_loaded(
+    tenant: Tenant, start: date, end: date, inputs: _Inputs, usage_of: UsageOf, rates: list | None = None
+) -> PricedPeriod:
+    """Price [start, end) from inputs already read and ``usage_of(begin, end)`` (usage totals and active
+    agents of a stretch of the period): one tenant's period, or one of a batch read together."""
+    currency = inputs.currency
     lines: list[LineDraft] = []
     unmatched: list[dict] = []
     covered: list[tuple[date, date]] = []
@@ -297,7 +415,7 @@ def price_period(
         covered.append((segment.start, segment.end))
         begin = periods.local_midnight(segment.start, tenant.timezone)
         finish = periods.local_midnight(segment.end, tenant.timezone)
-        usage, active_agents = rollups.period_usage(tenant.pk, begin, finish)
+        usage, active_agents = usage_of(begin, finish)
         if segment.version is None:
             unmatched += [_unmatched(k, q, "no_plan_version", segment) for k, q in sorted(usage.items()) if q]
             continue
@@ -325,20 +443,15 @@ def price_period(
             for line in priced.lines
         ]
         unmatched += [_unmatched(u.key, u.quantity, str(u.reason), segment) for u in priced.unmatched]
-    _unsubscribed(tenant, start, end, covered, unmatched)
-    lines += terms_lines(start, end, currency, lines, inputs.coupons, inputs.tax)
-    return PricedPeriod(currency, lines, unmatched)
-
-
-def _unsubscribed(tenant: Tenant, start: date, end: date, covered, unmatched: list[dict]) -> None:
     for gap_start, gap_end in _gaps(start, end, covered):
-        usage = rollups.usage_totals(
-            tenant.pk,
+        usage, _ = usage_of(
             periods.local_midnight(gap_start, tenant.timezone),
             periods.local_midnight(gap_end, tenant.timezone),
         )
         gap = Segment(gap_start, gap_end, None)
         unmatched += [_unmatched(k, q, "no_subscription", gap) for k, q in sorted(usage.items()) if q]
+    lines += terms_lines(start, end, currency, lines, inputs.coupons, inputs.tax)
+    return PricedPeriod(currency, lines, unmatched)
 
 
 def terms_lines(

@@ -581,12 +581,15 @@ def price_usage(
     quantities = {UsageKey(*key): _non_negative(q, "quantity") for key, q in usage.items()}
     groups: dict[Price, list[_Member]] = defaultdict(list)
     unmatched = []
+    rates_of_meter: dict[str, list[ProviderRate]] = defaultdict(list)  # a rate matches its own meter only
+    for rate in provider_rates:
+        rates_of_meter[rate.meter].append(rate)
     for key in sorted(quantities):
         quantity = quantities[key]
         if not quantity:
             continue
         price = match_price(plan.prices, key)
-        rate = match_rate(provider_rates, key, on=on, currency=currency)
+        rate = match_rate(rates_of_meter.get(key.meter, []), key, on=on, currency=currency)
         if price is None or (price.price_model is PriceModel.COST_PLUS and rate is None):
             reason = UnmatchedReason.NO_PRICE if price is None else UnmatchedReason.NO_PROVIDER_RATE
             unmatched.append(UnmatchedUsage(key, quantity, reason, _cost(rate, quantity, currency)))

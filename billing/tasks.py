@@ -5,7 +5,7 @@ from datetime import date
 from celery import shared_task
 from django.utils import timezone
 
-from billing import call_costs, invoicing, tax_calculation
+from billing import call_costs, invoice_batches, invoicing, tax_calculation
 
 
 @shared_task(acks_late=True)
@@ -31,22 +31,52 @@ def finalize_invoice(invoice_id: int, force: bool = False) -> str | None:
     return invoice.number
 
 
+# A batch's tenants that failed are retried alone, this long after (doubling each time), a few times; after
+# that the beat's next run takes them again with everyone else.
+RETRY_SECONDS = 60
+RETRIES = 3
+
+
+@shared_task(bind=True, acks_late=True, max_retries=RETRIES)
+def invoice_batch(
+    self, period_start: str, tenant_ids: list[int], finalize: bool = False, force: bool = False
+):
+    """A batch of tenants' invoices for a period (billing.invoice_batches): drafts, or finalized invoices."""
+    outcome = invoice_batches.invoice_batch(
+        date.fromisoformat(period_start), tenant_ids, finalize=finalize, force=force
+    )
+    if outcome.failed and self.request.retries < RETRIES:
+        raise self.retry(
+            args=(period_start, outcome.failed, finalize, force),
+            countdown=RETRY_SECONDS * 2**self.request.retries,
+        )
+    return outcome.as_dict()
+
+
+def queue_batches(
+    pairs: list[tuple[int, date]], *, finalize: bool = False, force: bool = False, size: int | None = None
+) -> list:
+    """One :func:`invoice_batch` task per batch of the (tenant, period) pairs; their results."""
+    return [
+        invoice_batch.delay(period_start.isoformat(), tenant_ids, finalize, force)
+        for period_start, tenant_ids in invoice_batches.batches(pairs, size)
+    ]
+
+
 @shared_task(acks_late=True)
 def refresh_drafts() -> int:
     """Beat: keep every billable tenant's current (and not yet finalized previous) draft up to date."""
     pairs = invoicing.tenants_to_bill(timezone.now())
-    for tenant_id, period_start in pairs:
-        generate_invoice.delay(tenant_id, period_start.isoformat())
+    queue_batches(pairs)
     return len(pairs)
 
 
 @shared_task(acks_late=True)
 def finalize_due_invoices() -> int:
     """Beat: finalize drafts whose period ended more than the grace period ago."""
-    ids = invoicing.due_invoice_ids(timezone.now())
-    for invoice_id in ids:
-        finalize_invoice.delay(invoice_id)
-    return len(ids)
+    due = [(draft.tenant_id, draft.period_start) for draft in invoicing.due_drafts(timezone.now())]
+    queue_batches(due, finalize=True)
+    return len(due)
 
 
 @shared_task(acks_late=True)

@@ -18,7 +18,6 @@ from datetime import date
 from decimal import Decimal
 
 from django.conf import settings
-from django.db.models import Q
 from stdnum import get_cc_module
 from stdnum.eu import vat as eu_vat
 from stdnum.exceptions import ValidationError as StdnumError
@@ -75,18 +74,38 @@ def reverse_charged(profile: BillingProfile) -> bool:
 
 def tax_for(tenant: Tenant, period_start: date) -> settlement.Tax | None:
     profile = BillingProfile.objects.filter(tenant=tenant).first()
+    rates = TaxRate.objects.filter(country=profile.country.upper()) if profile is not None else []
+    return tax_from(profile, rates, period_start)
+
+
+def tax_rates(countries: set[str]) -> list[TaxRate]:
+    """Every rate of these countries (a batch of invoices reads them once and picks with :func:`tax_from`)."""
+    return list(TaxRate.objects.filter(country__in={c.upper() for c in countries}))
+
+
+def tax_from(profile: BillingProfile | None, rates, period_start: date) -> settlement.Tax | None:
+    """The tax of an invoice for ``profile``'s buyer whose period starts ``period_start``, from ``rates`` (at
+    least those of the profile's country): the region's rate in force, else the whole country's."""
     if profile is None:
         return None
     if tax_calculation.is_enabled():
         return _stripe_tax_estimate(profile)
     if reverse_charged(profile):
         return settlement.Tax(REVERSE_CHARGE_NOTE, rate=0, reverse_charge=True)
-    in_force = TaxRate.objects.filter(
-        country=profile.country.upper(), effective_from__lte=period_start
-    ).filter(Q(effective_to__isnull=True) | Q(effective_to__gt=period_start))
-    rate = (
-        in_force.filter(region__iexact=profile.region).first() if profile.region else None
-    ) or in_force.filter(region="").first()
+    in_force = sorted(
+        (
+            r
+            for r in rates
+            if r.country == profile.country.upper()
+            and r.effective_from <= period_start
+            and (r.effective_to is None or r.effective_to > period_start)
+        ),
+        key=lambda r: (r.region, -r.effective_from.toordinal()),  # TaxRate's ordering, as .first() took it
+    )
+    region = profile.region.upper()
+    rate = next((r for r in in_force if region and r.region.upper() == region), None) or next(
+        (r for r in in_force if r.region == ""), None
+    )
     if rate is None:
         return None
     label = f"{rate.name} {rate.percent.normalize():f} %" + (" (included)" if rate.inclusive else "")

@@ -156,23 +156,40 @@ def period_usage(
 ) -> tuple[dict[tuple[str, str, str], Decimal], int]:
     """``usage_totals(…)`` and the number of agents that reported any usage in [start, end), from one pass
     over the rollups: what pricing a period needs, and every priced page prices the current period first."""
-    totals: dict[tuple[str, str, str], Decimal] = {}
-    agents = 0
+    return windows_usage([(tenant_id, start, end)])[(tenant_id, start, end)]
+
+
+Window = tuple[int, datetime, datetime]  # (tenant, start, end)
+
+
+def windows_usage(
+    windows: list[Window],
+) -> dict[Window, tuple[dict[tuple[str, str, str], Decimal], int]]:
+    """:func:`period_usage` of many (tenant, start, end) windows in one statement: a batch of invoices reads
+    all its tenants' periods at once (each window an index range scan of the per-agent rollups)."""
+    found: dict[Window, tuple[dict[tuple[str, str, str], Decimal], int]] = {w: ({}, 0) for w in windows}
+    if not windows:
+        return found
+    ordered = list(found)
     with connection.cursor() as cursor:
         cursor.execute(
             """
-            SELECT GROUPING(agent_id), meter, provider, model, sum(quantity) FROM usage_agentrollup
-            WHERE tenant_id = %s AND hour >= %s AND hour < %s
-            GROUP BY GROUPING SETS ((meter, provider, model), (agent_id))
+            SELECT w.n, GROUPING(r.agent_id), r.meter, r.provider, r.model, sum(r.quantity)
+            FROM unnest(%s::bigint[], %s::timestamptz[], %s::timestamptz[]) WITH ORDINALITY
+                 AS w(tenant_id, start_at, end_at, n)
+            JOIN usage_agentrollup r ON r.tenant_id = w.tenant_id AND r.hour >= w.start_at AND r.hour < w.end_at
+            GROUP BY GROUPING SETS ((w.n, r.meter, r.provider, r.model), (w.n, r.agent_id))
             """,
-            [tenant_id, start, end],
+            [[w[0] for w in ordered], [w[1] for w in ordered], [w[2] for w in ordered]],
         )
-        for by_model, meter, provider, model, quantity in cursor.fetchall():
+        agents: dict[Window, int] = {}
+        for n, by_model, meter, provider, model, quantity in cursor.fetchall():
+            window = ordered[n - 1]
             if by_model:
-                totals[(meter, provider, model)] = quantity
+                found[window][0][(meter, provider, model)] = quantity
             else:
-                agents += 1
-    return totals, agents
+                agents[window] = agents.get(window, 0) + 1
+    return {w: (totals, agents.get(w, 0)) for w, (totals, _) in found.items()}
 
 
 GROUPINGS = {
