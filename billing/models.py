@@ -312,13 +312,16 @@ class Invoice(TenantRow):
             # invoice of its own tenant (migration 0009)
             models.UniqueConstraint(fields=["tenant", "id"], name="invoice_tenant_id"),
         ]
-        # Stripe's webhooks name an invoice by its Stripe id alone, before its tenant is known
         indexes = [
+            # Stripe's webhooks name an invoice by its Stripe id alone, before its tenant is known
             models.Index(
                 fields=["stripe_invoice_id"],
                 condition=~Q(stripe_invoice_id=""),
                 name="invoice_stripe_invoice",
-            )
+            ),
+            # tasks (finalize, sync to Stripe) find an invoice by id alone, and the primary key is (tenant_id, id)
+            # (decision 024)
+            models.Index(fields=["id"], name="invoice_id_lookup"),
         ]
 
     def __str__(self) -> str:

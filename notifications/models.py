@@ -29,7 +29,9 @@ class Event(TenantRow):
         indexes = [
             models.Index(
                 fields=["created_at"], condition=Q(dispatched_at__isnull=True), name="event_undispatched"
-            )
+            ),
+            # the dispatch task finds an event by id alone, and the primary key is (tenant_id, id) (decision 024)
+            models.Index(fields=["id"], name="event_id_lookup"),
         ]
 
     def __str__(self) -> str:
@@ -113,6 +115,8 @@ class WebhookDelivery(TenantRow):
                 fields=["next_attempt_at"], condition=Q(status="pending"), name="webhookdelivery_due"
             ),
             models.Index(fields=["endpoint", "-created_at"], name="webhookdelivery_recent"),
+            # the delivery task finds a delivery by id alone, and the primary key is (tenant_id, id) (decision 024)
+            models.Index(fields=["id"], name="webhookdelivery_id_lookup"),
         ]
 
     def __str__(self) -> str:

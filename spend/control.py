@@ -328,7 +328,7 @@ def extend(
         owed = _owed(tenant, now)
     with transaction.atomic():
         policy = _locked_policy(tenant)
-        hold = Hold.objects.select_for_update().get(pk=hold.pk)
+        hold = Hold.objects.select_for_update().get(tenant=tenant, pk=hold.pk)
         if hold.released_at is not None or hold.expires_at <= now:
             raise HoldEnded(hold)
         available = -owed - held(tenant, now)
@@ -369,7 +369,7 @@ def record_denial(tenant: Tenant, agent: Agent, session_id: str, refused: Refuse
 def release(hold: Hold, reason: str = "released") -> Hold:
     """End a hold (idempotent: releasing an ended hold changes nothing)."""
     now = timezone.now()
-    if Hold.objects.filter(pk=hold.pk, released_at__isnull=True).update(
+    if Hold.objects.filter(tenant_id=hold.tenant_id, pk=hold.pk, released_at__isnull=True).update(
         released_at=now, release_reason=reason
     ):
         hold.released_at, hold.release_reason = now, reason

@@ -255,13 +255,13 @@ def _claim_session_mode(tenant: Tenant, agent: Agent, session_id: str, mode: str
     session, _ = Session.objects.get_or_create(
         tenant=tenant, session_id=session_id, defaults={"agent": agent, "livekit_report_mode": mode}
     )
-    session = Session.objects.select_for_update().get(pk=session.pk)
+    session = Session.objects.select_for_update().get(tenant=tenant, pk=session.pk)
     if session.agent_id != agent.pk:
         raise SessionOfAnotherAgent({session_id})
     if session.livekit_report_mode and session.livekit_report_mode != mode:
         raise SessionModeConflict(session.livekit_report_mode)
     if not session.livekit_report_mode:
-        Session.objects.filter(pk=session.pk).update(livekit_report_mode=mode)
+        Session.objects.filter(tenant=tenant, pk=session.pk).update(livekit_report_mode=mode)
 
 
 # The ids an insert skipped are already stored: each is a duplicate if the stored event is the same one —
