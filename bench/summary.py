@@ -24,9 +24,13 @@ BASELINE = Path(__file__).resolve().parent / "baseline.json"
 
 
 def load(path: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """The figures kept in ``path``; none when it is missing, empty or not JSON (said so)."""
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
+        return {}
+    except ValueError:
+        print(f"(no figures read from {path}: not JSON)", file=sys.stderr)
         return {}
 
 
