@@ -220,16 +220,24 @@ def _call_costs(
     tenant: Tenant, period: date, filters: dict | None
 ) -> dict[tuple, tuple[Decimal, Decimal, bool]]:
     """(session, meter, provider, model) → (quantity, per-call cost, unpriced) of one period."""
-    found = CallCost.objects.for_tenant(tenant).filter(period_start=period, quantity__gt=0)
+    found = _filtered_calls(tenant, filters).filter(period_start=period, quantity__gt=0)
+    rows = found.values_list(
+        "session_id", "meter", "provider", "model", "quantity", "cost", "unpriced_quantity"
+    )
+    return {(s, m, p, mo): (q, c, bool(u)) for s, m, p, mo, q, c, u in rows.iterator(chunk_size=10_000)}
+
+
+def _filtered_calls(tenant: Tenant, filters: dict | None):
+    """The tenant's per-call cost rows under usage.rollups.FILTERS other than agent (which they do not hold)."""
+    found = CallCost.objects.for_tenant(tenant)
     for name in ("meter", "provider", "model"):
         if filters and filters.get(name) is not None:
             found = found.filter(**{name: filters[name]})
     if filters and filters.get("session") is not None:
         found = found.filter(session_id=filters["session"])
-    rows = found.values_list(
-        "session_id", "meter", "provider", "model", "quantity", "cost", "unpriced_quantity"
-    )
-    return {(s, m, p, mo): (q, c, bool(u)) for s, m, p, mo, q, c, u in rows.iterator(chunk_size=10_000)}
+    if filters and filters.get("sessions") is not None:
+        found = found.filter(session_id__in=filters["sessions"])
+    return found
 
 
 @dataclass
@@ -254,6 +262,76 @@ def usage_by_groups(
         if row["unpriced"]:
             group.unpriced[row["meter"]] = group.unpriced.get(row["meter"], Decimal(0)) + row["quantity"]
     return merged
+
+
+SESSIONS_PER_PAGE = 50
+
+
+@dataclass
+class SessionsPage:
+    """One page of a report by session: ``groups`` as ``usage_by_groups`` keys them, for the page's sessions
+    only, and ``next_after``, the last of them when more sessions follow (None on the last page)."""
+
+    groups: dict[tuple, GroupUsage]
+    next_after: str | None
+
+
+def usage_by_sessions(
+    tenant: Tenant,
+    start: date,
+    end: date,
+    groups: list[str],
+    filters: dict | None = None,
+    *,
+    after: str | None = None,
+    limit: int = SESSIONS_PER_PAGE,
+) -> SessionsPage:
+    """``usage_by_groups`` (``groups`` including "session") for the ``limit`` sessions after ``after`` in id
+    order: a month of a large tenant has 10⁵ sessions and 10⁶ per-call cost rows, so a report by session is read
+    a page at a time, each page costing the same (its sessions found by keyset, then their rollups and per-call
+    costs only)."""
+    tz = tenant.timezone
+    ids = rollups.session_ids(
+        tenant.pk,
+        periods.local_midnight(start, tz),
+        periods.local_midnight(end, tz),
+        filters,
+        after,
+        limit + 1,
+    )
+    if not ids:
+        return SessionsPage({}, None)
+    page = ids[:limit]
+    found = usage_by_groups(tenant, start, end, groups, {**(filters or {}), "sessions": page})
+    return SessionsPage(found, page[-1] if len(ids) > limit else None)
+
+
+def usage_quantities(
+    tenant: Tenant, start: date, end: date, filters: dict | None = None
+) -> dict[str, Decimal]:
+    """Quantity per meter of the tenant-local days [start, end) under ``filters``, from the per-agent rollups
+    unless a session is filtered on: the totals of a report by session without reading its sessions."""
+    tz = tenant.timezone
+    found: dict[str, Decimal] = defaultdict(Decimal)
+    for row in rollups.usage_rows(
+        tenant.pk, tz, periods.local_midnight(start, tz), periods.local_midnight(end, tz), [], filters
+    ):
+        found[row["meter"]] += row["quantity"]
+    return dict(found)
+
+
+def calls_total(tenant: Tenant, start: date, end: date, filters: dict | None = None) -> Decimal | None:
+    """Σ per-call costs of [start, end) under ``filters``, what a report by session adds up to, when the range
+    is whole billing periods (one aggregate); None for any other range, whose sessions at its edges count in
+    part (that sum needs every session of the range: the CSV export has it), and under an agent filter."""
+    if start != periods.month_start(start) or end != periods.month_start(end) or "agent" in (filters or {}):
+        return None
+    months = []
+    while start < end:
+        months.append(start)
+        start = periods.next_month(start)
+    found = _filtered_calls(tenant, filters).filter(period_start__in=months).aggregate(c=Sum("cost"))["c"]
+    return found or Decimal(0)
 
 
 @dataclass(frozen=True)
