@@ -141,6 +141,8 @@ def create_tenants(specs: list[TenantSpec]) -> None:
 def set_up_billing(specs: list[TenantSpec], now: datetime) -> float:
     """billing.demo's plan and rates, each tenant's past month invoiced and finalized, the current draft,
     and a budget at about twice the current draft."""
+    from django.db import connection
+
     from billing.demo import load_demo_billing
     from billing.models import Invoice
     from spend import budgets
@@ -153,6 +155,11 @@ def set_up_billing(specs: list[TenantSpec], now: datetime) -> float:
         draft = Invoice.objects.for_tenant(tenant).filter(status=Invoice.Status.DRAFT).first()
         amount = Decimal(max(int((draft.total if draft else 0) * 2 / 100) * 100, 100))
         budgets.save_budget(tenant, amount, [50, 80, 100], f"alerts@{spec.slug}.example")
+    # The per-call costs were written after the loader's VACUUM ANALYZE: without fresh statistics the planner
+    # takes the period's 10⁶ rows for one and reads a page of sessions' costs through all of them (0.3 s, not
+    # 0.5 ms), which autovacuum's analyze would soon correct on a live database.
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE billing_callcost")
     return time.perf_counter() - began
 
 
@@ -164,6 +171,7 @@ class Target:
     binary: bool = False  # not HTML: a PDF (checked) or a CSV
     extra: bool = False  # measured and shown, but not one of the pages the target is checked on
     anonymous: bool = False  # requested without the owner's cookie
+    at_least: int = 10  # timed requests even when the page's time budget is spent
 
 
 @dataclass
@@ -249,7 +257,7 @@ def _targets(tenant, invoice, newest: str, key) -> list[Target]:
 
     note = CreditNote.objects.for_tenant(tenant).order_by("pk").first()
     if note is None:
-        note = credit_notes.issue(invoice.pk, outcome="credit_balance", reason="duplicate")
+        note = credit_notes.issue(invoice.pk, outcome="reduce_due", reason="duplicate")
     endpoint = WebhookEndpoint.objects.for_tenant(tenant).order_by("pk").first() or create_endpoint(
         tenant, "https://hooks.bench.example/meterline", "bench"
     )
@@ -402,15 +410,16 @@ def measure(port: int, fx: Fixture, warmup: int, requests: int, budget: float) -
         size = 0
         load = load_average()
         began = None
-        for n in range(warmup + requests):
-            if began is not None and len(timings) >= 10 and time.perf_counter() - began > budget:
+        warm = warmup if target.at_least >= 10 else 1  # a download of seconds: one warm-up is enough
+        for n in range(warm + requests):
+            if began is not None and len(timings) >= target.at_least and time.perf_counter() - began > budget:
                 break
             status, body, seconds = request(port, target.path, headers)
             if status != 200:
                 raise RuntimeError(f"{target.name}: GET {target.path} → {status}: {body[:300]!r}")
             if target.path.endswith("pdf/") and not body.startswith(b"%PDF"):
                 raise RuntimeError(f"{target.name}: not a PDF")
-            if n >= warmup:
+            if n >= warm:
                 began = began or time.perf_counter() - seconds
                 timings.append(seconds * 1000)
                 size = len(body)

@@ -16,7 +16,7 @@ from decimal import Decimal
 from django.db.models import Count, Max, Min, Q, Sum
 from django.utils import timezone
 
-from billing import invoicing, period_pricing, periods, taxes
+from billing import call_costs, invoicing, period_pricing, periods, taxes
 from billing.models import CallCost, CreditNote, Invoice, InvoiceLine
 from billing.money import format_unit_price
 from tenants.models import Tenant
@@ -182,19 +182,30 @@ def invoice_lines(invoice: Invoice) -> list[InvoiceLine]:
 
 
 def priced_usage_rows(
-    tenant: Tenant, start: date, end: date, group_by: list[str], filters: dict | None = None
+    tenant: Tenant,
+    start: date,
+    end: date,
+    group_by: list[str],
+    filters: dict | None = None,
+    spends: dict[date, Spend] | None = None,
 ) -> list[dict]:
     """Usage rows of the tenant-local days [start, end) (``usage.rollups.usage_rows`` with ``group_by`` and
     ``filters``), each with its allocated ``cost``.
 
     The range is read month by month and each month's rows are priced at that month's average unit prices,
-    so a row appears once per month it has usage in.
+    so a row appears once per month it has usage in. ``spends``: the months already priced by the caller
+    (month → Spend), to which the months priced here are added — a page that reads the same range several
+    ways prices each month once.
     """
     tz = tenant.timezone
     rows: list[dict] = []
     month = periods.month_start(start)
     while month < end:
-        month_spend = spend(tenant, month, periods.next_month(month))
+        month_spend = spends.get(month) if spends is not None else None
+        if month_spend is None:
+            month_spend = spend(tenant, month, periods.next_month(month))
+            if spends is not None:
+                spends[month] = month_spend
         calls = _call_costs(tenant, month, filters) if "session" in group_by else {}
         lo, hi = max(start, month), min(end, periods.next_month(month))
         for row in rollups.usage_rows(
@@ -248,14 +259,19 @@ class GroupUsage:
 
 
 def usage_by_groups(
-    tenant: Tenant, start: date, end: date, groups: list[str], filters: dict | None = None
+    tenant: Tenant,
+    start: date,
+    end: date,
+    groups: list[str],
+    filters: dict | None = None,
+    spends: dict[date, Spend] | None = None,
 ) -> dict[tuple, GroupUsage]:
     """Quantity per meter and allocated cost of [start, end), keyed by the values of ``groups`` (any of
     usage.rollups.GROUPINGS) in that order, optionally filtered (usage.rollups.FILTERS): what the read API's
-    GET /usage reports, and the portal's usage page and CSV show."""
+    GET /usage reports, and the portal's usage page and CSV show. ``spends``: as for priced_usage_rows."""
     sql_groups = [g for g in groups if g not in ("meter", "provider", "model")]
     merged: dict[tuple, GroupUsage] = {}
-    for row in priced_usage_rows(tenant, start, end, sql_groups, filters):
+    for row in priced_usage_rows(tenant, start, end, sql_groups, filters, spends):
         group = merged.setdefault(tuple(row[g] for g in groups), GroupUsage({}, Decimal(0)))
         group.quantity[row["meter"]] = group.quantity.get(row["meter"], Decimal(0)) + row["quantity"]
         group.cost += row["cost"]
@@ -285,6 +301,7 @@ def usage_by_sessions(
     *,
     after: str | None = None,
     limit: int = SESSIONS_PER_PAGE,
+    spends: dict[date, Spend] | None = None,
 ) -> SessionsPage:
     """``usage_by_groups`` (``groups`` including "session") for the ``limit`` sessions after ``after`` in id
     order: a month of a large tenant has 10⁵ sessions and 10⁶ per-call cost rows, so a report by session is read
@@ -302,7 +319,7 @@ def usage_by_sessions(
     if not ids:
         return SessionsPage({}, None)
     page = ids[:limit]
-    found = usage_by_groups(tenant, start, end, groups, {**(filters or {}), "sessions": page})
+    found = usage_by_groups(tenant, start, end, groups, {**(filters or {}), "sessions": page}, spends)
     return SessionsPage(found, page[-1] if len(ids) > limit else None)
 
 
@@ -330,8 +347,7 @@ def calls_total(tenant: Tenant, start: date, end: date, filters: dict | None = N
     while start < end:
         months.append(start)
         start = periods.next_month(start)
-    found = _filtered_calls(tenant, filters).filter(period_start__in=months).aggregate(c=Sum("cost"))["c"]
-    return found or Decimal(0)
+    return call_costs.calls_sum(tenant, _filtered_calls(tenant, filters).filter(period_start__in=months))
 
 
 @dataclass(frozen=True)

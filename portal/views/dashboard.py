@@ -141,7 +141,11 @@ def _period_charts(spend, window: Window, today: date, agents: dict, names: dict
 def _rolling(tenant, window: Window, agents: dict, names: dict) -> dict:
     """The last 30 days from the rollups, each month's usage at that month's average unit prices (the usage
     explorer's numbers); fees belong to periods and are left out."""
-    select = lambda groups: billing_selectors.usage_by_groups(tenant, window.start, window.end, groups)  # noqa: E731
+    spends: dict = {}  # each month priced once for the four breakdowns
+
+    def select(groups):
+        return billing_selectors.usage_by_groups(tenant, window.start, window.end, groups, spends=spends)
+
     by_day = {key[0]: group.cost for key, group in select(["day"]).items()}
     days = [window.start + timedelta(days=n) for n in range((window.end - window.start).days)]
     by_model: dict[str, Decimal] = {}

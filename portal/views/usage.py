@@ -375,10 +375,10 @@ CSV_SESSIONS_PER_READ = 1000
 def _session_reports(tenant, start: date, end: date, filters: dict, heading: UsageReport):
     """The report by session of [start, end), CSV_SESSIONS_PER_READ sessions at a time in id order (keyset: each
     read costs the same however far the export has got), each with the columns of ``heading``."""
-    after = None
+    after, spends = None, {}  # the range's months priced once for the whole export
     while True:
         page = billing_selectors.usage_by_sessions(
-            tenant, start, end, ["session"], filters, after=after, limit=CSV_SESSIONS_PER_READ
+            tenant, start, end, ["session"], filters, after=after, limit=CSV_SESSIONS_PER_READ, spends=spends
         )
         yield UsageReport("session", heading.meters, sorted(page.groups.items()), heading.agents)
         if page.next_after is None:
