@@ -11,15 +11,19 @@ from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 from django.db import connection
+from django.db.models import F
 from django.test.utils import CaptureQueriesContext
 
+from billing.models import CallCost
 from portal.views import usage as usage_view
+from tenants.models import Tenant
 from tests.billing.builders import make_plan, store_calls, subscribe
 from tests.factories import AgentFactory, MembershipFactory, TenantFactory
 
 pytestmark = pytest.mark.django_db
 
 RATE = Decimal("0.012") / 60  # Deepgram nova-3, per second of audio
+STT = {"meter_id": "stt_audio_seconds", "provider": "Deepgram", "model_pattern": "nova-3"}
 SESSIONS = 120
 MONTH = "start=2026-03-01&end=2026-03-31"
 
@@ -29,8 +33,7 @@ def calls(client):
     """A tenant with SESSIONS calls in March 2026, call-000 … call-119, call n with n + 1 seconds of audio, and a
     logged-in owner; returns the expected (quantity, cost) of each call."""
     agent = AgentFactory(tenant=TenantFactory(timezone="UTC"))
-    price = {"meter_id": "stt_audio_seconds", "provider": "Deepgram", "model_pattern": "nova-3"}
-    subscribe(agent.tenant, make_plan(prices=[{**price, "unit_amount": Decimal("0.012"), "unit_size": 60}]))
+    subscribe(agent.tenant, make_plan(prices=[{**STT, "unit_amount": Decimal("0.012"), "unit_size": 60}]))
     seconds = {f"call-{n:03d}": n + 1 for n in range(SESSIONS)}
     store_calls(agent, datetime(2026, 3, 10, 12, tzinfo=UTC), seconds)
     client.force_login(MembershipFactory(tenant=agent.tenant).user)
@@ -149,3 +152,18 @@ def test_the_csv_follows_the_filters_by_session_too(client, calls):
     )
     assert rows[1][:3] == ["call-041", "42", format(calls["call-041"][1].quantize(Decimal("0.000001")), "f")]
     assert len(rows) == 2
+
+
+def test_the_total_of_all_sessions_follows_a_new_call_and_a_rebuild_at_once(client, calls):
+    def all_sessions_cost() -> Decimal:
+        _, footer = table(client.get(f"/usage/?group_by=session&{MONTH}").content.decode())
+        return money(footer[-1])
+
+    before = sum(c for _, c in calls.values())
+    assert all_sessions_cost() == cents(before)  # and now cached in this process
+    tenant = Tenant.objects.get(agents__sessions__session_id="call-000")
+    store_calls(tenant.agents.get(), datetime(2026, 3, 11, tzinfo=UTC), {"call-late": 3000})
+    assert all_sessions_cost() == cents(before + 3000 * RATE)
+    # whatever else writes call costs alone (a rebuild: manage.py rebuild_call_costs) is seen at once too
+    CallCost.objects.filter(tenant=tenant, session_id="call-late").update(cost=F("cost") + 1)
+    assert all_sessions_cost() == cents(before + 3000 * RATE + 1)
