@@ -14,9 +14,7 @@ class Migration(migrations.Migration):
     operations = [
         AddIndexConcurrently(
             model_name="usagerollup",
-            index=models.Index(
-                fields=["tenant", "session_id", "hour"], name="usagerollup_session_hour"
-            ),
+            index=models.Index(fields=["tenant", "session_id", "hour"], name="usagerollup_session_hour"),
         ),
         RemoveIndexConcurrently(model_name="usagerollup", name="usagerollup_tenant_session"),
     ]
