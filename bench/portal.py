@@ -520,6 +520,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
     parser.add_argument("--reuse", action="store_true", help="measure a kept scratch database, no set-up")
     parser.add_argument("--profile", metavar="PAGE", help="cProfile the page whose name contains PAGE")
+    parser.add_argument("--only", metavar="TEXT", help="measure only the pages whose name contains TEXT")
     args = parser.parse_args()
     if args.quick:
         args.events = 500_000
@@ -649,6 +650,8 @@ def main() -> int:
             else:
                 scratch.setup_django(env)
             fx = fixture()
+            if args.only:
+                fx.targets = [t for t in fx.targets if args.only in t.name]
             print("  check: " + check_exact(fx.tenant_id), flush=True)
             print("  plans of the rollup queries behind the pages:")
             for line in explain_main_queries(fx.tenant_id):
