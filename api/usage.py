@@ -32,6 +32,7 @@ class UsageQuery(serializers.Serializer):
     start = QueryDateField(required=False)
     end = QueryDateField(required=False)
     group_by = GroupByField(required=False, default="meter", trim_whitespace=False)
+    after = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False, max_length=1000)
 
     def validate_group_by(self, value: str) -> list[str]:
         groups = value.split(",")
@@ -64,7 +65,12 @@ class UsageSerializer(serializers.Serializer):
     currency = serializers.CharField()
     group_by = serializers.ListField(child=serializers.ChoiceField(choices=GROUPS))
     results = UsageRowSerializer(many=True)
-    total_cost = DecimalTextField()
+    total_cost = DecimalTextField(help_text="Σ cost of the results (grouped by session: of this page's).")
+    next = serializers.URLField(
+        allow_null=True,
+        help_text=f"Grouped by session, results come {billing_selectors.SESSIONS_PER_PAGE} sessions to a "
+        "page, in session id order: the URL of the next page, null on the last (and when not grouped by session).",
+    )
 
 
 _DAY = f"A tenant-local date (YYYY-MM-DD) from {periods.FIRST_QUERY_DAY} to {periods.LAST_QUERY_DAY}"
@@ -82,6 +88,12 @@ class UsageReadView(APIView):
                 DATE_SCHEMA,
                 description=f"{_DAY}, exclusive, at most {MAX_DAYS} days after start; "
                 "default: the current period's end.",
+            ),
+            OpenApiParameter(
+                "after",
+                str,
+                description="Grouped by session: the sessions after this session id (what `next` carries); "
+                "absent: from the first.",
             ),
             OpenApiParameter(
                 "group_by",
@@ -113,7 +125,18 @@ class UsageReadView(APIView):
                 {"end": [f"must be after start and within {MAX_DAYS} days of it"]}
             )
         groups = query.validated_data["group_by"]
-        usage = billing_selectors.usage_by_groups(tenant, start, end, groups)
+        following = None
+        if "session" in groups:
+            page = billing_selectors.usage_by_sessions(
+                tenant, start, end, groups, after=query.validated_data.get("after")
+            )
+            usage = page.groups
+            if page.next_after is not None:
+                params = request.query_params.copy()
+                params["after"] = page.next_after
+                following = request.build_absolute_uri(f"{request.path}?{params.urlencode()}")
+        else:
+            usage = billing_selectors.usage_by_groups(tenant, start, end, groups)
         agents = dict(tenant.agents.values_list("pk", "name"))
         results = []
         for key, slot in sorted(usage.items(), key=lambda item: tuple(str(k) for k in item[0])):
@@ -140,5 +163,6 @@ class UsageReadView(APIView):
             "group_by": groups,
             "results": results,
             "total_cost": sum((r["cost"] for r in results), Decimal(0)),
+            "next": following,
         }
         return Response(UsageSerializer(body).data)

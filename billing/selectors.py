@@ -16,7 +16,7 @@ from decimal import Decimal
 from django.db.models import Count, Max, Min, OuterRef, Q, Subquery, Sum
 from django.utils import timezone
 
-from billing import invoicing, period_pricing, periods, taxes
+from billing import call_costs, invoicing, period_pricing, periods, taxes
 from billing.models import CallCost, CreditNote, Invoice, InvoiceLine
 from billing.money import format_unit_price
 from tenants.models import Tenant
@@ -188,19 +188,30 @@ def invoice_lines(invoice: Invoice) -> list[InvoiceLine]:
 
 
 def priced_usage_rows(
-    tenant: Tenant, start: date, end: date, group_by: list[str], filters: dict | None = None
+    tenant: Tenant,
+    start: date,
+    end: date,
+    group_by: list[str],
+    filters: dict | None = None,
+    spends: dict[date, Spend] | None = None,
 ) -> list[dict]:
     """Usage rows of the tenant-local days [start, end) (``usage.rollups.usage_rows`` with ``group_by`` and
     ``filters``), each with its allocated ``cost``.
 
     The range is read month by month and each month's rows are priced at that month's average unit prices,
-    so a row appears once per month it has usage in.
+    so a row appears once per month it has usage in. ``spends``: the months already priced by the caller
+    (month → Spend), to which the months priced here are added — a page that reads the same range several
+    ways prices each month once.
     """
     tz = tenant.timezone
     rows: list[dict] = []
     month = periods.month_start(start)
     while month < end:
-        month_spend = spend(tenant, month, periods.next_month(month))
+        month_spend = spends.get(month) if spends is not None else None
+        if month_spend is None:
+            month_spend = spend(tenant, month, periods.next_month(month))
+            if spends is not None:
+                spends[month] = month_spend
         calls = _call_costs(tenant, month, filters) if "session" in group_by else {}
         lo, hi = max(start, month), min(end, periods.next_month(month))
         for row in rollups.usage_rows(
@@ -226,16 +237,24 @@ def _call_costs(
     tenant: Tenant, period: date, filters: dict | None
 ) -> dict[tuple, tuple[Decimal, Decimal, bool]]:
     """(session, meter, provider, model) → (quantity, per-call cost, unpriced) of one period."""
-    found = CallCost.objects.for_tenant(tenant).filter(period_start=period, quantity__gt=0)
+    found = _filtered_calls(tenant, filters).filter(period_start=period, quantity__gt=0)
+    rows = found.values_list(
+        "session_id", "meter", "provider", "model", "quantity", "cost", "unpriced_quantity"
+    )
+    return {(s, m, p, mo): (q, c, bool(u)) for s, m, p, mo, q, c, u in rows.iterator(chunk_size=10_000)}
+
+
+def _filtered_calls(tenant: Tenant, filters: dict | None):
+    """The tenant's per-call cost rows under usage.rollups.FILTERS other than agent (which they do not hold)."""
+    found = CallCost.objects.for_tenant(tenant)
     for name in ("meter", "provider", "model"):
         if filters and filters.get(name) is not None:
             found = found.filter(**{name: filters[name]})
     if filters and filters.get("session") is not None:
         found = found.filter(session_id=filters["session"])
-    rows = found.values_list(
-        "session_id", "meter", "provider", "model", "quantity", "cost", "unpriced_quantity"
-    )
-    return {(s, m, p, mo): (q, c, bool(u)) for s, m, p, mo, q, c, u in rows.iterator(chunk_size=10_000)}
+    if filters and filters.get("sessions") is not None:
+        found = found.filter(session_id__in=filters["sessions"])
+    return found
 
 
 @dataclass
@@ -246,20 +265,126 @@ class GroupUsage:
 
 
 def usage_by_groups(
-    tenant: Tenant, start: date, end: date, groups: list[str], filters: dict | None = None
+    tenant: Tenant,
+    start: date,
+    end: date,
+    groups: list[str],
+    filters: dict | None = None,
+    spends: dict[date, Spend] | None = None,
 ) -> dict[tuple, GroupUsage]:
     """Quantity per meter and allocated cost of [start, end), keyed by the values of ``groups`` (any of
     usage.rollups.GROUPINGS) in that order, optionally filtered (usage.rollups.FILTERS): what the read API's
-    GET /usage reports, and the portal's usage page and CSV show."""
+    GET /usage reports, and the portal's usage page and CSV show. ``spends``: as for priced_usage_rows."""
     sql_groups = [g for g in groups if g not in ("meter", "provider", "model")]
     merged: dict[tuple, GroupUsage] = {}
-    for row in priced_usage_rows(tenant, start, end, sql_groups, filters):
+    for row in priced_usage_rows(tenant, start, end, sql_groups, filters, spends):
         group = merged.setdefault(tuple(row[g] for g in groups), GroupUsage({}, Decimal(0)))
         group.quantity[row["meter"]] = group.quantity.get(row["meter"], Decimal(0)) + row["quantity"]
         group.cost += row["cost"]
         if row["unpriced"]:
             group.unpriced[row["meter"]] = group.unpriced.get(row["meter"], Decimal(0)) + row["quantity"]
     return merged
+
+
+def usage_by_group_sets(tenant: Tenant, start: date, end: date, group_sets: list[list[str]]) -> list[dict]:
+    """``usage_by_groups(tenant, start, end, groups)`` for each ``groups`` of ``group_sets`` (each one of meter,
+    agent, day or hour, or any of meter, provider and model), from one pass over the rollups a month
+    (usage.rollups.usage_row_sets) rather than one for each: what a page with several breakdowns of the same
+    days reads."""
+    tz = tenant.timezone
+    heads = [
+        next((g for g in groups if g not in ("meter", "provider", "model")), None) for groups in group_sets
+    ]
+    found: list[dict[tuple, GroupUsage]] = [{} for _ in group_sets]
+    month = periods.month_start(start)
+    while month < end:
+        month_spend = spend(tenant, month, periods.next_month(month))
+        lo, hi = max(start, month), min(end, periods.next_month(month))
+        row_sets = rollups.usage_row_sets(
+            tenant.pk, tz, periods.local_midnight(lo, tz), periods.local_midnight(hi, tz), heads
+        )
+        for merged, groups, rows in zip(found, group_sets, row_sets, strict=True):
+            for row in rows:
+                key = (row["meter"], row["provider"], row["model"])
+                group = merged.setdefault(tuple(row[g] for g in groups), GroupUsage({}, Decimal(0)))
+                group.quantity[row["meter"]] = group.quantity.get(row["meter"], Decimal(0)) + row["quantity"]
+                group.cost += month_spend.cost_of(key, row["quantity"])
+                if key in month_spend.unpriced:
+                    group.unpriced[row["meter"]] = (
+                        group.unpriced.get(row["meter"], Decimal(0)) + row["quantity"]
+                    )
+        month = periods.next_month(month)
+    return found
+
+
+SESSIONS_PER_PAGE = 50
+
+
+@dataclass
+class SessionsPage:
+    """One page of a report by session: ``groups`` as ``usage_by_groups`` keys them, for the page's sessions
+    only, and ``next_after``, the last of them when more sessions follow (None on the last page)."""
+
+    groups: dict[tuple, GroupUsage]
+    next_after: str | None
+
+
+def usage_by_sessions(
+    tenant: Tenant,
+    start: date,
+    end: date,
+    groups: list[str],
+    filters: dict | None = None,
+    *,
+    after: str | None = None,
+    limit: int = SESSIONS_PER_PAGE,
+    spends: dict[date, Spend] | None = None,
+) -> SessionsPage:
+    """``usage_by_groups`` (``groups`` including "session") for the ``limit`` sessions after ``after`` in id
+    order: a month of a large tenant has 10⁵ sessions and 10⁶ per-call cost rows, so a report by session is read
+    a page at a time, each page costing the same (its sessions found by keyset, then their rollups and per-call
+    costs only)."""
+    tz = tenant.timezone
+    ids = rollups.session_ids(
+        tenant.pk,
+        periods.local_midnight(start, tz),
+        periods.local_midnight(end, tz),
+        filters,
+        after,
+        limit + 1,
+    )
+    if not ids:
+        return SessionsPage({}, None)
+    page = ids[:limit]
+    found = usage_by_groups(tenant, start, end, groups, {**(filters or {}), "sessions": page}, spends)
+    return SessionsPage(found, page[-1] if len(ids) > limit else None)
+
+
+def usage_quantities(
+    tenant: Tenant, start: date, end: date, filters: dict | None = None
+) -> dict[str, Decimal]:
+    """Quantity per meter of the tenant-local days [start, end) under ``filters``, from the per-agent rollups
+    unless a session is filtered on: the totals of a report by session without reading its sessions."""
+    tz = tenant.timezone
+    found: dict[str, Decimal] = defaultdict(Decimal)
+    for row in rollups.usage_rows(
+        tenant.pk, tz, periods.local_midnight(start, tz), periods.local_midnight(end, tz), [], filters
+    ):
+        found[row["meter"]] += row["quantity"]
+    return dict(found)
+
+
+def calls_total(tenant: Tenant, start: date, end: date, filters: dict | None = None) -> Decimal | None:
+    """Σ per-call costs of [start, end) under ``filters``, what a report by session adds up to, when the range
+    is whole billing periods (one aggregate); None for any other range, whose sessions at its edges count in
+    part (that sum needs every session of the range: the CSV export has it), and under an agent filter."""
+    if start != periods.month_start(start) or end != periods.month_start(end) or "agent" in (filters or {}):
+        return None
+    months = []
+    while start < end:
+        months.append(start)
+        start = periods.next_month(start)
+    return call_costs.calls_sum(tenant, _filtered_calls(tenant, filters).filter(period_start__in=months))
 
 
 @dataclass(frozen=True)

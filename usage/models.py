@@ -294,8 +294,9 @@ class UsageRollup(Rollup):
         ]
         indexes = [
             models.Index(fields=["tenant", "hour"], name="usagerollup_tenant_hour"),
-            # A page of sessions with their costs, and one session's usage, read a few rollups by session id.
-            models.Index(fields=["tenant", "session_id"], name="usagerollup_tenant_session"),
+            # One session's usage reads a few rollups by session id; a report by session finds a page of the
+            # sessions with usage in a range by keyset on the id, the hour read from the index alone.
+            models.Index(fields=["tenant", "session_id", "hour"], name="usagerollup_session_hour"),
         ]
 
 

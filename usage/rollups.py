@@ -207,13 +207,14 @@ FILTERS = {
     "model": "model",
     "agent": "agent_id",
     "session": "session_id",
+    "sessions": "session_id",  # a list: any of these sessions (a page of a report by session)
 }
 
 
 def _table(keys: list[str], filters: dict | None) -> str:
     """The per-session rollups when a session is grouped or filtered on, else the far smaller per-agent
     ones (the same totals: both are kept from the same rows in one statement)."""
-    if "session" in keys or "session" in (filters or {}):
+    if "session" in keys or {"session", "sessions"} & set(filters or {}):
         return "usage_usagerollup"
     return "usage_agentrollup"
 
@@ -222,7 +223,8 @@ def _where(tenant_id: int, start: datetime, end: datetime, filters: dict | None)
     where = ["tenant_id = %(tenant)s", "hour >= %(start)s", "hour < %(end)s"]
     params: dict = {"tenant": tenant_id, "start": start, "end": end}
     for name, value in (filters or {}).items():
-        where.append(f"{FILTERS[name]} = %(f_{name})s")
+        placeholder = f"%(f_{name})s"
+        where.append(f"{FILTERS[name]} = {f'ANY({placeholder})' if name == 'sessions' else placeholder}")
         params[f"f_{name}"] = value
     return " AND ".join(where), params
 
@@ -337,6 +339,26 @@ def usage_row_sets(
             }
         )
     return [by_set[g] for g in wanted]
+
+
+def session_ids(
+    tenant_id: int, start: datetime, end: datetime, filters: dict | None, after: str | None, limit: int
+) -> list[str]:
+    """Up to ``limit`` ids of the sessions with usage in [start, end) matching ``filters``, in id order, after
+    ``after`` (None: from the first; usage outside any session is the session ""): one page of a report by
+    session. Read by keyset from the index (tenant, session_id, hour), so any page costs about the same: a few
+    index entries per session, those of sessions without usage in the range skipped in the index."""
+    where, params = _where(tenant_id, start, end, filters)
+    if after is not None:
+        where += " AND session_id > %(after)s"
+        params["after"] = after
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT DISTINCT session_id FROM usage_usagerollup WHERE {where} "  # noqa: S608 - whitelisted
+            f"ORDER BY session_id LIMIT {int(limit)}",
+            params,
+        )
+        return [row[0] for row in cursor.fetchall()]
 
 
 def iter_usage_rows(

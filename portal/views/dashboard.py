@@ -141,18 +141,19 @@ def _period_charts(spend, window: Window, today: date, agents: dict, names: dict
 def _rolling(tenant, window: Window, agents: dict, names: dict) -> dict:
     """The last 30 days from the rollups, each month's usage at that month's average unit prices (the usage
     explorer's numbers); fees belong to periods and are left out."""
-    select = lambda groups: billing_selectors.usage_by_groups(tenant, window.start, window.end, groups)  # noqa: E731
-    by_day = {key[0]: group.cost for key, group in select(["day"]).items()}
+    by_day, by_provider_model, by_meter, by_agent = billing_selectors.usage_by_group_sets(
+        tenant, window.start, window.end, [["day"], ["provider", "model"], ["meter"], ["agent"]]
+    )
+    by_day = {key[0]: group.cost for key, group in by_day.items()}
     days = [window.start + timedelta(days=n) for n in range((window.end - window.start).days)]
     by_model: dict[str, Decimal] = {}
-    for (provider, model), group in select(["provider", "model"]).items():
+    for (provider, model), group in by_provider_model.items():
         label = f"{provider or '—'} / {model or '—'}"
         by_model[label] = by_model.get(label, Decimal(0)) + group.cost
-    by_meter = select(["meter"])
     return {
         "days": [(f"{d:%-d %b}", by_day.get(d, Decimal(0))) for d in days],
         "meter": [(names.get(key[0], key[0]), group.cost) for key, group in by_meter.items()],
         "model": list(by_model.items()),
-        "agent": [(agents.get(key[0], "?"), group.cost) for key, group in select(["agent"]).items()],
+        "agent": [(agents.get(key[0], "?"), group.cost) for key, group in by_agent.items()],
         "total": sum((group.cost for group in by_meter.values()), Decimal(0)),
     }

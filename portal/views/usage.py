@@ -50,6 +50,18 @@ class UsageReport:
     meters: list[str]
     rows: list[tuple[tuple, billing_selectors.GroupUsage]]
     agents: dict[int, str]
+    # By session the report is read a page of sessions at a time (billing.selectors.usage_by_sessions): the
+    # sessions after ``after`` (None: the first page), ``next_after`` to continue from (None: the last page),
+    # and the whole range's quantity per meter and Σ per-call costs (None when not known without reading every
+    # session: billing.selectors.calls_total).
+    after: str | None = None
+    next_after: str | None = None
+    range_quantity: dict[str, Decimal] | None = None
+    range_cost: Decimal | None = None
+
+    @property
+    def is_paged(self) -> bool:
+        return self.after is not None or self.next_after is not None
 
     @property
     def columns(self) -> list[tuple[str, str, str]]:
@@ -79,19 +91,36 @@ class UsageReport:
         return value
 
 
-def usage_report(tenant, start: date, end: date, group_by: str, filters: dict) -> UsageReport:
+def usage_report(
+    tenant, start: date, end: date, group_by: str, filters: dict, after: str | None = None
+) -> UsageReport:
+    """The page's report: every group, or by session one page of sessions (those after ``after``)."""
     keys = [name for name, _, _ in GROUP_COLUMNS[group_by]]
-    groups = billing_selectors.usage_by_groups(tenant, start, end, keys, filters)
     agents = dict(Agent.objects.for_tenant(tenant).values_list("pk", "name"))
-    used = {meter for usage in groups.values() for meter in usage.quantity}
-    meters = [code for code in Meter.objects.values_list("code", flat=True) if code in used]
-    meters += sorted(used - set(meters))  # a meter since removed from the catalogue still shows
-    report = UsageReport(group_by, meters, [], agents)
+    if group_by == "session":
+        page = billing_selectors.usage_by_sessions(tenant, start, end, keys, filters, after=after)
+        report = UsageReport(group_by, [], [], agents, after, page.next_after)
+        groups = page.groups
+        if report.is_paged:
+            report.range_quantity = billing_selectors.usage_quantities(tenant, start, end, filters)
+            report.range_cost = billing_selectors.calls_total(tenant, start, end, filters)
+    else:
+        groups = billing_selectors.usage_by_groups(tenant, start, end, keys, filters)
+        report = UsageReport(group_by, [], [], agents)
+    report.meters = _meters(
+        report.range_quantity or {meter for usage in groups.values() for meter in usage.quantity}
+    )
     report.rows = sorted(
         groups.items(),
         key=lambda item: tuple(str(report.label(k, v)) for k, v in zip(keys, item[0], strict=True)),
     )
     return report
+
+
+def _meters(used) -> list[str]:
+    """The meters with usage, in the catalogue's order (one removed from the catalogue since still shows)."""
+    meters = [code for code in Meter.objects.values_list("code", flat=True) if code in used]
+    return meters + sorted(set(used) - set(meters))
 
 
 def _usage_form(request):
@@ -117,7 +146,9 @@ def usage(request):
     found_gaps: list[dict] = []
     if form.is_valid():
         data = form.cleaned_data
-        report = usage_report(tenant, data["start"], data["end_exclusive"], data["group_by"], form.filters())
+        report = usage_report(
+            tenant, data["start"], data["end_exclusive"], data["group_by"], form.filters(), _after(request)
+        )
         found_gaps = gaps.range_gaps(
             tenant.pk,
             periods.local_midnight(data["start"], tenant.timezone),
@@ -132,17 +163,42 @@ def usage(request):
             "rows": bool(report and report.rows),
             "table": _usage_table(tenant, report) if report and report.rows else "",
             "truncated": bool(report) and len(report.rows) > USAGE_TABLE_ROWS,
-            "query": request.GET.urlencode(),
+            "pages": _pages(request, report) if report and report.is_paged else None,
+            "query": _without_page(request).urlencode(),
             "ranges": _ranges(request, form),
             "gaps": found_gaps,
         },
     )
 
 
+def _after(request) -> str | None:
+    """The page of a report by session: the sessions after this id (absent: the first page). No session id
+    holds a NUL, which PostgreSQL cannot compare: such a value means the first page too."""
+    after = request.GET.get("after")
+    return None if after is None or "\x00" in after else after
+
+
+def _without_page(request) -> QueryDict:
+    params = request.GET.copy() if request.GET else QueryDict(mutable=True)
+    params.pop("after", None)
+    return params
+
+
+def _pages(request, report: UsageReport) -> dict:
+    """The links between the pages of a report by session: the first page, and the next one if any."""
+    params = _without_page(request)
+    first = params.urlencode()
+    following = None
+    if report.next_after is not None:
+        params["after"] = report.next_after
+        following = params.urlencode()
+    return {"first": first if report.after is not None else None, "next": following}
+
+
 def _ranges(request, form) -> list[dict]:
     """The dashboard's periods as date ranges of this page (this period, the last 30 days, past periods), each
     keeping the other filters; ``current`` marks the one the form shows."""
-    params = request.GET.copy() if request.GET else QueryDict(mutable=True)
+    params = _without_page(request)
     shown = (form.data.get("start"), form.data.get("end"))
     found = []
     for window in windows(request.access.tenant, timezone.localdate()):
@@ -195,10 +251,30 @@ def _usage_table(tenant, report: UsageReport) -> str:
         f'<td class="num">{"" if report.group_by == "meter" else escape(format_quantity(q))}</td>'
         for q in report.total_quantities()
     )
-    foot = (
-        f'<tr class="total"><td colspan="{len(report.columns)}">Total</td>{totals}'
-        f'<td class="num" data-testid="usage-total">{escape(format_money(report.total_cost, currency))}</td></tr>'
-    )
+    span = len(report.columns)
+    page_cost = escape(format_money(report.total_cost, currency))
+    if report.is_paged:
+        everything = "".join(
+            f'<td class="num">{escape(format_quantity(report.range_quantity.get(meter, Decimal(0))))}</td>'
+            for meter in report.meters
+        )
+        range_cost = (
+            escape(format_money(report.range_cost, currency))
+            if report.range_cost is not None
+            else '<span class="muted" title="Sessions at the edges of these days count in part: the CSV has '
+            "every session's cost\">—</span>"
+        )
+        foot = (
+            f'<tr class="total"><td colspan="{span}">These {len(report.rows)} sessions</td>{totals}'
+            f'<td class="num" data-testid="usage-page-total">{page_cost}</td></tr>'
+            f'<tr class="total"><td colspan="{span}">All sessions</td>{everything}'
+            f'<td class="num" data-testid="usage-total">{range_cost}</td></tr>'
+        )
+    else:
+        foot = (
+            f'<tr class="total"><td colspan="{span}">Total</td>{totals}'
+            f'<td class="num" data-testid="usage-total">{page_cost}</td></tr>'
+        )
     body = "\n".join(lines)
     return mark_safe(  # noqa: S308 - every cell is escaped above
         f'<div class="table-scroll"><table data-testid="usage-table"><thead><tr>{head}</tr></thead>\n'
@@ -253,7 +329,17 @@ def usage_csv(request):
             content_type="text/plain",
         )
     data = form.cleaned_data
-    report = usage_report(tenant, data["start"], data["end_exclusive"], data["group_by"], form.filters())
+    start, end, group_by, filters = data["start"], data["end_exclusive"], data["group_by"], form.filters()
+    if group_by == "session":
+        # every session of the range, read CSV_SESSIONS_PER_READ at a time as it is sent: memory holds one
+        # read's rows, never the report (a large tenant's month is 10⁵ sessions)
+        report = UsageReport(
+            group_by, _meters(billing_selectors.usage_quantities(tenant, start, end, filters)), [], {}
+        )
+        reports = _session_reports(tenant, start, end, filters, report)
+    else:
+        report = usage_report(tenant, start, end, group_by, filters)
+        reports = iter([report])
     writer = csv.writer(_Echo())
 
     def stream():
@@ -261,20 +347,40 @@ def usage_csv(request):
         yield writer.writerow(
             [column for _, _, column in report.columns] + quantity_columns + ["cost", "currency", "unpriced"]
         )
-        for key, group in report.rows:
-            values = [
-                report.label(name, value) for (name, _, _), value in zip(report.columns, key, strict=True)
-            ]
-            values += ["" if q is None else format(q.normalize(), "f") for q in report.quantities(key, group)]
-            values += [format(group.cost.quantize(CSV_COST_PLACES), "f"), tenant.currency]
-            # meter=quantity for each meter with usage no price matches (not in cost); empty when all priced
-            values.append(
-                ";".join(f"{m}={format(q.normalize(), 'f')}" for m, q in sorted(group.unpriced.items()))
-            )
-            yield writer.writerow([_csv_cell(v) for v in values])
+        for part in reports:
+            for key, group in part.rows:
+                values = [
+                    part.label(name, value) for (name, _, _), value in zip(part.columns, key, strict=True)
+                ]
+                values += [
+                    "" if q is None else format(q.normalize(), "f") for q in part.quantities(key, group)
+                ]
+                values += [format(group.cost.quantize(CSV_COST_PLACES), "f"), tenant.currency]
+                # meter=quantity for each meter with usage no price matches (not in cost); empty when all priced
+                values.append(
+                    ";".join(f"{m}={format(q.normalize(), 'f')}" for m, q in sorted(group.unpriced.items()))
+                )
+                yield writer.writerow([_csv_cell(v) for v in values])
 
     response = StreamingHttpResponse(stream(), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = (
         f'attachment; filename="usage-{tenant.slug}-{data["start"]}-by-{data["group_by"]}.csv"'
     )
     return response
+
+
+CSV_SESSIONS_PER_READ = 1000
+
+
+def _session_reports(tenant, start: date, end: date, filters: dict, heading: UsageReport):
+    """The report by session of [start, end), CSV_SESSIONS_PER_READ sessions at a time in id order (keyset: each
+    read costs the same however far the export has got), each with the columns of ``heading``."""
+    after, spends = None, {}  # the range's months priced once for the whole export
+    while True:
+        page = billing_selectors.usage_by_sessions(
+            tenant, start, end, ["session"], filters, after=after, limit=CSV_SESSIONS_PER_READ, spends=spends
+        )
+        yield UsageReport("session", heading.meters, sorted(page.groups.items()), heading.agents)
+        if page.next_after is None:
+            return
+        after = page.next_after

@@ -101,6 +101,25 @@ def store(
     return ingest.store_events(agent.tenant, agent, batch)
 
 
+def store_calls(agent, when: datetime, seconds: dict[str, int]) -> None:
+    """One batch of Deepgram nova-3 STT events at ``when``: one per session (session id → audio seconds)."""
+    payload = {
+        "events": [
+            {
+                "id": f"stt-{session_id}",
+                "timestamp": when.astimezone(UTC).isoformat(),
+                "session_id": session_id,
+                "provider": "Deepgram",
+                "model": "nova-3",
+                "usage": {"stt_audio_seconds": quantity},
+            }
+            for session_id, quantity in seconds.items()
+        ]
+    }
+    batch = validation.validate_event_batch(payload, validation.active_meter_codes(), now=when)
+    ingest.store_events(agent.tenant, agent, batch)
+
+
 def line_tuples(invoice) -> list[tuple]:
     return [
         (

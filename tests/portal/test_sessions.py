@@ -7,7 +7,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.utils import timezone
 
+from tests.billing.builders import store_calls
 from tests.conftest import AgentClient
+from tests.factories import AgentFactory, MembershipFactory, TenantFactory
 from tests.usage.builders import event, iso
 from usage.models import Session
 
@@ -107,3 +109,27 @@ def test_the_session_page_shows_retracted_events_struck_through_and_counts_the_o
     assert any("replaced by <code>fix-0b</code>" in row and "fix-0" in row for row in rows)
     assert any('title="Retracted' in row and "test call" in row for row in rows)
     assert "corrects <code>fix-0</code>" in page and "2 retracted events shown struck through" in page
+
+
+def test_the_list_pages_fifty_sessions_newest_first_without_counting_them_all(client):
+    agent = AgentFactory(tenant=TenantFactory(timezone="UTC"))
+    client.force_login(MembershipFactory(tenant=agent.tenant).user)
+    began = datetime(2026, 3, 10, 9, tzinfo=UTC)
+    for n in range(55):
+        store_calls(agent, began + timedelta(minutes=n), {f"call-{n:02d}": 60})
+    newest_first = [f"call-{n:02d}" for n in reversed(range(55))]
+
+    first = client.get("/sessions/").content.decode()
+    assert [row[0] for row in listed(client)] == newest_first[:50]
+    assert "Page 1</span>" in first and " of " not in first.split('class="pager"')[1]
+    assert 'href="?page=2">Older' in first and "Newer" not in first
+    second = client.get("/sessions/?page=2").content.decode()
+    body = second.split("<tbody>")[1].split("</tbody>")[0]
+    assert re.findall(r">(call-\d\d)</a>", body) == newest_first[50:]
+    assert 'href="?page=1">← Newer' in second and "Older" not in second
+    # a page past the last, or not a page number at all, is a page rather than an error
+    beyond = client.get("/sessions/?page=9")
+    assert beyond.status_code == 200 and "No sessions this far back" in beyond.content.decode()
+    for bad in ("abc", "-3", "9" * 5000):
+        response = client.get(f"/sessions/?page={bad}")
+        assert response.status_code == 200 and "Page 1</span>" in response.content.decode()
