@@ -28,6 +28,6 @@ BACKWARD = [
 
 
 class Migration(migrations.Migration):
-    dependencies = [("billing", "0018_event_corrections")]
+    dependencies = [("billing", "0021_id_lookups")]
 
     operations = [migrations.RunSQL(FORWARD, BACKWARD)]

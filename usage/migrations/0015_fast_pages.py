@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
     atomic = False
 
-    dependencies = [("usage", "0011_event_corrections")]
+    dependencies = [("usage", "0014_citus_keys")]
 
     operations = [
         AddIndexConcurrently(
