@@ -423,6 +423,9 @@ def _waiting_backends() -> int:
     from django.db import connection
 
     with connection.cursor() as cursor:
+        # Asked inside the transaction that holds the lock: PostgreSQL keeps the first pg_stat_activity it read in a
+        # transaction, so without clearing it a first look taken before any task blocked would be the answer forever.
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
         cursor.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
         )
