@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Sum
 
 _SQL = r"""
@@ -73,7 +73,11 @@ WHERE e.tenant_id = %(tenant)s AND e.timestamp >= %(begin)s AND e.timestamp < %(
 GROUP BY 1, 2, 3
 ORDER BY 1, 2, 3
 """  # noqa: S608 - the filters are whitelisted column names; values are parameters
-    with connection.cursor() as cursor:
+    # PostgreSQL cannot estimate the index's predicate (metadata::text LIKE …) and guesses tens of thousands of
+    # rows for what are a few, so it would start a parallel worker for them: ~35 ms of start-up for a read of
+    # well under a millisecond (measured on the partitioned events at 10 M). Serial, for this statement only.
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL max_parallel_workers_per_gather = 0")
         cursor.execute(sql, params)
         return [
             {"provider": provider, "model": model, "kind": kind, "tokens": Decimal(total), "events": events}
