@@ -7,6 +7,8 @@ It creates a scratch database, migrates it, issues agent keys, starts gunicorn o
 2. baseline, same run: the same number of rows of the same shape, batch size and concurrency go into the same
    table by a bare PostgreSQL COPY into a temp table + ``INSERT … ON CONFLICT DO NOTHING``; the ratio of
    events/s API / COPY is the figure DESIGN §9 asks for (1 and 2 are repeated with a share of resent events);
+   the minimal endpoint of DESIGN §9 (bench.minimal: no Django, one statement per batch) takes the first phase's
+   batches too, as the ceiling a Python endpoint reaches here (decision 027);
 3. single events: 20 clients post one-event requests, paced at a few rates per client, then back to back.
 
 It prints events/s, latency percentiles, the server-side CPU per event and the ratios. Everything it starts is
@@ -38,7 +40,8 @@ from typing import Any
 from bench import scratch
 from bench.measure import percentile
 from bench.report import Figure, Report, print_table
-from bench.server import free_port, start_gunicorn, stop_gunicorn
+from bench.scratch import BASE, PYTHON
+from bench.server import free_port, start_gunicorn, start_server, stop_gunicorn
 from bench.traffic import PIPELINE, AgentSpec, Piece, TenantSpec, conversations
 
 EVENTS_PATH = "/api/v1/events"
@@ -513,6 +516,7 @@ def phases_for(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "warm": {"prefix": f"{run}-warm", "seed": 9000, "batch_size": 20, "batches": 10, "timeout": 60},
         "api": {"prefix": f"{run}-api", "seed": 1000, "batch_size": size, "batches": batches},
         "copy": {"prefix": f"{run}-copy", "seed": 1000, "batch_size": size, "batches": batches},
+        "minimal": {"prefix": f"{run}-min", "seed": 1000, "batch_size": size, "batches": batches},
         "api_dup": {
             "prefix": f"{run}-apid",
             "seed": 2000,
@@ -596,7 +600,7 @@ def main() -> int:
                     "WHERE t.slug = 'bench' ORDER BY a.id"
                 ).fetchall()
 
-            port = free_port()
+            port, minimal_port = free_port(), free_port()
             options = ["--workers", str(args.workers), "--backlog", "2048", "--timeout", "120"]
             server_desc = f"gunicorn, {args.workers} sync workers"
             if args.threads > 1:
@@ -631,6 +635,38 @@ def main() -> int:
             rows.append(summarize(f"API, batches of {size}", api_phase("api", args.clients)))
             rows.append(summarize(f"COPY + dedupe, {size}/txn", copy_phase("copy")))
             expected += [0, 0]
+            print("the same through the minimal endpoint (bench.minimal) …", flush=True)
+            minimal = start_server(
+                [
+                    PYTHON,
+                    "-m",
+                    "gunicorn",
+                    "bench.minimal:app",
+                    "--bind",
+                    f"127.0.0.1:{minimal_port}",
+                    *options,
+                ],
+                BASE,
+                {
+                    **os.environ,
+                    "MINIMAL_DATABASE_URL": bench_url,
+                    "MINIMAL_TENANT": str(owners[0][0]),
+                    "MINIMAL_AGENT": str(owners[0][1]),
+                },
+                minimal_port,
+                Path(workdir) / "minimal.log",
+            )
+            try:
+                settle(bench_url)
+                argsets = [(c, phases["minimal"], minimal_port, "", now) for c in range(args.clients)]
+                minimal_row = summarize(
+                    f"minimal endpoint, {size}/req",
+                    run_clients(
+                        api_client, argsets, phases["minimal"]["timeout"], CpuMeter(minimal.pid, args.db_name)
+                    ),
+                )
+            finally:
+                stop_gunicorn(minimal)
             if dup > 0:
                 print(f"the same with {dup:.0%} resent events …", flush=True)
                 rows.append(summarize(f"API, batches, {dup:.0%} dup", api_phase("api_dup", args.clients)))
@@ -651,8 +687,9 @@ def main() -> int:
                 scratch.drop_database(admin_url, args.db_name)
 
     problems = [p for row, share in zip(rows, expected, strict=True) for p in check_counts(row, share)]
+    problems += check_counts(minimal_row, 0)
     report.header(f"{server_desc}; PostgreSQL {pg_version} ({server})")
-    print_report(report, args, rows)
+    print_report(report, args, rows, minimal_row)
     for problem in problems:
         print(f"ERROR: {problem}")
     ratio = rows[0]["rate"] / rows[1]["rate"]
@@ -706,14 +743,16 @@ def saturation(points: list[tuple[float, float]]) -> str:
     return f"{max(lower):g}–{first_above:g} req/s"
 
 
-def print_report(report: Report, args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+def print_report(
+    report: Report, args: argparse.Namespace, rows: list[dict[str, Any]], minimal: dict[str, Any]
+) -> None:
     print_table(
         PHASE_COLUMNS,
         [
             [r["name"], r["clients"], r["requests"], r["events"], f"{r['rate']:.0f}", f"{r['req_rate']:.1f}"]
             + [f"{r[p]:.1f}" for p in ("p50", "p95", "p99", "max")]
             + list(cpu_per_unit(r))
-            for r in rows
+            for r in [*rows[:2], minimal, *rows[2:]]
         ],
         notes=(
             "(CPU ms: server-side CPU per 1000 events for batches, per request for single events; app = gunicorn",
@@ -732,6 +771,15 @@ def print_report(report: Report, args: argparse.Namespace, rows: list[dict[str, 
             peer=f"COPY-with-dedupe {copy['rate']:,.0f} events/s",
         )
     ]
+    # The peer DESIGN §9 names: what a Python endpoint doing nothing but the store reaches in the same run.
+    figures.append(
+        Figure(
+            "ratio minimal endpoint / COPY, events/s",
+            f"{minimal['rate'] / copy['rate']:.2f}",
+            note=f"{minimal['rate']:,.0f} events/s (bench.minimal: orjson, light checks, one statement)",
+        )
+    )
+    figures.append(Figure("ratio API / minimal endpoint, events/s", f"{api['rate'] / minimal['rate']:.2f}"))
     if args.dup_fraction > 0:
         figures.append(
             Figure(
