@@ -75,14 +75,20 @@ ORDER BY 1, 2, 3
 """  # noqa: S608 - the filters are whitelisted column names; values are parameters
     # PostgreSQL cannot estimate the index's predicate (metadata::text LIKE …) and guesses tens of thousands of
     # rows for what are a few, so it would start a parallel worker for them: ~35 ms of start-up for a read of
-    # well under a millisecond (measured on the partitioned events at 10 M). Serial, for this statement only.
+    # well under a millisecond (measured on the partitioned events at 10 M). Serial, for this statement only:
+    # a SET LOCAL lasts until the outermost transaction ends (a savepoint's release keeps it), so inside a
+    # caller's transaction the setting it found is put back once the statement has run.
     with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('max_parallel_workers_per_gather')")
+        (before,) = cursor.fetchone()
         cursor.execute("SET LOCAL max_parallel_workers_per_gather = 0")
         cursor.execute(sql, params)
-        return [
-            {"provider": provider, "model": model, "kind": kind, "tokens": Decimal(total), "events": events}
-            for provider, model, kind, total, events in cursor.fetchall()
-        ]
+        rows = cursor.fetchall()
+        cursor.execute("SELECT set_config('max_parallel_workers_per_gather', %s, true)", [before])
+    return [
+        {"provider": provider, "model": model, "kind": kind, "tokens": Decimal(total), "events": events}
+        for provider, model, kind, total, events in rows
+    ]
 
 
 # Audio tokens per second of audio, as the providers count them (the sources are in decision 014):

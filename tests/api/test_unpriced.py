@@ -399,6 +399,32 @@ def test_the_gap_query_reads_only_events_that_carry_a_gap(tenant, agent):
     assert used and used <= copies, plan
 
 
+def test_the_gap_query_runs_serial_without_changing_its_callers_transaction(tenant, agent):
+    """Its planner setting is for the one statement: inside a caller's transaction (this test's), the value
+    the transaction had before is back afterwards, whether it was the server's default or the caller's own."""
+    from datetime import timedelta
+
+    from django.db import connection
+    from django.utils import timezone
+
+    from usage import gaps
+
+    def setting() -> str:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW max_parallel_workers_per_gather")
+            return cursor.fetchone()[0]
+
+    now = timezone.now()
+    default = setting()
+    assert default != "0"  # else this test could not tell
+    assert gaps.range_gaps(tenant.pk, now - timedelta(days=1), now) == []
+    assert setting() == default
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL max_parallel_workers_per_gather = 7")
+    gaps.range_gaps(tenant.pk, now - timedelta(days=1), now, {"agent": agent.pk})
+    assert setting() == "7"
+
+
 @pytest.mark.parametrize(
     ("provider", "model", "tokens", "flagged"),
     [
