@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from django.db import connection, transaction
-from django.db.models import Exists, F, OuterRef, Q, Sum
+from django.db.models import F, Q, Sum
 from django.utils import timezone
 
 from billing.models import CreditGrant, LedgerEntry
@@ -152,22 +152,36 @@ def _correct(grant_: CreditGrant, kind: str, amount, reason: str, by) -> LedgerE
     )
 
 
+# The grants due to expire: past their expiry, with credit left and no expiry entry yet. expire_due posts an
+# expiry for each; ledger_balance asks whether any exists before it trusts its one-statement sum. One condition
+# for both, so a balance read can never see a grant as due that expire_due would skip, or the other way round.
+_DUE_GRANTS = """
+SELECT g.id FROM billing_creditgrant AS g
+WHERE g.expires_at <= %(now)s{tenant}
+  AND NOT EXISTS (SELECT 1 FROM billing_ledgerentry AS x
+                  WHERE x.tenant_id = g.tenant_id AND x.grant_id = g.id AND x.kind = %(expiry)s)
+  AND (SELECT sum(x.amount) FROM billing_ledgerentry AS x WHERE x.tenant_id = g.tenant_id AND x.grant_id = g.id) > 0
+"""
+
+
+def _due_grants(tenant: bool) -> str:
+    return _DUE_GRANTS.format(tenant=" AND g.tenant_id = %(tenant)s" if tenant else "")
+
+
 def expire_due(tenant: Tenant | None = None, now: datetime | None = None) -> int:
     """Post an expiry entry for what is left of every grant whose expiry has passed (once per grant: a unique
     constraint), so expired credit leaves the balance as an entry, never silently. Returns how many."""
     now = now or timezone.now()
-    expired = LedgerEntry.objects.filter(
-        tenant_id=OuterRef("tenant_id"), grant_id=OuterRef("pk"), kind=LedgerEntry.Kind.EXPIRY
-    )
-    due = CreditGrant.objects.filter(expires_at__lte=now).exclude(Exists(expired))
-    if tenant is not None:
-        due = due.filter(tenant=tenant)
+    params = {"now": now, "expiry": LedgerEntry.Kind.EXPIRY, "tenant": tenant.pk if tenant else None}
+    with connection.cursor() as cursor:
+        cursor.execute(_due_grants(tenant is not None) + " ORDER BY g.id", params)
+        due = [row[0] for row in cursor.fetchall()]
     posted = 0
-    for pk in due.values_list("pk", flat=True):
+    for pk in due:
         with transaction.atomic():
             locked = CreditGrant.objects.select_for_update().get(pk=pk)
             if locked.entries.filter(kind=LedgerEntry.Kind.EXPIRY).exists():
-                continue
+                continue  # posted by a concurrent run since the query above
             left = remaining(locked)
             if left > 0:
                 LedgerEntry.objects.create(
@@ -187,13 +201,11 @@ def expire_due(tenant: Tenant | None = None, now: datetime | None = None) -> int
     return posted
 
 
-_LEDGER_BALANCE_SQL = """
+_LEDGER_BALANCE_SQL = f"""
 SELECT (SELECT sum(e.amount) FROM billing_ledgerentry AS e JOIN billing_creditgrant AS g ON g.id = e.grant_id
         WHERE e.tenant_id = %(tenant)s AND g.effective_at <= %(now)s AND g.currency = %(currency)s),
-       EXISTS (SELECT 1 FROM billing_creditgrant AS g WHERE g.tenant_id = %(tenant)s AND g.expires_at <= %(now)s
-               AND NOT EXISTS (SELECT 1 FROM billing_ledgerentry AS x WHERE x.grant_id = g.id AND x.kind = %(expiry)s)
-               AND (SELECT sum(x.amount) FROM billing_ledgerentry AS x WHERE x.grant_id = g.id) > 0)
-"""
+       EXISTS ({_due_grants(tenant=True)})
+"""  # noqa: S608 - constant SQL fragments only
 
 
 def ledger_balance(tenant: Tenant, now: datetime | None = None) -> Decimal:
