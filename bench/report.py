@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from bench.measure import load_average
 
@@ -53,15 +54,24 @@ def commit() -> str:
         return ""
 
 
+def load(path: Path = RESULTS) -> dict[str, dict[str, dict[str, Any]]]:
+    """The figures kept in ``path`` (benchmark title → measure → figure); none when it is missing or
+    unreadable, and said so when it is there but not JSON (the next ``record`` starts it afresh)."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        print(f"(no figures read from {path}: {exc})", file=sys.stderr)
+        return {}
+
+
 def record(
     title: str, figures: list[Figure], load_start: float, load_end: float, path: Path = RESULTS
 ) -> None:
     """Keep ``figures`` as the latest run of benchmark ``title`` (replacing its earlier run's, keeping the other
     benchmarks')."""
-    try:
-        results = json.loads(path.read_text())
-    except (OSError, ValueError):
-        results = {}
+    results = load(path)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     run = {"when": when, "commit": commit(), "load": f"{load_start:.1f} → {load_end:.1f}"}
     results[title] = {figure.measure: {**asdict(figure), **run} for figure in figures}

@@ -18,20 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.report import RESULTS, print_table
+from bench.report import RESULTS, load, print_table
 
 BASELINE = Path(__file__).resolve().parent / "baseline.json"
-
-
-def load(path: Path) -> dict[str, dict[str, dict[str, Any]]]:
-    """The figures kept in ``path``; none when it is missing, empty or not JSON (said so)."""
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except ValueError:
-        print(f"(no figures read from {path}: not JSON)", file=sys.stderr)
-        return {}
 
 
 def figure(entry: dict[str, Any] | None) -> str:

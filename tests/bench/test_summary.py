@@ -45,3 +45,12 @@ def test_a_run_is_kept_and_shown_beside_the_baseline(tmp_path, capsys):
     saved = json.loads(baseline.read_text())
     assert saved["Ingest"]["ratio"]["value"] == "0.93" and saved["Ingest"]["dropped since"]["value"] == "7"
     assert saved["Pages"]["p95"]["met"] is False
+
+
+def test_an_unreadable_results_file_is_said_and_started_afresh(tmp_path, capsys):
+    results = tmp_path / "results.json"
+    results.write_text('{"Ingest": {"ratio": ')  # a run killed while writing
+    assert summary.main(["--results", str(results), "--baseline", str(tmp_path / "none.json")]) == 0
+    assert "no figures read from" in capsys.readouterr().err
+    record("Ingest", [Figure("ratio", "0.5")], 0.1, 0.2, results)
+    assert json.loads(results.read_text())["Ingest"]["ratio"]["value"] == "0.5"
