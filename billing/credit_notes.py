@@ -158,7 +158,7 @@ def _check_invoice(invoice: Invoice, outcome: str) -> None:
 
 def allocation_of(invoice: Invoice) -> Allocation:
     """The invoice's creditable lines and their shares of its discounts, tax and deductions."""
-    stored = list(invoice.lines.order_by("position"))
+    stored = list(invoice.scoped("lines").order_by("position"))
     codes = {line.code for line in stored if line.kind == InvoiceLine.Kind.DISCOUNT}
     coverage = {}
     for coupon in Coupon.objects.filter(code__in=codes):
@@ -323,7 +323,7 @@ def credit_note_data(note: CreditNote) -> dict[str, Any]:
                 "amount": money(line.amount),
                 "total": money(line.total),
             }
-            for line in note.lines.order_by("position")
+            for line in note.scoped("lines").order_by("position")
         ],
     }
 
@@ -342,7 +342,7 @@ class Creditable:
 
 def creditable_lines(invoice: Invoice) -> list[Creditable]:
     allocation, credited = allocation_of(invoice), credited_on(invoice)
-    lines = {line.pk: line for line in invoice.lines.filter(pk__in=list(allocation.shares))}
+    lines = {line.pk: line for line in invoice.scoped("lines").filter(pk__in=list(allocation.shares))}
     rows = []
     for line_id, share in allocation.shares.items():
         by_quantity = None

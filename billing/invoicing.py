@@ -153,9 +153,7 @@ def finalize_invoice(
             # (billing 0008), which would otherwise drop every process's catalogue cache at each finalization
             # and make concurrent finalizations queue on that one row.
             unlocked = PlanVersion.objects.filter(
-                pk__in=invoice.lines.filter(tenant_id=invoice.tenant_id)
-                .exclude(plan_version=None)
-                .values("plan_version"),
+                pk__in=invoice.scoped("lines").exclude(plan_version=None).values("plan_version"),
                 is_locked=False,
             )
             if unlocked.exists():
@@ -179,7 +177,7 @@ def _apply_calculated_tax(invoice: Invoice) -> None:
     the tenant's estimate rate becomes this calculation's. Nothing taxable: a zero tax line, no call."""
     profile = BillingProfile.objects.filter(tenant=invoice.tenant).first()
     request = tax_calculation.request_for(invoice, profile)
-    lines = invoice.lines.filter(tenant_id=invoice.tenant_id)
+    lines = invoice.scoped("lines")
     estimate = lines.filter(kind=InvoiceLine.Kind.TAX, adjusted_period_start=None)
     position = min(estimate.values_list("position", flat=True), default=None)
     estimate.delete()
@@ -231,12 +229,12 @@ def _apply_calculated_tax(invoice: Invoice) -> None:
 def _apply_credits(invoice: Invoice, now: datetime) -> None:
     """Prepaid credit pays the invoice up to its total, in the order of operations of billing.settlement: a
     "Prepaid credits applied" line, last, and the total (what Stripe collects) lowered by it (decision 018)."""
-    lines = [settlement.Line(line.amount, (line.kind, line.meter)) for line in invoice.lines.all()]
+    lines = [settlement.Line(line.amount, (line.kind, line.meter)) for line in invoice.scoped("lines").all()]
     settled = settlement.settle(lines, invoice.currency, credit_available=credits.spendable(invoice, now))
     applied = credits.apply_to_invoice(invoice, now, up_to=settled.credits_applied)
     if not applied:
         return
-    last = invoice.lines.order_by("-position").values_list("position", flat=True).first() or 0
+    last = invoice.scoped("lines").order_by("-position").values_list("position", flat=True).first() or 0
     InvoiceLine.objects.create(
         tenant_id=invoice.tenant_id,
         invoice=invoice,

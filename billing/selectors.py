@@ -154,7 +154,7 @@ def credit_note_totals(note: CreditNote) -> list[tuple[str, Decimal, bool]]:
     rows: list[tuple[str, Decimal, bool]] = [("Subtotal", note.subtotal, True)]
     if note.discount_amount:
         rows.append(("Discounts", -note.discount_amount, True))
-    tax_line = note.invoice.lines.filter(kind=InvoiceLine.Kind.TAX).order_by("position").first()
+    tax_line = note.invoice.scoped("lines").filter(kind=InvoiceLine.Kind.TAX).order_by("position").first()
     if tax_line is not None:
         name = tax_line.description
         if note.tax_included:
@@ -176,7 +176,7 @@ def invoice_lines(invoice: Invoice) -> list[InvoiceLine]:
     """The invoice's lines in order, each with ``unit_price_text`` (``$0.012 per minute``, ``included``) as
     the invoice page, its print view and its PDF show it."""
     units = dict(Meter.objects.values_list("code", "unit"))
-    lines = list(invoice.lines.order_by("position"))
+    lines = list(invoice.scoped("lines").order_by("position"))
     for line in lines:
         unit = FEE_UNITS.get(line.kind) or units.get(line.meter, "")
         line.unit_price_text = (
@@ -462,7 +462,7 @@ def tax_breakdown(invoice: Invoice) -> list[dict]:
     reverse charge), from the invoice's tax lines; a line Stripe Tax computed gives one row per rate and
     jurisdiction Stripe reported (decision 019)."""
     rows = []
-    for line in invoice.lines.filter(Q(kind="tax") | Q(adjusts_kind="tax")).order_by("position"):
+    for line in invoice.scoped("lines").filter(Q(kind="tax") | Q(adjusts_kind="tax")).order_by("position"):
         snapshot = line.price_snapshot or {}
         if snapshot.get("breakdown"):
             rows += [

@@ -124,7 +124,7 @@ def taxable_lines(lines: list[InvoiceLine], currency: str) -> list[tuple[Invoice
 
 def request_for(invoice: Invoice, profile: BillingProfile | None) -> TaxRequest | None:
     """What to ask the service for the invoice's tax; None when nothing on it is taxable."""
-    lines = list(invoice.lines.order_by("position"))
+    lines = list(invoice.scoped("lines").order_by("position"))
     taxed = [
         TaxableLine(str(line.position), pricing.to_minor_units(share, invoice.currency))
         for line, share in taxable_lines(lines, invoice.currency)

@@ -146,7 +146,7 @@ def _params(note: CreditNote) -> dict[str, Any]:
                 "quantity": 1,
                 "unit_amount": to_minor_units(line.total, currency),
             }
-            for line in note.lines.order_by("position")
+            for line in note.scoped("lines").order_by("position")
             if line.total > 0
         ],
         "memo": f"Meterline credit note {note.number}: {note.get_reason_display()}"

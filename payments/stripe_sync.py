@@ -265,7 +265,11 @@ def _ensure_tax_address(api: stripe.StripeClient, invoice: Invoice, customer_id:
     """Stripe Tax taxes an invoice where its customer is: the Stripe customer gets the address the calculation
     used (kept on the tax line, whatever the billing profile says since), under a key with a digest of it (the
     same address is sent once)."""
-    tax_line = invoice.lines.filter(kind=InvoiceLine.Kind.TAX, code=tax_calculation.STRIPE_TAX_CODE).first()
+    tax_line = (
+        invoice.scoped("lines")
+        .filter(kind=InvoiceLine.Kind.TAX, code=tax_calculation.STRIPE_TAX_CODE)
+        .first()
+    )
     address = (tax_line.price_snapshot if tax_line else {}).get("address")
     if not address:
         raise SyncMismatch(f"invoice {invoice.number} has no Stripe Tax address on its tax line")
@@ -327,7 +331,7 @@ def _items(invoice: Invoice, stripe_invoice_id: str, customer_id: str) -> list[t
     taxed amount (its share of discounts and corrections taken off, billing.tax_calculation.taxable_lines) under
     our tax code, the lines that are not sales (prepaid credit) as non-taxable items, and no tax item: Stripe
     adds the tax itself (automatic tax)."""
-    lines = list(invoice.lines.order_by("position"))
+    lines = list(invoice.scoped("lines").order_by("position"))
     if not invoice.stripe_tax_calculation_id:
         return [(line, _item_params(invoice, line, stripe_invoice_id, customer_id)) for line in lines]
     shares = {line.pk: share for line, share in tax_calculation.taxable_lines(lines, invoice.currency)}

@@ -198,7 +198,7 @@ def render_credit_note(note: CreditNote) -> bytes:
         Spacer(1, 6 * mm),
     ]
     rows: list[list] = [["Description", "Quantity", "Amount credited"]]
-    for line in note.lines.order_by("position"):
+    for line in note.scoped("lines").order_by("position"):
         rows.append(
             [
                 Paragraph(wrapped(line.description, NOTE_COLUMNS[0] - CELL_PADDING), cell),

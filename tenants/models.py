@@ -71,6 +71,12 @@ class TenantRow(models.Model):
     class Meta:
         abstract = True
 
+    def scoped(self, related: str) -> models.QuerySet:
+        """The rows of the reverse relation ``related`` (``invoice.scoped("lines")``) that also name this row's
+        tenant: the tenant's rows are where Citus would look for them (the rows reached through the foreign key
+        are the same ones: foreign keys between distributed tables pair the tenant, decision 024)."""
+        return getattr(self, related).filter(tenant_id=self.tenant_id)
+
     def _do_update(self, base_qs, using, pk_val, values, update_fields, forced_update):
         scoped = base_qs.filter(tenant_id=self.tenant_id)
         return super()._do_update(scoped, using, pk_val, values, update_fields, forced_update)

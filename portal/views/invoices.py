@@ -95,7 +95,7 @@ def credit_note(request, pk: int):
         {
             "note": note,
             "invoice": note.invoice,
-            "lines": note.lines.order_by("position"),
+            "lines": note.scoped("lines").order_by("position"),
             "parties": billing_selectors.invoice_parties(note.invoice),
             "totals": billing_selectors.credit_note_totals(note),
         },
