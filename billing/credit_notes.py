@@ -113,7 +113,9 @@ def issue(
             )
         if outcome == Outcome.REDUCE_DUE and figures.total == due:
             # nothing left to pay: paid, as Stripe marks its copy once the note brings amount_remaining to 0
-            Invoice.objects.filter(pk=invoice.pk).update(status=Status.PAID, status_changed_at=now)
+            Invoice.objects.filter(tenant_id=invoice.tenant_id, pk=invoice.pk).update(
+                status=Status.PAID, status_changed_at=now
+            )
             invoice.status, invoice.status_changed_at = Status.PAID, now
             invoice_events.record(invoice, invoice_events.INVOICE_PAID)
         outbox.record(invoice.tenant_id, CREDIT_NOTE_CREATED, credit_note_data(note))
@@ -201,7 +203,7 @@ def credited_on(invoice: Invoice) -> Credited:
     amounts: dict[int, Decimal] = {}
     quantities: dict[int, Decimal] = {}
     rows = CreditNoteLine.objects.filter(
-        tenant_id=invoice.tenant_id, credit_note__invoice=invoice
+        tenant_id=invoice.tenant_id, credit_note__tenant_id=invoice.tenant_id, credit_note__invoice=invoice
     ).values_list("invoice_line_id", "amount", "quantity")
     zero = round_money(Decimal(0), invoice.currency)
     for line_id, amount, quantity in rows:

@@ -61,7 +61,7 @@ def generate_invoice(tenant_id: int, period_start: date, *, pricer: Pricer = pri
             period_start=start,
             defaults={"period_end": periods.next_month(start), "currency": tenant.currency},
         )
-        invoice = Invoice.objects.select_for_update().get(pk=invoice.pk)
+        invoice = Invoice.objects.select_for_update().get(tenant=tenant, pk=invoice.pk)
         invoice.tenant = tenant  # the row just read: what the lines read it through need not read it again
         if invoice.is_finalized:
             return invoice

@@ -46,7 +46,8 @@ def adjustment_lines(invoice: Invoice, pricer=price_period) -> list[LineDraft]:
         taxed_by_service = tax_calculation.is_enabled() or bool(past.stripe_tax_calculation_id)
         billed: dict[tuple, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0), Decimal(0)])
         billed_lines = (
-            InvoiceLine.objects.filter(
+            InvoiceLine.objects.filter(tenant_id=invoice.tenant_id, invoice__tenant_id=invoice.tenant_id)
+            .filter(
                 Q(invoice=past, adjusted_period_start=None)
                 | Q(adjusted_period_start=past.period_start, invoice__tenant=invoice.tenant)
             )

@@ -141,7 +141,7 @@ def invoices_for(tenant: Tenant):
 
 
 def credit_notes_for(tenant: Tenant, invoice: Invoice | None = None):
-    notes = CreditNote.objects.for_tenant(tenant).select_related("invoice")
+    notes = CreditNote.objects.for_tenant(tenant).filter(invoice__tenant=tenant).select_related("invoice")
     if invoice is not None:
         notes = notes.filter(invoice=invoice)
     return notes.order_by("-issued_at", "-id")

@@ -78,7 +78,9 @@ def invoice_pdf(request, pk: int):
 
 def _credit_note(request, pk: int) -> CreditNote:
     return get_object_or_404(
-        CreditNote.objects.for_tenant(request.access.tenant).select_related("invoice", "invoice__tenant"),
+        CreditNote.objects.for_tenant(request.access.tenant)
+        .filter(invoice__tenant=request.access.tenant)
+        .select_related("invoice", "invoice__tenant"),
         pk=pk,
     )
 

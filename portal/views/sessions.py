@@ -57,6 +57,7 @@ def sessions(request):
     tenant = request.access.tenant
     ordered = (
         Session.objects.for_tenant(tenant)
+        .filter(agent__tenant=tenant)  # the joined agent's tenant named too (decision 024)
         .select_related("agent")
         .order_by(START.desc(nulls_last=True), "-created_at")  # the index session_tenant_start
     )
@@ -75,7 +76,8 @@ def session_detail(request, session_id: str):
     activate_tenant_timezone(request)
     tenant = request.access.tenant
     session = get_object_or_404(
-        Session.objects.for_tenant(tenant).select_related("agent"), session_id=session_id
+        Session.objects.for_tenant(tenant).filter(agent__tenant=tenant).select_related("agent"),
+        session_id=session_id,
     )
     # every event as sent, retracted ones too (marked: usage.corrections); the counts and cost are of the others
     events = (

@@ -1,5 +1,5 @@
 """Every statement a representative day runs — a batch ingested through the API, the portal's usage, sessions
-and invoice pages, an invoice generated and finalized — names the tenant of each distributed table it reads or
+and invoice pages, an invoice generated and finalized, its PDF, a credit note on it and the note's pages — names the tenant of each distributed table it reads or
 writes, so Citus can route it to the one node holding that tenant (DESIGN §10, decision 024)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import re
 import pytest
 from django.db import connection
 
-from billing import invoicing
+from billing import credit_notes, invoicing
 from tenants import citus
 from tests.conftest import AgentClient
 from tests.usage.builders import event
@@ -32,10 +32,13 @@ def unscoped_tables(sql: str) -> set[str]:
     quoted = list(QUOTED.finditer(sql))
     if not quoted:
         return set() if "tenant_id" in sql else set(BARE.findall(sql)) - inserted
+    # An ORM SELECT lists every column it reads, tenant_id among them: only what follows its first FROM (joins,
+    # conditions) can scope it.
+    scoping = sql[sql.index(" FROM ") :] if sql.startswith("SELECT") and " FROM " in sql else sql
     return {
         table
         for table, alias in (match.groups() for match in quoted)
-        if f'"{table}"."tenant_id"' not in sql and not (alias and f'{alias}."tenant_id"' in sql)
+        if f'"{table}"."tenant_id"' not in scoping and not (alias and f'{alias}."tenant_id"' in scoping)
     } - inserted
 
 
@@ -65,10 +68,19 @@ def test_a_day_of_ingest_portal_pages_and_invoicing_names_the_tenant_in_every_st
         assert client.get("/invoices/").status_code == 200
         assert client.get(f"/invoices/{world.invoices[0].pk}/").status_code == 200
         _, end = invoicing.current_period(tenant)
-        invoicing.finalize_invoice(invoicing.generate_invoice(tenant.pk, end).pk, force=True)
+        finalized = invoicing.finalize_invoice(invoicing.generate_invoice(tenant.pk, end).pk, force=True)
+        # the finalized invoice's documents, and a credit note on it with its own
+        assert client.get(f"/invoices/{finalized.pk}/pdf/").status_code == 200
+        note = credit_notes.issue(finalized.pk, outcome="reduce_due", reason="duplicate")
+        assert client.get(f"/credit-notes/{note.pk}/").status_code == 200
+        assert client.get(f"/credit-notes/{note.pk}/pdf/").status_code == 200
     touching = [sql for sql in recorder.statements if BARE.search(sql)]
     assert len(touching) > 20, "the flow ran"
-    unscoped = [f"{sorted(unscoped_tables(sql))}: {sql[:300]}" for sql in touching if unscoped_tables(sql)]
+    unscoped = [
+        f"{sorted(unscoped_tables(sql))}: {sql[sql.find(' FROM ') :][:400]}"
+        for sql in touching
+        if unscoped_tables(sql)
+    ]
     assert not unscoped, "\n".join(unscoped)
 
 
@@ -96,6 +108,16 @@ def test_a_day_of_ingest_portal_pages_and_invoicing_names_the_tenant_in_every_st
         ("DELETE FROM billing_invoiceline WHERE invoice_id = %s", {"billing_invoiceline"}),
         ("DELETE FROM billing_invoiceline WHERE tenant_id = %s AND invoice_id = %s", set()),
         ('SELECT "usage_meter"."code" FROM "usage_meter"', set()),
+        (
+            'SELECT "billing_invoiceline"."id", "billing_invoiceline"."tenant_id" FROM "billing_invoiceline" '
+            'WHERE "billing_invoiceline"."invoice_id" = %s',
+            {"billing_invoiceline"},
+        ),
+        (
+            'SELECT "billing_invoiceline"."id", "billing_invoiceline"."tenant_id" FROM "billing_invoiceline" '
+            'WHERE ("billing_invoiceline"."invoice_id" = %s AND "billing_invoiceline"."tenant_id" = %s)',
+            set(),
+        ),
     ],
 )
 def test_the_check_tells_a_scoped_statement_from_an_unscoped_one(sql, unscoped):
