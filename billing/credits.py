@@ -202,7 +202,8 @@ def expire_due(tenant: Tenant | None = None, now: datetime | None = None) -> int
 
 
 _LEDGER_BALANCE_SQL = f"""
-SELECT (SELECT sum(e.amount) FROM billing_ledgerentry AS e JOIN billing_creditgrant AS g ON g.id = e.grant_id
+SELECT (SELECT sum(e.amount) FROM billing_ledgerentry AS e
+        JOIN billing_creditgrant AS g ON g.tenant_id = e.tenant_id AND g.id = e.grant_id
         WHERE e.tenant_id = %(tenant)s AND g.effective_at <= %(now)s AND g.currency = %(currency)s),
        EXISTS ({_due_grants(tenant=True)})
 """  # noqa: S608 - constant SQL fragments only

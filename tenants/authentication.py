@@ -74,7 +74,10 @@ def _key_query() -> tuple[str, list[tuple[type, list[str], list[list]]]]:
         parts.append((model, [f.attname for f in fields], converters))
     sql = (
         f"SELECT {', '.join(columns)} FROM tenants_apikey k "  # noqa: S608 - column names from the models
-        "JOIN tenants_agent a ON a.id = k.agent_id JOIN tenants_tenant t ON t.id = k.tenant_id "
+        # the agent joined on its tenant as well: a join of two distributed tables on their distribution column,
+        # which Citus runs on each node (decision 024), since a key is found by its id alone
+        "JOIN tenants_agent a ON a.tenant_id = k.tenant_id AND a.id = k.agent_id "
+        "JOIN tenants_tenant t ON t.id = k.tenant_id "
         "WHERE k.key_id = %s"
     )
     return sql, parts

@@ -18,6 +18,11 @@ TABLES = "|".join(citus.DISTRIBUTED)
 QUOTED = re.compile(rf'"({TABLES})"(?:\s+(?:AS\s+)?([A-Z]\d+))?')
 BARE = re.compile(rf"\b({TABLES})\b")
 INSERT = re.compile(r'^INSERT INTO "?(\w+)"? \(([^)]*)\)')
+# A hand-written join: the table, and its ON condition (up to the next JOIN, WHERE, GROUP, ORDER or closing paren).
+JOIN = re.compile(
+    rf"\bJOIN ({TABLES})\b(?:\s+(?:AS\s+)?\w+)?\s+ON\s+(.*?)(?=\bJOIN\b|\bWHERE\b|\bGROUP\b|\bORDER\b|\)|$)",
+    re.S,
+)
 
 
 def unscoped_tables(sql: str) -> set[str]:
@@ -31,7 +36,10 @@ def unscoped_tables(sql: str) -> set[str]:
     inserted = {insert.group(1)} if insert else set()
     quoted = list(QUOTED.finditer(sql))
     if not quoted:
-        return set() if "tenant_id" in sql else set(BARE.findall(sql)) - inserted
+        # A hand-written statement must mention tenant_id, and join each distributed table on its tenant too: a
+        # join on the id alone is one Citus cannot run on each node (the tables are co-located by tenant).
+        misjoined = {table for table, condition in JOIN.findall(sql) if "tenant_id" not in condition}
+        return (set() if "tenant_id" in sql else set(BARE.findall(sql)) - inserted) | misjoined
     # An ORM SELECT lists every column it reads, tenant_id among them: only what follows its first FROM (joins,
     # conditions) can scope it.
     scoping = sql[sql.index(" FROM ") :] if sql.startswith("SELECT") and " FROM " in sql else sql
@@ -108,6 +116,16 @@ def test_a_day_of_ingest_portal_pages_and_invoicing_names_the_tenant_in_every_st
         ("DELETE FROM billing_invoiceline WHERE invoice_id = %s", {"billing_invoiceline"}),
         ("DELETE FROM billing_invoiceline WHERE tenant_id = %s AND invoice_id = %s", set()),
         ('SELECT "usage_meter"."code" FROM "usage_meter"', set()),
+        (
+            "SELECT k.id FROM tenants_apikey k JOIN tenants_agent a ON a.id = k.agent_id "
+            "JOIN tenants_tenant t ON t.id = k.tenant_id WHERE k.key_id = %s",
+            {"tenants_agent"},
+        ),
+        (
+            "SELECT k.id FROM tenants_apikey k JOIN tenants_agent a ON a.tenant_id = k.tenant_id AND a.id = "
+            "k.agent_id JOIN tenants_tenant t ON t.id = k.tenant_id WHERE k.key_id = %s",
+            set(),
+        ),
         (
             'SELECT "billing_invoiceline"."id", "billing_invoiceline"."tenant_id" FROM "billing_invoiceline" '
             'WHERE "billing_invoiceline"."invoice_id" = %s',
