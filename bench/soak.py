@@ -608,9 +608,9 @@ def main() -> int:
 
         tenant_ids = sorted({c.tenant_id for c in clients})
         probe = LivenessProbe(worker, env["CELERY_BROKER_URL"], fault)
+        # Queued as the beat queues them: batches of tenants (decision 026), each killed and redelivered whole.
         with killed_mid_transaction(worker, "invoice generation", fault, probe):
-            for tenant_id in tenant_ids:
-                billing_tasks.generate_invoice.delay(tenant_id, period.isoformat())
+            billing_tasks.queue_batches([(tenant_id, period) for tenant_id in tenant_ids])
         wait_for(
             "every draft invoice generated",
             lambda: (
@@ -625,8 +625,9 @@ def main() -> int:
         # Finalized once the grace period after the month has passed; on the 1st of a month it has not yet.
         force = now < datetime(end.year, end.month, end.day, tzinfo=UTC) + timedelta(days=2)
         with killed_mid_transaction(worker, "finalization", fault, probe):
-            for invoice_id in ids:
-                billing_tasks.finalize_invoice.delay(invoice_id, force=force)
+            billing_tasks.queue_batches(
+                [(tenant_id, period) for tenant_id in tenant_ids], finalize=True, force=force
+            )
         wait_for(
             "every invoice finalized",
             lambda: (
