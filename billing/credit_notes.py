@@ -86,10 +86,10 @@ def issue(
     memo = _check_terms(outcome, reason, memo)
     now = now or timezone.now()
     with transaction.atomic():
-        locked = Invoice.objects.select_for_update(of=("self",)).select_related("tenant")
-        invoice = locked.filter(pk=invoice_id).first()
-        if invoice is None:
-            raise CreditNoteError("invoice", f"there is no invoice {invoice_id}")
+        try:
+            invoice = Invoice.objects.select_related("tenant").lock(invoice_id, of=("self",))
+        except Invoice.DoesNotExist:
+            raise CreditNoteError("invoice", f"there is no invoice {invoice_id}") from None
         if request_key and (done := invoice.credit_notes.filter(request_key=request_key).first()):
             return done  # read under the invoice's lock: a concurrent submit's note has committed by now
         _check_invoice(invoice, outcome)

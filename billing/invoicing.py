@@ -122,7 +122,7 @@ def finalize_invoice(
     now = now or timezone.now()
     try:
         with transaction.atomic():
-            invoice = Invoice.objects.select_for_update().select_related("tenant").get(pk=invoice_id)
+            invoice = Invoice.objects.select_related("tenant").lock(invoice_id)
             if invoice.is_finalized:
                 return invoice
             if not force and not is_due(invoice, now):
@@ -270,7 +270,7 @@ def next_number(series: str, year: int) -> str:
 
 def void_invoice(invoice_id: int, *, now: datetime | None = None) -> Invoice:
     with transaction.atomic():
-        invoice = Invoice.objects.select_for_update().get(pk=invoice_id)
+        invoice = Invoice.objects.lock(invoice_id)
         if invoice.status not in (Invoice.Status.OPEN, Invoice.Status.UNCOLLECTIBLE):
             raise ValueError(f"{invoice} is {invoice.status} and cannot be voided")
         invoice.status = Invoice.Status.VOID

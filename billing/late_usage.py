@@ -56,6 +56,7 @@ def adjustment_lines(invoice: Invoice, pricer=price_period) -> list[LineDraft]:
             # prepaid credit paid the invoice; it priced nothing, so re-pricing never "credits it back"
             .exclude(kind=InvoiceLine.Kind.CREDITS_APPLIED)
             .select_related("plan_version")
+            .order_by("-invoice__period_start", "position")  # the latest billing of a group is its example
         )
         if taxed_by_service:
             billed_lines = billed_lines.exclude(kind=InvoiceLine.Kind.TAX).exclude(

@@ -401,7 +401,10 @@ class InvoiceLine(TenantRow):
     )
 
     class Meta:
-        ordering = ["invoice", "position"]
+        ordering = [
+            "invoice_id",
+            "position",
+        ]  # by the column: "invoice" would join invoices for their own order
         constraints = [
             models.UniqueConstraint(
                 fields=[

@@ -62,6 +62,16 @@ class TenantScopedQuerySet(models.QuerySet):
     def for_tenant(self, tenant: Tenant) -> TenantScopedQuerySet:
         return self.filter(tenant=tenant)
 
+    def lock(self, pk: int, of: tuple[str, ...] = ()) -> models.Model:
+        """The row ``pk`` of this queryset, locked until the transaction ends (``select_for_update(of=…)``), by a
+        statement that names its tenant: a caller that knows only the id (a task's argument) has it looked up
+        first, unlocked, so the lock itself is one Citus can route to the tenant's node (decision 024). Raises
+        the model's DoesNotExist when there is no such row."""
+        found = list(self.filter(pk=pk).order_by().values_list("tenant_id", flat=True)[:1])
+        if not found:
+            raise self.model.DoesNotExist(f"no {self.model._meta.object_name} {pk}")
+        return self.select_for_update(of=of).get(tenant_id=found[0], pk=pk)
+
 
 class TenantRow(models.Model):
     """A row of a table Citus would distribute by tenant (tenants.citus): saving one updates it by its id *and*

@@ -25,11 +25,20 @@ JOIN = re.compile(
 )
 
 
+# The one statement allowed to leave its tenant out: the read that finds the tenant of a row known by its id
+# alone (``TenantScopedQuerySet.lock``), unlocked, before the statement that names it. Citus runs it on every node.
+TENANT_LOOKUP = re.compile(
+    r'^SELECT "(\w+)"\."tenant_id" AS "tenant_id" FROM "\1" WHERE "\1"\."id" = %s LIMIT 1$'
+)
+
+
 def unscoped_tables(sql: str) -> set[str]:
     """The distributed tables ``sql`` reads or writes without naming their tenant: an ORM statement must compare
     each table's (or its alias's) tenant_id, an INSERT must set it; a hand-written one must mention tenant_id.
     A textual check, stricter than it needs to be rather than looser: a statement it flags names the table
     without its tenant_id column anywhere."""
+    if TENANT_LOOKUP.match(sql):
+        return set()
     insert = INSERT.match(sql)
     if insert and insert.group(1) in citus.DISTRIBUTED and "tenant_id" not in insert.group(2):
         return {insert.group(1)}
@@ -40,9 +49,9 @@ def unscoped_tables(sql: str) -> set[str]:
         # join on the id alone is one Citus cannot run on each node (the tables are co-located by tenant).
         misjoined = {table for table, condition in JOIN.findall(sql) if "tenant_id" not in condition}
         return (set() if "tenant_id" in sql else set(BARE.findall(sql)) - inserted) | misjoined
-    # An ORM SELECT lists every column it reads, tenant_id among them: only what follows its first FROM (joins,
-    # conditions) can scope it.
-    scoping = sql[sql.index(" FROM ") :] if sql.startswith("SELECT") and " FROM " in sql else sql
+    # An ORM SELECT lists every column it reads, tenant_id among them, and the ORM's joins pair columns, never a
+    # tenant: only its conditions can scope it, from its first WHERE on.
+    scoping = sql[sql.index(" WHERE ") :] if " WHERE " in sql else ""
     return {
         table
         for table, alias in (match.groups() for match in quoted)
@@ -116,6 +125,15 @@ def test_a_day_of_ingest_portal_pages_and_invoicing_names_the_tenant_in_every_st
         ("DELETE FROM billing_invoiceline WHERE invoice_id = %s", {"billing_invoiceline"}),
         ("DELETE FROM billing_invoiceline WHERE tenant_id = %s AND invoice_id = %s", set()),
         ('SELECT "usage_meter"."code" FROM "usage_meter"', set()),
+        (
+            'SELECT "billing_invoice"."tenant_id" AS "tenant_id" FROM "billing_invoice" WHERE "billing_invoice"."id" = %s LIMIT 1',
+            set(),
+        ),
+        (
+            'SELECT "billing_invoice"."tenant_id" AS "tenant_id" FROM "billing_invoice" WHERE "billing_invoice"."id" = %s '
+            "LIMIT 1 FOR UPDATE",
+            {"billing_invoice"},
+        ),
         (
             "SELECT k.id FROM tenants_apikey k JOIN tenants_agent a ON a.id = k.agent_id "
             "JOIN tenants_tenant t ON t.id = k.tenant_id WHERE k.key_id = %s",
