@@ -8,7 +8,7 @@ It creates a scratch database, migrates it, issues agent keys, starts gunicorn o
    table by a bare PostgreSQL COPY into a temp table + ``INSERT … ON CONFLICT DO NOTHING``; the ratio of
    events/s API / COPY is the figure DESIGN §9 asks for (1 and 2 are repeated with a share of resent events);
    the minimal endpoint of DESIGN §9 (bench.minimal: no Django, one statement per batch) takes the first phase's
-   batches too, as the ceiling a Python endpoint reaches here (decision 027);
+   batches too: what a Python endpoint that only stores reaches here (decision 027);
 3. single events: 20 clients post one-event requests, paced at a few rates per client, then back to back.
 
 It prints events/s, latency percentiles, the server-side CPU per event and the ratios. Everything it starts is

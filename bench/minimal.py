@@ -1,13 +1,14 @@
 """The minimal endpoint of DESIGN §9, served by gunicorn beside the product in ``bench.ingest``'s run.
 
-It is the peer that shows what any Python endpoint can reach on this machine: a plain WSGI app (no Django, no
-authentication: tenant and agent come from the environment) that reads the body with orjson, checks each event
-lightly (an id, an RFC 3339 timestamp, a usage object of numbers) and stores the batch in one statement, as the
-product and the COPY baseline dedupe: ids claimed in ``usage_eventid``, only the claimed rows inserted into the
-partitioned events, from the batch as one JSON document bound server-side (``INSERT … SELECT … FROM
-jsonb_to_recordset(…) … ON CONFLICT DO NOTHING``; psycopg's arrays of 1,000 JSON strings cost ~20 ms each to
-send, more than the insert). No sessions, rollups, per-call costs or hooks. It answers ``{"accepted", "duplicates"}`` like the API,
-so ``bench.ingest``'s clients and checks serve both.
+It is the peer that shows what a Python endpoint that only stores reaches on this machine: a plain WSGI app
+(no Django, no authentication: tenant and agent come from the environment) that reads the body with orjson,
+checks each event lightly (an id, an RFC 3339 timestamp, a usage object of numbers) and stores the batch in one
+statement, deduped as the product and the COPY baseline dedupe: ids claimed in ``usage_eventid``, only the
+claimed rows inserted into the partitioned events. The batch goes as one JSON document bound server-side
+(``INSERT … SELECT … FROM jsonb_to_recordset(…) … ON CONFLICT DO NOTHING``): psycopg's arrays of 1,000 JSON
+strings cost ~20 ms each to send, more than the insert. No sessions, rollups, per-call costs or hooks. It
+answers ``{"accepted", "duplicates", "conflicts"}`` like the API, so ``bench.ingest``'s clients and checks serve
+both.
 
     MINIMAL_DATABASE_URL=… MINIMAL_TENANT=1 MINIMAL_AGENT=1 gunicorn bench.minimal:app
 """
