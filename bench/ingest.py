@@ -39,6 +39,7 @@ from typing import Any
 
 from bench import scratch
 from bench.measure import percentile
+from bench.minimal import store_claimed
 from bench.report import Figure, Report, print_table
 from bench.scratch import BASE, PYTHON
 from bench.server import free_port, start_gunicorn, start_server, stop_gunicorn
@@ -212,18 +213,7 @@ def api_client(
 # The COPY baseline: each batch COPYed into a temp table, then moved by this INSERT, deduped as ingest dedupes
 # (ids claimed in usage_eventid, only the claimed rows stored: decision 023).
 COPY_COLUMNS = "event_id, ts, session_id, provider, model, usage, metadata"
-COPY_INSERT = """
-WITH claimed AS (
-    INSERT INTO usage_eventid (tenant_id, event_id, timestamp)
-    SELECT %(tenant)s, event_id, ts FROM bench_incoming
-    ON CONFLICT (tenant_id, event_id) DO NOTHING
-    RETURNING event_id
-)
-INSERT INTO usage_usageevent (tenant_id, agent_id, event_id, timestamp, session_id, provider, model, usage,
-                              metadata, source, received_at)
-SELECT %(tenant)s, %(agent)s, event_id, ts, session_id, provider, model, usage, metadata, 'api', now()
-FROM bench_incoming JOIN claimed USING (event_id)
-"""
+COPY_INSERT = store_claimed("bench_incoming")
 
 
 def copy_field(value: str) -> str:

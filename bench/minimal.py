@@ -20,24 +20,37 @@ from datetime import datetime
 
 import orjson
 
-INSERT = """
-WITH incoming AS (
-    SELECT * FROM jsonb_to_recordset(%(events)s::jsonb)
-             AS x(id text, timestamp timestamptz, session_id text, provider text, model text, usage jsonb,
-                  metadata jsonb)
-),
-claimed AS (
+
+def store_claimed(source: str, ctes: str = "") -> str:
+    """The statement both peers of ``bench.ingest`` run per batch, from the relation ``source`` (event_id, ts,
+    session_id, provider, model, usage, metadata; ``ctes`` may define it): the ids claimed in ``usage_eventid``,
+    only the claimed rows inserted, as the product dedupes (decision 023)."""
+    return f"""
+WITH {ctes}claimed AS (
     INSERT INTO usage_eventid (tenant_id, event_id, timestamp)
-    SELECT %(tenant)s, id, timestamp FROM incoming
+    SELECT %(tenant)s, event_id, ts FROM {source}
     ON CONFLICT (tenant_id, event_id) DO NOTHING
     RETURNING event_id
 )
 INSERT INTO usage_usageevent (tenant_id, agent_id, event_id, timestamp, session_id, provider, model, usage,
                               metadata, source, received_at)
-SELECT %(tenant)s, %(agent)s, id, timestamp, coalesce(session_id, ''), coalesce(provider, ''), coalesce(model, ''),
-       usage, coalesce(metadata, '{}'), 'api', now()
-FROM incoming JOIN claimed ON claimed.event_id = incoming.id
-"""
+SELECT %(tenant)s, %(agent)s, event_id, ts, session_id, provider, model, usage, metadata, 'api', now()
+FROM {source} JOIN claimed USING (event_id)
+"""  # noqa: S608 - constant SQL fragments only
+
+
+INSERT = store_claimed(
+    "incoming",
+    """incoming AS (
+    SELECT id AS event_id, timestamp AS ts, coalesce(session_id, '') AS session_id,
+           coalesce(provider, '') AS provider, coalesce(model, '') AS model, usage,
+           coalesce(metadata, '{}') AS metadata
+    FROM jsonb_to_recordset(%(events)s::jsonb)
+         AS x(id text, timestamp timestamptz, session_id text, provider text, model text, usage jsonb,
+              metadata jsonb)
+),
+""",
+)
 
 _connection = None
 
