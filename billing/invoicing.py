@@ -229,7 +229,7 @@ def _apply_calculated_tax(invoice: Invoice) -> None:
 def _apply_credits(invoice: Invoice, now: datetime) -> None:
     """Prepaid credit pays the invoice up to its total, in the order of operations of billing.settlement: a
     "Prepaid credits applied" line, last, and the total (what Stripe collects) lowered by it (decision 018)."""
-    lines = [settlement.Line(line.amount, (line.kind, line.meter)) for line in invoice.scoped("lines").all()]
+    lines = [settlement.Line(line.amount, (line.kind, line.meter)) for line in invoice.scoped("lines")]
     settled = settlement.settle(lines, invoice.currency, credit_available=credits.spendable(invoice, now))
     applied = credits.apply_to_invoice(invoice, now, up_to=settled.credits_applied)
     if not applied:

@@ -47,10 +47,7 @@ def adjustment_lines(invoice: Invoice, pricer=price_period) -> list[LineDraft]:
         billed: dict[tuple, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0), Decimal(0)])
         billed_lines = (
             InvoiceLine.objects.filter(tenant_id=invoice.tenant_id, invoice__tenant_id=invoice.tenant_id)
-            .filter(
-                Q(invoice=past, adjusted_period_start=None)
-                | Q(adjusted_period_start=past.period_start, invoice__tenant=invoice.tenant)
-            )
+            .filter(Q(invoice=past, adjusted_period_start=None) | Q(adjusted_period_start=past.period_start))
             .exclude(invoice_id=invoice.pk)  # none when ``invoice`` is not saved (the balance asking)
             .exclude(invoice__status__in=[Invoice.Status.DRAFT, Invoice.Status.VOID])
             # prepaid credit paid the invoice; it priced nothing, so re-pricing never "credits it back"

@@ -51,16 +51,17 @@ def _page_number(text: str | None) -> int:
         return 1
 
 
+def _with_agent(tenant):
+    """The tenant's sessions with their agent joined, the agent's tenant named too (decision 024)."""
+    return Session.objects.for_tenant(tenant).filter(agent__tenant=tenant).select_related("agent")
+
+
 @tenant_view()
 def sessions(request):
     activate_tenant_timezone(request)
     tenant = request.access.tenant
-    ordered = (
-        Session.objects.for_tenant(tenant)
-        .filter(agent__tenant=tenant)  # the joined agent's tenant named too (decision 024)
-        .select_related("agent")
-        .order_by(START.desc(nulls_last=True), "-created_at")  # the index session_tenant_start
-    )
+    # the index session_tenant_start
+    ordered = _with_agent(tenant).order_by(START.desc(nulls_last=True), "-created_at")
     number = min(_page_number(request.GET.get("page")), MAX_PAGE)
     offset = (number - 1) * SESSIONS_PER_PAGE
     found = list(ordered[offset : offset + SESSIONS_PER_PAGE + 1])
@@ -75,10 +76,7 @@ def sessions(request):
 def session_detail(request, session_id: str):
     activate_tenant_timezone(request)
     tenant = request.access.tenant
-    session = get_object_or_404(
-        Session.objects.for_tenant(tenant).filter(agent__tenant=tenant).select_related("agent"),
-        session_id=session_id,
-    )
+    session = get_object_or_404(_with_agent(tenant), session_id=session_id)
     # every event as sent, retracted ones too (marked: usage.corrections); the counts and cost are of the others
     events = (
         UsageEvent.objects.for_tenant(tenant).filter(session_id=session_id).order_by("timestamp", "event_id")
